@@ -1,0 +1,1 @@
+//! writebehind-proxy: a PostgreSQL wire-protocol proxy (placeholder until the proxy issue lands).

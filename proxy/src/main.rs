@@ -1,0 +1,5 @@
+//! Thin entry point of `writebehind-proxy`.
+fn main() {
+    eprintln!("writebehind-proxy: not built yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,194 @@
+//! Test harness shared by the integration tests: real clusters started with `scripts/cluster`,
+//! the real `writebehind-proxy` binary, free ports, and readiness by polling.
+//!
+//! Layout:
+//! - [`Cluster`]: a throw-away PostgreSQL 15 cluster with pg_writebehind preloaded.
+//! - [`Proxy`]: the release proxy binary as a child process, killed on drop.
+//! - [`free_port`], [`repo_root`], [`wait_until`].
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (the workspace directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes; returns whether it did.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn run_script(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(repo_root().join("scripts/cluster"))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "scripts/cluster {:?} failed: {}{}",
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A local cluster made by `scripts/cluster` in a fresh directory; stopped and removed on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Starts a new cluster whose workers serve `postgres` (and any extra `--conf` lines).
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a new cluster with extra `postgresql.conf` lines.
+    pub fn start_with(conf: &[&str]) -> anyhow::Result<Self> {
+        let base = std::env::var("WRITEBEHIND_TEST_DIR").unwrap_or_else(|_| "/tmp".into());
+        let dir = PathBuf::from(base).join(format!(
+            "wbtest-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let port = free_port();
+        let dir_s = dir.to_string_lossy().into_owned();
+        let port_s = port.to_string();
+        let mut args = vec!["start", "--dir", &dir_s, "--port", &port_s];
+        for c in conf {
+            args.push("--conf");
+            args.push(c);
+        }
+        run_script(&args)?;
+        Ok(Self { dir, port })
+    }
+
+    /// libpq/tokio-postgres connection string for `dbname` as the `postgres` superuser.
+    pub fn conninfo(&self, dbname: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+            self.port
+        )
+    }
+
+    /// URL form, as the proxy's `--upstream` takes it.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// Connects with tokio-postgres; the connection task is spawned on the current runtime.
+    pub async fn connect(&self, dbname: &str) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.conninfo(dbname)).await
+    }
+
+    /// Stops the cluster with the given pg_ctl mode (`fast` or `immediate`).
+    pub fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        run_script(&["stop", "--dir", &self.dir.to_string_lossy(), "--mode", mode]).map(|_| ())
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        run_script(&[
+            "start",
+            "--dir",
+            &self.dir.to_string_lossy(),
+            "--port",
+            &self.port.to_string(),
+        ])
+        .map(|_| ())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
+        if std::env::var_os("WRITEBEHIND_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Connects with tokio-postgres (no TLS) and spawns the connection task.
+pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Path of the release proxy binary that `scripts/setup` builds.
+pub fn proxy_binary() -> PathBuf {
+    repo_root().join("target/release/writebehind-proxy")
+}
+
+/// The proxy binary running as a child process; killed (SIGKILL) on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Proxy {
+    /// Spawns the proxy listening on a free port in front of `upstream_url`, with extra flags,
+    /// and waits until it accepts TCP connections.
+    pub fn spawn(upstream_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(proxy_binary())
+            .args(["--listen", &listen, "--upstream", upstream_url])
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()?;
+        let mut p = Self { child, port };
+        let ready = wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !ready {
+            let status = p.child.try_wait()?;
+            anyhow::bail!("proxy did not start listening on {listen} (exit: {status:?})");
+        }
+        Ok(p)
+    }
+
+    /// Connection string for a client going through the proxy.
+    pub fn conninfo(&self, user: &str, dbname: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} dbname={dbname}", self.port)
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to this proxy process only.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(st.success(), "kill -{sig} failed");
+        Ok(())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,84 @@
+//! Running a statement over a group of changes in a subtransaction; on failure, retrying by
+//! halves down to single changes, so one bad row never costs the rest of the round.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::PgTryBuilder;
+use std::panic::AssertUnwindSafe;
+
+/// Why one change could not apply.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Index of the change in the caller's list.
+    pub index: usize,
+    pub sqlstate: String,
+    pub message: String,
+}
+
+/// Runs `f` in an internal subtransaction; an ERROR rolls the subtransaction back and is
+/// returned as (SQLSTATE, message) instead of aborting the whole transaction.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
+    // SAFETY: the standard PL/pgSQL exception-block pattern: remember the memory context and
+    // resource owner, begin a subtransaction, and on error roll it back and restore both.
+    unsafe {
+        let ctx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|e| Err(describe(e)))
+            .execute();
+        match result {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(ctx);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
+}
+
+/// SQLSTATE and message of a caught error.
+pub fn describe(e: CaughtError) -> (String, String) {
+    let report = match &e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    (
+        sqlstate(report.sql_error_code() as i32),
+        report.message().to_string(),
+    )
+}
+
+/// Unpacks PostgreSQL's MAKE_SQLSTATE encoding into the five-character code.
+pub fn sqlstate(code: i32) -> String {
+    (0..5)
+        .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+        .collect()
+}
+
+/// Applies `run` to `items` (indexes into the caller's changes); whatever fails is narrowed
+/// down by halves and returned as single failures. Returns how many items applied.
+pub fn apply_isolated(
+    items: &[usize],
+    run: &mut dyn FnMut(&[usize]),
+    failures: &mut Vec<Failure>,
+) -> usize {
+    if items.is_empty() {
+        return 0;
+    }
+    match in_subtransaction(|| run(items)) {
+        Ok(()) => items.len(),
+        Err((sqlstate, message)) if items.len() == 1 => {
+            failures.push(Failure {
+                index: items[0],
+                sqlstate,
+                message,
+            });
+            0
+        }
+        Err(_) => {
+            let (a, b) = items.split_at(items.len() / 2);
+            apply_isolated(a, run, failures) + apply_isolated(b, run, failures)
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The set-based apply of the inbox: per table and transaction, folded per key, one statement
+//! per step and shape, failures isolated into the dead letters, inbox rows removed atomically.
+
+pub mod decimal;
+pub mod fold;
+pub mod isolate;
+pub mod statements;
+pub mod table;
+
+use fold::{Change, ColOp, Conflict, InboxRow, Origin, Step, TableShape};
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiResult};
+use statements::Shape;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+use table::TableMeta;
+
+/// What one table's round did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    /// Inbox rows consumed.
+    pub rows: usize,
+    /// Folded changes that applied.
+    pub applied: usize,
+    /// Changes (or malformed rows) moved to the dead letters.
+    pub dead: usize,
+}
+
+/// Tables that have inbox rows, parents first (by foreign keys among them).
+pub fn pending_tables() -> SpiResult<Vec<pg_sys::Oid>> {
+    Spi::connect(|client| {
+        let mut relids = Vec::new();
+        // A skip scan over inbox_relid_id: one index probe per table, not a full scan.
+        for r in client.select(
+            "WITH RECURSIVE r(relid) AS (
+                 SELECT min(relid) FROM writebehind.inbox
+                 UNION ALL
+                 SELECT (SELECT min(i.relid) FROM writebehind.inbox i WHERE i.relid > r.relid)
+                   FROM r WHERE r.relid IS NOT NULL)
+             SELECT relid FROM r WHERE relid IS NOT NULL",
+            None,
+            &[],
+        )? {
+            if let Some(oid) = r.get::<pg_sys::Oid>(1)? {
+                relids.push(oid);
+            }
+        }
+        if relids.len() < 2 {
+            return Ok(relids);
+        }
+        let edges = table::fk_edges(client, &relids)?;
+        Ok(table::parents_first(&relids, &edges))
+    })
+}
+
+/// One dead letter to write.
+struct DeadLetter {
+    origin: Origin,
+    op: u8,
+    key: Option<String>,
+    data: Option<String>,
+    conflict_set: Option<Vec<String>>,
+    sqlstate: String,
+    message: String,
+}
+
+/// Applies up to `max_rows` of `relid`'s inbox rows in the current transaction.
+pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
+    Spi::connect_mut(|client| {
+        let started = Instant::now();
+        let rows = read_rows(client, relid, max_rows)?;
+        if rows.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let batches: HashSet<(&str, i64)> = rows
+            .iter()
+            .map(|r| (r.proxy_id.as_str(), r.batch_seq))
+            .collect();
+        let mut dead = Vec::new();
+        let mut applied = 0usize;
+        let mut table_name = format!("{}", u32::from(relid));
+        match table::load(client, relid)? {
+            None => {
+                for r in &rows {
+                    dead.push(DeadLetter {
+                        origin: Origin {
+                            proxy_id: r.proxy_id.clone(),
+                            batch_seq: r.batch_seq,
+                            op: r.op,
+                            key: r.key.clone(),
+                            data: r.data.clone(),
+                            conflict_set: r.conflict_set.clone(),
+                            enqueued_at: r.enqueued_at.clone(),
+                        },
+                        op: r.op,
+                        key: r.key.clone(),
+                        data: r.data.clone(),
+                        conflict_set: r.conflict_set.clone(),
+                        sqlstate: "42P01".into(),
+                        message: format!("relation with OID {} does not exist", u32::from(relid)),
+                    });
+                }
+            }
+            Some(meta) => {
+                table_name = meta.qualified.clone();
+                let plan = fold::fold(
+                    &rows,
+                    &TableShape {
+                        key_columns: &meta.key_columns,
+                        append: meta.append,
+                        policy: meta.policy.clone(),
+                    },
+                );
+                for m in plan.malformed.iter() {
+                    dead.push(DeadLetter {
+                        op: m.origin.op,
+                        key: m.origin.key.clone(),
+                        data: m.origin.data.clone(),
+                        conflict_set: m.origin.conflict_set.clone(),
+                        origin: m.origin.clone(),
+                        sqlstate: "22P02".into(),
+                        message: format!("malformed inbox row: {}", m.message),
+                    });
+                }
+                applied = as_owner(meta.owner, || apply_plan(client, &meta, &plan, &mut dead));
+            }
+        }
+        write_dead_letters(client, relid, &table_name, &dead)?;
+        client.update(
+            "DELETE FROM writebehind.inbox WHERE id = ANY($1::bigint[])",
+            None,
+            &[ids.into()],
+        )?;
+        let out = Outcome {
+            rows: rows.len(),
+            applied,
+            dead: dead.len(),
+        };
+        let coalesced = out.rows.saturating_sub(out.applied + out.dead) as i64;
+        client.update(
+            "INSERT INTO writebehind.table_stats AS s
+                 (relid, applied, coalesced, batches, dead_letters, rounds, last_round_rows, last_round_secs, last_apply_at)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, now())
+             ON CONFLICT (relid) DO UPDATE SET
+                 applied = s.applied + EXCLUDED.applied,
+                 coalesced = s.coalesced + EXCLUDED.coalesced,
+                 batches = s.batches + EXCLUDED.batches,
+                 dead_letters = s.dead_letters + EXCLUDED.dead_letters,
+                 rounds = s.rounds + 1,
+                 last_round_rows = EXCLUDED.last_round_rows,
+                 last_round_secs = EXCLUDED.last_round_secs,
+                 last_apply_at = now()",
+            None,
+            &[
+                relid.into(),
+                (out.applied as i64).into(),
+                coalesced.into(),
+                (batches.len() as i64).into(),
+                (out.dead as i64).into(),
+                (out.rows as i64).into(),
+                started.elapsed().as_secs_f64().into(),
+            ],
+        )?;
+        Ok(out)
+    })
+}
+
+/// Records a failed round's error on the table's statistics.
+pub fn record_table_error(relid: pg_sys::Oid, message: &str) -> SpiResult<()> {
+    Spi::connect_mut(|client| {
+        client.update(
+            "INSERT INTO writebehind.table_stats AS s (relid, last_error, last_error_at) VALUES ($1, $2, now())
+             ON CONFLICT (relid) DO UPDATE SET last_error = EXCLUDED.last_error, last_error_at = now()",
+            None,
+            &[relid.into(), message.into()],
+        )?;
+        Ok(())
+    })
+}
+
+fn read_rows(
+    client: &SpiClient<'_>,
+    relid: pg_sys::Oid,
+    max_rows: i64,
+) -> SpiResult<Vec<InboxRow>> {
+    let mut out = Vec::new();
+    for r in client.select(
+        "SELECT id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at::text
+           FROM writebehind.inbox WHERE relid = $1 ORDER BY id LIMIT $2",
+        None,
+        &[relid.into(), max_rows.into()],
+    )? {
+        let op: Option<String> = r.get(4)?;
+        out.push(InboxRow {
+            id: r.get(1)?.unwrap_or_default(),
+            proxy_id: r.get(2)?.unwrap_or_default(),
+            batch_seq: r.get(3)?.unwrap_or_default(),
+            op: op.and_then(|s| s.bytes().next()).unwrap_or(b'?'),
+            key: r.get(5)?,
+            data: r.get(6)?,
+            conflict_set: r.get(7)?,
+            enqueued_at: r.get(8)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `f` with the current user switched to `owner` (never a superuser's implicit rights).
+fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_uid = pg_sys::InvalidOid;
+    let mut saved_ctx = 0;
+    // SAFETY: plain calls into the user-id machinery; an ERROR inside `f` aborts the
+    // transaction, which restores the user id and security context itself.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_uid, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let r = f();
+    // SAFETY: as above.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx) };
+    r
+}
+
+fn apply_plan(
+    client: &mut SpiClient<'_>,
+    meta: &TableMeta,
+    plan: &fold::Plan,
+    dead: &mut Vec<DeadLetter>,
+) -> usize {
+    let mut applied = 0;
+    for step in 0..plan.depth() {
+        let mut order: Vec<Shape> = Vec::new();
+        let mut groups: HashMap<Shape, Vec<usize>> = HashMap::new();
+        for (i, k) in plan.keys.iter().enumerate() {
+            if let Some(change) = k.changes.get(step) {
+                let shape = Shape::of(&change.step);
+                groups
+                    .entry(shape.clone())
+                    .or_insert_with(|| {
+                        order.push(shape);
+                        Vec::new()
+                    })
+                    .push(i);
+            }
+        }
+        for shape in order {
+            let members = groups.remove(&shape).unwrap_or_default();
+            let positions: Vec<usize> = (0..members.len()).collect();
+            let mut failures = Vec::new();
+            let mut run = |subset: &[usize]| {
+                let changes: Vec<(&[String], &Step)> = subset
+                    .iter()
+                    .map(|&p| {
+                        let k = &plan.keys[members[p]];
+                        (k.key.as_slice(), &k.changes[step].step)
+                    })
+                    .collect();
+                let stmt = statements::build(meta, &shape, &changes);
+                let args: Vec<pgrx::datum::DatumWithOid> =
+                    stmt.columns.into_iter().map(Into::into).collect();
+                if let Err(e) = client.update(stmt.sql.as_str(), None, &args) {
+                    pgrx::error!("apply statement failed: {e}");
+                }
+            };
+            applied += isolate::apply_isolated(&positions, &mut run, &mut failures);
+            for f in failures {
+                let k = &plan.keys[members[f.index]];
+                let change = &k.changes[step];
+                dead.push(dead_letter(meta, &k.key, change, f.sqlstate, f.message));
+            }
+        }
+    }
+    applied
+}
+
+/// Encodes a folded change back into inbox form (docs/inbox.md), so that a retry can re-queue it.
+fn dead_letter(
+    meta: &TableMeta,
+    key: &[String],
+    change: &Change,
+    sqlstate: String,
+    message: String,
+) -> DeadLetter {
+    let key_json = (!meta.append).then(|| serde_json::to_string(key).unwrap_or_default());
+    let (op, data, conflict_set) = match &change.step {
+        Step::Delete => (b'D', None, None),
+        Step::Insert { conflict, values } => {
+            let non_key: BTreeMap<&String, &Option<String>> = values
+                .iter()
+                .filter(|(c, _)| !meta.key_columns.contains(c))
+                .collect();
+            let data = serde_json::to_string(&non_key).ok();
+            match conflict {
+                Conflict::Ignore => (b'N', data, None),
+                Conflict::UpdateSet(cols) => (b'X', data, Some(cols.clone())),
+                _ => (b'I', data, None),
+            }
+        }
+        Step::Update { ops } => {
+            let obj: serde_json::Map<String, serde_json::Value> = ops
+                .iter()
+                .map(|(c, op)| {
+                    let mut m = serde_json::Map::new();
+                    match op {
+                        ColOp::Set(v) => {
+                            m.insert("set".into(), v.clone().into());
+                        }
+                        ColOp::Add(k) => {
+                            m.insert("add".into(), k.clone().into());
+                        }
+                        ColOp::SetAdd(v, k) => {
+                            m.insert("set".into(), v.clone().into());
+                            m.insert("add".into(), k.clone().into());
+                        }
+                    }
+                    (c.clone(), serde_json::Value::Object(m))
+                })
+                .collect();
+            (b'U', serde_json::to_string(&obj).ok(), None)
+        }
+    };
+    DeadLetter {
+        origin: change.origin.clone(),
+        op,
+        key: key_json,
+        data,
+        conflict_set,
+        sqlstate,
+        message,
+    }
+}
+
+fn write_dead_letters(
+    client: &mut SpiClient<'_>,
+    relid: pg_sys::Oid,
+    table_name: &str,
+    dead: &[DeadLetter],
+) -> SpiResult<()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let ops: Vec<Option<String>> = dead
+        .iter()
+        .map(|d| Some((d.op as char).to_string()))
+        .collect();
+    let keys: Vec<Option<String>> = dead.iter().map(|d| d.key.clone()).collect();
+    let data: Vec<Option<String>> = dead.iter().map(|d| d.data.clone()).collect();
+    let sets: Vec<Option<String>> = dead
+        .iter()
+        .map(|d| d.conflict_set.as_ref().map(|c| array_literal(c)))
+        .collect();
+    let states: Vec<Option<String>> = dead.iter().map(|d| Some(d.sqlstate.clone())).collect();
+    let messages: Vec<Option<String>> = dead.iter().map(|d| Some(d.message.clone())).collect();
+    let proxies: Vec<Option<String>> = dead
+        .iter()
+        .map(|d| Some(d.origin.proxy_id.clone()))
+        .collect();
+    let seqs: Vec<Option<i64>> = dead.iter().map(|d| Some(d.origin.batch_seq)).collect();
+    let enq: Vec<Option<String>> = dead.iter().map(|d| d.origin.enqueued_at.clone()).collect();
+    client.update(
+        "INSERT INTO writebehind.dead_letters
+             (relid, table_name, op, key, data, conflict_set, sqlstate, message, proxy_id, batch_seq, enqueued_at)
+         SELECT $1, $2, d.op::\"char\", d.key, d.data, d.cs::text[], d.st, d.msg, d.pid, d.seq, d.enq::timestamptz
+           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                       $10::bigint[], $11::text[]) AS d(op, key, data, cs, st, msg, pid, seq, enq)",
+        None,
+        &[
+            relid.into(),
+            table_name.into(),
+            ops.into(),
+            keys.into(),
+            data.into(),
+            sets.into(),
+            states.into(),
+            messages.into(),
+            proxies.into(),
+            seqs.into(),
+            enq.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A PostgreSQL array literal of text values.
+fn array_literal(items: &[String]) -> String {
+    let inner: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}

@@ -1,0 +1,70 @@
+//! The extension's configuration parameters (`writebehind.*`), one documented static each.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// Databases whose apply workers run (comma-separated). Read once at server start.
+pub static DATABASES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// How long a worker sleeps when nobody wakes it, in milliseconds.
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// The most inbox rows one table's apply round takes.
+pub static MAX_APPLY_ROWS: GucSetting<i32> = GucSetting::<i32>::new(50_000);
+
+/// Per session: make writes through the proxy synchronous. The proxy tracks it (SET, SET
+/// LOCAL, RESET); the extension only defines it so that `SET writebehind.sync` is valid.
+pub static SYNC: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Registers every parameter; called once from `_PG_init`.
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"writebehind.databases",
+        c"Databases whose write-behind apply workers run.",
+        c"A comma-separated list of database names; one background worker applies each one's inbox.",
+        &DATABASES,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"writebehind.naptime",
+        c"How long an apply worker sleeps when it is not woken.",
+        c"Workers are woken when a batch commits; this is the fallback polling interval.",
+        &NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"writebehind.max_apply_rows",
+        c"The most inbox rows one apply round takes per table.",
+        c"Larger rounds amortise statement overhead; smaller rounds hold locks for less time.",
+        &MAX_APPLY_ROWS,
+        1,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"writebehind.sync",
+        c"Make this session's writes through writebehind-proxy synchronous.",
+        c"Tracked by the proxy per session; has no effect on direct connections.",
+        &SYNC,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// The database names listed in `writebehind.databases`.
+pub fn databases() -> Vec<String> {
+    DATABASES
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}

@@ -1,0 +1,138 @@
+//! The apply workers: one background worker per database in `writebehind.databases`, woken by
+//! committed batches (and every naptime), applying each pending table in its own transaction.
+
+use crate::{apply, gucs, shmem};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+/// Registers one worker per configured database; called from `_PG_init`.
+pub fn register() {
+    for db in gucs::databases().into_iter().take(shmem::MAX_WORKERS) {
+        BackgroundWorkerBuilder::new(&format!("pg_writebehind apply worker for {db}"))
+            .set_type("pg_writebehind apply worker")
+            .set_function("writebehind_worker_main")
+            .set_library("pg_writebehind")
+            .set_extra(&db)
+            .enable_spi_access()
+            .set_restart_time(Some(Duration::from_secs(1)))
+            .load();
+    }
+}
+
+/// Entry point of an apply worker.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn writebehind_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // SAFETY: set once connected to a database.
+    let db_oid = unsafe { pg_sys::MyDatabaseId };
+    let Some(slot) = shmem::claim(db_oid) else {
+        log!("pg_writebehind: no free worker slot for database {db}");
+        return;
+    };
+    log!("pg_writebehind apply worker started for database {db}");
+    loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reloading the configuration file is what a SIGHUP asks for.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let busy = run_round(slot);
+        // After a full round, go again at once; otherwise sleep until woken or the naptime.
+        let nap = if busy { Duration::ZERO } else { naptime() };
+        if !BackgroundWorker::wait_latch(Some(nap.max(Duration::from_millis(1)))) {
+            break;
+        }
+    }
+    shmem::release(slot);
+    // Exit with 1 so the postmaster restarts the worker after bgw_restart_time, whether it was
+    // terminated by an administrator or crashed; at shutdown nothing is restarted anyway.
+    // SAFETY: ending the process is always allowed here.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn naptime() -> Duration {
+    Duration::from_millis(gucs::NAPTIME_MS.get().max(10) as u64)
+}
+
+/// One round over every pending table. Returns whether some table hit its row limit.
+fn run_round(slot: usize) -> bool {
+    let max_rows = i64::from(gucs::MAX_APPLY_ROWS.get());
+    let tables = guarded(|| {
+        BackgroundWorker::transaction(|| {
+            let installed = Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_writebehind')",
+            );
+            match installed {
+                Ok(Some(true)) => apply::pending_tables().map(Some).map_err(|e| e.to_string()),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    });
+    let tables = match tables {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            shmem::set_state(slot, shmem::WorkerState::NoExtension);
+            return false;
+        }
+        Err(message) => {
+            shmem::record_error(slot, &message);
+            warning!("pg_writebehind: listing pending tables failed: {message}");
+            return false;
+        }
+    };
+    if tables.is_empty() {
+        shmem::set_state(slot, shmem::WorkerState::Idle);
+        return false;
+    }
+    shmem::set_state(slot, shmem::WorkerState::Applying);
+    let mut applied = 0i64;
+    let mut full = false;
+    for relid in tables {
+        let result = guarded(|| {
+            BackgroundWorker::transaction(|| {
+                apply::apply_table(relid, max_rows).map_err(|e| e.to_string())
+            })
+        });
+        match result {
+            Ok(out) => {
+                applied += out.applied as i64;
+                full |= out.rows as i64 >= max_rows;
+            }
+            Err(message) => {
+                shmem::record_error(slot, &message);
+                warning!(
+                    "pg_writebehind: applying table {} failed: {message}",
+                    u32::from(relid)
+                );
+                let _ = guarded(|| {
+                    BackgroundWorker::transaction(|| {
+                        apply::record_table_error(relid, &message).map_err(|e| e.to_string())
+                    })
+                });
+            }
+        }
+    }
+    shmem::round_done(slot, applied);
+    shmem::set_state(slot, shmem::WorkerState::Idle);
+    full
+}
+
+/// Runs `f`; an ERROR inside it aborts the open transaction and comes back as a message,
+/// so that no error ever ends the worker's loop.
+fn guarded<R>(f: impl FnOnce() -> Result<R, String> + std::panic::UnwindSafe) -> Result<R, String> {
+    PgTryBuilder::new(f)
+        .catch_others(|e| {
+            // SAFETY: we are at top level of the worker with a failed transaction open (or none):
+            // aborting it is exactly what PostgreSQL's own error recovery would do.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+            }
+            let (sqlstate, message) = apply::isolate::describe(e);
+            Err(format!("{sqlstate}: {message}"))
+        })
+        .execute()
+}

@@ -73,6 +73,7 @@ CREATE TABLE writebehind.table_stats (
 
 REVOKE ALL ON writebehind.tables, writebehind.progress, writebehind.inbox,
     writebehind.dead_letters, writebehind.table_stats FROM PUBLIC;
+GRANT USAGE ON SCHEMA writebehind TO PUBLIC;
 GRANT SELECT ON writebehind.tables, writebehind.dead_letters, writebehind.table_stats TO PUBLIC;
 
 -- Raises with a SQLSTATE, a message and a hint (plpgsql helper).

@@ -74,6 +74,14 @@ CREATE TABLE writebehind.table_stats (
 REVOKE ALL ON writebehind.tables, writebehind.progress, writebehind.inbox,
     writebehind.dead_letters, writebehind.table_stats FROM PUBLIC;
 GRANT USAGE ON SCHEMA writebehind TO PUBLIC;
+-- Table owners register their own tables: enable/alter/disable run as the caller, and row-level
+-- security on the registry lets each role write only the rows of tables it owns.
+GRANT INSERT, UPDATE, DELETE ON writebehind.tables TO PUBLIC;
+ALTER TABLE writebehind.tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY registry_read ON writebehind.tables FOR SELECT USING (true);
+CREATE POLICY registry_owner ON writebehind.tables FOR ALL
+    USING (pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relid), 'USAGE'))
+    WITH CHECK (pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relid), 'USAGE'));
 GRANT SELECT ON writebehind.tables, writebehind.dead_letters, writebehind.table_stats TO PUBLIC;
 
 -- Raises with a SQLSTATE, a message and a hint (plpgsql helper).
@@ -151,7 +159,7 @@ CREATE FUNCTION writebehind.enable(
     read_barrier boolean DEFAULT true,
     flush_interval interval DEFAULT '100 ms',
     max_batch_rows integer DEFAULT 10000)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pk text[];
@@ -178,7 +186,6 @@ BEGIN
     INSERT INTO writebehind.tables (relid, mode, on_conflict, read_barrier, flush_interval, max_batch_rows, key_columns)
     VALUES (tbl, mode, on_conflict, read_barrier, flush_interval, max_batch_rows,
             CASE WHEN mode = 'keyed' THEN pk ELSE '{}' END);
-    INSERT INTO writebehind.table_stats (relid) VALUES (tbl) ON CONFLICT (relid) DO NOTHING;
     PERFORM pg_notify('writebehind_registry', 'enable ' || tbl::oid);
 END $$;
 
@@ -189,13 +196,13 @@ CREATE FUNCTION writebehind.alter(
     read_barrier boolean DEFAULT NULL,
     flush_interval interval DEFAULT NULL,
     max_batch_rows integer DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cur writebehind.tables%ROWTYPE;
     pk  text[];
 BEGIN
-    SELECT * INTO cur FROM writebehind.tables t WHERE t.relid = tbl FOR UPDATE;
+    SELECT * INTO cur FROM writebehind.tables t WHERE t.relid = tbl;
     IF NOT FOUND THEN
         PERFORM writebehind._raise('42704', format('table "%s" is not write-behind', tbl),
             'Use writebehind.enable() first.');
@@ -226,7 +233,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION writebehind.disable(tbl regclass)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM writebehind.tables t WHERE t.relid = tbl) THEN

@@ -173,7 +173,10 @@ impl Proxy {
 
     /// Connection string for a client going through the proxy.
     pub fn conninfo(&self, user: &str, dbname: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} dbname={dbname}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={dbname}",
+            self.port
+        )
     }
 
     /// Sends a signal (e.g. "TERM", "KILL") to this proxy process only.

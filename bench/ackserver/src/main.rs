@@ -82,7 +82,9 @@ fn param_count(sql: &str) -> i16 {
             let mut j = i + 1;
             let mut n: i16 = 0;
             while j < bytes.len() && bytes[j].is_ascii_digit() {
-                n = n.saturating_mul(10).saturating_add((bytes[j] - b'0') as i16);
+                n = n
+                    .saturating_mul(10)
+                    .saturating_add((bytes[j] - b'0') as i16);
                 j += 1;
             }
             max = max.max(n);
@@ -155,7 +157,8 @@ async fn serve(mut sock: TcpStream) -> std::io::Result<()> {
             match ty {
                 b'Q' => {
                     let sql = read_cstr(&mut b);
-                    let parts: Vec<&str> = sql.split(';').filter(|s| !s.trim().is_empty()).collect();
+                    let parts: Vec<&str> =
+                        sql.split(';').filter(|s| !s.trim().is_empty()).collect();
                     if parts.is_empty() {
                         msg(&mut out, b'I', &[]);
                     }

@@ -66,6 +66,9 @@ GRANT USAGE ON SCHEMA rt TO rt_other;
 SET ROLE rt_other;
 SELECT writebehind.enable('rt.k2');
 \echo :LAST_ERROR_SQLSTATE
+-- nor can it write the registry directly (row-level security on writebehind.tables)
+INSERT INTO writebehind.tables (relid) VALUES ('rt.k2');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
 -- alter changes only what it is given

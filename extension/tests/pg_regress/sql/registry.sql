@@ -81,7 +81,7 @@ SELECT count(*) FROM writebehind.tables WHERE relid = 'rt.pair'::regclass;
 SELECT count(*) FROM rt.pair;
 
 -- the status and workers views
-SELECT "table", mode, inbox_rows, applied, coalesced, batches, dead_letters FROM writebehind.status ORDER BY 1::text;
+SELECT "table", mode, inbox_rows, applied, coalesced, batches, dead_letters FROM writebehind.status ORDER BY "table"::text;
 SELECT attname FROM pg_attribute WHERE attrelid = 'writebehind.status'::regclass AND attnum > 0 ORDER BY attnum;
 SELECT attname FROM pg_attribute WHERE attrelid = 'writebehind.workers'::regclass AND attnum > 0 ORDER BY attnum;
 SELECT database, count(*) FROM writebehind.workers GROUP BY 1;

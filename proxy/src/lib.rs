@@ -1,1 +1,24 @@
-//! writebehind-proxy: a PostgreSQL wire-protocol proxy (placeholder until the proxy issue lands).
+//! writebehind-proxy: a PostgreSQL wire-protocol proxy; the write-behind half of pg_writebehind.
+//!
+//! Layout:
+//! - [`config`]: file + flags + env, validated into [`config::Config`].
+//! - [`server`]: accept loop and graceful shutdown (`run(config, listener, shutdown)`).
+//! - [`session`]: one client connection: startup, upstream connect, relay, cancel keys.
+//! - [`protocol`]: framing, the startup packet, messages the proxy builds (pgwire codecs).
+//! - [`admin`]: the admin console (virtual database `writebehind`).
+//! - [`error`]: the proxy's errors and their one SQLSTATE mapping.
+//! - [`stats`]: counters and the client registry.
+//! - [`ship`]: shipping batches into the extension's inbox exactly once; read barriers.
+//! - [`wal`]: the local write-ahead log of acknowledged writes.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod ship;
+pub mod stats;
+pub mod wal;
+
+pub use server::run;

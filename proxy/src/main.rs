@@ -1,5 +1,58 @@
-//! Thin entry point of `writebehind-proxy`.
-fn main() {
-    eprintln!("writebehind-proxy: not built yet");
-    std::process::exit(2);
+//! Thin entry point of `writebehind-proxy`: parse the configuration, set up logging, run
+//! until SIGTERM/SIGINT, exit 0 after draining.
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use writebehind_proxy::config::{LogFormat, Settings};
+
+fn main() -> std::process::ExitCode {
+    let settings = Settings::parse();
+    let config = match settings.merged().and_then(Settings::validate) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("writebehind-proxy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("writebehind-proxy: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received: draining");
+            let _ = tx.send(true);
+        });
+        writebehind_proxy::run(config, listener, rx).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("writebehind-proxy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

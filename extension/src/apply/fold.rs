@@ -375,9 +375,11 @@ fn parse_row(row: &InboxRow, shape: &TableShape<'_>) -> Result<(Vec<String>, Ste
                             _ => return Err(format!("column \"{col}\": expected {{\"set\": text|null}} or {{\"add\": text}}")),
                         }
                     }
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "column \"{col}\": expected {{\"set\": text|null}} or {{\"add\": text}}"
-                    )),
+                    ))
+                    }
                 };
                 ops.insert(col, op);
             }

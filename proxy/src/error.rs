@@ -1,0 +1,74 @@
+//! The proxy's own errors and their one mapping to what a client sees (severity, SQLSTATE,
+//! message). Errors PostgreSQL sends are relayed verbatim and never pass through here.
+
+use crate::protocol::messages::{self, Severity};
+use bytes::BytesMut;
+use tokio_postgres::error::SqlState;
+
+/// An error the proxy reports to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// PostgreSQL could not be reached for a new session.
+    #[error("could not connect to the upstream server: {0}")]
+    UpstreamConnect(String),
+    /// The upstream connection broke in the middle of a session.
+    #[error("server closed the connection unexpectedly")]
+    UpstreamLost,
+    /// A message larger than `max_message_size`.
+    #[error("message of {len} bytes exceeds the proxy's max_message_size of {max} bytes")]
+    MessageTooLarge { len: usize, max: usize },
+    /// Bytes that are not a valid protocol message.
+    #[error("invalid frontend message type {0}")]
+    ProtocolViolation(u8),
+    /// The connection ended in the middle of a message.
+    #[error("incomplete message from client")]
+    Truncated,
+    /// A startup packet the proxy cannot accept.
+    #[error("{0}")]
+    BadStartup(String),
+    /// `max_client_conn` reached.
+    #[error("too many client connections (max_client_conn = {0})")]
+    TooManyClients(usize),
+    /// A user not in `admin_users` asked for the admin console.
+    #[error("user \"{0}\" is not allowed on the admin console")]
+    AdminDenied(String),
+    /// An admin console command that does not exist.
+    #[error("unknown admin command: {0}")]
+    UnknownCommand(String),
+    /// The session was idle longer than `idle_timeout`.
+    #[error("terminating connection due to idle timeout")]
+    IdleTimeout,
+    /// The proxy is shutting down.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// The SQLSTATE and severity a client gets for this error.
+    pub fn code(&self) -> (&'static SqlState, Severity) {
+        match self {
+            ProxyError::UpstreamConnect(_) => (&SqlState::CONNECTION_FAILURE, Severity::Fatal),
+            ProxyError::UpstreamLost => (&SqlState::CONNECTION_FAILURE, Severity::Fatal),
+            ProxyError::MessageTooLarge { .. } => {
+                (&SqlState::PROGRAM_LIMIT_EXCEEDED, Severity::Fatal)
+            }
+            ProxyError::ProtocolViolation(_)
+            | ProxyError::Truncated
+            | ProxyError::BadStartup(_) => (&SqlState::PROTOCOL_VIOLATION, Severity::Fatal),
+            ProxyError::TooManyClients(_) => (&SqlState::TOO_MANY_CONNECTIONS, Severity::Fatal),
+            ProxyError::AdminDenied(_) => (
+                &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                Severity::Fatal,
+            ),
+            ProxyError::UnknownCommand(_) => (&SqlState::SYNTAX_ERROR, Severity::Error),
+            ProxyError::IdleTimeout => (&SqlState::IDLE_SESSION_TIMEOUT, Severity::Fatal),
+            ProxyError::ShuttingDown => (&SqlState::ADMIN_SHUTDOWN, Severity::Fatal),
+        }
+    }
+
+    /// Appends the ErrorResponse for this error to `buf`.
+    pub fn write_to(&self, buf: &mut BytesMut) {
+        let (code, severity) = self.code();
+        messages::error(buf, severity, code.code(), &self.to_string(), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! Backend messages the proxy sends itself, encoded with pgwire's message codecs.
+
+use bytes::BytesMut;
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::Message;
+
+/// Severity of an error the proxy raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement fails; the session goes on.
+    Error,
+    /// The session ends.
+    Fatal,
+}
+
+fn put<M: Message>(buf: &mut BytesMut, m: &M) {
+    // Encoding into a BytesMut only fails for messages over pgwire's size limits, which the
+    // proxy's own small messages never reach.
+    if let Err(error) = m.encode(buf) {
+        tracing::error!(%error, "encoding a backend message failed");
+    }
+}
+
+/// ErrorResponse with severity, SQLSTATE and message (and an optional hint).
+pub fn error(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
+    let sev = match severity {
+        Severity::Error => "ERROR",
+        Severity::Fatal => "FATAL",
+    };
+    let mut fields = vec![
+        (b'S', sev.to_string()),
+        (b'V', sev.to_string()),
+        (b'C', code.to_string()),
+        (b'M', message.to_string()),
+    ];
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_string()));
+    }
+    put(buf, &ErrorResponse::new(fields));
+}
+
+/// ReadyForQuery (idle).
+pub fn ready(buf: &mut BytesMut) {
+    put(buf, &ReadyForQuery::new(TransactionStatus::Idle));
+}
+
+/// CommandComplete with a tag.
+pub fn complete(buf: &mut BytesMut, tag: &str) {
+    put(buf, &CommandComplete::new(tag.to_string()));
+}
+
+/// AuthenticationOk.
+pub fn auth_ok(buf: &mut BytesMut) {
+    put(buf, &Authentication::Ok);
+}
+
+/// ParameterStatus.
+pub fn parameter(buf: &mut BytesMut, name: &str, value: &str) {
+    put(
+        buf,
+        &ParameterStatus::new(name.to_string(), value.to_string()),
+    );
+}
+
+/// BackendKeyData with a 4-byte secret (protocol 3.0).
+pub fn key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    put(buf, &BackendKeyData::new(pid, SecretKey::I32(secret)));
+}
+
+/// A text result set: RowDescription, one DataRow per row (NULL for `None`), CommandComplete.
+pub fn rows(buf: &mut BytesMut, columns: &[&str], data: &[Vec<Option<String>>]) {
+    const TEXT_OID: u32 = 25;
+    let fields = columns
+        .iter()
+        .map(|c| FieldDescription::new(c.to_string(), 0, 0, TEXT_OID, -1, -1, 0))
+        .collect();
+    put(buf, &RowDescription::new(fields));
+    for row in data {
+        let mut body = BytesMut::new();
+        for v in row {
+            match v {
+                Some(s) => {
+                    body.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                    body.extend_from_slice(s.as_bytes());
+                }
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        put(buf, &DataRow::new(body, row.len() as i16));
+    }
+    complete(buf, &format!("SHOW {}", data.len()));
+}

@@ -1,0 +1,109 @@
+//! The first packet of a connection (no type byte): SSL/GSS negotiation, cancel requests,
+//! and the StartupMessage with its parameters.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Protocol codes of the special startup packets.
+pub const SSL_REQUEST: i32 = 80_877_103;
+pub const GSSENC_REQUEST: i32 = 80_877_104;
+pub const CANCEL_REQUEST: i32 = 80_877_102;
+/// The largest startup packet accepted (PostgreSQL uses 10000).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+/// A decoded startup packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    /// SSLRequest.
+    Ssl,
+    /// GSSENCRequest.
+    GssEnc,
+    /// CancelRequest with the key the client was given.
+    Cancel { pid: i32, secret: i32 },
+    /// StartupMessage: the raw bytes (to forward as they are) and the parameters.
+    Startup {
+        raw: Vec<u8>,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Why the startup packet was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("connection closed during startup")]
+    Closed,
+    #[error("invalid startup packet: {0}")]
+    Invalid(String),
+    #[error("I/O error during startup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one startup packet.
+pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupPacket, StartupError> {
+    let len = match r.read_i32().await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(StartupError::Closed)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
+        return Err(StartupError::Invalid(format!("length {len}")));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => StartupError::Closed,
+        _ => StartupError::Io(e),
+    })?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    match code {
+        SSL_REQUEST => Ok(StartupPacket::Ssl),
+        GSSENC_REQUEST => Ok(StartupPacket::GssEnc),
+        CANCEL_REQUEST if body.len() == 12 => Ok(StartupPacket::Cancel {
+            pid: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+            secret: i32::from_be_bytes([body[8], body[9], body[10], body[11]]),
+        }),
+        c if c >> 16 == 3 => {
+            let params = parse_params(&body[4..])?;
+            let mut raw = Vec::with_capacity(len as usize);
+            raw.extend_from_slice(&len.to_be_bytes());
+            raw.extend_from_slice(&body);
+            Ok(StartupPacket::Startup { raw, params })
+        }
+        c => Err(StartupError::Invalid(format!(
+            "unsupported protocol {}.{}",
+            c >> 16,
+            c & 0xffff
+        ))),
+    }
+}
+
+fn parse_params(mut b: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
+    let mut out = Vec::new();
+    let next = |b: &mut &[u8]| -> Result<String, StartupError> {
+        let end = b
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| StartupError::Invalid("unterminated parameter".into()))?;
+        let s = String::from_utf8_lossy(&b[..end]).into_owned();
+        *b = &b[end + 1..];
+        Ok(s)
+    };
+    loop {
+        let k = next(&mut b)?;
+        if k.is_empty() {
+            return Ok(out);
+        }
+        let v = next(&mut b)?;
+        out.push((k, v));
+    }
+}
+
+/// Builds a CancelRequest packet.
+pub fn cancel_packet(pid: i32, secret: i32) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[..4].copy_from_slice(&16i32.to_be_bytes());
+    p[4..8].copy_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    p[8..12].copy_from_slice(&pid.to_be_bytes());
+    p[12..].copy_from_slice(&secret.to_be_bytes());
+    p
+}

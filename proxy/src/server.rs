@@ -1,0 +1,55 @@
+//! The accept loop and graceful shutdown: stop accepting, let sessions finish up to
+//! `shutdown_timeout`, return.
+
+use crate::config::Config;
+use crate::session::{self, cancel::CancelMap, Shared};
+use crate::stats::Stats;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Serves clients on `listener` until `shutdown` becomes true, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        config,
+        stats: Arc::new(Stats::default()),
+        cancel: CancelMap::default(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, "writebehind-proxy ready");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    tasks.spawn(session::handle(sock, peer, shared.clone()));
+                }
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let active = tasks.len();
+    info!(active, timeout = ?shared.config.shutdown_timeout, "shutting down: no new clients, waiting for sessions");
+    let drained = tokio::time::timeout(shared.config.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = tasks.len(),
+            "shutdown timeout reached; closing the remaining sessions"
+        );
+        tasks.abort_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Cancel keys: the proxy gives each client its own BackendKeyData and maps a CancelRequest
+//! to the upstream backend that serves that client.
+
+use crate::protocol::startup::cancel_packet;
+use dashmap::DashMap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Where a client's cancel request must go.
+#[derive(Debug, Clone)]
+pub struct UpstreamKey {
+    pub addr: String,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// The map from the keys the proxy handed out to upstream keys.
+#[derive(Debug, Default)]
+pub struct CancelMap {
+    keys: DashMap<(i32, i32), UpstreamKey>,
+}
+
+impl CancelMap {
+    /// Registers an upstream key and returns the proxy's key for the client.
+    pub fn register(&self, upstream: UpstreamKey) -> (i32, i32) {
+        loop {
+            let key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+            if let dashmap::Entry::Vacant(v) = self.keys.entry(key) {
+                v.insert(upstream);
+                return key;
+            }
+        }
+    }
+
+    /// Forgets a key when its session ends.
+    pub fn remove(&self, key: (i32, i32)) {
+        self.keys.remove(&key);
+    }
+
+    /// Forwards a cancel request to the right backend; unknown keys are ignored, as
+    /// PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let Some(target) = self.keys.get(&(pid, secret)).map(|k| k.clone()) else {
+            tracing::debug!(pid, "cancel request with an unknown key ignored");
+            return;
+        };
+        match TcpStream::connect(&target.addr).await {
+            Ok(mut s) => {
+                if let Err(error) = s.write_all(&cancel_packet(target.pid, target.secret)).await {
+                    tracing::warn!(%error, "forwarding a cancel request failed");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, addr = %target.addr, "cannot reach upstream to cancel")
+            }
+        }
+    }
+}
+
+/// Removes the session's key from the map when the session ends.
+pub struct KeyGuard<'a> {
+    pub map: &'a CancelMap,
+    pub key: Option<(i32, i32)>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.map.remove(k);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! One client connection: the startup packet (SSL/GSS negotiation, cancel requests), then
+//! either the admin console or a relayed session with its own upstream connection.
+
+pub mod cancel;
+pub mod relay;
+pub mod upstream;
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::protocol::startup::{read_packet, StartupError, StartupPacket};
+use crate::stats::{ClientGuard, ClientInfo, Stats};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, instrument, warn};
+
+/// State shared by every session.
+pub struct Shared {
+    pub config: Config,
+    pub stats: Arc<Stats>,
+    pub cancel: cancel::CancelMap,
+}
+
+/// Serves one accepted connection to its end.
+#[instrument(skip_all, fields(conn_id, peer = %peer))]
+pub async fn handle(mut sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let conn_id = shared.stats.next_client_id();
+    tracing::Span::current().record("conn_id", conn_id);
+    let (raw, params) = loop {
+        match read_packet(&mut sock).await {
+            Ok(StartupPacket::Ssl) | Ok(StartupPacket::GssEnc) => {
+                // TLS toward clients is not offered: the client goes on in plaintext or leaves.
+                if sock.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                shared.cancel.cancel(pid, secret).await;
+                return;
+            }
+            Ok(StartupPacket::Startup { raw, params }) => break (raw, params),
+            Err(StartupError::Closed) => return,
+            Err(e) => {
+                reject(&mut sock, &ProxyError::BadStartup(e.to_string())).await;
+                return;
+            }
+        }
+    };
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = param("user").unwrap_or_default();
+    let database = param("database").unwrap_or_else(|| user.clone());
+    if shared.stats.active() >= shared.config.max_client_conn {
+        reject(
+            &mut sock,
+            &ProxyError::TooManyClients(shared.config.max_client_conn),
+        )
+        .await;
+        return;
+    }
+    shared
+        .stats
+        .clients_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.stats.clients.insert(
+        conn_id,
+        ClientInfo {
+            user: user.clone(),
+            database: database.clone(),
+            addr: peer.to_string(),
+            upstream: None,
+            connected_at: SystemTime::now(),
+        },
+    );
+    let _guard = ClientGuard {
+        stats: shared.stats.clone(),
+        id: conn_id,
+    };
+    if database == crate::admin::ADMIN_DATABASE {
+        crate::admin::serve(sock, &user, &shared).await;
+        return;
+    }
+    let _ = sock.set_nodelay(true);
+    debug!(%user, %database, "session starting");
+    let counters = shared.stats.db(&database);
+    let stats = shared.stats.clone();
+    let on_upstream = move |addr: &str| {
+        if let Some(mut c) = stats.clients.get_mut(&conn_id) {
+            c.upstream = Some(addr.to_string());
+        }
+    };
+    match relay::run(sock, raw, shared.clone(), counters, on_upstream).await {
+        Ok(()) => debug!("session ended"),
+        Err(ProxyError::UpstreamConnect(error)) => warn!(%error, "upstream connect failed"),
+        Err(error) => info!(%error, "session ended with an error"),
+    }
+}
+
+/// Sends a fatal error during startup and closes.
+async fn reject(sock: &mut TcpStream, e: &ProxyError) {
+    let mut buf = BytesMut::new();
+    e.write_to(&mut buf);
+    let _ = sock.write_all(&buf).await;
+    let _ = sock.shutdown().await;
+}

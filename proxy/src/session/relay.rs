@@ -1,0 +1,254 @@
+//! Relaying one client session to its own upstream connection: the startup and authentication
+//! exchange message by message (swapping in the proxy's cancel key), then two byte pipes that
+//! forward each read in one write while a frame tracker watches message boundaries.
+//!
+//! Interception seam: every client message header passes through [`FrameTracker::feed`] in
+//! `client_to_upstream`; the write-behind path hooks in there to answer statements locally.
+
+use super::cancel::{KeyGuard, UpstreamKey};
+use super::Shared;
+use crate::error::ProxyError;
+use crate::protocol::frame::{FrameError, FrameTracker};
+use crate::protocol::messages;
+use crate::stats::DbCounters;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+const BUF: usize = 64 * 1024;
+
+/// How a session ended.
+enum End {
+    /// The client said Terminate or closed its side.
+    ClientDone,
+    /// PostgreSQL closed the connection (after an error it reported, or unexpectedly).
+    UpstreamClosed,
+}
+
+/// Runs the session until either side ends it.
+pub async fn run(
+    mut client: TcpStream,
+    startup: Vec<u8>,
+    shared: Arc<Shared>,
+    counters: Arc<DbCounters>,
+    on_upstream: impl FnOnce(&str),
+) -> Result<(), ProxyError> {
+    let cfg = &shared.config;
+    let (upstream, addr) = match super::upstream::connect(&cfg.upstream, cfg.connect_timeout).await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            let err = ProxyError::UpstreamConnect(e.to_string());
+            let mut buf = BytesMut::new();
+            err.write_to(&mut buf);
+            let _ = client.write_all(&buf).await;
+            return Err(err);
+        }
+    };
+    on_upstream(&addr);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    uw.write_all(&startup)
+        .await
+        .map_err(|_| ProxyError::UpstreamLost)?;
+
+    let mut guard = KeyGuard {
+        map: &shared.cancel,
+        key: None,
+    };
+    let ready = startup_phase(
+        &mut cr, &mut cw, &mut ur, &mut uw, &shared, &addr, &mut guard,
+    )
+    .await?;
+    if !ready {
+        return Ok(());
+    }
+
+    let awaiting = AtomicBool::new(false);
+    let terminated = AtomicBool::new(false);
+    let end = tokio::select! {
+        r = client_to_upstream(&mut cr, &mut uw, &shared, &counters, &awaiting, &terminated) => r,
+        r = upstream_to_client(&mut ur, &mut cw, &counters, &awaiting) => r,
+    };
+    match end {
+        Ok(End::ClientDone) => Ok(()),
+        Ok(End::UpstreamClosed) if terminated.load(Ordering::Relaxed) => Ok(()),
+        Ok(End::UpstreamClosed) => {
+            send_error(&mut cw, &ProxyError::UpstreamLost).await;
+            Ok(())
+        }
+        Err(e) => {
+            send_error(&mut cw, &e).await;
+            Err(e)
+        }
+    }
+}
+
+async fn send_error(cw: &mut OwnedWriteHalf, e: &ProxyError) {
+    let mut buf = BytesMut::new();
+    e.write_to(&mut buf);
+    let _ = cw.write_all(&buf).await;
+    let _ = cw.shutdown().await;
+}
+
+/// Relays until the first ReadyForQuery. Returns false if the server ended the session
+/// (e.g. authentication failed; its ErrorResponse has been relayed).
+async fn startup_phase(
+    cr: &mut OwnedReadHalf,
+    cw: &mut OwnedWriteHalf,
+    ur: &mut OwnedReadHalf,
+    uw: &mut OwnedWriteHalf,
+    shared: &Shared,
+    addr: &str,
+    guard: &mut KeyGuard<'_>,
+) -> Result<bool, ProxyError> {
+    let mut sbuf = BytesMut::with_capacity(8192);
+    let mut cbuf = BytesMut::with_capacity(1024);
+    let mut out = BytesMut::with_capacity(8192);
+    loop {
+        tokio::select! {
+            n = ur.read_buf(&mut sbuf) => {
+                let n = n.map_err(|_| ProxyError::UpstreamLost)?;
+                if n == 0 {
+                    // The server closed during startup: whatever it said was relayed.
+                    let _ = cw.shutdown().await;
+                    return Ok(false);
+                }
+                let mut ready = false;
+                while sbuf.len() >= 5 {
+                    let len = u32::from_be_bytes([sbuf[1], sbuf[2], sbuf[3], sbuf[4]]) as usize;
+                    if len < 4 {
+                        return Err(ProxyError::UpstreamLost);
+                    }
+                    if sbuf.len() < len + 1 {
+                        break;
+                    }
+                    let msg = sbuf.split_to(len + 1);
+                    match msg[0] {
+                        b'K' if len == 12 => {
+                            let pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
+                            let secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
+                            let key = shared.cancel.register(UpstreamKey { addr: addr.to_string(), pid, secret });
+                            guard.key = Some(key);
+                            messages::key_data(&mut out, key.0, key.1);
+                        }
+                        b'Z' => {
+                            out.extend_from_slice(&msg);
+                            ready = true;
+                        }
+                        _ => out.extend_from_slice(&msg),
+                    }
+                }
+                cw.write_all(&out).await.map_err(|_| ProxyError::UpstreamLost)?;
+                out.clear();
+                if ready {
+                    // Anything after the first ReadyForQuery is ordinary traffic.
+                    if !sbuf.is_empty() {
+                        cw.write_all(&sbuf).await.map_err(|_| ProxyError::UpstreamLost)?;
+                    }
+                    return Ok(true);
+                }
+            }
+            n = cr.read_buf(&mut cbuf) => {
+                let n = n.map_err(|_| ProxyError::Truncated)?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                uw.write_all(&cbuf).await.map_err(|_| ProxyError::UpstreamLost)?;
+                cbuf.clear();
+            }
+        }
+    }
+}
+
+async fn client_to_upstream(
+    cr: &mut OwnedReadHalf,
+    uw: &mut OwnedWriteHalf,
+    shared: &Shared,
+    counters: &DbCounters,
+    awaiting: &AtomicBool,
+    terminated: &AtomicBool,
+) -> Result<End, ProxyError> {
+    let max = shared.config.max_message_size;
+    let idle = shared.config.idle_timeout;
+    let mut tracker = FrameTracker::new(true, max);
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let read = cr.read(&mut buf);
+        let n = match idle {
+            Some(t) if !awaiting.load(Ordering::Relaxed) && tracker.at_boundary() => {
+                match tokio::time::timeout(t, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ProxyError::IdleTimeout),
+                }
+            }
+            _ => read.await,
+        };
+        let n = match n {
+            Ok(0) | Err(_) if !tracker.at_boundary() => return Err(ProxyError::Truncated),
+            Ok(0) | Err(_) => return Ok(End::ClientDone),
+            Ok(n) => n,
+        };
+        let mut queries = 0u64;
+        let mut term = false;
+        let mut wants_reply = false;
+        tracker
+            .feed(&buf[..n], |ty, _| match ty {
+                b'Q' => {
+                    queries += 1;
+                    wants_reply = true;
+                }
+                b'E' => queries += 1,
+                b'S' | b'H' | b'F' => wants_reply = true,
+                b'X' => term = true,
+                _ => {}
+            })
+            .map_err(|e| match e {
+                FrameError::TooLarge { len } => ProxyError::MessageTooLarge { len, max },
+                FrameError::Invalid { ty } => ProxyError::ProtocolViolation(ty),
+            })?;
+        if wants_reply {
+            awaiting.store(true, Ordering::Relaxed);
+        }
+        counters.queries.fetch_add(queries, Ordering::Relaxed);
+        counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        if term {
+            terminated.store(true, Ordering::Relaxed);
+        }
+        if uw.write_all(&buf[..n]).await.is_err() {
+            return Ok(End::UpstreamClosed);
+        }
+        if term {
+            return Ok(End::ClientDone);
+        }
+    }
+}
+
+async fn upstream_to_client(
+    ur: &mut OwnedReadHalf,
+    cw: &mut OwnedWriteHalf,
+    counters: &DbCounters,
+    awaiting: &AtomicBool,
+) -> Result<End, ProxyError> {
+    let mut tracker = FrameTracker::new(false, usize::MAX);
+    let mut buf = BytesMut::with_capacity(BUF);
+    loop {
+        buf.clear();
+        let n = match ur.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(End::UpstreamClosed),
+            Ok(n) => n,
+        };
+        let mut ready = false;
+        let _ = tracker.feed(&buf, |ty, _| ready |= ty == b'Z');
+        if ready {
+            awaiting.store(false, Ordering::Relaxed);
+        }
+        counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        if cw.write_all(&buf).await.is_err() {
+            return Ok(End::ClientDone);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The upstream PostgreSQL: its URL (one or more hosts) and opening a client session's own
+//! connection to the current primary.
+
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// A parsed `postgresql://USER@HOST:PORT[,HOST:PORT…]/DB[?target_session_attrs=…]` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// The proxy's own user for its connections.
+    pub user: String,
+    /// The proxy's own database.
+    pub dbname: String,
+    /// Hosts in the order they are tried.
+    pub hosts: Vec<(String, u16)>,
+    /// Whether only a read-write server (a primary) may be used.
+    pub read_write: bool,
+    /// The original text (for SHOW CONFIG and tokio-postgres).
+    pub text: String,
+}
+
+impl UpstreamUrl {
+    /// Parses the URL; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("postgresql://")
+            .or_else(|| text.strip_prefix("postgres://"))
+            .ok_or("must start with postgresql://")?;
+        let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, dbname) = main.split_once('/').unwrap_or((main, "postgres"));
+        let (user, hostlist) = match authority.rsplit_once('@') {
+            Some((u, h)) => (u.split(':').next().unwrap_or("").to_string(), h),
+            None => ("postgres".to_string(), authority),
+        };
+        let mut hosts = Vec::new();
+        for h in hostlist.split(',').filter(|h| !h.is_empty()) {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((host, port)) => (
+                    host,
+                    port.parse::<u16>()
+                        .map_err(|_| format!("bad port in {h:?}"))?,
+                ),
+                None => (h, 5432),
+            };
+            hosts.push((
+                host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                port,
+            ));
+        }
+        if hosts.is_empty() {
+            return Err("no host given".into());
+        }
+        let mut read_write = false;
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("target_session_attrs", "read-write")) => read_write = true,
+                Some(("target_session_attrs", "any")) => read_write = false,
+                Some(("target_session_attrs", other)) => {
+                    return Err(format!(
+                        "target_session_attrs={other} is not supported (any, read-write)"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            user: if user.is_empty() {
+                "postgres".into()
+            } else {
+                user
+            },
+            dbname: if dbname.is_empty() {
+                "postgres".into()
+            } else {
+                dbname.to_string()
+            },
+            hosts,
+            read_write,
+            text: text.to_string(),
+        })
+    }
+
+    /// A tokio-postgres config for the proxy's own connection to `dbname` on every host.
+    pub fn pg_config(&self, dbname: &str, connect_timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.user(&self.user)
+            .dbname(dbname)
+            .connect_timeout(connect_timeout);
+        c.application_name("writebehind-proxy");
+        for (h, p) in &self.hosts {
+            c.host(h).port(*p);
+        }
+        if self.read_write {
+            c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
+        c
+    }
+}
+
+/// Opens a TCP connection for a client session: the first host that accepts, or with
+/// `read-write`, the first host that is not in recovery (checked through the proxy's own login).
+pub async fn connect(url: &UpstreamUrl, timeout: Duration) -> std::io::Result<(TcpStream, String)> {
+    let mut last_err = std::io::Error::new(std::io::ErrorKind::NotFound, "no upstream host");
+    for (host, port) in &url.hosts {
+        let addr = format!("{host}:{port}");
+        if url.read_write && url.hosts.len() > 1 && !is_primary(url, host, *port, timeout).await {
+            continue;
+        }
+        match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => {
+                s.set_nodelay(true)?;
+                return Ok((s, addr));
+            }
+            Ok(Err(e)) => last_err = e,
+            Err(_) => {
+                last_err = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )
+            }
+        }
+    }
+    Err(last_err)
+}
+
+async fn is_primary(url: &UpstreamUrl, host: &str, port: u16, timeout: Duration) -> bool {
+    let mut c = tokio_postgres::Config::new();
+    c.user(&url.user)
+        .dbname(&url.dbname)
+        .host(host)
+        .port(port)
+        .connect_timeout(timeout);
+    let Ok(Ok((client, conn))) =
+        tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls)).await
+    else {
+        return false;
+    };
+    let task = tokio::spawn(conn);
+    let primary = matches!(
+        client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0)),
+        Ok(false)
+    );
+    drop(client);
+    let _ = task.await;
+    primary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_and_multi_host_urls() {
+        let u = UpstreamUrl::parse("postgresql://alice@db:5433/app").expect("parse");
+        assert_eq!((u.user.as_str(), u.dbname.as_str()), ("alice", "app"));
+        assert_eq!(u.hosts, vec![("db".to_string(), 5433)]);
+        assert!(!u.read_write);
+        let m = UpstreamUrl::parse("postgresql://bob@a:1,b:2/x?target_session_attrs=read-write")
+            .expect("parse");
+        assert_eq!(m.hosts.len(), 2);
+        assert!(m.read_write);
+        assert!(UpstreamUrl::parse("mysql://x").is_err());
+        assert!(UpstreamUrl::parse("postgresql://u@h:notaport/db").is_err());
+    }
+}

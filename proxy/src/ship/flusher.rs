@@ -1,0 +1,206 @@
+//! The per-database flusher: drains pending changes into batches, ships them in order, retries.
+//!
+//! One flusher task runs per upstream database. It wakes every `flush_interval`, or at once when
+//! a barrier or a full batch asks for it, takes batches from its [`BatchSource`] (the
+//! coalescer) and ships each with [`InboxShipper`] until the source is empty. A batch that fails
+//! is resent, with the same sequence number and bytes, after a capped exponential backoff, so
+//! the inbox receives it exactly once and a key's changes are never reordered. Progress is
+//! published on a watch channel that barriers wait on.
+
+use super::backoff::Backoff;
+use super::inbox::{Delivery, InboxShipper};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+/// One batch taken from the pending changes, already encoded as inbox COPY rows.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    /// COPY text rows (docs/inbox.md), every row carrying this batch's sequence number.
+    pub rows: Bytes,
+    /// How many inbox rows it holds.
+    pub changes: usize,
+    /// The tables it touches (pg_class oids).
+    pub relids: Vec<u32>,
+}
+
+/// Where a flusher takes its batches from: the coalescer of one database.
+pub trait BatchSource: Send + Sync + 'static {
+    /// Takes up to `max_rows` pending changes as batch `seq`, or `None` when nothing is pending.
+    fn take_batch(&self, seq: i64, max_rows: usize) -> Option<EncodedBatch>;
+    /// How many writes were acknowledged so far (monotonic). A write is counted only after it
+    /// is in the source, so every write counted before a `take_batch` loop began is drained by
+    /// the time that loop sees `None`.
+    fn acked(&self) -> u64;
+}
+
+/// Settings of one flusher.
+#[derive(Debug, Clone)]
+pub struct FlushSettings {
+    /// How often pending changes are shipped when nobody asks sooner.
+    pub flush_interval: Duration,
+    /// The most inbox rows in one batch.
+    pub max_batch_rows: usize,
+    /// First retry delay after a failed shipment.
+    pub retry_initial: Duration,
+    /// Cap of the retry delay.
+    pub retry_max: Duration,
+}
+
+/// What the flusher has done so far; barriers and status reports read it.
+#[derive(Debug, Clone, Default)]
+pub struct ShipProgress {
+    /// Every write acknowledged up to this count is committed in the inbox.
+    pub shipped_through: u64,
+    /// The last batch sequence number that committed.
+    pub last_seq: i64,
+    /// Per table: how many batches touching it committed (a generation counter).
+    pub table_generation: HashMap<u32, u64>,
+    /// Batches committed by this flusher.
+    pub batches: u64,
+    /// Inbox rows committed by this flusher.
+    pub rows: u64,
+    /// Failed shipment attempts since the start.
+    pub errors: u64,
+    /// The most recent shipment error, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// Handle to a running flusher task.
+#[derive(Clone)]
+pub struct Flusher {
+    wake: Arc<Notify>,
+    progress: watch::Receiver<ShipProgress>,
+}
+
+impl Flusher {
+    /// Starts the flusher task. `first_seq` is the batch sequence number after the last one
+    /// the inbox has (`committed_seq() + 1`). The task ends when `shutdown` flips to true,
+    /// after shipping everything still pending.
+    pub fn spawn(
+        source: Arc<dyn BatchSource>,
+        shipper: InboxShipper,
+        settings: FlushSettings,
+        first_seq: i64,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let wake = Arc::new(Notify::new());
+        let initial = ShipProgress {
+            last_seq: first_seq - 1,
+            ..ShipProgress::default()
+        };
+        let (tx, rx) = watch::channel(initial);
+        let task = FlushTask {
+            source,
+            shipper,
+            settings,
+            next_seq: first_seq,
+            wake: wake.clone(),
+            progress: tx,
+            shutdown,
+        };
+        let handle = tokio::spawn(task.run());
+        (Self { wake, progress: rx }, handle)
+    }
+
+    /// Asks the flusher to ship now instead of at the next interval.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A receiver of the flusher's progress.
+    pub fn progress(&self) -> watch::Receiver<ShipProgress> {
+        self.progress.clone()
+    }
+}
+
+struct FlushTask {
+    source: Arc<dyn BatchSource>,
+    shipper: InboxShipper,
+    settings: FlushSettings,
+    next_seq: i64,
+    wake: Arc<Notify>,
+    progress: watch::Sender<ShipProgress>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl FlushTask {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = *self.shutdown.borrow();
+            self.ship_all().await;
+            if stopping {
+                info!(
+                    proxy_id = self.shipper.proxy_id(),
+                    "flusher drained, stopping"
+                );
+                return;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+                _ = self.shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Ships batches until the source is empty; publishes `shipped_through` at the end.
+    async fn ship_all(&mut self) {
+        let start = self.source.acked();
+        while let Some(batch) = self
+            .source
+            .take_batch(self.next_seq, self.settings.max_batch_rows)
+        {
+            let seq = self.next_seq;
+            self.ship_until_delivered(seq, &batch).await;
+            self.next_seq += 1;
+            self.progress.send_modify(|p| {
+                p.last_seq = seq;
+                p.batches += 1;
+                p.rows += batch.changes as u64;
+                p.last_error = None;
+                for relid in &batch.relids {
+                    *p.table_generation.entry(*relid).or_insert(0) += 1;
+                }
+            });
+        }
+        self.progress.send_if_modified(|p| {
+            let advanced = p.shipped_through < start;
+            p.shipped_through = p.shipped_through.max(start);
+            advanced
+        });
+    }
+
+    /// Resends one batch until it is in the inbox. It never gives up: an acknowledged write
+    /// must reach PostgreSQL, and later batches must not overtake it.
+    async fn ship_until_delivered(&mut self, seq: i64, batch: &EncodedBatch) {
+        let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
+        loop {
+            match self.shipper.ship(seq, batch.rows.clone()).await {
+                Ok(Delivery::Committed) => {
+                    debug!(seq, rows = batch.changes, "batch committed");
+                    return;
+                }
+                Ok(Delivery::AlreadyDelivered) => {
+                    info!(seq, "batch had been delivered before; skipped");
+                    return;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    warn!(seq, %error, attempt = backoff.attempts(), ?delay, "shipping failed; retrying");
+                    let message = error.to_string();
+                    self.progress.send_modify(|p| {
+                        p.errors += 1;
+                        p.last_error = Some(message);
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Ships encoded batches into the extension's inbox, one transaction each, exactly once.
+//!
+//! The protocol is docs/inbox.md: `BEGIN; SELECT writebehind.begin_batch(id, seq); COPY ...;
+//! COMMIT`. A replay of a batch that already committed is answered `false` by `begin_batch`
+//! and reported as [`Delivery::AlreadyDelivered`], so the caller may resend a batch whenever it
+//! does not know whether the last attempt committed.
+
+use bytes::Bytes;
+use futures::SinkExt;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// The COPY statement of the inbox contract; the column order is the order of encoded rows.
+pub const COPY_INBOX: &str =
+    "COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN";
+
+/// What became of a batch that was shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// This attempt committed the batch.
+    Committed,
+    /// An earlier attempt had committed it already; nothing was written twice.
+    AlreadyDelivered,
+}
+
+/// Why a shipment or a flush did not complete. Every variant is retryable by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// No connection to PostgreSQL could be made.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    /// The batch transaction failed; it rolled back as a whole.
+    #[error("shipping batch {seq} failed: {source}")]
+    Batch {
+        /// The batch's sequence number.
+        seq: i64,
+        /// The error PostgreSQL or the connection gave.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// `writebehind.flush()` or `committed_seq()` failed or timed out.
+    #[error("waiting for the apply worker failed: {0}")]
+    Flush(#[source] tokio_postgres::Error),
+}
+
+impl ShipError {
+    /// The SQLSTATE PostgreSQL reported, if the error came from the server.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            ShipError::Connect(e) | ShipError::Batch { source: e, .. } | ShipError::Flush(e) => {
+                e.code()
+            }
+        }
+    }
+}
+
+/// One proxy-owned connection that ships batches for one database.
+pub struct InboxShipper {
+    config: Config,
+    proxy_id: String,
+    client: Option<Client>,
+}
+
+impl InboxShipper {
+    /// A shipper for the database in `config`, shipping as `proxy_id`. Connects lazily.
+    pub fn new(config: Config, proxy_id: impl Into<String>) -> Self {
+        Self {
+            config,
+            proxy_id: proxy_id.into(),
+            client: None,
+        }
+    }
+
+    /// The proxy id this shipper writes into `writebehind.progress`.
+    pub fn proxy_id(&self) -> &str {
+        &self.proxy_id
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, ShipError> {
+        let client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let (client, conn) = self
+                    .config
+                    .connect(NoTls)
+                    .await
+                    .map_err(ShipError::Connect)?;
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "shipper connection ended");
+                    }
+                });
+                client
+            }
+        };
+        Ok(self.client.insert(client))
+    }
+
+    /// Drops the connection so that the next call starts from a clean one.
+    pub fn reset(&mut self) {
+        self.client = None;
+    }
+
+    /// The last batch sequence number of this proxy that committed (0 if none).
+    pub async fn committed_seq(&mut self) -> Result<i64, ShipError> {
+        let id = self.proxy_id.clone();
+        let result = async {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT writebehind.committed_seq($1)", &[&id])
+                .await
+                .map_err(ShipError::Flush)?;
+            row.try_get::<_, i64>(0).map_err(ShipError::Flush)
+        }
+        .await;
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    /// Ships one batch: `rows` is the COPY text of docs/inbox.md for batch `seq`.
+    pub async fn ship(&mut self, seq: i64, rows: Bytes) -> Result<Delivery, ShipError> {
+        let id = self.proxy_id.clone();
+        let result = async {
+            let client = self.client().await?;
+            let batch_err = |source| ShipError::Batch { seq, source };
+            let tx = client.transaction().await.map_err(batch_err)?;
+            let fresh: bool = tx
+                .query_one("SELECT writebehind.begin_batch($1, $2)", &[&id, &seq])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(batch_err)?;
+            if !fresh {
+                tx.rollback().await.map_err(batch_err)?;
+                return Ok(Delivery::AlreadyDelivered);
+            }
+            let sink = tx
+                .copy_in::<_, Bytes>(COPY_INBOX)
+                .await
+                .map_err(batch_err)?;
+            futures::pin_mut!(sink);
+            sink.send(rows).await.map_err(batch_err)?;
+            sink.finish().await.map_err(batch_err)?;
+            tx.commit().await.map_err(batch_err)?;
+            Ok(Delivery::Committed)
+        }
+        .await;
+        if result.is_err() {
+            // The outcome of a failed COMMIT is unknown: the caller resends the same batch,
+            // and begin_batch tells whether it had landed.
+            self.reset();
+        }
+        result
+    }
+
+    /// Waits until the extension has applied everything committed to the inbox for `relid`
+    /// (or for every table when `None`), up to `timeout`.
+    pub async fn flush(&mut self, relid: Option<u32>, timeout: Duration) -> Result<(), ShipError> {
+        let interval = format!("{} ms", timeout.as_millis());
+        let result = async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "SELECT writebehind.flush($1::oid::regclass, $2::text::interval)",
+                    &[&relid, &interval],
+                )
+                .await
+                .map_err(ShipError::Flush)?;
+            Ok(())
+        }
+        .await;
+        if matches!(result, Err(ShipError::Connect(_)))
+            || self.client.as_ref().is_some_and(Client::is_closed)
+        {
+            self.reset();
+        }
+        result
+    }
+}

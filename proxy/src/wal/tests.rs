@@ -1,0 +1,150 @@
+//! Unit tests of the WAL: round trips, rotation, removal, torn tails, corruption, the lock.
+
+use super::*;
+use std::fs::OpenOptions;
+use std::sync::Arc;
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "wbwal-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn write_n(dir: &Path, n: u64, segment_size: u64) -> Vec<Vec<u8>> {
+    let rec = recover(dir).expect("recover");
+    let wal = Wal::open(dir, rec.next_lsn, segment_size).expect("open");
+    (0..n)
+        .map(|i| {
+            let p = format!("payload-{i}-{}", "x".repeat((i % 7) as usize)).into_bytes();
+            wal.append(1, &p).expect("append");
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn appends_survive_reopen_in_order_across_segments() {
+    let dir = tempdir("reopen");
+    let first = write_n(&dir, 500, 2048);
+    let second = write_n(&dir, 10, 2048);
+    assert!(
+        segment_paths(&dir).expect("list").len() > 3,
+        "rotation happened"
+    );
+    let rec = recover(&dir).expect("recover");
+    let payloads: Vec<_> = rec.records.iter().map(|r| r.payload.clone()).collect();
+    assert_eq!(payloads, [first, second].concat());
+    assert_eq!(rec.next_lsn, 511);
+    assert!(rec
+        .records
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.lsn == i as u64 + 1));
+    assert!(rec.cut_tail.is_none());
+}
+
+#[test]
+fn remove_below_keeps_everything_not_yet_committed() {
+    let dir = tempdir("remove");
+    write_n(&dir, 300, 1024);
+    let wal = Wal::open(&dir, recover(&dir).expect("recover").next_lsn, 1024).expect("open");
+    let removed = wal.remove_below(200).expect("remove");
+    assert!(removed > 0);
+    let rec = recover(&dir).expect("recover after removal");
+    let first = rec.records.first().expect("records left").lsn;
+    assert!(
+        first <= 200,
+        "records at or above 200 must remain, first is {first}"
+    );
+    assert_eq!(rec.records.last().map(|r| r.lsn), Some(300));
+}
+
+#[test]
+fn torn_tail_is_cut_and_appending_resumes() {
+    let dir = tempdir("torn");
+    let written = write_n(&dir, 50, 1 << 20);
+    let (_, seg) = segment_paths(&dir)
+        .expect("list")
+        .pop()
+        .expect("one segment");
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    let f = OpenOptions::new().write(true).open(&seg).expect("open");
+    f.set_len(len - 5).expect("truncate mid-record");
+    let rec = recover(&dir).expect("torn tail is not an error");
+    assert_eq!(rec.records.len(), 49);
+    assert!(rec.cut_tail.is_some());
+    assert_eq!(
+        rec.records
+            .iter()
+            .map(|r| r.payload.clone())
+            .collect::<Vec<_>>(),
+        written[..49].to_vec()
+    );
+    write_n(&dir, 1, 1 << 20);
+    let again = recover(&dir).expect("recover again");
+    assert_eq!(again.records.len(), 50);
+    assert_eq!(again.records[49].lsn, 50);
+}
+
+#[test]
+fn flipped_byte_in_the_middle_stops_recovery() {
+    let dir = tempdir("flip");
+    write_n(&dir, 50, 1 << 20);
+    let (_, seg) = segment_paths(&dir)
+        .expect("list")
+        .pop()
+        .expect("one segment");
+    let mut data = std::fs::read(&seg).expect("read");
+    data[100] ^= 0x01;
+    std::fs::write(&seg, &data).expect("write");
+    let err = recover(&dir).expect_err("corruption must be refused");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn flipped_byte_in_the_last_record_is_a_torn_tail() {
+    let dir = tempdir("fliplast");
+    write_n(&dir, 20, 1 << 20);
+    let (_, seg) = segment_paths(&dir)
+        .expect("list")
+        .pop()
+        .expect("one segment");
+    let mut data = std::fs::read(&seg).expect("read");
+    let n = data.len();
+    data[n - 2] ^= 0x01;
+    std::fs::write(&seg, &data).expect("write");
+    let rec = recover(&dir).expect("a damaged last record is cut");
+    assert_eq!(rec.records.len(), 19);
+}
+
+#[test]
+fn directory_lock_is_exclusive_and_proxy_id_persists() {
+    let dir = tempdir("lock");
+    let a = WalDir::open(&dir, None).expect("first open");
+    let id = a.proxy_id().to_string();
+    assert!(matches!(WalDir::open(&dir, None), Err(WalError::Locked(_))));
+    drop(a);
+    let b = WalDir::open(&dir, None).expect("reopen after release");
+    assert_eq!(b.proxy_id(), id);
+    drop(b);
+    assert!(matches!(
+        WalDir::open(&dir, Some("other")),
+        Err(WalError::ProxyIdMismatch { .. })
+    ));
+}
+
+#[tokio::test]
+async fn fsync_mode_waits_for_group_sync() {
+    let dir = tempdir("fsync");
+    let wal = Arc::new(Wal::open(&dir, 1, 1 << 20).expect("open"));
+    tokio::spawn(wal.clone().run_fsync(std::time::Duration::from_millis(5)));
+    let lsn = wal.append(1, b"x").expect("append");
+    tokio::time::timeout(std::time::Duration::from_secs(5), wal.wait_synced(lsn))
+        .await
+        .expect("synced in time");
+    assert!(wal.stats().synced_lsn >= lsn);
+}

@@ -195,3 +195,42 @@ impl Drop for Proxy {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a command to completion and returns (success, stdout, stderr).
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<(bool, String, String)> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A `psql` command against 127.0.0.1:`port` as `user` on `db`, without reading ~/.psqlrc.
+pub fn psql(port: u16, user: &str, db: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        user,
+        "-d",
+        db,
+    ]);
+    c
+}
+
+impl Cluster {
+    /// Prepends lines to pg_hba.conf and reloads the configuration.
+    pub async fn prepend_hba(&self, lines: &[&str]) -> anyhow::Result<()> {
+        let path = self.dir.join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, format!("{}\n{old}", lines.join("\n")))?;
+        let c = self.connect("postgres").await?;
+        c.execute("SELECT pg_reload_conf()", &[]).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! The pass-through proxy under bad input and failures: authentication relayed to PostgreSQL,
+//! garbage, truncated and oversized messages, an unreachable or dying upstream, SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use writebehind_tests::{free_port, wait_until, Cluster, Proxy};
+
+/// A raw client: sends a StartupMessage and reads until the first ReadyForQuery.
+fn raw_session(port: u16) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", "postgres"), ("database", "postgres")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    s.write_all(&msg)?;
+    loop {
+        let (ty, _) = read_message(&mut s)?;
+        if ty == b'Z' {
+            return Ok(s);
+        }
+    }
+}
+
+fn read_message(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body)?;
+    Ok((head[0], body))
+}
+
+/// The SQLSTATE field of an ErrorResponse body.
+fn sqlstate(body: &[u8]) -> Option<String> {
+    body.split(|&b| b == 0)
+        .find(|f| f.first() == Some(&b'C'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+}
+
+/// Reads messages until an ErrorResponse; returns its SQLSTATE.
+fn expect_error(s: &mut TcpStream) -> anyhow::Result<String> {
+    loop {
+        let (ty, body) = read_message(s)?;
+        if ty == b'E' {
+            return sqlstate(&body).ok_or_else(|| anyhow::anyhow!("no SQLSTATE"));
+        }
+    }
+}
+
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_rejected_by_postgres_through_the_proxy() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let admin = cluster.connect("postgres").await?;
+    admin
+        .batch_execute(
+            "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'right-md5';
+             SET password_encryption = 'scram-sha-256'; CREATE ROLE scramuser LOGIN PASSWORD 'right-scram';",
+        )
+        .await?;
+    cluster
+        .prepend_hba(&[
+            "host all md5user 127.0.0.1/32 md5",
+            "host all scramuser 127.0.0.1/32 scram-sha-256",
+        ])
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &[])?;
+    for (user, good) in [("md5user", "right-md5"), ("scramuser", "right-scram")] {
+        let bad = format!("{} password=wrong", proxy.conninfo(user, "postgres"));
+        let err = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a wrong password is refused");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{user}: {err}"
+        );
+        let ok = format!("{} password={good}", proxy.conninfo(user, "postgres"));
+        let client = writebehind_tests::connect(&ok).await?;
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await?
+            .get(0);
+        assert_eq!(who, user);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_truncated_and_oversized_messages_close_only_that_client() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--max-message-size", "10000"])?;
+    let bystander = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+
+    // Garbage: a type byte the protocol does not have.
+    let mut s = raw_session(proxy.port)?;
+    s.write_all(b"\x01\x00\x00\x00\x08garbage!")?;
+    assert_eq!(expect_error(&mut s)?, "08P01");
+    assert!(closed(&mut s));
+
+    // Truncated: a Query that announces 100 bytes, sends 10, and the client stops sending.
+    let mut s = raw_session(proxy.port)?;
+    s.write_all(b"Q\x00\x00\x00\x64SELECT 1")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    assert_eq!(expect_error(&mut s)?, "08P01");
+    assert!(closed(&mut s));
+
+    // Oversized: over max_message_size.
+    let big = format!("SELECT '{}'", "x".repeat(20_000));
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let err = client.simple_query(&big).await.expect_err("too large");
+    assert_eq!(err.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{err}");
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+
+    // The proxy keeps serving everyone else.
+    let n: i32 = bystander.query_one("SELECT 41 + 1", &[]).await?.get(0);
+    assert_eq!(n, 42);
+    Ok(())
+}
+
+#[tokio::test]
+async fn upstream_unreachable_or_dying_gives_08006_never_a_hang() -> anyhow::Result<()> {
+    // Nothing listens on the upstream port.
+    let dead = free_port();
+    let proxy = Proxy::spawn(
+        &format!("postgresql://postgres@127.0.0.1:{dead}/postgres"),
+        &["--connect-timeout", "2s"],
+    )?;
+    let err = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_postgres::connect(
+            &proxy.conninfo("postgres", "postgres"),
+            tokio_postgres::NoTls,
+        ),
+    )
+    .await?
+    .err()
+    .expect("no upstream");
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+
+    // The upstream goes away in the middle of a session.
+    let cluster = Cluster::start()?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &[])?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    client.simple_query("SELECT 1").await?;
+    cluster.stop("immediate")?;
+    let r = tokio::time::timeout(Duration::from_secs(15), client.simple_query("SELECT 1")).await?;
+    assert!(r.is_err(), "a query after the upstream died fails");
+    assert!(wait_until(Duration::from_secs(5), || client.is_closed()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_lets_sessions_finish_and_exits_zero() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut proxy = Proxy::spawn(&cluster.url("postgres"), &["--shutdown-timeout", "20s"])?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    client.simple_query("SELECT 1").await?;
+    proxy.signal("TERM")?;
+    let port = proxy.port;
+    assert!(
+        wait_until(Duration::from_secs(10), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_err()),
+        "no new connections after SIGTERM"
+    );
+    // The open session still works until its client leaves.
+    let v: i32 = client.query_one("SELECT 7", &[]).await?.get(0);
+    assert_eq!(v, 7);
+    assert!(
+        proxy.child.try_wait()?.is_none(),
+        "the proxy waits for the session"
+    );
+    drop(client);
+    // Poll asynchronously: the dropped client's connection task must run to close its socket.
+    let mut status = None;
+    for _ in 0..500 {
+        status = proxy.child.try_wait()?;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    Ok(())
+}

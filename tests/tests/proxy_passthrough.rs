@@ -1,0 +1,287 @@
+//! The pass-through proxy with real clients: psql, pgbench (simple, extended, prepared),
+//! tokio-postgres (prepared statements, binary parameters, COPY, cancel, LISTEN/NOTIFY).
+
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use std::time::Duration;
+use writebehind_tests::{psql, run_cmd, Cluster, Proxy};
+
+fn setup() -> anyhow::Result<(Cluster, Proxy)> {
+    let cluster = Cluster::start()?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--admin-users", "admin"])?;
+    Ok((cluster, proxy))
+}
+
+#[tokio::test]
+async fn psql_multi_statement_describe_copy_and_errors_in_transactions() -> anyhow::Result<()> {
+    let (cluster, proxy) = setup()?;
+    let (ok, out, err) = run_cmd(psql(proxy.port, "postgres", "postgres").args([
+        "-qAt",
+        "-c",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'); SELECT count(*) FROM t",
+    ]))?;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "2");
+
+    let (ok, out, _) = run_cmd(psql(proxy.port, "postgres", "postgres").args(["-c", "\\d t"]))?;
+    assert!(ok);
+    assert!(
+        out.contains("Table \"public.t\"") && out.contains("t_pkey"),
+        "{out}"
+    );
+
+    // \copy in and out through the proxy.
+    let dir = std::env::temp_dir().join(format!("wbcopy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join("in.csv");
+    std::fs::write(
+        &input,
+        (3..=1002)
+            .map(|i| format!("{i},row {i}\n"))
+            .collect::<String>(),
+    )?;
+    let (ok, out, err) = run_cmd(psql(proxy.port, "postgres", "postgres").args([
+        "-c",
+        &format!("\\copy t FROM '{}' WITH (FORMAT csv)", input.display()),
+    ]))?;
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 1000"), "{out}");
+    let output = dir.join("out.csv");
+    let (ok, out, err) = run_cmd(psql(proxy.port, "postgres", "postgres").args([
+        "-c",
+        &format!(
+            "\\copy (SELECT * FROM t ORDER BY id) TO '{}' WITH (FORMAT csv)",
+            output.display()
+        ),
+    ]))?;
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 1002"), "{out}");
+    let lines: Vec<String> = std::fs::read_to_string(&output)?
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 1002);
+    assert_eq!(lines[1001], "1002,row 1002");
+
+    // An error inside a transaction: the rest of the block fails until ROLLBACK, as in PostgreSQL.
+    let (_, out, err) = run_cmd(psql(proxy.port, "postgres", "postgres").args([
+        "-At",
+        "-c",
+        "BEGIN",
+        "-c",
+        "SELECT 1/0",
+        "-c",
+        "SELECT 42",
+        "-c",
+        "ROLLBACK",
+        "-c",
+        "SELECT 43",
+    ]))?;
+    assert!(err.contains("division by zero"), "{err}");
+    assert!(err.contains("current transaction is aborted"), "{err}");
+    assert!(out.contains("43") && !out.contains("42"), "{out}");
+
+    // The rows really are in PostgreSQL.
+    let direct = cluster.connect("postgres").await?;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 1002);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pgbench_in_every_protocol_mode() -> anyhow::Result<()> {
+    let (_cluster, proxy) = setup()?;
+    let port = proxy.port.to_string();
+    let (ok, _, err) = run_cmd(std::process::Command::new("pgbench").args([
+        "-i",
+        "-s",
+        "1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "postgres",
+    ]))?;
+    assert!(ok, "pgbench -i: {err}");
+    for mode in ["simple", "extended", "prepared"] {
+        for select_only in [false, true] {
+            let mut cmd = std::process::Command::new("pgbench");
+            cmd.args([
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-t",
+                "200",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "postgres",
+            ]);
+            if select_only {
+                cmd.arg("-S");
+            }
+            let (ok, out, err) = run_cmd(&mut cmd)?;
+            assert!(ok, "pgbench -M {mode}: {out}{err}");
+            assert!(
+                out.contains("number of transactions actually processed: 800/800"),
+                "pgbench -M {mode}: {out}"
+            );
+            assert!(out.contains("number of failed transactions: 0"), "{out}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokio_postgres_prepared_binary_copy_cancel_and_notify() -> anyhow::Result<()> {
+    let (cluster, proxy) = setup()?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE b (id bigint PRIMARY KEY, name text, payload bytea, score float8)",
+        )
+        .await?;
+
+    // Prepared statements with binary parameters and results.
+    let insert = client
+        .prepare("INSERT INTO b VALUES ($1, $2, $3, $4)")
+        .await?;
+    for i in 0..50i64 {
+        let payload: Vec<u8> = (0..=255u8).cycle().skip(i as usize).take(300).collect();
+        client
+            .execute(
+                &insert,
+                &[&i, &format!("name-{i}"), &payload, &(i as f64 / 4.0)],
+            )
+            .await?;
+    }
+    let row = client
+        .query_one("SELECT name, payload, score FROM b WHERE id = $1", &[&7i64])
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "name-7");
+    assert_eq!(row.get::<_, Vec<u8>>(1)[0], 7u8);
+    assert_eq!(row.get::<_, f64>(2), 1.75);
+
+    // COPY FROM STDIN and TO STDOUT.
+    let sink = client.copy_in("COPY b (id, name) FROM STDIN").await?;
+    futures::pin_mut!(sink);
+    let data: String = (1000..3000).map(|i| format!("{i}\tcopied {i}\n")).collect();
+    sink.send(bytes::Bytes::from(data)).await?;
+    assert_eq!(sink.finish().await?, 2000);
+    let stream = client
+        .copy_out("COPY (SELECT id FROM b ORDER BY id) TO STDOUT")
+        .await?;
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+    let text: String = chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert_eq!(text.lines().count(), 2050);
+
+    // Cancel a long query through the proxy's own cancel key.
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("the query is cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    canceller.await??;
+    // The session is still usable.
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM b", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 2050);
+
+    // LISTEN through the proxy, NOTIFY from a direct connection.
+    let (listener, mut conn) = tokio_postgres::connect(
+        &proxy.conninfo("postgres", "postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN wbchan").await?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .execute("SELECT pg_notify('wbchan', 'hello through the proxy')", &[])
+        .await?;
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?;
+    assert_eq!(
+        got,
+        Some(("wbchan".to_string(), "hello through the proxy".to_string()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_console_for_listed_users_only() -> anyhow::Result<()> {
+    let (_cluster, proxy) = setup()?;
+    let _client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let (ok, out, err) = run_cmd(psql(proxy.port, "admin", "writebehind").args([
+        "-c",
+        "SHOW CLIENTS",
+        "-c",
+        "SHOW SERVERS",
+        "-c",
+        "SHOW STATS",
+        "-c",
+        "SHOW CONFIG",
+        "-c",
+        "SHOW VERSION",
+    ]))?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("| postgres | postgres |"),
+        "SHOW CLIENTS lists the session: {out}"
+    );
+    assert!(out.contains("total_query_count"), "{out}");
+    assert!(out.contains("max_client_conn"), "{out}");
+    assert!(out.contains("writebehind-proxy"), "{out}");
+    let (ok, _, err) =
+        run_cmd(psql(proxy.port, "admin", "writebehind").args(["-c", "SHOW NONSENSE"]))?;
+    assert!(!ok && err.contains("unknown admin command"), "{err}");
+    let (ok, _, err) =
+        run_cmd(psql(proxy.port, "mallory", "writebehind").args(["-c", "SHOW STATS"]))?;
+    assert!(!ok);
+    assert!(err.contains("not allowed on the admin console"), "{err}");
+    let denied = tokio_postgres::connect(
+        &proxy.conninfo("mallory", "writebehind"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .and_then(|e| e.code().cloned());
+    assert_eq!(
+        denied,
+        Some(tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    Ok(())
+}

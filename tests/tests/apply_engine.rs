@@ -1,0 +1,444 @@
+//! The extension's apply engine, fed exactly as a proxy feeds it (BEGIN; begin_batch; COPY;
+//! COMMIT), checked against an in-memory model: randomized sequences, replays, poisoned rows,
+//! foreign keys, triggers running as the owner, and a worker restart.
+
+use futures::SinkExt;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_postgres::Client;
+use writebehind_tests::Cluster;
+
+/// One change in inbox form.
+#[derive(Clone, Debug)]
+struct Change {
+    op: char,
+    key: Vec<String>,
+    data: Option<String>,
+}
+
+/// Escapes a value for COPY text format.
+fn copy_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+/// Ships one batch of one table the way the proxy does; returns begin_batch's answer.
+async fn ship(
+    client: &mut Client,
+    proxy: &str,
+    seq: i64,
+    relid: u32,
+    changes: &[Change],
+) -> anyhow::Result<bool> {
+    let rows: Vec<(u32, &Change)> = changes.iter().map(|c| (relid, c)).collect();
+    ship_rows(client, proxy, seq, &rows).await
+}
+
+/// Ships one batch whose rows may belong to several tables.
+async fn ship_rows(
+    client: &mut Client,
+    proxy: &str,
+    seq: i64,
+    rows: &[(u32, &Change)],
+) -> anyhow::Result<bool> {
+    let tx = client.transaction().await?;
+    let fresh: bool = tx
+        .query_one("SELECT writebehind.begin_batch($1, $2)", &[&proxy, &seq])
+        .await?
+        .get(0);
+    if fresh {
+        let mut text = String::new();
+        for (relid, c) in rows {
+            let key = serde_json::to_string(&c.key)?;
+            let data = c
+                .data
+                .as_deref()
+                .map(copy_escape)
+                .unwrap_or_else(|| "\\N".into());
+            text.push_str(&format!(
+                "{proxy}\t{seq}\t{relid}\t{}\t{}\t{data}\t\\N\n",
+                c.op,
+                copy_escape(&key)
+            ));
+        }
+        let sink = tx
+            .copy_in("COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN")
+            .await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(text)).await?;
+        sink.finish().await?;
+    }
+    tx.commit().await?;
+    Ok(fresh)
+}
+
+async fn relid(client: &Client, table: &str) -> anyhow::Result<u32> {
+    Ok(client
+        .query_one("SELECT $1::text::regclass::oid", &[&table])
+        .await?
+        .get(0))
+}
+
+async fn flush(client: &Client) -> anyhow::Result<()> {
+    client
+        .execute("SELECT writebehind.flush(NULL, '60 s')", &[])
+        .await?;
+    Ok(())
+}
+
+/// Row of the model table `m (id int PK, n bigint NOT NULL DEFAULT 0, s text)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Row {
+    n: i64,
+    s: Option<String>,
+}
+
+#[tokio::test]
+async fn randomized_sequences_match_the_model() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE m (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, s text);
+             SELECT writebehind.enable('m');",
+        )
+        .await?;
+    let rel = relid(&client, "m").await?;
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model: BTreeMap<i32, Row> = BTreeMap::new();
+    let mut seq = 0i64;
+    for _batch in 0..40 {
+        let mut changes = Vec::new();
+        for _ in 0..rng.random_range(1..150) {
+            let id: i32 = rng.random_range(1..=12);
+            let key = vec![id.to_string()];
+            match rng.random_range(0..10) {
+                // Upsert of the listed columns.
+                0..=2 => {
+                    let n: i64 = rng.random_range(-50..50);
+                    let with_s = rng.random_bool(0.5);
+                    let s = format!("s{}", rng.random_range(0..1000));
+                    let data = if with_s {
+                        format!(r#"{{"n": "{n}", "s": "{s}"}}"#)
+                    } else {
+                        format!(r#"{{"n": "{n}"}}"#)
+                    };
+                    changes.push(Change {
+                        op: 'I',
+                        key,
+                        data: Some(data),
+                    });
+                    let row = model.entry(id).or_insert(Row { n: 0, s: None });
+                    row.n = n;
+                    if with_s {
+                        row.s = Some(s);
+                    }
+                }
+                // Increments.
+                3..=6 => {
+                    let k: i64 = rng.random_range(-3..=5);
+                    changes.push(Change {
+                        op: 'U',
+                        key,
+                        data: Some(format!(r#"{{"n": {{"add": "{k}"}}}}"#)),
+                    });
+                    if let Some(r) = model.get_mut(&id) {
+                        r.n += k;
+                    }
+                }
+                // Partial update: set s (sometimes to NULL).
+                7 => {
+                    let v = rng
+                        .random_bool(0.8)
+                        .then(|| format!("u{}", rng.random_range(0..1000)));
+                    let json = serde_json::json!({ "s": { "set": v } }).to_string();
+                    changes.push(Change {
+                        op: 'U',
+                        key,
+                        data: Some(json),
+                    });
+                    if let Some(r) = model.get_mut(&id) {
+                        r.s = v;
+                    }
+                }
+                // Delete, sometimes followed at once by an insert (replace).
+                _ => {
+                    changes.push(Change {
+                        op: 'D',
+                        key: key.clone(),
+                        data: None,
+                    });
+                    model.remove(&id);
+                    if rng.random_bool(0.5) {
+                        changes.push(Change {
+                            op: 'I',
+                            key,
+                            data: Some(r#"{"s": "reborn"}"#.into()),
+                        });
+                        model.insert(
+                            id,
+                            Row {
+                                n: 0,
+                                s: Some("reborn".into()),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        seq += 1;
+        assert!(ship(&mut client, "model", seq, rel, &changes).await?);
+        if rng.random_bool(0.2) {
+            flush(&client).await?;
+        }
+    }
+    flush(&client).await?;
+    let actual: BTreeMap<i32, Row> = client
+        .query("SELECT id, n, s FROM m", &[])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Row {
+                    n: r.get(1),
+                    s: r.get(2),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(actual, model, "seed {seed}");
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!(dead, 0);
+    let (applied, coalesced): (i64, i64) = client
+        .query_one(
+            "SELECT applied, coalesced FROM writebehind.status WHERE \"table\" = 'm'::regclass",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    assert!(
+        applied > 0 && coalesced > 0,
+        "applied {applied}, coalesced {coalesced}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replayed_batches_apply_once_and_poisoned_rows_become_dead_letters() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE c (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0 CHECK (n < 1000000));
+             INSERT INTO c SELECT g, 0 FROM generate_series(1, 10) g;
+             SELECT writebehind.enable('c');",
+        )
+        .await?;
+    let rel = relid(&client, "c").await?;
+    let incs: Vec<Change> = (0..500)
+        .map(|i| Change {
+            op: 'U',
+            key: vec![(i % 10 + 1).to_string()],
+            data: Some(r#"{"n": {"add": "1"}}"#.into()),
+        })
+        .collect();
+    assert!(ship(&mut client, "replayer", 1, rel, &incs).await?);
+    // The same batch again, as after a lost COMMIT reply: refused, applied once.
+    assert!(!ship(&mut client, "replayer", 1, rel, &incs).await?);
+    assert!(!ship(&mut client, "replayer", 1, rel, &incs).await?);
+    // A batch with a CHECK violation and a bad literal among good rows.
+    let mut mixed: Vec<Change> = (11..=60)
+        .map(|i| Change {
+            op: 'I',
+            key: vec![i.to_string()],
+            data: Some(format!(r#"{{"n": "{i}"}}"#)),
+        })
+        .collect();
+    mixed.insert(
+        7,
+        Change {
+            op: 'I',
+            key: vec!["100".into()],
+            data: Some(r#"{"n": "5000000"}"#.into()),
+        },
+    );
+    mixed.insert(
+        20,
+        Change {
+            op: 'I',
+            key: vec!["101".into()],
+            data: Some(r#"{"n": "lots"}"#.into()),
+        },
+    );
+    assert!(ship(&mut client, "replayer", 2, rel, &mixed).await?);
+    flush(&client).await?;
+    let sum: i64 = client
+        .query_one("SELECT sum(n)::bigint FROM c WHERE id <= 10", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 500, "the replayed increments applied exactly once");
+    let good: i64 = client
+        .query_one("SELECT count(*) FROM c WHERE id BETWEEN 11 AND 60", &[])
+        .await?
+        .get(0);
+    assert_eq!(good, 50, "every good row of the poisoned batch applied");
+    let dead: Vec<(String, String)> = client
+        .query(
+            "SELECT key, sqlstate FROM writebehind.dead_letters ORDER BY key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        dead,
+        vec![
+            ("[\"100\"]".to_string(), "23514".to_string()),
+            ("[\"101\"]".to_string(), "22P02".to_string())
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fk_parents_first_and_triggers_fire_as_the_owner() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE ROLE app;
+             CREATE TABLE audit (who text, op text, id int);
+             GRANT INSERT ON audit TO app;
+             -- The child is created first, so its oid sorts before the parent's: only the
+             -- foreign-key ordering (not oid order) can apply the parent first.
+             CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL);
+             CREATE TABLE parent (id int PRIMARY KEY, name text);
+             ALTER TABLE child ADD FOREIGN KEY (parent_id) REFERENCES parent(id);
+             ALTER TABLE parent OWNER TO app; ALTER TABLE child OWNER TO app;
+             CREATE FUNCTION log_change() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.audit VALUES (current_user, TG_OP, NEW.id); RETURN NEW; END $$;
+             CREATE TRIGGER parent_audit AFTER INSERT OR UPDATE ON parent FOR EACH ROW EXECUTE FUNCTION log_change();
+             SELECT writebehind.enable('parent'); SELECT writebehind.enable('child');",
+        )
+        .await?;
+    let (p, c) = (
+        relid(&client, "parent").await?,
+        relid(&client, "child").await?,
+    );
+    let children: Vec<Change> = (1..=20)
+        .map(|i| Change {
+            op: 'I',
+            key: vec![i.to_string()],
+            data: Some(format!(r#"{{"parent_id": "{}"}}"#, i % 5 + 1)),
+        })
+        .collect();
+    let parents: Vec<Change> = (1..=5)
+        .map(|i| Change {
+            op: 'I',
+            key: vec![i.to_string()],
+            data: Some(format!(r#"{{"name": "p{i}"}}"#)),
+        })
+        .collect();
+    // One batch, children first in COPY order: the round applies the parent table first.
+    let rows: Vec<(u32, &Change)> = children
+        .iter()
+        .map(|ch| (c, ch))
+        .chain(parents.iter().map(|pa| (p, pa)))
+        .collect();
+    assert!(ship_rows(&mut client, "fk", 1, &rows).await?);
+    flush(&client).await?;
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        dead, 0,
+        "no foreign-key failures: parents were applied first"
+    );
+    let n_child: i64 = client
+        .query_one("SELECT count(*) FROM child", &[])
+        .await?
+        .get(0);
+    assert_eq!(n_child, 20);
+    let who: Vec<(String, String, i64)> = client
+        .query("SELECT who, op, count(*) FROM audit GROUP BY 1, 2", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        who,
+        vec![("app".to_string(), "INSERT".to_string(), 5)],
+        "triggers fired once each, as the owner"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_terminated_worker_comes_back_and_nothing_is_lost_or_doubled() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE k (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO k SELECT g, 0 FROM generate_series(1, 100) g;
+             SELECT writebehind.enable('k');",
+        )
+        .await?;
+    let rel = relid(&client, "k").await?;
+    let batch: Vec<Change> = (0..2000)
+        .map(|i| Change {
+            op: 'U',
+            key: vec![(i % 100 + 1).to_string()],
+            data: Some(r#"{"n": {"add": "1"}}"#.into()),
+        })
+        .collect();
+    let first_pid: i32 = client
+        .query_one("SELECT pid FROM writebehind.workers", &[])
+        .await?
+        .get(0);
+    for seq in 1..=10i64 {
+        assert!(ship(&mut client, "restart", seq, rel, &batch).await?);
+        if seq == 5 {
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM writebehind.workers",
+                    &[],
+                )
+                .await?;
+        }
+    }
+    // The postmaster restarts the worker (bgw_restart_time = 1 s).
+    let mut new_pid = None;
+    for _ in 0..200 {
+        if let Ok(row) = client
+            .query_one("SELECT pid FROM writebehind.workers", &[])
+            .await
+        {
+            let pid: i32 = row.get(0);
+            if pid != first_pid {
+                new_pid = Some(pid);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(new_pid.is_some(), "the worker came back with a new pid");
+    flush(&client).await?;
+    let sum: i64 = client
+        .query_one("SELECT sum(n)::bigint FROM k", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 20_000);
+    Ok(())
+}

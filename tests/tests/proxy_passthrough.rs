@@ -285,3 +285,23 @@ async fn admin_console_for_listed_users_only() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn psycopg3_server_side_binding_pipeline_and_copy() -> anyhow::Result<()> {
+    let (_cluster, proxy) = setup()?;
+    let python = writebehind_tests::repo_root().join(".venv/bin/python");
+    anyhow::ensure!(
+        python.exists(),
+        "{} missing: run scripts/setup",
+        python.display()
+    );
+    let script = writebehind_tests::repo_root().join("tests/python/psycopg_through_proxy.py");
+    let (ok, out, err) = run_cmd(
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(proxy.port.to_string()),
+    )?;
+    assert!(ok, "psycopg checks failed:\n{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+    Ok(())
+}

@@ -15,10 +15,19 @@ pub async fn run(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::session::tls::acceptor(cert, key).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?)
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         config,
         stats: Arc::new(Stats::default()),
         cancel: CancelMap::default(),
+        tls,
     });
     let mut tasks = tokio::task::JoinSet::new();
     info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, "writebehind-proxy ready");

@@ -305,3 +305,73 @@ async fn psycopg3_server_side_binding_pipeline_and_copy() -> anyhow::Result<()> 
     assert!(out.contains("all checks passed"), "{out}");
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_toward_clients_with_a_certificate_made_at_test_time() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let dir = std::env::temp_dir().join(format!(
+        "wbtls-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (ok, _, err) = run_cmd(std::process::Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key.to_string_lossy(),
+        "-out",
+        &cert.to_string_lossy(),
+    ]))?;
+    assert!(ok, "openssl: {err}");
+    let proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &[
+            "--tls-cert",
+            &cert.to_string_lossy(),
+            "--tls-key",
+            &key.to_string_lossy(),
+        ],
+    )?;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+        proxy.port
+    );
+    let (ok, out, err) = run_cmd(std::process::Command::new("psql").args([
+        "-X",
+        &conninfo,
+        "-c",
+        "\\conninfo",
+        "-c",
+        "SELECT 'over tls' AS v",
+    ]))?;
+    assert!(ok, "{err}");
+    assert!(out.contains("SSL connection (protocol: TLSv1.3"), "{out}");
+    assert!(out.contains("over tls"), "{out}");
+    // Plaintext clients are still served.
+    let plain = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        proxy.port
+    );
+    let (ok, out, err) =
+        run_cmd(std::process::Command::new("psql").args(["-X", "-At", &plain, "-c", "SELECT 1"]))?;
+    assert!(ok && out.trim() == "1", "{out}{err}");
+    // Without TLS configured, sslmode=require is refused by the client (the proxy says 'N').
+    let bare = Proxy::spawn(&cluster.url("postgres"), &[])?;
+    let req = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+        bare.port
+    );
+    let (ok, _, err) =
+        run_cmd(std::process::Command::new("psql").args(["-X", &req, "-c", "SELECT 1"]))?;
+    assert!(!ok && err.contains("does not support SSL"), "{err}");
+    Ok(())
+}

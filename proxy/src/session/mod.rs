@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod relay;
+pub mod tls;
 pub mod upstream;
 
 use crate::config::Config;
@@ -13,6 +14,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
+use tls::ClientStream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, instrument, warn};
@@ -22,17 +24,44 @@ pub struct Shared {
     pub config: Config,
     pub stats: Arc<Stats>,
     pub cancel: cancel::CancelMap,
+    /// TLS toward clients, when `tls_cert` and `tls_key` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves one accepted connection to its end.
 #[instrument(skip_all, fields(conn_id, peer = %peer))]
-pub async fn handle(mut sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let conn_id = shared.stats.next_client_id();
     tracing::Span::current().record("conn_id", conn_id);
+    let _ = sock.set_nodelay(true);
+    let mut sock = ClientStream::Plain(sock);
     let (raw, params) = loop {
         match read_packet(&mut sock).await {
-            Ok(StartupPacket::Ssl) | Ok(StartupPacket::GssEnc) => {
-                // TLS toward clients is not offered: the client goes on in plaintext or leaves.
+            Ok(StartupPacket::Ssl) => {
+                sock = match (sock, &shared.tls) {
+                    (ClientStream::Plain(mut tcp), Some(acceptor)) => {
+                        if tcp.write_all(b"S").await.is_err() {
+                            return;
+                        }
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => ClientStream::Tls(Box::new(tls)),
+                            Err(error) => {
+                                info!(%error, "TLS handshake failed");
+                                return;
+                            }
+                        }
+                    }
+                    // No TLS configured (or a second SSLRequest): the client goes on in
+                    // plaintext or leaves.
+                    (mut other, _) => {
+                        if other.write_all(b"N").await.is_err() {
+                            return;
+                        }
+                        other
+                    }
+                };
+            }
+            Ok(StartupPacket::GssEnc) => {
                 if sock.write_all(b"N").await.is_err() {
                     return;
                 }
@@ -82,7 +111,6 @@ pub async fn handle(mut sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
         crate::admin::serve(sock, &user, &shared).await;
         return;
     }
-    let _ = sock.set_nodelay(true);
     debug!(%user, %database, "session starting");
     let counters = shared.stats.db(&database);
     let stats = shared.stats.clone();
@@ -99,7 +127,7 @@ pub async fn handle(mut sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
 }
 
 /// Sends a fatal error during startup and closes.
-async fn reject(sock: &mut TcpStream, e: &ProxyError) {
+async fn reject(sock: &mut ClientStream, e: &ProxyError) {
     let mut buf = BytesMut::new();
     e.write_to(&mut buf);
     let _ = sock.write_all(&buf).await;

@@ -6,6 +6,7 @@
 //! `client_to_upstream`; the write-behind path hooks in there to answer statements locally.
 
 use super::cancel::{KeyGuard, UpstreamKey};
+use super::tls::ClientStream;
 use super::Shared;
 use crate::error::ProxyError;
 use crate::protocol::frame::{FrameError, FrameTracker};
@@ -14,9 +15,8 @@ use crate::stats::DbCounters;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 const BUF: usize = 64 * 1024;
 
@@ -30,7 +30,7 @@ enum End {
 
 /// Runs the session until either side ends it.
 pub async fn run(
-    mut client: TcpStream,
+    mut client: ClientStream,
     startup: Vec<u8>,
     shared: Arc<Shared>,
     counters: Arc<DbCounters>,
@@ -49,8 +49,34 @@ pub async fn run(
         }
     };
     on_upstream(&addr);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
+    let (ur, uw) = upstream.into_split();
+    match client {
+        ClientStream::Plain(tcp) => {
+            let (cr, cw) = tcp.into_split();
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+        }
+        ClientStream::Tls(tls) => {
+            let (cr, cw) = tokio::io::split(*tls);
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pipe<R, W>(
+    mut cr: R,
+    mut cw: W,
+    mut ur: OwnedReadHalf,
+    mut uw: OwnedWriteHalf,
+    startup: Vec<u8>,
+    shared: Arc<Shared>,
+    counters: Arc<DbCounters>,
+    addr: String,
+) -> Result<(), ProxyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     uw.write_all(&startup)
         .await
         .map_err(|_| ProxyError::UpstreamLost)?;
@@ -87,7 +113,7 @@ pub async fn run(
     }
 }
 
-async fn send_error(cw: &mut OwnedWriteHalf, e: &ProxyError) {
+async fn send_error<W: AsyncWrite + Unpin>(cw: &mut W, e: &ProxyError) {
     let mut buf = BytesMut::new();
     e.write_to(&mut buf);
     let _ = cw.write_all(&buf).await;
@@ -96,9 +122,9 @@ async fn send_error(cw: &mut OwnedWriteHalf, e: &ProxyError) {
 
 /// Relays until the first ReadyForQuery. Returns false if the server ended the session
 /// (e.g. authentication failed; its ErrorResponse has been relayed).
-async fn startup_phase(
-    cr: &mut OwnedReadHalf,
-    cw: &mut OwnedWriteHalf,
+async fn startup_phase<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    cr: &mut R,
+    cw: &mut W,
     ur: &mut OwnedReadHalf,
     uw: &mut OwnedWriteHalf,
     shared: &Shared,
@@ -164,8 +190,8 @@ async fn startup_phase(
     }
 }
 
-async fn client_to_upstream(
-    cr: &mut OwnedReadHalf,
+async fn client_to_upstream<R: AsyncRead + Unpin>(
+    cr: &mut R,
     uw: &mut OwnedWriteHalf,
     shared: &Shared,
     counters: &DbCounters,
@@ -227,9 +253,9 @@ async fn client_to_upstream(
     }
 }
 
-async fn upstream_to_client(
+async fn upstream_to_client<W: AsyncWrite + Unpin>(
     ur: &mut OwnedReadHalf,
-    cw: &mut OwnedWriteHalf,
+    cw: &mut W,
     counters: &DbCounters,
     awaiting: &AtomicBool,
 ) -> Result<End, ProxyError> {

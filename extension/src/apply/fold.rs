@@ -60,17 +60,9 @@ pub enum Step {
     Update { ops: BTreeMap<String, ColOp> },
 }
 
-/// Where a change came from: the last inbox row that contributed to it.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub proxy_id: String,
-    pub batch_seq: i64,
-    pub op: u8,
-    pub key: Option<String>,
-    pub data: Option<String>,
-    pub conflict_set: Option<Vec<String>>,
-    pub enqueued_at: Option<String>,
-}
+/// Where a change came from: the index (in the rows given to [`fold`]) of the last inbox row
+/// that contributed to it.
+pub type Origin = usize;
 
 /// A step with its origin.
 #[derive(Debug, Clone)]
@@ -97,21 +89,7 @@ pub struct InboxRow {
     pub key: Option<String>,
     pub data: Option<String>,
     pub conflict_set: Option<Vec<String>>,
-    pub enqueued_at: Option<String>,
-}
-
-impl InboxRow {
-    fn origin(&self) -> Origin {
-        Origin {
-            proxy_id: self.proxy_id.clone(),
-            batch_seq: self.batch_seq,
-            op: self.op,
-            key: self.key.clone(),
-            data: self.data.clone(),
-            conflict_set: self.conflict_set.clone(),
-            enqueued_at: self.enqueued_at.clone(),
-        }
-    }
+    pub enqueued_at: Option<pgrx::datum::TimestampWithTimeZone>,
 }
 
 /// A row that cannot even be read (bad JSON, unknown op, wrong key arity): a dead letter now.
@@ -147,20 +125,17 @@ pub struct TableShape<'a> {
 pub fn fold(rows: &[InboxRow], shape: &TableShape<'_>) -> Plan {
     let mut plan = Plan::default();
     let mut index: HashMap<Vec<String>, usize> = HashMap::new();
-    for row in rows {
+    for (i, row) in rows.iter().enumerate() {
         let parsed = match parse_row(row, shape) {
             Ok(p) => p,
             Err(message) => {
-                plan.malformed.push(Malformed {
-                    origin: row.origin(),
-                    message,
-                });
+                plan.malformed.push(Malformed { origin: i, message });
                 continue;
             }
         };
         let change = Change {
             step: parsed.1,
-            origin: row.origin(),
+            origin: i,
         };
         if shape.append {
             plan.keys.push(KeyPlan {
@@ -169,13 +144,17 @@ pub fn fold(rows: &[InboxRow], shape: &TableShape<'_>) -> Plan {
             });
             continue;
         }
-        let slot = *index.entry(parsed.0.clone()).or_insert_with(|| {
-            plan.keys.push(KeyPlan {
-                key: parsed.0,
-                changes: Vec::new(),
-            });
-            plan.keys.len() - 1
-        });
+        let slot = match index.get(&parsed.0) {
+            Some(&slot) => slot,
+            None => {
+                plan.keys.push(KeyPlan {
+                    key: parsed.0.clone(),
+                    changes: Vec::new(),
+                });
+                index.insert(parsed.0, plan.keys.len() - 1);
+                plan.keys.len() - 1
+            }
+        };
         push(&mut plan.keys[slot].changes, change);
     }
     plan

@@ -68,11 +68,11 @@ struct DeadLetter {
 pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
     Spi::connect_mut(|client| {
         let started = Instant::now();
-        let rows = read_rows(client, relid, max_rows)?;
+        // Taking the rows deletes them; the deletion commits with the apply (exactly once).
+        let rows = take_rows(client, relid, max_rows)?;
         if rows.is_empty() {
             return Ok(Outcome::default());
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let batches: HashSet<(&str, i64)> = rows
             .iter()
             .map(|r| (r.proxy_id.as_str(), r.batch_seq))
@@ -82,17 +82,9 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
         let mut table_name = format!("{}", u32::from(relid));
         match table::load(client, relid)? {
             None => {
-                for r in &rows {
+                for (i, r) in rows.iter().enumerate() {
                     dead.push(DeadLetter {
-                        origin: Origin {
-                            proxy_id: r.proxy_id.clone(),
-                            batch_seq: r.batch_seq,
-                            op: r.op,
-                            key: r.key.clone(),
-                            data: r.data.clone(),
-                            conflict_set: r.conflict_set.clone(),
-                            enqueued_at: r.enqueued_at.clone(),
-                        },
+                        origin: i,
                         op: r.op,
                         key: r.key.clone(),
                         data: r.data.clone(),
@@ -113,12 +105,13 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                     },
                 );
                 for m in plan.malformed.iter() {
+                    let r = &rows[m.origin];
                     dead.push(DeadLetter {
-                        op: m.origin.op,
-                        key: m.origin.key.clone(),
-                        data: m.origin.data.clone(),
-                        conflict_set: m.origin.conflict_set.clone(),
-                        origin: m.origin.clone(),
+                        op: r.op,
+                        key: r.key.clone(),
+                        data: r.data.clone(),
+                        conflict_set: r.conflict_set.clone(),
+                        origin: m.origin,
                         sqlstate: "22P02".into(),
                         message: format!("malformed inbox row: {}", m.message),
                     });
@@ -126,12 +119,7 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                 applied = as_owner(meta.owner, || apply_plan(client, &meta, &plan, &mut dead));
             }
         }
-        write_dead_letters(client, relid, &table_name, &dead)?;
-        client.update(
-            "DELETE FROM writebehind.inbox WHERE id = ANY($1::bigint[])",
-            None,
-            &[ids.into()],
-        )?;
+        write_dead_letters(client, relid, &table_name, &rows, &dead)?;
         let out = Outcome {
             rows: rows.len(),
             applied,
@@ -179,15 +167,16 @@ pub fn record_table_error(relid: pg_sys::Oid, message: &str) -> SpiResult<()> {
     })
 }
 
-fn read_rows(
-    client: &SpiClient<'_>,
+fn take_rows(
+    client: &mut SpiClient<'_>,
     relid: pg_sys::Oid,
     max_rows: i64,
 ) -> SpiResult<Vec<InboxRow>> {
     let mut out = Vec::new();
-    for r in client.select(
-        "SELECT id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at::text
-           FROM writebehind.inbox WHERE relid = $1 ORDER BY id LIMIT $2",
+    for r in client.update(
+        "DELETE FROM writebehind.inbox WHERE id IN
+             (SELECT id FROM writebehind.inbox WHERE relid = $1 ORDER BY id LIMIT $2)
+         RETURNING id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at",
         None,
         &[relid.into(), max_rows.into()],
     )? {
@@ -203,6 +192,8 @@ fn read_rows(
             enqueued_at: r.get(8)?,
         });
     }
+    // RETURNING gives no order; the apply order is the id order.
+    out.sort_unstable_by_key(|r| r.id);
     Ok(out)
 }
 
@@ -324,7 +315,7 @@ fn dead_letter(
         }
     };
     DeadLetter {
-        origin: change.origin.clone(),
+        origin: change.origin,
         op,
         key: key_json,
         data,
@@ -338,6 +329,7 @@ fn write_dead_letters(
     client: &mut SpiClient<'_>,
     relid: pg_sys::Oid,
     table_name: &str,
+    rows: &[InboxRow],
     dead: &[DeadLetter],
 ) -> SpiResult<()> {
     if dead.is_empty() {
@@ -357,16 +349,20 @@ fn write_dead_letters(
     let messages: Vec<Option<String>> = dead.iter().map(|d| Some(d.message.clone())).collect();
     let proxies: Vec<Option<String>> = dead
         .iter()
-        .map(|d| Some(d.origin.proxy_id.clone()))
+        .map(|d| Some(rows[d.origin].proxy_id.clone()))
         .collect();
-    let seqs: Vec<Option<i64>> = dead.iter().map(|d| Some(d.origin.batch_seq)).collect();
-    let enq: Vec<Option<String>> = dead.iter().map(|d| d.origin.enqueued_at.clone()).collect();
+    let seqs: Vec<Option<i64>> = dead
+        .iter()
+        .map(|d| Some(rows[d.origin].batch_seq))
+        .collect();
+    let enq: Vec<Option<pgrx::datum::TimestampWithTimeZone>> =
+        dead.iter().map(|d| rows[d.origin].enqueued_at).collect();
     client.update(
         "INSERT INTO writebehind.dead_letters
              (relid, table_name, op, key, data, conflict_set, sqlstate, message, proxy_id, batch_seq, enqueued_at)
-         SELECT $1, $2, d.op::\"char\", d.key, d.data, d.cs::text[], d.st, d.msg, d.pid, d.seq, d.enq::timestamptz
+         SELECT $1, $2, d.op::\"char\", d.key, d.data, d.cs::text[], d.st, d.msg, d.pid, d.seq, d.enq
            FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-                       $10::bigint[], $11::text[]) AS d(op, key, data, cs, st, msg, pid, seq, enq)",
+                       $10::bigint[], $11::timestamptz[]) AS d(op, key, data, cs, st, msg, pid, seq, enq)",
         None,
         &[
             relid.into(),

@@ -442,3 +442,51 @@ async fn a_terminated_worker_comes_back_and_nothing_is_lost_or_doubled() -> anyh
     assert_eq!(sum, 20_000);
     Ok(())
 }
+
+#[tokio::test]
+async fn registry_changes_are_notified() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let cluster = Cluster::start()?;
+    let (listener, mut conn) =
+        tokio_postgres::connect(&cluster.conninfo("postgres"), tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN writebehind_registry")
+        .await?;
+    let client = cluster.connect("postgres").await?;
+    client
+        .batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
+        .await?;
+    let oid = relid(&client, "r").await?;
+    client
+        .batch_execute("SELECT writebehind.enable('r')")
+        .await?;
+    client
+        .batch_execute("SELECT writebehind.alter('r', read_barrier => false)")
+        .await?;
+    client
+        .batch_execute("SELECT writebehind.disable('r')")
+        .await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?;
+        got.push(n.map(|(_, p)| p).unwrap_or_default());
+    }
+    assert_eq!(
+        got,
+        vec![
+            format!("enable {oid}"),
+            format!("alter {oid}"),
+            format!("disable {oid}")
+        ]
+    );
+    Ok(())
+}

@@ -201,3 +201,40 @@ async fn sigterm_stops_accepting_lets_sessions_finish_and_exits_zero() -> anyhow
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     Ok(())
 }
+
+#[tokio::test]
+async fn max_client_conn_and_idle_timeout_are_enforced() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &["--max-client-conn", "2", "--idle-timeout", "1s"],
+    )?;
+    let conninfo = proxy.conninfo("postgres", "postgres");
+    let a = writebehind_tests::connect(&conninfo).await?;
+    let b = writebehind_tests::connect(&conninfo).await?;
+    let third = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("over the limit");
+    assert_eq!(
+        third.code(),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "{third}"
+    );
+    // A long statement is not "idle": pg_sleep(2) outlasts the 1 s idle timeout.
+    a.simple_query("SELECT pg_sleep(2)").await?;
+    // Idle sessions are closed after the timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        a.simple_query("SELECT 1").await.is_err(),
+        "idle session closed"
+    );
+    assert!(
+        b.simple_query("SELECT 1").await.is_err(),
+        "idle session closed"
+    );
+    // Their slots are free again.
+    let c = writebehind_tests::connect(&conninfo).await?;
+    c.simple_query("SELECT 1").await?;
+    Ok(())
+}

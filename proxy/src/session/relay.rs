@@ -202,17 +202,24 @@ async fn client_to_upstream<R: AsyncRead + Unpin>(
     let idle = shared.config.idle_timeout;
     let mut tracker = FrameTracker::new(true, max);
     let mut buf = vec![0u8; BUF];
+    let mut idle_since = tokio::time::Instant::now();
     loop {
-        let read = cr.read(&mut buf);
         let n = match idle {
-            Some(t) if !awaiting.load(Ordering::Relaxed) && tracker.at_boundary() => {
-                match tokio::time::timeout(t, read).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(ProxyError::IdleTimeout),
+            None => cr.read(&mut buf).await,
+            Some(t) => loop {
+                // Reading is cancel-safe: a timed-out read loses no bytes. The session is idle
+                // only between statements: no reply pending and no partial message.
+                match tokio::time::timeout(t / 4, cr.read(&mut buf)).await {
+                    Ok(r) => break r,
+                    Err(_) if awaiting.load(Ordering::Relaxed) || !tracker.at_boundary() => {
+                        idle_since = tokio::time::Instant::now();
+                    }
+                    Err(_) if idle_since.elapsed() >= t => return Err(ProxyError::IdleTimeout),
+                    Err(_) => {}
                 }
-            }
-            _ => read.await,
+            },
         };
+        idle_since = tokio::time::Instant::now();
         let n = match n {
             Ok(0) | Err(_) if !tracker.at_boundary() => return Err(ProxyError::Truncated),
             Ok(0) | Err(_) => return Ok(End::ClientDone),

@@ -234,3 +234,27 @@ impl Cluster {
         Ok(())
     }
 }
+
+/// Connects, runs `LISTEN channel`, and returns the client (keep it alive) with a receiver of
+/// (channel, payload) for every notification that arrives on that connection.
+pub async fn listen(
+    conninfo: &str,
+    channel: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+)> {
+    use futures::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    Ok((client, rx))
+}

@@ -445,22 +445,9 @@ async fn a_terminated_worker_comes_back_and_nothing_is_lost_or_doubled() -> anyh
 
 #[tokio::test]
 async fn registry_changes_are_notified() -> anyhow::Result<()> {
-    use futures::StreamExt;
     let cluster = Cluster::start()?;
-    let (listener, mut conn) =
-        tokio_postgres::connect(&cluster.conninfo("postgres"), tokio_postgres::NoTls).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
-            }
-        }
-    });
-    listener
-        .batch_execute("LISTEN writebehind_registry")
-        .await?;
+    let (_listener, mut rx) =
+        writebehind_tests::listen(&cluster.conninfo("postgres"), "writebehind_registry").await?;
     let client = cluster.connect("postgres").await?;
     client
         .batch_execute("CREATE TABLE r (id int PRIMARY KEY)")

@@ -1,7 +1,7 @@
 //! The pass-through proxy with real clients: psql, pgbench (simple, extended, prepared),
 //! tokio-postgres (prepared statements, binary parameters, COPY, cancel, LISTEN/NOTIFY).
 
-use futures::{SinkExt, StreamExt, TryStreamExt};
+use futures::{SinkExt, TryStreamExt};
 use std::time::Duration;
 use writebehind_tests::{psql, run_cmd, Cluster, Proxy};
 
@@ -214,21 +214,8 @@ async fn tokio_postgres_prepared_binary_copy_cancel_and_notify() -> anyhow::Resu
     assert_eq!(n, 2050);
 
     // LISTEN through the proxy, NOTIFY from a direct connection.
-    let (listener, mut conn) = tokio_postgres::connect(
-        &proxy.conninfo("postgres", "postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
-            }
-        }
-    });
-    listener.batch_execute("LISTEN wbchan").await?;
+    let (_listener, mut rx) =
+        writebehind_tests::listen(&proxy.conninfo("postgres", "postgres"), "wbchan").await?;
     let direct = cluster.connect("postgres").await?;
     direct
         .execute("SELECT pg_notify('wbchan', 'hello through the proxy')", &[])

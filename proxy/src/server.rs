@@ -23,12 +23,16 @@ pub async fn run(
         }
         _ => None,
     };
-    let shared = Arc::new(Shared {
-        config,
-        stats: Arc::new(Stats::default()),
-        cancel: CancelMap::default(),
-        tls,
-    });
+    let shared =
+        Arc::new(Shared {
+            config,
+            stats: Arc::new(Stats::default()),
+            cancel: CancelMap::default(),
+            tls,
+            upstream_tls: Some(crate::session::tls::connector().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?),
+        });
     let mut tasks = tokio::task::JoinSet::new();
     info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, "writebehind-proxy ready");
     loop {

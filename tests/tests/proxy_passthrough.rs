@@ -362,3 +362,74 @@ async fn tls_toward_clients_with_a_certificate_made_at_test_time() -> anyhow::Re
     assert!(!ok && err.contains("does not support SSL"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let data = cluster.dir.join("data");
+    let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+    let (ok, _, err) = run_cmd(std::process::Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key.to_string_lossy(),
+        "-out",
+        &cert.to_string_lossy(),
+    ]))?;
+    assert!(ok, "openssl: {err}");
+    for f in [&cert, &key] {
+        run_cmd(
+            std::process::Command::new("chown").args(["postgres:postgres", &f.to_string_lossy()]),
+        )?;
+        run_cmd(std::process::Command::new("chmod").args(["600", &f.to_string_lossy()]))?;
+    }
+    let admin = cluster.connect("postgres").await?;
+    admin.simple_query("ALTER SYSTEM SET ssl = on").await?;
+    admin.simple_query("SELECT pg_reload_conf()").await?;
+    let ssl_of = |c: tokio_postgres::Client| async move {
+        let row = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(row.get::<_, bool>(0))
+    };
+    // require and the default (prefer) both encrypt the hop to PostgreSQL.
+    for mode in ["?sslmode=require", ""] {
+        let proxy = Proxy::spawn(&format!("{}{mode}", cluster.url("postgres")), &[])?;
+        let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+        assert!(
+            ssl_of(client).await?,
+            "upstream hop encrypted with {mode:?}"
+        );
+    }
+    let proxy = Proxy::spawn(&format!("{}?sslmode=disable", cluster.url("postgres")), &[])?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    assert!(!ssl_of(client).await?, "sslmode=disable stays plaintext");
+
+    // require against a server without SSL: the client gets 08006.
+    admin.simple_query("ALTER SYSTEM SET ssl = off").await?;
+    admin.simple_query("SELECT pg_reload_conf()").await?;
+    let proxy = Proxy::spawn(&format!("{}?sslmode=require", cluster.url("postgres")), &[])?;
+    let err = tokio_postgres::connect(
+        &proxy.conninfo("postgres", "postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("no SSL upstream");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
+        "{err}"
+    );
+    Ok(())
+}

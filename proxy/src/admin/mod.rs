@@ -3,7 +3,7 @@
 
 use crate::error::ProxyError;
 use crate::protocol::messages;
-use crate::session::tls::ClientStream;
+use crate::session::tls::Stream;
 use crate::session::Shared;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ pub const ADMIN_DATABASE: &str = "writebehind";
 
 /// Serves an admin console session. Users listed in `admin_users` are let in without a
 /// password (bind the proxy to a trusted address); anyone else gets 28000.
-pub async fn serve(mut sock: ClientStream, user: &str, shared: &Shared) {
+pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
     let mut out = BytesMut::new();
     if !shared.config.admin_users.iter().any(|u| u == user) {
         ProxyError::AdminDenied(user.to_string()).write_to(&mut out);

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tls::ClientStream;
+use tls::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, instrument, warn};
@@ -26,6 +26,8 @@ pub struct Shared {
     pub cancel: cancel::CancelMap,
     /// TLS toward clients, when `tls_cert` and `tls_key` are set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS toward PostgreSQL (unless `sslmode=disable`).
+    pub upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// Serves one accepted connection to its end.
@@ -34,17 +36,17 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let conn_id = shared.stats.next_client_id();
     tracing::Span::current().record("conn_id", conn_id);
     let _ = sock.set_nodelay(true);
-    let mut sock = ClientStream::Plain(sock);
+    let mut sock = Stream::Plain(sock);
     let (raw, params) = loop {
         match read_packet(&mut sock).await {
             Ok(StartupPacket::Ssl) => {
                 sock = match (sock, &shared.tls) {
-                    (ClientStream::Plain(mut tcp), Some(acceptor)) => {
+                    (Stream::Plain(mut tcp), Some(acceptor)) => {
                         if tcp.write_all(b"S").await.is_err() {
                             return;
                         }
                         match acceptor.accept(tcp).await {
-                            Ok(tls) => ClientStream::Tls(Box::new(tls)),
+                            Ok(tls) => Stream::Tls(Box::new(tls.into())),
                             Err(error) => {
                                 info!(%error, "TLS handshake failed");
                                 return;
@@ -127,7 +129,7 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 }
 
 /// Sends a fatal error during startup and closes.
-async fn reject(sock: &mut ClientStream, e: &ProxyError) {
+async fn reject(sock: &mut Stream, e: &ProxyError) {
     let mut buf = BytesMut::new();
     e.write_to(&mut buf);
     let _ = sock.write_all(&buf).await;

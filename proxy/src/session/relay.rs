@@ -6,7 +6,7 @@
 //! `client_to_upstream`; the write-behind path hooks in there to answer statements locally.
 
 use super::cancel::{KeyGuard, UpstreamKey};
-use super::tls::ClientStream;
+use super::tls::Stream;
 use super::Shared;
 use crate::error::ProxyError;
 use crate::protocol::frame::{FrameError, FrameTracker};
@@ -16,7 +16,6 @@ use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const BUF: usize = 64 * 1024;
 
@@ -30,15 +29,25 @@ enum End {
 
 /// Runs the session until either side ends it.
 pub async fn run(
-    mut client: ClientStream,
+    mut client: Stream,
     startup: Vec<u8>,
     shared: Arc<Shared>,
     counters: Arc<DbCounters>,
     on_upstream: impl FnOnce(&str),
 ) -> Result<(), ProxyError> {
     let cfg = &shared.config;
-    let (upstream, addr) = match super::upstream::connect(&cfg.upstream, cfg.connect_timeout).await
-    {
+    let connected = match super::upstream::connect(&cfg.upstream, cfg.connect_timeout).await {
+        Ok((tcp, addr, host)) => super::upstream::negotiate_tls(
+            tcp,
+            &host,
+            cfg.upstream.sslmode,
+            shared.upstream_tls.as_ref(),
+        )
+        .await
+        .map(|s| (s, addr)),
+        Err(e) => Err(e),
+    };
+    let (upstream, addr) = match connected {
         Ok(u) => u,
         Err(e) => {
             let err = ProxyError::UpstreamConnect(e.to_string());
@@ -49,25 +58,33 @@ pub async fn run(
         }
     };
     on_upstream(&addr);
-    let (ur, uw) = upstream.into_split();
-    match client {
-        ClientStream::Plain(tcp) => {
-            let (cr, cw) = tcp.into_split();
+    // Plain TCP splits into owned halves (no lock); TLS streams split with tokio's lock.
+    match (client, upstream) {
+        (Stream::Plain(c), Stream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
             pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
         }
-        ClientStream::Tls(tls) => {
-            let (cr, cw) = tokio::io::split(*tls);
+        (Stream::Plain(c), Stream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), tokio::io::split(*u));
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+        }
+        (Stream::Tls(c), Stream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), u.into_split());
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+        }
+        (Stream::Tls(c), Stream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), tokio::io::split(*u));
             pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn pipe<R, W>(
+async fn pipe<R, W, UR, UW>(
     mut cr: R,
     mut cw: W,
-    mut ur: OwnedReadHalf,
-    mut uw: OwnedWriteHalf,
+    mut ur: UR,
+    mut uw: UW,
     startup: Vec<u8>,
     shared: Arc<Shared>,
     counters: Arc<DbCounters>,
@@ -76,6 +93,8 @@ async fn pipe<R, W>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
 {
     uw.write_all(&startup)
         .await
@@ -122,15 +141,21 @@ async fn send_error<W: AsyncWrite + Unpin>(cw: &mut W, e: &ProxyError) {
 
 /// Relays until the first ReadyForQuery. Returns false if the server ended the session
 /// (e.g. authentication failed; its ErrorResponse has been relayed).
-async fn startup_phase<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+async fn startup_phase<R, W, UR, UW>(
     cr: &mut R,
     cw: &mut W,
-    ur: &mut OwnedReadHalf,
-    uw: &mut OwnedWriteHalf,
+    ur: &mut UR,
+    uw: &mut UW,
     shared: &Shared,
     addr: &str,
     guard: &mut KeyGuard<'_>,
-) -> Result<bool, ProxyError> {
+) -> Result<bool, ProxyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let mut sbuf = BytesMut::with_capacity(8192);
     let mut cbuf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::with_capacity(8192);
@@ -190,9 +215,9 @@ async fn startup_phase<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-async fn client_to_upstream<R: AsyncRead + Unpin>(
+async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     cr: &mut R,
-    uw: &mut OwnedWriteHalf,
+    uw: &mut UW,
     shared: &Shared,
     counters: &DbCounters,
     awaiting: &AtomicBool,
@@ -260,8 +285,8 @@ async fn client_to_upstream<R: AsyncRead + Unpin>(
     }
 }
 
-async fn upstream_to_client<W: AsyncWrite + Unpin>(
-    ur: &mut OwnedReadHalf,
+async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    ur: &mut UR,
     cw: &mut W,
     counters: &DbCounters,
     awaiting: &AtomicBool,

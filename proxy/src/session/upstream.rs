@@ -4,7 +4,18 @@
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// A parsed `postgresql://USER@HOST:PORT[,HOST:PORT…]/DB[?target_session_attrs=…]` URL.
+/// How client sessions' upstream connections use TLS (libpq's `sslmode` subset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext.
+    Disable,
+    /// TLS if the server offers it (libpq's default).
+    Prefer,
+    /// TLS or fail; the certificate is not verified (as libpq's `require`).
+    Require,
+}
+
+/// A parsed `postgresql://USER@HOST:PORT[,HOST:PORT…]/DB[?target_session_attrs=…&sslmode=…]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     /// The proxy's own user for its connections.
@@ -15,6 +26,8 @@ pub struct UpstreamUrl {
     pub hosts: Vec<(String, u16)>,
     /// Whether only a read-write server (a primary) may be used.
     pub read_write: bool,
+    /// TLS toward PostgreSQL for client sessions.
+    pub sslmode: SslMode,
     /// The original text (for SHOW CONFIG and tokio-postgres).
     pub text: String,
 }
@@ -51,6 +64,7 @@ impl UpstreamUrl {
             return Err("no host given".into());
         }
         let mut read_write = false;
+        let mut sslmode = SslMode::Prefer;
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             match kv.split_once('=') {
                 Some(("target_session_attrs", "read-write")) => read_write = true,
@@ -58,6 +72,16 @@ impl UpstreamUrl {
                 Some(("target_session_attrs", other)) => {
                     return Err(format!(
                         "target_session_attrs={other} is not supported (any, read-write)"
+                    ))
+                }
+                Some(("sslmode", "disable")) => sslmode = SslMode::Disable,
+                Some(("sslmode", "prefer")) | Some(("sslmode", "allow")) => {
+                    sslmode = SslMode::Prefer
+                }
+                Some(("sslmode", "require")) => sslmode = SslMode::Require,
+                Some(("sslmode", other)) => {
+                    return Err(format!(
+                        "sslmode={other} is not supported (disable, prefer, require)"
                     ))
                 }
                 _ => {}
@@ -76,6 +100,7 @@ impl UpstreamUrl {
             },
             hosts,
             read_write,
+            sslmode,
             text: text.to_string(),
         })
     }
@@ -87,6 +112,8 @@ impl UpstreamUrl {
             .dbname(dbname)
             .connect_timeout(connect_timeout);
         c.application_name("writebehind-proxy");
+        // The proxy's own connections are plaintext (see docs/proxy.md).
+        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
         for (h, p) in &self.hosts {
             c.host(h).port(*p);
         }
@@ -99,7 +126,10 @@ impl UpstreamUrl {
 
 /// Opens a TCP connection for a client session: the first host that accepts, or with
 /// `read-write`, the first host that is not in recovery (checked through the proxy's own login).
-pub async fn connect(url: &UpstreamUrl, timeout: Duration) -> std::io::Result<(TcpStream, String)> {
+pub async fn connect(
+    url: &UpstreamUrl,
+    timeout: Duration,
+) -> std::io::Result<(TcpStream, String, String)> {
     let mut last_err = std::io::Error::new(std::io::ErrorKind::NotFound, "no upstream host");
     for (host, port) in &url.hosts {
         let addr = format!("{host}:{port}");
@@ -109,7 +139,7 @@ pub async fn connect(url: &UpstreamUrl, timeout: Duration) -> std::io::Result<(T
         match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => {
                 s.set_nodelay(true)?;
-                return Ok((s, addr));
+                return Ok((s, addr, host.clone()));
             }
             Ok(Err(e)) => last_err = e,
             Err(_) => {
@@ -146,6 +176,37 @@ async fn is_primary(url: &UpstreamUrl, host: &str, port: u16, timeout: Duration)
     drop(client);
     let _ = task.await;
     primary
+}
+
+/// Negotiates TLS on a fresh upstream connection per `sslmode` (SSLRequest, then a handshake
+/// if the server answers `S`).
+pub async fn negotiate_tls(
+    mut tcp: TcpStream,
+    host: &str,
+    sslmode: SslMode,
+    connector: Option<&tokio_rustls::TlsConnector>,
+) -> std::io::Result<super::tls::Stream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(connector) = connector.filter(|_| sslmode != SslMode::Disable) else {
+        return Ok(super::tls::Stream::Plain(tcp));
+    };
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8i32.to_be_bytes());
+    request[4..].copy_from_slice(&crate::protocol::startup::SSL_REQUEST.to_be_bytes());
+    tcp.write_all(&request).await?;
+    match tcp.read_u8().await? {
+        b'S' => {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(super::tls::Stream::Tls(Box::new(tls.into())))
+        }
+        _ if sslmode == SslMode::Require => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the server does not support SSL, but sslmode=require",
+        )),
+        _ => Ok(super::tls::Stream::Plain(tcp)),
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`stats`]: counters and the client registry.
 //! - [`ship`]: shipping batches into the extension's inbox exactly once; read barriers.
 //! - [`wal`]: the local write-ahead log of acknowledged writes.
+//! - [`writebehind`]: the write-behind path (so far: the lexer for statement recognition).
 
 pub mod admin;
 pub mod config;
@@ -20,5 +21,6 @@ pub mod session;
 pub mod ship;
 pub mod stats;
 pub mod wal;
+pub mod writebehind;
 
 pub use server::run;

@@ -1,0 +1,474 @@
+//! A PostgreSQL-exact lexer for the statements the proxy may acknowledge: identifiers with case
+//! folding and quoting, numbers, string constants (standard and E'' escapes, dollar quoting,
+//! continuation across newlines), parameters, operators, comments. Whatever it is not certain
+//! about is an error, so that the statement passes through untouched.
+
+/// One token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    /// An unquoted identifier or keyword, folded to lower case (ASCII, as PostgreSQL does).
+    Word(String),
+    /// A quoted identifier (`"Name"`), exactly as written inside the quotes.
+    QuotedIdent(String),
+    /// A numeric constant as written (`42`, `1.5`, `.5`, `1e3`).
+    Number(String),
+    /// A string constant's value after escapes.
+    Str(String),
+    /// `$n`.
+    Param(u32),
+    /// An operator (`=`, `+`, `-`, `::`, `<>`, …).
+    Op(String),
+    /// `(`, `)`, `,`, `;`, `.`, `[`, `]`.
+    Punct(char),
+}
+
+/// Why the text could not be lexed with certainty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LexError {
+    #[error("unterminated {0}")]
+    Unterminated(&'static str),
+    #[error("unsupported syntax at byte {0}")]
+    Unsupported(usize),
+    #[error("invalid escape in string constant at byte {0}")]
+    BadEscape(usize),
+}
+
+/// Lexes `sql`. `standard_conforming_strings` is the session's setting: when off, backslashes
+/// in plain '' strings are escapes (as in E'').
+pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, LexError> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i)?,
+            b'\'' => {
+                let (s, n) = string_constant(sql, i, !standard_conforming_strings)?;
+                out.push(Token::Str(s));
+                i = n;
+            }
+            b'e' | b'E' if b.get(i + 1) == Some(&b'\'') => {
+                let (s, n) = string_constant(sql, i + 1, true)?;
+                out.push(Token::Str(s));
+                i = n;
+            }
+            // U&'…', U&"…", B'…', X'…', N'…': not needed for acknowledged forms.
+            b'u' | b'U' if b.get(i + 1) == Some(&b'&') => return Err(LexError::Unsupported(i)),
+            b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if b.get(i + 1) == Some(&b'\'') => {
+                return Err(LexError::Unsupported(i))
+            }
+            b'"' => {
+                let mut s = String::new();
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return Err(LexError::Unterminated("quoted identifier")),
+                        Some(b'"') if b.get(j + 1) == Some(&b'"') => {
+                            s.push('"');
+                            j += 2;
+                        }
+                        Some(b'"') => break,
+                        Some(_) => {
+                            let ch = next_char(sql, j);
+                            s.push(ch);
+                            j += ch.len_utf8();
+                        }
+                    }
+                }
+                if s.is_empty() {
+                    return Err(LexError::Unsupported(i));
+                }
+                out.push(Token::QuotedIdent(s));
+                i = j + 1;
+            }
+            b'$' => {
+                if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    let mut j = i + 1;
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    if j < b.len() && is_ident_char(b[j]) {
+                        return Err(LexError::Unsupported(i));
+                    }
+                    let n: u32 = sql[i + 1..j]
+                        .parse()
+                        .map_err(|_| LexError::Unsupported(i))?;
+                    out.push(Token::Param(n));
+                    i = j;
+                } else {
+                    let (s, n) = dollar_quoted(sql, i)?;
+                    out.push(Token::Str(s));
+                    i = n;
+                }
+            }
+            b'0'..=b'9' => {
+                let n = number_end(b, i)?;
+                out.push(Token::Number(sql[i..n].to_string()));
+                i = n;
+            }
+            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let n = number_end(b, i)?;
+                out.push(Token::Number(sql[i..n].to_string()));
+                i = n;
+            }
+            b'(' | b')' | b',' | b';' | b'.' | b'[' | b']' => {
+                out.push(Token::Punct(c as char));
+                i += 1;
+            }
+            b':' if b.get(i + 1) == Some(&b':') => {
+                out.push(Token::Op("::".into()));
+                i += 2;
+            }
+            c if is_op_char(c) => {
+                let mut j = i;
+                while j < b.len() && is_op_char(b[j]) {
+                    // A comment start ends the operator, as in PostgreSQL's lexer.
+                    if (b[j] == b'-' && b.get(j + 1) == Some(&b'-'))
+                        || (b[j] == b'/' && b.get(j + 1) == Some(&b'*'))
+                    {
+                        break;
+                    }
+                    j += 1;
+                }
+                let mut op = &sql[i..j];
+                // A multi-character operator ending in + or - keeps them only if it contains
+                // one of ~ ! @ # % ^ & | ` ? (PostgreSQL's rule); otherwise they split off.
+                while op.len() > 1
+                    && (op.ends_with('+') || op.ends_with('-'))
+                    && !op.bytes().any(|c| b"~!@#%^&|`?".contains(&c))
+                {
+                    op = &op[..op.len() - 1];
+                }
+                out.push(Token::Op(op.to_string()));
+                i += op.len();
+            }
+            c if is_ident_start(c) => {
+                let mut j = i;
+                while j < b.len() && is_ident_char(b[j]) {
+                    j += 1;
+                }
+                let word = &sql[i..j];
+                if !word.is_ascii() {
+                    // Non-ASCII identifiers fold by locale in PostgreSQL: not certain here.
+                    return Err(LexError::Unsupported(i));
+                }
+                out.push(Token::Word(word.to_ascii_lowercase()));
+                i = j;
+            }
+            _ => return Err(LexError::Unsupported(i)),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a token list into statements at top-level semicolons (empty statements dropped).
+pub fn statements(tokens: &[Token]) -> Vec<&[Token]> {
+    tokens
+        .split(|t| *t == Token::Punct(';'))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_char(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+fn is_op_char(c: u8) -> bool {
+    b"+-*/<>=~!@#%^&|`?".contains(&c)
+}
+
+fn next_char(s: &str, at: usize) -> char {
+    s[at..].chars().next().unwrap_or('\u{fffd}')
+}
+
+fn skip_block_comment(b: &[u8], start: usize) -> Result<usize, LexError> {
+    // Block comments nest in PostgreSQL.
+    let mut depth = 0;
+    let mut i = start;
+    while i + 1 < b.len() {
+        if b[i] == b'/' && b[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return Ok(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Err(LexError::Unterminated("block comment"))
+}
+
+fn number_end(b: &[u8], start: usize) -> Result<usize, LexError> {
+    let mut i = start;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i < b.len() && b[i] == b'.' && b.get(i + 1) != Some(&b'.') {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        if j < b.len() && b[j].is_ascii_digit() {
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            i = j;
+        } else {
+            return Err(LexError::Unsupported(i));
+        }
+    }
+    // `123abc` and PostgreSQL 16's `0x1F`, `1_000` are not PostgreSQL 15 numbers: refuse.
+    if i < b.len() && is_ident_char(b[i]) {
+        return Err(LexError::Unsupported(i));
+    }
+    Ok(i)
+}
+
+/// A '…' constant starting at `start` (the quote); with `escapes`, backslash escapes apply.
+/// Adjacent constants separated by whitespace containing a newline are concatenated.
+fn string_constant(sql: &str, start: usize, escapes: bool) -> Result<(String, usize), LexError> {
+    let b = sql.as_bytes();
+    let mut out = String::new();
+    let mut i = start + 1;
+    loop {
+        match b.get(i) {
+            None => return Err(LexError::Unterminated("string constant")),
+            Some(b'\'') if b.get(i + 1) == Some(&b'\'') => {
+                out.push('\'');
+                i += 2;
+            }
+            Some(b'\'') => {
+                i += 1;
+                // Continuation: whitespace with at least one newline, then another quote.
+                let mut j = i;
+                let mut newline = false;
+                while j < b.len() && matches!(b[j], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+                    newline |= b[j] == b'\n';
+                    j += 1;
+                }
+                if newline && b.get(j) == Some(&b'\'') {
+                    i = j + 1;
+                    continue;
+                }
+                return Ok((out, i));
+            }
+            Some(b'\\') if escapes => {
+                let (ch, n) = backslash_escape(sql, i)?;
+                out.push(ch);
+                i = n;
+            }
+            Some(_) => {
+                let ch = next_char(sql, i);
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+}
+
+fn backslash_escape(sql: &str, at: usize) -> Result<(char, usize), LexError> {
+    let b = sql.as_bytes();
+    let c = *b
+        .get(at + 1)
+        .ok_or(LexError::Unterminated("string constant"))?;
+    let simple = match c {
+        b'b' => Some('\u{8}'),
+        b'f' => Some('\u{c}'),
+        b'n' => Some('\n'),
+        b'r' => Some('\r'),
+        b't' => Some('\t'),
+        _ => None,
+    };
+    if let Some(ch) = simple {
+        return Ok((ch, at + 2));
+    }
+    let hex = |from: usize, max: usize| {
+        let mut j = from;
+        while j < b.len() && j - from < max && b[j].is_ascii_hexdigit() {
+            j += 1;
+        }
+        (j, u32::from_str_radix(&sql[from..j], 16).ok())
+    };
+    match c {
+        b'x' => {
+            let (j, v) = hex(at + 2, 2);
+            match v {
+                // Bytes above 0x7f would form encoding-dependent strings: not certain.
+                Some(v) if v > 0 && v < 0x80 => Ok((char::from(v as u8), j)),
+                _ => Err(LexError::BadEscape(at)),
+            }
+        }
+        b'0'..=b'7' => {
+            let mut j = at + 1;
+            while j < b.len() && j - (at + 1) < 3 && (b'0'..=b'7').contains(&b[j]) {
+                j += 1;
+            }
+            match u32::from_str_radix(&sql[at + 1..j], 8) {
+                Ok(v) if v > 0 && v < 0x80 => Ok((char::from(v as u8), j)),
+                _ => Err(LexError::BadEscape(at)),
+            }
+        }
+        b'u' | b'U' => {
+            let len = if c == b'u' { 4 } else { 8 };
+            let (j, v) = hex(at + 2, len);
+            match v.and_then(char::from_u32) {
+                Some(ch) if j - (at + 2) == len && ch != '\0' => Ok((ch, j)),
+                _ => Err(LexError::BadEscape(at)),
+            }
+        }
+        _ => {
+            let ch = next_char(sql, at + 1);
+            Ok((ch, at + 1 + ch.len_utf8()))
+        }
+    }
+}
+
+fn dollar_quoted(sql: &str, start: usize) -> Result<(String, usize), LexError> {
+    let b = sql.as_bytes();
+    let mut j = start + 1;
+    while j < b.len() && b[j] != b'$' {
+        if !(is_ident_char(b[j]) && b[j] != b'$') || (j == start + 1 && b[j].is_ascii_digit()) {
+            return Err(LexError::Unsupported(start));
+        }
+        j += 1;
+    }
+    if j >= b.len() {
+        return Err(LexError::Unsupported(start));
+    }
+    let tag = &sql[start..=j];
+    let body_start = j + 1;
+    match sql[body_start..].find(tag) {
+        Some(end) => Ok((
+            sql[body_start..body_start + end].to_string(),
+            body_start + end + tag.len(),
+        )),
+        None => Err(LexError::Unterminated("dollar-quoted string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Token::*;
+
+    fn w(s: &str) -> Token {
+        Word(s.into())
+    }
+    fn s(v: &str) -> Token {
+        Str(v.into())
+    }
+
+    #[test]
+    fn words_fold_and_quoted_identifiers_keep_case() {
+        assert_eq!(
+            lex(r#"UPDATE "Counters" SET "N" = n + 1 WHERE Id = $1"#, true),
+            Ok(vec![
+                w("update"),
+                QuotedIdent("Counters".into()),
+                w("set"),
+                QuotedIdent("N".into()),
+                Op("=".into()),
+                w("n"),
+                Op("+".into()),
+                Number("1".into()),
+                w("where"),
+                w("id"),
+                Op("=".into()),
+                Param(1)
+            ])
+        );
+        assert_eq!(lex(r#""a""b""#, true), Ok(vec![QuotedIdent("a\"b".into())]));
+    }
+
+    #[test]
+    fn string_constants_follow_postgres_rules() {
+        assert_eq!(lex("'it''s'", true), Ok(vec![s("it's")]));
+        // standard_conforming_strings on: backslash is a plain character.
+        assert_eq!(lex(r"'a\nb'", true), Ok(vec![s(r"a\nb")]));
+        // off: it is an escape, as in E''.
+        assert_eq!(lex(r"'a\nb'", false), Ok(vec![s("a\nb")]));
+        assert_eq!(
+            lex(r"E'a\tb\\c\'d\x41\101\u00e9'", true),
+            Ok(vec![s("a\tb\\c'dAAé")])
+        );
+        // Continuation needs a newline between the parts.
+        assert_eq!(lex("'ab'\n  'cd'", true), Ok(vec![s("abcd")]));
+        assert_eq!(lex("'ab' 'cd'", true), Ok(vec![s("ab"), s("cd")]));
+        assert_eq!(lex("$$it's $1$$", true), Ok(vec![s("it's $1")]));
+        assert_eq!(lex("$tag$a$$b$tag$", true), Ok(vec![s("a$$b")]));
+        assert!(matches!(
+            lex("U&'\\0041'", true),
+            Err(LexError::Unsupported(0))
+        ));
+        assert!(matches!(lex("X'1F'", true), Err(LexError::Unsupported(0))));
+        assert!(matches!(lex(r"E'\xff'", true), Err(LexError::BadEscape(_))));
+        assert!(matches!(lex("'open", true), Err(LexError::Unterminated(_))));
+    }
+
+    #[test]
+    fn comments_numbers_and_operators() {
+        assert_eq!(
+            lex(
+                "SELECT /* a /* nested */ comment */ 1 -- trailing\n, .5, 1e3, 2.5E-2",
+                true
+            ),
+            Ok(vec![
+                w("select"),
+                Number("1".into()),
+                Punct(','),
+                Number(".5".into()),
+                Punct(','),
+                Number("1e3".into()),
+                Punct(','),
+                Number("2.5E-2".into())
+            ])
+        );
+        // "x=-1": '=' then '-' (PostgreSQL splits a trailing minus off a plain operator).
+        assert_eq!(
+            lex("x=-1", true),
+            Ok(vec![
+                w("x"),
+                Op("=".into()),
+                Op("-".into()),
+                Number("1".into())
+            ])
+        );
+        assert_eq!(
+            lex("a::int", true),
+            Ok(vec![w("a"), Op("::".into()), w("int")])
+        );
+        assert!(lex("123abc", true).is_err());
+        assert!(lex("0x1F", true).is_err());
+        assert!(lex("1_000", true).is_err());
+        assert!(lex("/* open", true).is_err());
+    }
+
+    #[test]
+    fn statements_split_at_top_level_semicolons() {
+        let toks = lex("INSERT INTO t VALUES (';'); ; SELECT 1;", true).expect("lex");
+        let stmts = statements(&toks);
+        assert_eq!(stmts.len(), 2);
+        assert_eq!(stmts[0].last(), Some(&Punct(')')));
+    }
+}

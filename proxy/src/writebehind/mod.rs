@@ -1,4 +1,5 @@
-//! The write-behind path (DESIGN §2), built up piece by piece: today the PostgreSQL-exact lexer
-//! that statement recognition will stand on. Not yet wired to sessions.
+//! The write-behind path (DESIGN §2), built up piece by piece and not yet wired to sessions:
+//! the PostgreSQL-exact lexer and the recognizer of the acknowledged statement forms.
 
 pub mod lexer;
+pub mod recognize;

@@ -1,0 +1,534 @@
+//! Statement recognition: exactly the single-row write forms of DESIGN §2, from lexer tokens.
+//! Anything else — or anything not recognized with certainty — is `None` and passes through.
+//! Names are resolved and values validated later, against the catalog.
+
+use super::lexer::Token;
+
+/// A possibly schema-qualified table name, as written (unquoted parts already folded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// A value in a recognized statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// `NULL`.
+    Null,
+    /// `DEFAULT` (INSERT only).
+    Default,
+    /// A constant in its text form (`42`, `-1.5`, `it's`, `true`), with an optional cast type.
+    Const { text: String, cast: Option<String> },
+    /// `$n`, with an optional cast type.
+    Param { n: u32, cast: Option<String> },
+}
+
+/// The right-hand side of `SET c = …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetExpr {
+    /// `c = v`.
+    Assign(Value),
+    /// `c = c + v`.
+    Add(Value),
+    /// `c = c - v`.
+    Sub(Value),
+}
+
+/// `ON CONFLICT (target) DO …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnConflict {
+    /// `DO NOTHING`.
+    Nothing { target: Vec<String> },
+    /// `DO UPDATE SET c = EXCLUDED.c, …`: the columns set.
+    Update {
+        target: Vec<String>,
+        set: Vec<String>,
+    },
+}
+
+/// A write the proxy may acknowledge, once the catalog confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Insert {
+        table: TableName,
+        columns: Option<Vec<String>>,
+        rows: Vec<Vec<Value>>,
+        on_conflict: Option<OnConflict>,
+    },
+    Update {
+        table: TableName,
+        set: Vec<(String, SetExpr)>,
+        key: Vec<(String, Value)>,
+    },
+    Delete {
+        table: TableName,
+        key: Vec<(String, Value)>,
+    },
+}
+
+/// Recognizes one statement (no trailing semicolon); `None` means: pass it through.
+pub fn recognize(tokens: &[Token]) -> Option<Write> {
+    let mut p = Parser { t: tokens, i: 0 };
+    let w = match p.word()?.as_str() {
+        "insert" => p.insert(),
+        "update" => p.update(),
+        "delete" => p.delete(),
+        _ => None,
+    }?;
+    p.at_end().then_some(w)
+}
+
+/// Words that end or change a statement where a name is expected: never taken as names.
+const RESERVED: &[&str] = &[
+    "only",
+    "select",
+    "values",
+    "default",
+    "set",
+    "where",
+    "returning",
+    "on",
+    "from",
+    "using",
+    "as",
+    "with",
+    "and",
+    "or",
+    "not",
+    "null",
+    "true",
+    "false",
+    "table",
+    "into",
+    "do",
+    "nothing",
+    "update",
+    "conflict",
+    "excluded",
+    "cast",
+    "is",
+    "in",
+    "between",
+    "like",
+];
+
+struct Parser<'a> {
+    t: &'a [Token],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.t.get(self.i)
+    }
+
+    fn next(&mut self) -> Option<&Token> {
+        let t = self.t.get(self.i);
+        self.i += 1;
+        t
+    }
+
+    fn at_end(&self) -> bool {
+        self.i == self.t.len()
+    }
+
+    fn word(&mut self) -> Option<String> {
+        match self.next()? {
+            Token::Word(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+
+    fn keyword(&mut self, k: &str) -> Option<()> {
+        (self.word()? == k).then_some(())
+    }
+
+    fn punct(&mut self, c: char) -> Option<()> {
+        (self.next()? == &Token::Punct(c)).then_some(())
+    }
+
+    fn is_punct(&self, c: char) -> bool {
+        self.peek() == Some(&Token::Punct(c))
+    }
+
+    fn is_word(&self, k: &str) -> bool {
+        matches!(self.peek(), Some(Token::Word(w)) if w == k)
+    }
+
+    fn op(&mut self, o: &str) -> Option<()> {
+        matches!(self.next()?, Token::Op(x) if x == o).then_some(())
+    }
+
+    fn ident(&mut self) -> Option<String> {
+        match self.next()? {
+            Token::Word(w) if !RESERVED.contains(&w.as_str()) => Some(w.clone()),
+            Token::QuotedIdent(q) => Some(q.clone()),
+            _ => None,
+        }
+    }
+
+    fn table(&mut self) -> Option<TableName> {
+        let first = self.ident()?;
+        if self.is_punct('.') {
+            self.i += 1;
+            let name = self.ident()?;
+            if self.is_punct('.') {
+                return None; // database-qualified names pass through
+            }
+            return Some(TableName {
+                schema: Some(first),
+                name,
+            });
+        }
+        Some(TableName {
+            schema: None,
+            name: first,
+        })
+    }
+
+    fn ident_list(&mut self) -> Option<Vec<String>> {
+        self.punct('(')?;
+        let mut out = vec![self.ident()?];
+        while self.is_punct(',') {
+            self.i += 1;
+            out.push(self.ident()?);
+        }
+        self.punct(')')?;
+        Some(out)
+    }
+
+    /// An optional `::type` (a single type word, e.g. `int`, `text`, `jsonb`, `timestamptz`).
+    fn cast(&mut self) -> Option<Option<String>> {
+        if matches!(self.peek(), Some(Token::Op(o)) if o == "::") {
+            self.i += 1;
+            let ty = self.ident()?;
+            if self.is_punct('(') || self.is_punct('[') || self.is_punct('.') {
+                return None; // typmods, arrays and qualified types pass through
+            }
+            return Some(Some(ty));
+        }
+        Some(None)
+    }
+
+    fn value(&mut self, allow_default: bool) -> Option<Value> {
+        let v = match self.next()?.clone() {
+            Token::Word(w) if w == "null" => Value::Null,
+            Token::Word(w) if w == "default" && allow_default => return Some(Value::Default),
+            Token::Word(w) if w == "true" || w == "false" => Value::Const {
+                text: w,
+                cast: None,
+            },
+            Token::Number(n) => Value::Const {
+                text: n,
+                cast: None,
+            },
+            Token::Op(o) if o == "-" || o == "+" => match self.next()?.clone() {
+                Token::Number(n) => Value::Const {
+                    text: if o == "-" { format!("-{n}") } else { n },
+                    cast: None,
+                },
+                _ => return None,
+            },
+            Token::Str(s) => Value::Const {
+                text: s,
+                cast: None,
+            },
+            Token::Param(n) => Value::Param { n, cast: None },
+            _ => return None,
+        };
+        let cast = self.cast()?;
+        Some(match (v, cast) {
+            (v, None) => v,
+            (Value::Const { text, .. }, Some(c)) => Value::Const {
+                text,
+                cast: Some(c),
+            },
+            (Value::Param { n, .. }, Some(c)) => Value::Param { n, cast: Some(c) },
+            // NULL::type is still NULL.
+            (Value::Null, Some(_)) => Value::Null,
+            (Value::Default, Some(_)) => return None,
+        })
+    }
+
+    fn insert(&mut self) -> Option<Write> {
+        self.keyword("into")?;
+        let table = self.table()?;
+        let columns = if self.is_punct('(') {
+            Some(self.ident_list()?)
+        } else {
+            None
+        };
+        self.keyword("values")?;
+        let mut rows = Vec::new();
+        loop {
+            self.punct('(')?;
+            let mut row = vec![self.value(true)?];
+            while self.is_punct(',') {
+                self.i += 1;
+                row.push(self.value(true)?);
+            }
+            self.punct(')')?;
+            rows.push(row);
+            if !self.is_punct(',') {
+                break;
+            }
+            self.i += 1;
+        }
+        let on_conflict = if self.is_word("on") {
+            self.i += 1;
+            self.keyword("conflict")?;
+            let target = self.ident_list()?;
+            self.keyword("do")?;
+            match self.word()?.as_str() {
+                "nothing" => Some(OnConflict::Nothing { target }),
+                "update" => {
+                    self.keyword("set")?;
+                    let mut set = Vec::new();
+                    loop {
+                        let col = self.ident()?;
+                        self.op("=")?;
+                        self.keyword("excluded")?;
+                        self.punct('.')?;
+                        if self.ident()? != col {
+                            return None; // c = EXCLUDED.other is not a plain upsert
+                        }
+                        set.push(col);
+                        if !self.is_punct(',') {
+                            break;
+                        }
+                        self.i += 1;
+                    }
+                    Some(OnConflict::Update { target, set })
+                }
+                _ => return None,
+            }
+        } else {
+            None
+        };
+        Some(Write::Insert {
+            table,
+            columns,
+            rows,
+            on_conflict,
+        })
+    }
+
+    fn update(&mut self) -> Option<Write> {
+        let table = self.table()?;
+        self.keyword("set")?;
+        let mut set = Vec::new();
+        loop {
+            let col = self.ident()?;
+            self.op("=")?;
+            let expr = match self.peek()? {
+                Token::Word(w) if *w == col => {
+                    self.i += 1;
+                    let add = match self.next()? {
+                        Token::Op(o) if o == "+" => true,
+                        Token::Op(o) if o == "-" => false,
+                        _ => return None,
+                    };
+                    let v = self.value(false)?;
+                    if v == Value::Null {
+                        return None;
+                    }
+                    if add {
+                        SetExpr::Add(v)
+                    } else {
+                        SetExpr::Sub(v)
+                    }
+                }
+                Token::QuotedIdent(q) if *q == col => return None, // keep it simple: pass through
+                _ => SetExpr::Assign(self.value(false)?),
+            };
+            set.push((col, expr));
+            if !self.is_punct(',') {
+                break;
+            }
+            self.i += 1;
+        }
+        let key = self.where_key()?;
+        Some(Write::Update { table, set, key })
+    }
+
+    fn delete(&mut self) -> Option<Write> {
+        self.keyword("from")?;
+        let table = self.table()?;
+        let key = self.where_key()?;
+        Some(Write::Delete { table, key })
+    }
+
+    /// `WHERE a = v [AND b = w]…` — equality on plain columns only.
+    fn where_key(&mut self) -> Option<Vec<(String, Value)>> {
+        self.keyword("where")?;
+        let mut key = Vec::new();
+        loop {
+            let col = self.ident()?;
+            self.op("=")?;
+            let v = self.value(false)?;
+            if v == Value::Null || key.iter().any(|(c, _)| *c == col) {
+                return None; // `k = NULL` matches nothing; a column twice is not a key lookup
+            }
+            key.push((col, v));
+            if !self.is_word("and") {
+                break;
+            }
+            self.i += 1;
+        }
+        Some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writebehind::lexer::lex;
+
+    fn rec(sql: &str) -> Option<Write> {
+        let toks = lex(sql, true).ok()?;
+        let stmts = crate::writebehind::lexer::statements(&toks);
+        (stmts.len() == 1).then(|| recognize(stmts[0])).flatten()
+    }
+
+    fn c(text: &str) -> Value {
+        Value::Const {
+            text: text.into(),
+            cast: None,
+        }
+    }
+
+    fn t(name: &str) -> TableName {
+        TableName {
+            schema: None,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn the_acknowledged_forms() {
+        assert_eq!(
+            rec("INSERT INTO counters (id, n) VALUES (1, -5), ($1, DEFAULT);"),
+            Some(Write::Insert {
+                table: t("counters"),
+                columns: Some(vec!["id".into(), "n".into()]),
+                rows: vec![
+                    vec![c("1"), c("-5")],
+                    vec![Value::Param { n: 1, cast: None }, Value::Default]
+                ],
+                on_conflict: None,
+            })
+        );
+        assert_eq!(
+            rec("update public.\"Counters\" set n = n + 1, note = 'x''y'::text where id = 7"),
+            Some(Write::Update {
+                table: TableName {
+                    schema: Some("public".into()),
+                    name: "Counters".into()
+                },
+                set: vec![
+                    ("n".into(), SetExpr::Add(c("1"))),
+                    (
+                        "note".into(),
+                        SetExpr::Assign(Value::Const {
+                            text: "x'y".into(),
+                            cast: Some("text".into())
+                        })
+                    ),
+                ],
+                key: vec![("id".into(), c("7"))],
+            })
+        );
+        assert_eq!(
+            rec("DELETE FROM t WHERE region = 'eu' AND id = $2"),
+            Some(Write::Delete {
+                table: t("t"),
+                key: vec![
+                    ("region".into(), c("eu")),
+                    ("id".into(), Value::Param { n: 2, cast: None })
+                ],
+            })
+        );
+        assert_eq!(
+            rec("INSERT INTO t VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v"),
+            Some(Write::Insert {
+                table: t("t"),
+                columns: None,
+                rows: vec![vec![c("1"), c("a")]],
+                on_conflict: Some(OnConflict::Update {
+                    target: vec!["id".into()],
+                    set: vec!["v".into()]
+                }),
+            })
+        );
+        assert!(matches!(
+            rec("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO NOTHING"),
+            Some(Write::Insert {
+                on_conflict: Some(OnConflict::Nothing { .. }),
+                ..
+            })
+        ));
+        assert!(matches!(
+            rec("UPDATE t SET n = n - $1 WHERE id = $2"),
+            Some(Write::Update { .. })
+        ));
+    }
+
+    #[test]
+    fn everything_else_passes_through() {
+        for sql in [
+            "SELECT * FROM t",
+            "INSERT INTO t SELECT * FROM u",
+            "INSERT INTO t VALUES (1) RETURNING id",
+            "INSERT INTO t VALUES (now())",
+            "INSERT INTO t VALUES (nextval('s'))",
+            "INSERT INTO t VALUES ((SELECT 1))",
+            "INSERT INTO t DEFAULT VALUES",
+            "INSERT INTO ONLY t VALUES (1)",
+            "INSERT INTO t AS x VALUES (1)",
+            "INSERT INTO db.s.t VALUES (1)",
+            "INSERT INTO t VALUES (1::numeric(10,2))",
+            "INSERT INTO t VALUES (1 + 1)",
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.w",
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 5",
+            "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
+            "UPDATE t SET n = m + 1 WHERE id = 1",
+            "UPDATE t SET n = n * 2 WHERE id = 1",
+            "UPDATE t SET n = n + NULL WHERE id = 1",
+            "UPDATE t SET n = 1 WHERE id = 1 OR id = 2",
+            "UPDATE t SET n = 1 WHERE id = 1 AND id = 2",
+            "UPDATE t SET n = 1 WHERE id > 1",
+            "UPDATE t SET n = 1 WHERE id = NULL",
+            "UPDATE t SET n = 1",
+            "UPDATE t SET n = 1 WHERE id = 1 RETURNING *",
+            "UPDATE t SET n = 1 FROM u WHERE id = 1",
+            "UPDATE ONLY t SET n = 1 WHERE id = 1",
+            "DELETE FROM t",
+            "DELETE FROM t WHERE id IN (1, 2)",
+            "DELETE FROM t USING u WHERE id = 1",
+            "WITH x AS (SELECT 1) DELETE FROM t WHERE id = 1",
+            "DELETE FROM t WHERE id = 1; DELETE FROM t WHERE id = 2",
+            "TRUNCATE t",
+            "COPY t FROM STDIN",
+        ] {
+            assert_eq!(rec(sql), None, "{sql} must pass through");
+        }
+    }
+
+    #[test]
+    fn literal_spellings_that_mean_the_same_value() {
+        let expect = Some(Write::Delete {
+            table: t("t"),
+            key: vec![("v".into(), c("a\nb"))],
+        });
+        assert_eq!(rec("DELETE FROM t WHERE v = E'a\\nb'"), expect);
+        assert_eq!(rec("DELETE FROM t WHERE v = $$a\nb$$"), expect);
+        assert_eq!(rec("DELETE FROM t WHERE v = 'a'\n'\nb'"), expect);
+        assert_eq!(rec("DELETE /* c */ FROM t -- x\n WHERE v = 'a\nb'"), expect);
+        // standard_conforming_strings off changes what '\n' means.
+        let off = lex("DELETE FROM t WHERE v = 'a\\nb'", false)
+            .ok()
+            .and_then(|t| recognize(&t));
+        assert_eq!(off, expect);
+    }
+}

@@ -1,0 +1,184 @@
+//! The proxy's shipping code against the real extension: encoded changes shipped exactly once,
+//! the flusher draining a source in order, and the read barrier (ship + wait until applied).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use writebehind_proxy::ship::{
+    Barrier, BatchSource, Delivery, EncodedBatch, FlushSettings, Flusher, InboxShipper,
+};
+use writebehind_proxy::writebehind::encode::{copy_row, Change, ColumnChange};
+use writebehind_tests::Cluster;
+
+fn pg_config(cluster: &Cluster) -> tokio_postgres::Config {
+    cluster
+        .conninfo("postgres")
+        .parse()
+        .expect("conninfo parses")
+}
+
+fn increment(relid: u32, id: i32) -> Change {
+    Change::Update {
+        relid,
+        key: vec![id.to_string()],
+        columns: vec![("n".into(), ColumnChange::Add("1".into()))],
+    }
+}
+
+#[tokio::test]
+async fn encoded_batches_ship_exactly_once() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE s (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note text);
+             SELECT writebehind.enable('s');",
+        )
+        .await?;
+    let relid: u32 = client
+        .query_one("SELECT 's'::regclass::oid", &[])
+        .await?
+        .get(0);
+    let mut shipper = InboxShipper::new(pg_config(&cluster), "shipper-test");
+    assert_eq!(shipper.committed_seq().await?, 0);
+    let mut rows = Vec::new();
+    copy_row(
+        &mut rows,
+        "shipper-test",
+        1,
+        &Change::Insert {
+            relid,
+            key: Some(vec!["1".into()]),
+            values: vec![(
+                "note".into(),
+                Some("tab\there, newline\nthere, back\\slash".into()),
+            )],
+            op: b'I',
+            conflict_set: None,
+        },
+    );
+    for _ in 0..10 {
+        copy_row(&mut rows, "shipper-test", 1, &increment(relid, 1));
+    }
+    let rows = bytes::Bytes::from(rows);
+    assert_eq!(shipper.ship(1, rows.clone()).await?, Delivery::Committed);
+    assert_eq!(
+        shipper.ship(1, rows.clone()).await?,
+        Delivery::AlreadyDelivered
+    );
+    assert_eq!(shipper.committed_seq().await?, 1);
+    shipper.flush(Some(relid), Duration::from_secs(30)).await?;
+    let row = client
+        .query_one("SELECT n, note FROM s WHERE id = 1", &[])
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), 10);
+    assert_eq!(
+        row.get::<_, String>(1),
+        "tab\there, newline\nthere, back\\slash"
+    );
+    Ok(())
+}
+
+/// A minimal source: changes in acknowledgement order.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Vec<Change>>,
+    acked: AtomicU64,
+}
+
+impl Queue {
+    fn ack(&self, c: Change) {
+        let mut p = self.pending.lock().expect("lock");
+        p.push(c);
+        self.acked.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl BatchSource for Queue {
+    fn take_batch(&self, seq: i64, max_rows: usize) -> Option<EncodedBatch> {
+        let mut p = self.pending.lock().expect("lock");
+        if p.is_empty() {
+            return None;
+        }
+        let n = p.len().min(max_rows);
+        let mut out = Vec::new();
+        let mut relids = Vec::new();
+        for c in p.drain(..n) {
+            copy_row(&mut out, "flusher-test", seq, &c);
+            if !relids.contains(&c.relid()) {
+                relids.push(c.relid());
+            }
+        }
+        Some(EncodedBatch {
+            rows: out.into(),
+            changes: n,
+            relids,
+        })
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn flusher_and_barrier_give_read_your_writes() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE c (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO c SELECT g, 0 FROM generate_series(1, 50) g;
+             SELECT writebehind.enable('c');",
+        )
+        .await?;
+    let relid: u32 = client
+        .query_one("SELECT 'c'::regclass::oid", &[])
+        .await?
+        .get(0);
+    let queue = Arc::new(Queue::default());
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let settings = FlushSettings {
+        flush_interval: Duration::from_secs(3600), // only barriers make it ship
+        max_batch_rows: 300,
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_secs(1),
+    };
+    let mut shipper = InboxShipper::new(pg_config(&cluster), "flusher-test");
+    let first = shipper.committed_seq().await? + 1;
+    let (flusher, _task) = Flusher::spawn(queue.clone(), shipper, settings, first, stop_rx);
+    let barrier = Barrier::new(
+        queue.clone(),
+        flusher,
+        InboxShipper::new(pg_config(&cluster), "flusher-test"),
+    );
+    let mut expected = 0i64;
+    for round in 0..5 {
+        for i in 0..1000 {
+            queue.ack(increment(relid, i % 50 + 1));
+            expected += 1;
+        }
+        barrier.wait(&[relid], Duration::from_secs(60)).await?;
+        let sum: i64 = client
+            .query_one("SELECT sum(n)::bigint FROM c", &[])
+            .await?
+            .get(0);
+        assert_eq!(
+            sum, expected,
+            "after the barrier of round {round}, every acknowledged write is visible"
+        );
+    }
+    // A barrier with nothing new is immediate.
+    let started = std::time::Instant::now();
+    barrier.wait(&[relid], Duration::from_secs(60)).await?;
+    assert!(started.elapsed() < Duration::from_millis(50));
+    let seq: i64 = client
+        .query_one("SELECT writebehind.committed_seq('flusher-test')", &[])
+        .await?
+        .get(0);
+    assert!(
+        seq >= 5 * 4,
+        "5 rounds of 1000 changes in batches of at most 300: {seq} batches"
+    );
+    Ok(())
+}

@@ -38,6 +38,9 @@ pub enum ProxyError {
     /// The session was idle longer than `idle_timeout`.
     #[error("terminating connection due to idle timeout")]
     IdleTimeout,
+    /// The read barrier could not ship and apply pending writes in time.
+    #[error("write-behind barrier failed: {0}")]
+    Barrier(String),
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::UnknownCommand(_) => (&SqlState::SYNTAX_ERROR, Severity::Error),
             ProxyError::IdleTimeout => (&SqlState::IDLE_SESSION_TIMEOUT, Severity::Fatal),
             ProxyError::ShuttingDown => (&SqlState::ADMIN_SHUTDOWN, Severity::Fatal),
+            ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
         }
     }
 

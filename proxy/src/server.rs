@@ -23,8 +23,18 @@ pub async fn run(
         }
         _ => None,
     };
+    let writebehind = match config.durability {
+        crate::config::Durability::Memory => Some(Arc::new(
+            crate::writebehind::runtime::WriteBehind::new(config.clone()),
+        )),
+        _ => {
+            warn!(durability = ?config.durability, "the write-behind path runs only with durability = memory so far: every statement passes through");
+            None
+        }
+    };
     let shared =
         Arc::new(Shared {
+            writebehind,
             config,
             stats: Arc::new(Stats::default()),
             cancel: CancelMap::default(),
@@ -63,6 +73,11 @@ pub async fn run(
             "shutdown timeout reached; closing the remaining sessions"
         );
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    if let Some(wb) = &shared.writebehind {
+        info!("shipping every acknowledged write before exit");
+        wb.shutdown().await;
     }
     Ok(())
 }

@@ -58,12 +58,15 @@ impl FrameTracker {
         self.have == 0 && self.remaining == 0
     }
 
-    /// Feeds a chunk; calls `on_header(type, len)` for every header completed in it.
+    /// Feeds a chunk; calls `on_header(type, len, body_at)` for every header completed in it,
+    /// `body_at` being the index in `chunk` where that message's body starts.
     pub fn feed(
         &mut self,
-        mut chunk: &[u8],
-        mut on_header: impl FnMut(u8, usize),
+        chunk: &[u8],
+        mut on_header: impl FnMut(u8, usize, usize),
     ) -> Result<(), FrameError> {
+        let total = chunk.len();
+        let mut chunk = chunk;
         while !chunk.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(chunk.len());
@@ -92,7 +95,7 @@ impl FrameTracker {
             if len > self.max_len {
                 return Err(FrameError::TooLarge { len });
             }
-            on_header(ty, len);
+            on_header(ty, len, total - chunk.len());
             self.have = 0;
             self.remaining = len - 4;
         }
@@ -119,9 +122,9 @@ mod tests {
         for split in 0..stream.len() {
             let mut t = FrameTracker::new(true, 1 << 20);
             let mut seen = Vec::new();
-            t.feed(&stream[..split], |ty, _| seen.push(ty))
+            t.feed(&stream[..split], |ty, _, _| seen.push(ty))
                 .expect("valid");
-            t.feed(&stream[split..], |ty, _| seen.push(ty))
+            t.feed(&stream[split..], |ty, _, _| seen.push(ty))
                 .expect("valid");
             assert_eq!(seen, vec![b'Q', b'S', b'X'], "split at {split}");
             assert!(t.at_boundary());
@@ -132,17 +135,17 @@ mod tests {
     fn rejects_garbage_and_oversized() {
         let mut t = FrameTracker::new(true, 100);
         assert_eq!(
-            t.feed(b"\x01\x00\x00\x00\x05", |_, _| {}),
+            t.feed(b"\x01\x00\x00\x00\x05", |_, _, _| {}),
             Err(FrameError::Invalid { ty: 1 })
         );
         let mut t = FrameTracker::new(true, 100);
         assert_eq!(
-            t.feed(&msg(b'Q', &[b'a'; 200]), |_, _| {}),
+            t.feed(&msg(b'Q', &[b'a'; 200]), |_, _, _| {}),
             Err(FrameError::TooLarge { len: 204 })
         );
         let mut t = FrameTracker::new(true, 100);
         assert_eq!(
-            t.feed(b"Q\x00\x00\x00\x02", |_, _| {}),
+            t.feed(b"Q\x00\x00\x00\x02", |_, _, _| {}),
             Err(FrameError::Invalid { ty: b'Q' })
         );
     }

@@ -2,6 +2,7 @@
 //! either the admin console or a relayed session with its own upstream connection.
 
 pub mod cancel;
+pub mod intercept;
 pub mod relay;
 pub mod tls;
 pub mod upstream;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// TLS toward PostgreSQL (unless `sslmode=disable`).
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
+    /// The write-behind path (only with `durability = memory` so far).
+    pub writebehind: Option<Arc<crate::writebehind::runtime::WriteBehind>>,
 }
 
 /// Serves one accepted connection to its end.
@@ -121,7 +124,18 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             c.upstream = Some(addr.to_string());
         }
     };
-    match relay::run(sock, raw, shared.clone(), counters, on_upstream).await {
+    let intercept = match &shared.writebehind {
+        Some(wb) => wb.db(&database).await.map(|rt| {
+            intercept::Intercept::new(
+                rt,
+                user.clone(),
+                shared.config.barrier_timeout,
+                shared.config.max_pending_rows,
+            )
+        }),
+        None => None,
+    };
+    match relay::run(sock, raw, shared.clone(), counters, on_upstream, intercept).await {
         Ok(()) => debug!("session ended"),
         Err(ProxyError::UpstreamConnect(error)) => warn!(%error, "upstream connect failed"),
         Err(error) => info!(%error, "session ended with an error"),

@@ -6,6 +6,7 @@
 //! `client_to_upstream`; the write-behind path hooks in there to answer statements locally.
 
 use super::cancel::{KeyGuard, UpstreamKey};
+use super::intercept::Intercept;
 use super::tls::Stream;
 use super::Shared;
 use crate::error::ProxyError;
@@ -13,7 +14,7 @@ use crate::protocol::frame::{FrameError, FrameTracker};
 use crate::protocol::messages;
 use crate::stats::DbCounters;
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -34,6 +35,7 @@ pub async fn run(
     shared: Arc<Shared>,
     counters: Arc<DbCounters>,
     on_upstream: impl FnOnce(&str),
+    intercept: Option<Intercept>,
 ) -> Result<(), ProxyError> {
     let cfg = &shared.config;
     let connected = match super::upstream::connect(&cfg.upstream, cfg.connect_timeout).await {
@@ -62,19 +64,19 @@ pub async fn run(
     match (client, upstream) {
         (Stream::Plain(c), Stream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
         }
         (Stream::Plain(c), Stream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), tokio::io::split(*u));
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
         }
         (Stream::Tls(c), Stream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), u.into_split());
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
         }
         (Stream::Tls(c), Stream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), tokio::io::split(*u));
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr).await
+            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
         }
     }
 }
@@ -89,6 +91,7 @@ async fn pipe<R, W, UR, UW>(
     shared: Arc<Shared>,
     counters: Arc<DbCounters>,
     addr: String,
+    mut intercept: Option<Intercept>,
 ) -> Result<(), ProxyError>
 where
     R: AsyncRead + Unpin,
@@ -114,10 +117,19 @@ where
 
     let awaiting = AtomicBool::new(false);
     let terminated = AtomicBool::new(false);
-    let end = tokio::select! {
-        r = client_to_upstream(&mut cr, &mut uw, &shared, &counters, &awaiting, &terminated) => r,
-        r = upstream_to_client(&mut ur, &mut cw, &counters, &awaiting) => r,
+    let status = AtomicU8::new(b'I');
+    // Both directions write to the client: replies from PostgreSQL, and local replies.
+    let client_out = tokio::sync::Mutex::new(cw);
+    let flags = Flags {
+        awaiting: &awaiting,
+        terminated: &terminated,
+        status: &status,
     };
+    let end = tokio::select! {
+        r = client_to_upstream(&mut cr, &mut uw, &shared, &counters, flags, &client_out, intercept.as_mut()) => r,
+        r = upstream_to_client(&mut ur, &client_out, &counters, flags) => r,
+    };
+    let mut cw = client_out.into_inner();
     match end {
         Ok(End::ClientDone) => Ok(()),
         Ok(End::UpstreamClosed) if terminated.load(Ordering::Relaxed) => Ok(()),
@@ -215,14 +227,31 @@ where
     }
 }
 
-async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
+/// Session state both directions share (one task: plain atomics, no contention).
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    /// A reply from PostgreSQL is pending.
+    awaiting: &'a AtomicBool,
+    /// The client sent Terminate.
+    terminated: &'a AtomicBool,
+    /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`; `?` unknown).
+    status: &'a AtomicU8,
+}
+
+async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin>(
     cr: &mut R,
     uw: &mut UW,
     shared: &Shared,
     counters: &DbCounters,
-    awaiting: &AtomicBool,
-    terminated: &AtomicBool,
+    flags: Flags<'_>,
+    client_out: &tokio::sync::Mutex<W>,
+    mut intercept: Option<&mut Intercept>,
 ) -> Result<End, ProxyError> {
+    let Flags {
+        awaiting,
+        terminated,
+        status,
+    } = flags;
     let max = shared.config.max_message_size;
     let idle = shared.config.idle_timeout;
     let mut tracker = FrameTracker::new(true, max);
@@ -250,11 +279,14 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
             Ok(0) | Err(_) => return Ok(End::ClientDone),
             Ok(n) => n,
         };
+        let idle = !awaiting.load(Ordering::Relaxed)
+            && status.load(Ordering::Relaxed) == b'I'
+            && tracker.at_boundary();
         let mut queries = 0u64;
         let mut term = false;
         let mut wants_reply = false;
         tracker
-            .feed(&buf[..n], |ty, _| match ty {
+            .feed(&buf[..n], |ty, _, _| match ty {
                 b'Q' => {
                     queries += 1;
                     wants_reply = true;
@@ -268,10 +300,21 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                 FrameError::TooLarge { len } => ProxyError::MessageTooLarge { len, max },
                 FrameError::Invalid { ty } => ProxyError::ProtocolViolation(ty),
             })?;
+        counters.queries.fetch_add(queries, Ordering::Relaxed);
+        if let Some(icpt) = intercept.as_deref_mut() {
+            if !term {
+                if let Some(reply) = icpt.on_chunk(&buf[..n], idle).await? {
+                    counters.received.fetch_add(n as u64, Ordering::Relaxed);
+                    if client_out.lock().await.write_all(&reply).await.is_err() {
+                        return Ok(End::ClientDone);
+                    }
+                    continue;
+                }
+            }
+        }
         if wants_reply {
             awaiting.store(true, Ordering::Relaxed);
         }
-        counters.queries.fetch_add(queries, Ordering::Relaxed);
         counters.received.fetch_add(n as u64, Ordering::Relaxed);
         if term {
             terminated.store(true, Ordering::Relaxed);
@@ -287,10 +330,13 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
 
 async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ur: &mut UR,
-    cw: &mut W,
+    client_out: &tokio::sync::Mutex<W>,
     counters: &DbCounters,
-    awaiting: &AtomicBool,
+    flags: Flags<'_>,
 ) -> Result<End, ProxyError> {
+    let Flags {
+        awaiting, status, ..
+    } = flags;
     let mut tracker = FrameTracker::new(false, usize::MAX);
     let mut buf = BytesMut::with_capacity(BUF);
     loop {
@@ -300,12 +346,20 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Ok(n) => n,
         };
         let mut ready = false;
-        let _ = tracker.feed(&buf, |ty, _| ready |= ty == b'Z');
+        let mut st = None;
+        let _ = tracker.feed(&buf, |ty, _, at| {
+            if ty == b'Z' {
+                ready = true;
+                st = buf.get(at).copied();
+            }
+        });
         if ready {
+            // The status byte may arrive in the next chunk: unknown counts as not idle.
+            status.store(st.unwrap_or(b'?'), Ordering::Relaxed);
             awaiting.store(false, Ordering::Relaxed);
         }
         counters.sent.fetch_add(n as u64, Ordering::Relaxed);
-        if cw.write_all(&buf).await.is_err() {
+        if client_out.lock().await.write_all(&buf).await.is_err() {
             return Ok(End::ClientDone);
         }
     }

@@ -1,7 +1,10 @@
-//! The write-behind path (DESIGN §2), built up piece by piece and not yet wired to sessions:
-//! the PostgreSQL-exact lexer, the recognizer of the acknowledged statement forms, and the
-//! encoding of changes as inbox rows.
+//! The write-behind path (DESIGN §2): the PostgreSQL-exact lexer, the recognizer of the
+//! acknowledged statement forms, the catalog of registered tables, validation into changes,
+//! the encoding of changes as inbox rows, and the per-database runtime sessions use.
 
+pub mod catalog;
 pub mod encode;
 pub mod lexer;
 pub mod recognize;
+pub mod runtime;
+pub mod validate;

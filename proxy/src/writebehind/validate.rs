@@ -1,0 +1,297 @@
+//! Turning a recognized write into inbox changes, after checking it against the table: column
+//! names, the key, NOT NULL, and each value's text form for the column's type. Whatever the
+//! proxy cannot be certain PostgreSQL would accept exactly as written is refused here, and the
+//! statement passes through (PostgreSQL then raises its own error, synchronously).
+
+use super::catalog::{Column, Table};
+use super::encode::{negate, Change, ColumnChange};
+use super::recognize::{OnConflict, SetExpr, Value, Write};
+
+/// Converts `write` on `table` into changes, or `None` to pass the statement through.
+/// Only constant values are handled here (simple query protocol).
+pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
+    match write {
+        Write::Insert {
+            columns,
+            rows,
+            on_conflict,
+            ..
+        } => {
+            let names: Vec<&str> = match columns {
+                Some(c) => c.iter().map(String::as_str).collect(),
+                None => table.columns.iter().map(|c| c.name.as_str()).collect(),
+            };
+            let mut seen = Vec::new();
+            for n in &names {
+                if seen.contains(n) {
+                    return None;
+                }
+                seen.push(*n);
+            }
+            let (op, conflict_set) = match on_conflict {
+                None => (b'I', None),
+                Some(OnConflict::Nothing { target }) if *target == table.key => (b'N', None),
+                Some(OnConflict::Update { target, set }) if *target == table.key => {
+                    (b'X', Some(set.clone()))
+                }
+                Some(_) => return None,
+            };
+            if table.append && op != b'I' {
+                return None;
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                if row.len() > names.len() {
+                    return None;
+                }
+                let mut values = Vec::new();
+                for (i, name) in names.iter().enumerate() {
+                    let col = table.column(name)?;
+                    match row.get(i) {
+                        None | Some(Value::Default) => {
+                            if table.key.iter().any(|k| k == name) {
+                                return None;
+                            }
+                        }
+                        Some(v) => values.push((col.name.clone(), constant(v, col)?)),
+                    }
+                }
+                // Every NOT NULL column without a default must have a value.
+                for c in &table.columns {
+                    let given = values.iter().find(|(n, _)| *n == c.name);
+                    match given {
+                        Some((_, None)) if c.not_null => return None,
+                        None if c.not_null && !c.has_default => return None,
+                        _ => {}
+                    }
+                }
+                let key = if table.append {
+                    None
+                } else {
+                    let mut k = Vec::new();
+                    for name in &table.key {
+                        let (_, v) = values.iter().find(|(n, _)| n == name)?;
+                        k.push(v.clone()?);
+                    }
+                    Some(k)
+                };
+                let values: Vec<(String, Option<String>)> = if table.append {
+                    values
+                } else {
+                    values
+                        .into_iter()
+                        .filter(|(n, _)| !table.key.contains(n))
+                        .collect()
+                };
+                out.push(Change::Insert {
+                    relid: table.relid,
+                    key,
+                    values,
+                    op,
+                    conflict_set: conflict_set.clone(),
+                });
+            }
+            Some(out)
+        }
+        Write::Update { set, key, .. } => {
+            if table.append {
+                return None;
+            }
+            let key = key_values(key, table)?;
+            let mut columns = Vec::new();
+            for (name, expr) in set {
+                let col = table.column(name)?;
+                if table.key.contains(name) || columns.iter().any(|(n, _)| n == name) {
+                    return None;
+                }
+                let change = match expr {
+                    SetExpr::Assign(v) => {
+                        let v = constant(v, col)?;
+                        if v.is_none() && col.not_null {
+                            return None;
+                        }
+                        ColumnChange::Set(v)
+                    }
+                    SetExpr::Add(v) => ColumnChange::Add(delta(v, col)?),
+                    SetExpr::Sub(v) => ColumnChange::Add(negate(&delta(v, col)?)),
+                };
+                columns.push((name.clone(), change));
+            }
+            Some(vec![Change::Update {
+                relid: table.relid,
+                key,
+                columns,
+            }])
+        }
+        Write::Delete { key, .. } => {
+            if table.append {
+                return None;
+            }
+            Some(vec![Change::Delete {
+                relid: table.relid,
+                key: key_values(key, table)?,
+            }])
+        }
+    }
+}
+
+/// The key's values in key-column order; `None` unless the WHERE names exactly the key.
+fn key_values(key: &[(String, Value)], table: &Table) -> Option<Vec<String>> {
+    if key.len() != table.key.len() {
+        return None;
+    }
+    table
+        .key
+        .iter()
+        .map(|k| {
+            let (_, v) = key.iter().find(|(n, _)| n == k)?;
+            constant(v, table.column(k)?)?
+        })
+        .collect()
+}
+
+/// A constant's text form if PostgreSQL would accept it for `col` exactly as the worker will
+/// cast it; `Some(None)` for NULL; `None` when not certain.
+fn constant(v: &Value, col: &Column) -> Option<Option<String>> {
+    match v {
+        Value::Null => Some(None),
+        Value::Const { text, cast } => {
+            if let Some(c) = cast {
+                if !same_type(c, &col.type_name) {
+                    return None;
+                }
+            }
+            valid_text(text, col).then(|| Some(text.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// The increment's text if it is an exact numeric literal and the column is numeric.
+fn delta(v: &Value, col: &Column) -> Option<String> {
+    let Value::Const { text, cast: None } = v else {
+        return None;
+    };
+    let integral = matches!(col.type_name.as_str(), "smallint" | "integer" | "bigint");
+    let ok = if integral {
+        text.trim_start_matches('-')
+            .bytes()
+            .all(|c| c.is_ascii_digit())
+            && text.parse::<i64>().is_ok()
+    } else {
+        matches!(col.type_name.as_str(), "numeric") && is_decimal(text)
+    };
+    ok.then(|| text.clone())
+}
+
+fn same_type(cast: &str, type_name: &str) -> bool {
+    let canonical = match cast {
+        "int" | "int4" | "integer" => "integer",
+        "int8" | "bigint" => "bigint",
+        "int2" | "smallint" => "smallint",
+        "text" => "text",
+        "bool" | "boolean" => "boolean",
+        "numeric" | "decimal" => "numeric",
+        "uuid" => "uuid",
+        _ => return false,
+    };
+    canonical == type_name
+}
+
+fn is_decimal(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (i, f) = s.split_once('.').unwrap_or((s, ""));
+    !(i.is_empty() && f.is_empty())
+        && i.bytes().all(|c| c.is_ascii_digit())
+        && f.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// Whether `text` is input PostgreSQL accepts for the column, for the types the proxy knows;
+/// any other type is refused (the statement passes through).
+fn valid_text(text: &str, col: &Column) -> bool {
+    match col.type_name.as_str() {
+        "smallint" => text.parse::<i16>().is_ok(),
+        "integer" => text.parse::<i32>().is_ok(),
+        "bigint" => text.parse::<i64>().is_ok(),
+        "numeric" => is_decimal(text),
+        "boolean" => matches!(text, "true" | "false" | "t" | "f"),
+        "text" => !text.contains('\0'),
+        "character varying" => {
+            !text.contains('\0') && col.max_chars.is_none_or(|m| text.chars().count() <= m)
+        }
+        "uuid" => {
+            text.len() == 36
+                && text.bytes().enumerate().all(|(i, c)| {
+                    if matches!(i, 8 | 13 | 18 | 23) {
+                        c == b'-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writebehind::{lexer, recognize};
+
+    fn table() -> Table {
+        let col =
+            |name: &str, ty: &str, not_null: bool, has_default: bool, max: Option<usize>| Column {
+                name: name.into(),
+                type_name: ty.into(),
+                max_chars: max,
+                not_null,
+                has_default,
+            };
+        Table {
+            relid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            append: false,
+            key: vec!["id".into()],
+            columns: vec![
+                col("id", "integer", true, false, None),
+                col("n", "bigint", true, true, None),
+                col("s", "character varying", false, false, Some(3)),
+                col("at", "timestamp with time zone", false, false, None),
+            ],
+        }
+    }
+
+    fn check(sql: &str) -> Option<Vec<Change>> {
+        let toks = lexer::lex(sql, true).ok()?;
+        changes(&recognize::recognize(&toks)?, &table())
+    }
+
+    #[test]
+    fn accepts_what_postgres_accepts_and_refuses_the_rest() {
+        assert!(check("INSERT INTO t (id, n, s) VALUES (1, 2, 'abc')").is_some());
+        assert!(
+            check("INSERT INTO t (id) VALUES (1)").is_some(),
+            "n has a default"
+        );
+        assert!(check("UPDATE t SET n = n - 3, s = NULL WHERE id = 1").is_some());
+        assert!(check("DELETE FROM t WHERE id = 1").is_some());
+        for sql in [
+            "INSERT INTO t (id, s) VALUES (1, 'abcd')", // 22001: too long
+            "INSERT INTO t (id, n) VALUES (1, 'x')",    // 22P02
+            "INSERT INTO t (id, n) VALUES (1, NULL)",   // 23502
+            "INSERT INTO t (n) VALUES (1)",             // no key
+            "INSERT INTO t (id, nope) VALUES (1, 1)",   // 42703
+            "INSERT INTO t (id, at) VALUES (1, '2024-01-01')", // a type the proxy does not check
+            "INSERT INTO t (id, id) VALUES (1, 2)",     // 42701
+            "INSERT INTO t (id) VALUES (99999999999)",  // 22003
+            "UPDATE t SET id = 2 WHERE id = 1",         // key change
+            "UPDATE t SET n = n + 1.5 WHERE id = 1",    // not an integer delta
+            "UPDATE t SET n = 1 WHERE s = 'a'",         // not the key
+            "UPDATE t SET n = NULL WHERE id = 1",       // 23502
+            "DELETE FROM t WHERE id = 'one'",
+        ] {
+            assert_eq!(check(sql), None, "{sql} must pass through");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The write-behind path end to end (durability = memory): writes acknowledged from memory,
+//! read-your-writes through the barrier, exact counters under concurrency, PostgreSQL's own
+//! errors for what the proxy does not acknowledge, transactions, privileges, drain on SIGTERM.
+
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use writebehind_tests::{run_cmd, Cluster, Proxy};
+
+const SCHEMA: &str =
+    "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note varchar(5));
+    INSERT INTO counters SELECT g, 0, NULL FROM generate_series(1, 20) g;
+    SELECT writebehind.enable('counters');";
+
+fn wb_proxy(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Proxy> {
+    let mut args = vec!["--durability", "memory"];
+    args.extend_from_slice(extra);
+    Proxy::spawn(&cluster.url("postgres"), &args)
+}
+
+/// The command tag of a simple-protocol statement.
+async fn tag(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<u64> {
+    let msgs = c.simple_query(sql).await?;
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no command tag"))
+}
+
+#[tokio::test]
+async fn acknowledged_writes_are_read_back_and_counters_are_exact() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    // A long flush interval: only barriers ship, so reads prove read-your-writes.
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let conninfo = proxy.conninfo("postgres", "postgres");
+
+    let c = writebehind_tests::connect(&conninfo).await?;
+    assert_eq!(
+        tag(&c, "UPDATE counters SET n = n + 5 WHERE id = 1").await?,
+        1
+    );
+    let inbox: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.inbox", &[])
+        .await?
+        .get(0);
+    let applied: i64 = direct
+        .query_one("SELECT n FROM counters WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        (inbox, applied),
+        (0, 0),
+        "acknowledged from memory: nothing shipped yet"
+    );
+    let rows = c
+        .simple_query("SELECT n FROM counters WHERE id = 1")
+        .await?;
+    let seen = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(
+        seen.as_deref(),
+        Some("5"),
+        "the session reads its own write"
+    );
+
+    // Concurrent increments from 8 sessions on 20 hot keys.
+    let mut tasks = Vec::new();
+    for s in 0..8 {
+        let conninfo = conninfo.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = writebehind_tests::connect(&conninfo).await?;
+            for i in 0..250 {
+                c.simple_query(&format!(
+                    "UPDATE counters SET n = n + 1 WHERE id = {}",
+                    (s * 7 + i) % 20 + 1
+                ))
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let sum: i64 = c
+        .query_one("SELECT sum(n)::bigint FROM counters", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 5 + 8 * 250);
+    let (applied, coalesced): (i64, i64) = direct
+        .query_one("SELECT applied, coalesced FROM writebehind.status WHERE \"table\" = 'counters'::regclass", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    assert!(
+        applied <= 21 && coalesced >= 1900,
+        "folded: applied {applied}, coalesced {coalesced}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_postgres_would_reject_is_never_acknowledged() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    direct
+        .batch_execute("CREATE ROLE reader LOGIN; GRANT SELECT, INSERT ON counters TO reader; GRANT USAGE ON SCHEMA writebehind TO reader;")
+        .await?;
+    let proxy = wb_proxy(&cluster, &[])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for (sql, code) in [
+        (
+            "INSERT INTO counters (id, n) VALUES (100, 'many')",
+            SqlState::INVALID_TEXT_REPRESENTATION,
+        ),
+        (
+            "INSERT INTO counters (id, n) VALUES (101, NULL)",
+            SqlState::NOT_NULL_VIOLATION,
+        ),
+        (
+            "INSERT INTO counters (id, nope) VALUES (102, 1)",
+            SqlState::UNDEFINED_COLUMN,
+        ),
+        (
+            "INSERT INTO counters (id, note) VALUES (103, 'too long')",
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+        ),
+        (
+            "INSERT INTO counters (id) VALUES (99999999999)",
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        ),
+        (
+            "UPDATE counters SET n = NULL WHERE id = 1",
+            SqlState::NOT_NULL_VIOLATION,
+        ),
+    ] {
+        let err = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(err.code(), Some(&code), "{sql}: {err}");
+    }
+    // A role without UPDATE gets PostgreSQL's 42501, synchronously.
+    let r = writebehind_tests::connect(&proxy.conninfo("reader", "postgres")).await?;
+    let err = r
+        .simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await
+        .expect_err("no privilege");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    assert_eq!(
+        tag(&r, "INSERT INTO counters (id) VALUES (200)").await?,
+        1,
+        "INSERT is granted"
+    );
+    // Inside a transaction block nothing is acknowledged early: a rollback undoes it.
+    c.simple_query("BEGIN").await?;
+    c.simple_query("UPDATE counters SET n = n + 1000 WHERE id = 2")
+        .await?;
+    c.simple_query("ROLLBACK").await?;
+    direct.execute("SELECT writebehind.flush()", &[]).await?;
+    let n2: i64 = direct
+        .query_one("SELECT n FROM counters WHERE id = 2", &[])
+        .await?
+        .get(0);
+    assert_eq!(n2, 0);
+    let bad: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM counters WHERE id BETWEEN 100 AND 103",
+            &[],
+        )
+        .await?
+        .get(0);
+    let dead: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!((bad, dead), (0, 0));
+    let r200: i64 = direct
+        .query_one("SELECT count(*) FROM counters WHERE id = 200", &[])
+        .await?
+        .get(0);
+    assert_eq!(r200, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_ships_every_acknowledged_write_before_exit() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let mut proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for i in 0..300 {
+        assert_eq!(
+            tag(
+                &c,
+                &format!("UPDATE counters SET n = n + 1 WHERE id = {}", i % 20 + 1)
+            )
+            .await?,
+            1
+        );
+    }
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.signal("TERM")?;
+    let mut status = None;
+    for _ in 0..500 {
+        status = proxy.child.try_wait()?;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    direct.execute("SELECT writebehind.flush()", &[]).await?;
+    let sum: i64 = direct
+        .query_one("SELECT sum(n)::bigint FROM counters", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 300, "nothing acknowledged was lost at shutdown");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pgbench_increments_through_the_proxy_sum_exactly() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = wb_proxy(&cluster, &[])?;
+    let dir = std::env::temp_dir().join(format!("wbpgb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("inc.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 20)\nUPDATE counters SET n = n + 1 WHERE id = :id;\n",
+    )?;
+    let (ok, out, err) = run_cmd(std::process::Command::new("pgbench").args([
+        "-n",
+        "-M",
+        "simple",
+        "-c",
+        "8",
+        "-j",
+        "2",
+        "-t",
+        "500",
+        "-f",
+        &script.to_string_lossy(),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &proxy.port.to_string(),
+        "-U",
+        "postgres",
+        "postgres",
+    ]))?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("number of transactions actually processed: 4000/4000"),
+        "{out}"
+    );
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let sum: i64 = c
+        .query_one("SELECT sum(n)::bigint FROM counters", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 4000);
+    Ok(())
+}

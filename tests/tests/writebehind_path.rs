@@ -96,9 +96,11 @@ async fn acknowledged_writes_are_read_back_and_counters_are_exact() -> anyhow::R
         .query_one("SELECT applied, coalesced FROM writebehind.status WHERE \"table\" = 'counters'::regclass", &[])
         .await
         .map(|r| (r.get(0), r.get(1)))?;
+    // 2,001 acknowledged increments on 20 keys reached the inbox as at most one row per key
+    // and barrier: the proxy coalesced them before shipping.
     assert!(
-        applied <= 21 && coalesced >= 1900,
-        "folded: applied {applied}, coalesced {coalesced}"
+        applied <= 21 && applied + coalesced <= 25,
+        "folded in the proxy: applied {applied}, coalesced in the worker {coalesced}"
     );
     Ok(())
 }

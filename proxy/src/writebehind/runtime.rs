@@ -2,12 +2,13 @@
 //! flusher that ships them, the read barrier, and privilege checks for the session's user.
 
 use super::catalog::Catalog;
-use super::encode::{copy_row, Change};
+use super::encode::{copy_row, Change, ColumnChange};
 use crate::config::Config;
 use crate::ship::{
     Barrier, BarrierError, BatchSource, EncodedBatch, FlushSettings, Flusher, InboxShipper,
 };
 use dashmap::DashMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, OnceCell};
@@ -47,17 +48,18 @@ impl BatchSource for Queue {
             return None;
         }
         let n = p.len().min(max_rows);
-        let mut rows = Vec::with_capacity(n * 64);
+        let folded = fold(p.drain(..n));
+        let mut rows = Vec::with_capacity(folded.len() * 64);
         let mut relids: Vec<u32> = Vec::new();
-        for c in p.drain(..n) {
-            copy_row(&mut rows, &self.proxy_id, seq, &c);
+        for c in &folded {
+            copy_row(&mut rows, &self.proxy_id, seq, c);
             if !relids.contains(&c.relid()) {
                 relids.push(c.relid());
             }
         }
         Some(EncodedBatch {
             rows: rows.into(),
-            changes: n,
+            changes: folded.len(),
             relids,
         })
     }
@@ -65,6 +67,64 @@ impl BatchSource for Queue {
     fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
     }
+}
+
+/// Coalesces a batch per key before it ships: an UPDATE directly following another UPDATE of
+/// the same key merges into it (a later value wins; integer increments add up). Every other
+/// change stays where it is, so each key's changes keep their order.
+pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    let mut last: HashMap<(u32, Vec<String>), usize> = HashMap::new();
+    for c in changes {
+        let slot = match &c {
+            Change::Update { relid, key, .. } => Some((*relid, key.clone())),
+            Change::Insert {
+                relid,
+                key: Some(key),
+                ..
+            }
+            | Change::Delete { relid, key } => {
+                last.remove(&(*relid, key.clone()));
+                None
+            }
+            Change::Insert { .. } => None,
+        };
+        if let (Some(k), Change::Update { columns: next, .. }) = (&slot, &c) {
+            if let Some(&i) = last.get(k) {
+                if let Some(Change::Update { columns: prev, .. }) = out.get_mut(i) {
+                    if let Some(merged) = merge(prev, next) {
+                        *prev = merged;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(c);
+        if let Some(k) = slot {
+            last.insert(k, out.len() - 1);
+        }
+    }
+    out
+}
+
+fn merge(
+    prev: &[(String, ColumnChange)],
+    next: &[(String, ColumnChange)],
+) -> Option<Vec<(String, ColumnChange)>> {
+    let mut out = prev.to_vec();
+    for (col, change) in next {
+        match (out.iter_mut().find(|(c, _)| c == col), change) {
+            (None, ch) => out.push((col.clone(), ch.clone())),
+            (Some((_, slot)), ColumnChange::Set(v)) => *slot = ColumnChange::Set(v.clone()),
+            (Some((_, ColumnChange::Add(a))), ColumnChange::Add(b)) => {
+                let sum = a.parse::<i64>().ok()?.checked_add(b.parse::<i64>().ok()?)?;
+                *a = sum.to_string();
+            }
+            // A set followed by an increment: keep them apart (the worker folds exactly).
+            (Some(_), ColumnChange::Add(_)) => return None,
+        }
+    }
+    Some(out)
 }
 
 /// One database's runtime.
@@ -280,5 +340,48 @@ impl WriteBehind {
         for t in std::mem::take(&mut *self.others.lock().unwrap_or_else(|e| e.into_inner())) {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inc(id: &str, k: &str) -> Change {
+        Change::Update {
+            relid: 1,
+            key: vec![id.into()],
+            columns: vec![("n".into(), ColumnChange::Add(k.into()))],
+        }
+    }
+
+    #[test]
+    fn increments_fold_per_key_and_order_is_kept() {
+        let del = Change::Delete {
+            relid: 1,
+            key: vec!["a".into()],
+        };
+        let out = fold(
+            vec![
+                inc("a", "1"),
+                inc("b", "2"),
+                inc("a", "3"),
+                del.clone(),
+                inc("a", "1"),
+                inc("a", "-4"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(out, vec![inc("a", "4"), inc("b", "2"), del, inc("a", "-3")]);
+        // A set then an increment stays two changes.
+        let set = Change::Update {
+            relid: 1,
+            key: vec!["c".into()],
+            columns: vec![("n".into(), ColumnChange::Set(Some("7".into())))],
+        };
+        assert_eq!(
+            fold(vec![set.clone(), inc("c", "1")].into_iter()),
+            vec![set, inc("c", "1")]
+        );
     }
 }

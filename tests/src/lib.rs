@@ -258,3 +258,39 @@ pub async fn listen(
     client.batch_execute(&format!("LISTEN {channel}")).await?;
     Ok((client, rx))
 }
+
+/// Makes a self-signed certificate and key (PEM, CN=localhost) with the openssl CLI.
+pub fn self_signed_cert(cert: &Path, key: &Path) -> anyhow::Result<()> {
+    let (ok, _, err) = run_cmd(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key.to_string_lossy(),
+        "-out",
+        &cert.to_string_lossy(),
+    ]))?;
+    anyhow::ensure!(ok, "openssl: {err}");
+    Ok(())
+}
+
+impl Proxy {
+    /// Waits (asynchronously, so the caller's connection tasks keep running) for the proxy to
+    /// exit; returns its exit code, or None if it is still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(None)
+    }
+}

@@ -189,16 +189,8 @@ async fn sigterm_stops_accepting_lets_sessions_finish_and_exits_zero() -> anyhow
         "the proxy waits for the session"
     );
     drop(client);
-    // Poll asynchronously: the dropped client's connection task must run to close its socket.
-    let mut status = None;
-    for _ in 0..500 {
-        status = proxy.child.try_wait()?;
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    // Wait asynchronously: the dropped client's connection task must run to close its socket.
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).await?, Some(0));
     Ok(())
 }
 

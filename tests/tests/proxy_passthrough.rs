@@ -303,22 +303,7 @@ async fn tls_toward_clients_with_a_certificate_made_at_test_time() -> anyhow::Re
     ));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (ok, _, err) = run_cmd(std::process::Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &key.to_string_lossy(),
-        "-out",
-        &cert.to_string_lossy(),
-    ]))?;
-    assert!(ok, "openssl: {err}");
+    writebehind_tests::self_signed_cert(&cert, &key)?;
     let proxy = Proxy::spawn(
         &cluster.url("postgres"),
         &[
@@ -368,22 +353,7 @@ async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let data = cluster.dir.join("data");
     let (cert, key) = (data.join("server.crt"), data.join("server.key"));
-    let (ok, _, err) = run_cmd(std::process::Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &key.to_string_lossy(),
-        "-out",
-        &cert.to_string_lossy(),
-    ]))?;
-    assert!(ok, "openssl: {err}");
+    writebehind_tests::self_signed_cert(&cert, &key)?;
     for f in [&cert, &key] {
         run_cmd(
             std::process::Command::new("chown").args(["postgres:postgres", &f.to_string_lossy()]),

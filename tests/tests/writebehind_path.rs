@@ -207,15 +207,7 @@ async fn sigterm_ships_every_acknowledged_write_before_exit() -> anyhow::Result<
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.signal("TERM")?;
-    let mut status = None;
-    for _ in 0..500 {
-        status = proxy.child.try_wait()?;
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).await?, Some(0));
     direct.execute("SELECT writebehind.flush()", &[]).await?;
     let sum: i64 = direct
         .query_one("SELECT sum(n)::bigint FROM counters", &[])

@@ -18,8 +18,14 @@ pub enum Value {
     Null,
     /// `DEFAULT` (INSERT only).
     Default,
-    /// A constant in its text form (`42`, `-1.5`, `it's`, `true`), with an optional cast type.
-    Const { text: String, cast: Option<String> },
+    /// A constant in its text form (`42`, `-1.5`, `it's`, `true`), with an optional cast type;
+    /// `number` when it was written as a numeric literal (its text is then as written, which is
+    /// not always the text PostgreSQL would produce from it: `1e3`, `.5`, `007`).
+    Const {
+        text: String,
+        cast: Option<String>,
+        number: bool,
+    },
     /// `$n`, with an optional cast type.
     Param { n: u32, cast: Option<String> },
 }
@@ -212,37 +218,48 @@ impl Parser<'_> {
     }
 
     fn value(&mut self, allow_default: bool) -> Option<Value> {
+        let signed = matches!(self.peek(), Some(Token::Op(o)) if o == "-" || o == "+");
         let v = match self.next()?.clone() {
             Token::Word(w) if w == "null" => Value::Null,
             Token::Word(w) if w == "default" && allow_default => return Some(Value::Default),
             Token::Word(w) if w == "true" || w == "false" => Value::Const {
                 text: w,
                 cast: None,
+                number: false,
             },
             Token::Number(n) => Value::Const {
                 text: n,
                 cast: None,
+                number: true,
             },
             Token::Op(o) if o == "-" || o == "+" => match self.next()?.clone() {
                 Token::Number(n) => Value::Const {
                     text: if o == "-" { format!("-{n}") } else { n },
                     cast: None,
+                    number: true,
                 },
                 _ => return None,
             },
             Token::Str(s) => Value::Const {
                 text: s,
                 cast: None,
+                number: false,
             },
             Token::Param(n) => Value::Param { n, cast: None },
             _ => return None,
         };
         let cast = self.cast()?;
+        if signed && cast.is_some() {
+            // `-5::int` is `-(5::int)`: the cast applies before the sign (`-32768::smallint`
+            // is out of range, `-5::text` has no operator). Pass it through.
+            return None;
+        }
         Some(match (v, cast) {
             (v, None) => v,
-            (Value::Const { text, .. }, Some(c)) => Value::Const {
+            (Value::Const { text, number, .. }, Some(c)) => Value::Const {
                 text,
                 cast: Some(c),
+                number,
             },
             (Value::Param { n, .. }, Some(c)) => Value::Param { n, cast: Some(c) },
             // NULL::type is still NULL.
@@ -395,6 +412,7 @@ mod tests {
         Value::Const {
             text: text.into(),
             cast: None,
+            number: text.bytes().all(|b| b.is_ascii_digit() || b == b'-'),
         }
     }
 
@@ -432,7 +450,8 @@ mod tests {
                         "note".into(),
                         SetExpr::Assign(Value::Const {
                             text: "x'y".into(),
-                            cast: Some("text".into())
+                            cast: Some("text".into()),
+                            number: false,
                         })
                     ),
                 ],
@@ -489,6 +508,16 @@ mod tests {
             "INSERT INTO db.s.t VALUES (1)",
             "INSERT INTO t VALUES (1::numeric(10,2))",
             "INSERT INTO t VALUES (1 + 1)",
+            "INSERT INTO t VALUES (1::int + 1)",
+            "INSERT INTO t VALUES (-5::text)",
+            "INSERT INTO t VALUES (-32768::smallint)",
+            "INSERT INTO t VALUES ('a'::varchar(3))",
+            "INSERT INTO t VALUES (U&'\\0041')",
+            "INSERT INTO t VALUES (0x1F)",
+            "INSERT INTO t VALUES (1_000)",
+            "UPDATE t SET n = n + 1 + 1 WHERE id = 1",
+            "UPDATE t SET n = \"N\" + 1 WHERE id = 1",
+            "UPDATE t SET n = 1 WHERE id = 1 -- c\n OR id = 2",
             "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.w",
             "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 5",
             "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",

@@ -13,6 +13,10 @@ pub struct Column {
     pub max_chars: Option<usize>,
     pub not_null: bool,
     pub has_default: bool,
+    /// `atttypmod` (-1 when unconstrained), e.g. precision and scale of `numeric(p,s)`.
+    pub typmod: i32,
+    /// A generated or `GENERATED ALWAYS AS IDENTITY` column: only `DEFAULT` may be written.
+    pub default_only: bool,
 }
 
 /// One registered table.
@@ -44,7 +48,8 @@ pub struct Catalog {
 pub const LOAD_SQL: &str = "
     SELECT c.oid::int8, n.nspname::text, c.relname::text, t.mode, t.key_columns,
            a.attname::text, format_type(a.atttypid, NULL), a.atttypmod,
-           a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+           a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+           a.attgenerated <> '' OR a.attidentity = 'a'
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -81,6 +86,8 @@ impl Catalog {
                     max_chars,
                     not_null: r.try_get(8)?,
                     has_default: r.try_get(9)?,
+                    typmod,
+                    default_only: r.try_get(10)?,
                 });
             }
         }

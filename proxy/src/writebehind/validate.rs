@@ -41,7 +41,13 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
             }
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                if row.len() > names.len() {
+                // More values than columns is 42601; with a column list, fewer is 42601 too
+                // ("INSERT has more target columns than expressions"); VALUES lists must all
+                // have the same length.
+                if row.len() > names.len()
+                    || (columns.is_some() && row.len() != names.len())
+                    || Some(row.len()) != rows.first().map(Vec::len)
+                {
                     return None;
                 }
                 let mut values = Vec::new();
@@ -53,6 +59,7 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
                                 return None;
                             }
                         }
+                        Some(_) if col.default_only => return None, // 428C9
                         Some(v) => values.push((col.name.clone(), constant(v, col)?)),
                     }
                 }
@@ -101,7 +108,10 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
             let mut columns = Vec::new();
             for (name, expr) in set {
                 let col = table.column(name)?;
-                if table.key.contains(name) || columns.iter().any(|(n, _)| n == name) {
+                if table.key.contains(name)
+                    || col.default_only
+                    || columns.iter().any(|(n, _)| n == name)
+                {
                     return None;
                 }
                 let change = match expr {
@@ -232,6 +242,25 @@ fn canonical_key(text: String, col: &Column) -> String {
     }
 }
 
+/// Whether a decimal fits `numeric(p,s)` without overflow (22003), with no rounding able to
+/// carry into a new digit; unconstrained numerics (`typmod < 0`) always fit. Anything
+/// uncertain (negative scale, rounding at the boundary) answers false: it passes through.
+fn fits_numeric(text: &str, typmod: i32) -> bool {
+    if typmod < 0 {
+        return true;
+    }
+    let t = typmod - 4;
+    let (precision, scale) = ((t >> 16) & 0xffff, t & 0xffff);
+    if scale > precision {
+        return false; // negative or exotic scales (PG 15) are left to PostgreSQL
+    }
+    let s = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let int_digits = int.trim_start_matches('0').len() as i32;
+    let room = precision - scale;
+    int_digits < room || (int_digits == room && frac.len() as i32 <= scale)
+}
+
 fn same_type(cast: &str, type_name: &str) -> bool {
     let canonical = match cast {
         "int" | "int4" | "integer" => "integer",
@@ -261,7 +290,7 @@ fn valid_text(text: &str, col: &Column) -> bool {
         "smallint" => text.parse::<i16>().is_ok(),
         "integer" => text.parse::<i32>().is_ok(),
         "bigint" => text.parse::<i64>().is_ok(),
-        "numeric" => is_decimal(text),
+        "numeric" => is_decimal(text) && fits_numeric(text, col.typmod),
         "boolean" => matches!(text, "true" | "false" | "t" | "f"),
         "text" => !text.contains('\0'),
         "character varying" => {
@@ -294,6 +323,8 @@ mod tests {
                 max_chars: max,
                 not_null,
                 has_default,
+                typmod: -1,
+                default_only: false,
             };
         Table {
             relid: 1,
@@ -306,6 +337,14 @@ mod tests {
                 col("n", "bigint", true, true, None),
                 col("s", "character varying", false, false, Some(3)),
                 col("at", "timestamp with time zone", false, false, None),
+                Column {
+                    typmod: (5 << 16 | 2) + 4,
+                    ..col("amount", "numeric", false, false, None)
+                },
+                Column {
+                    default_only: true,
+                    ..col("g", "integer", false, true, None)
+                },
             ],
         }
     }
@@ -371,5 +410,28 @@ mod tests {
         assert_eq!(key("DELETE FROM t WHERE id = '+7'"), seven);
         assert_eq!(key("UPDATE t SET n = 1 WHERE id = '07'"), seven);
         assert_eq!(key("INSERT INTO t (id) VALUES (0007)"), seven);
+    }
+
+    #[test]
+    fn row_shapes_typmods_and_generated_columns() {
+        assert!(check("INSERT INTO t (id, n) VALUES (1, 2), (3, DEFAULT)").is_some());
+        assert!(
+            check("INSERT INTO t VALUES (1, 2)").is_some(),
+            "the rest default"
+        );
+        assert!(check("INSERT INTO t (id, amount) VALUES (1, 999.99)").is_some());
+        assert!(check("INSERT INTO t (id, amount) VALUES (1, -0.5)").is_some());
+        assert!(check("INSERT INTO t (id, g) VALUES (1, DEFAULT)").is_some());
+        for sql in [
+            "INSERT INTO t (id, n) VALUES (1)", // 42601: more target columns
+            "INSERT INTO t (id, n) VALUES (1, 2), (3)", // 42601: VALUES lengths differ
+            "INSERT INTO t VALUES (1, 2), (3)", // 42601
+            "INSERT INTO t (id, amount) VALUES (1, 1000)", // 22003: numeric field overflow
+            "INSERT INTO t (id, amount) VALUES (1, 999.999)", // rounds to 1000.00: 22003
+            "INSERT INTO t (id, g) VALUES (1, 5)", // 428C9: generated column
+            "UPDATE t SET g = 5 WHERE id = 1",  // 428C9
+        ] {
+            assert_eq!(check(sql), None, "{sql} must pass through");
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! Median cost of lexing + recognizing statements (bench/recognize prints it).
+//! Median cost of lexing + recognizing statements, and of the whole simple-protocol path up to
+//! the inbox row (bench/recognize prints both).
 
 use std::time::Instant;
-use writebehind_proxy::writebehind::{lexer, recognize};
+use writebehind_proxy::writebehind::catalog::{Catalog, Column, Table};
+use writebehind_proxy::writebehind::{encode, lexer, recognize, runtime, validate};
 
 fn median_ns(mut f: impl FnMut() -> bool, rounds: usize, per_round: usize) -> f64 {
     let mut samples = Vec::with_capacity(rounds);
@@ -38,4 +40,92 @@ fn main() {
         );
         println!("{name:<28}{ns:>14.0}");
     }
+
+    // The whole path of a fresh simple-protocol write: lex, split, recognize, resolve, validate,
+    // coalesce (fold) and encode the inbox COPY row.
+    let catalog = catalog();
+    let full = [
+        ("simple INSERT, 4 columns", "INSERT INTO events (id, kind, payload, n) VALUES (42, 'click', 'some payload text', 7)"),
+        ("simple UPDATE increment", "UPDATE counters SET n = n + 1 WHERE id = 12345"),
+        ("simple DELETE", "DELETE FROM sessions WHERE id = 'b1a2c3d4-0000-4000-8000-000000000001'"),
+        ("multi-row INSERT, 10 rows", "INSERT INTO events (id, kind) VALUES (1,'a'),(2,'b'),(3,'c'),(4,'d'),(5,'e'),(6,'f'),(7,'g'),(8,'h'),(9,'i'),(10,'j')"),
+    ];
+    println!();
+    println!("{:<28}{:>14}", "full path (to COPY row)", "median ns");
+    let mut out = Vec::with_capacity(4096);
+    for (name, sql) in full {
+        let ns = median_ns(
+            || {
+                out.clear();
+                let Ok(tokens) = lexer::lex(sql, true) else {
+                    return false;
+                };
+                let stmts = lexer::statements(&tokens);
+                let [stmt] = stmts.as_slice() else {
+                    return false;
+                };
+                let Some(write) = recognize::recognize(stmt) else {
+                    return false;
+                };
+                let (recognize::Write::Insert { table, .. }
+                | recognize::Write::Update { table, .. }
+                | recognize::Write::Delete { table, .. }) = &write;
+                let Some(t) = catalog.resolve(table.schema.as_deref(), &table.name) else {
+                    return false;
+                };
+                let Some(changes) = validate::changes(&write, t) else {
+                    return false;
+                };
+                for c in runtime::fold(changes.into_iter()) {
+                    encode::copy_row(&mut out, "proxy-1", 1, &c);
+                }
+                !out.is_empty()
+            },
+            51,
+            2000,
+        );
+        println!("{name:<28}{ns:>14.0}");
+    }
+}
+
+fn catalog() -> Catalog {
+    let col = |name: &str, ty: &str, not_null: bool| Column {
+        name: name.into(),
+        type_name: ty.into(),
+        max_chars: None,
+        not_null,
+        has_default: false,
+        typmod: -1,
+        default_only: false,
+    };
+    let table = |relid: u32, name: &str, columns: Vec<Column>| Table {
+        relid,
+        schema: "public".into(),
+        name: name.into(),
+        append: false,
+        key: vec!["id".into()],
+        columns,
+    };
+    Catalog::from_tables(vec![
+        table(
+            1,
+            "events",
+            vec![
+                col("id", "bigint", true),
+                col("kind", "text", false),
+                col("payload", "text", false),
+                col("n", "integer", false),
+            ],
+        ),
+        table(
+            2,
+            "counters",
+            vec![col("id", "integer", true), col("n", "bigint", true)],
+        ),
+        table(
+            3,
+            "sessions",
+            vec![col("id", "uuid", true), col("v", "text", false)],
+        ),
+    ])
 }

@@ -39,6 +39,21 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
             if table.append && op != b'I' {
                 return None;
             }
+            if let Some(set) = &conflict_set {
+                // Each column of DO UPDATE SET must exist, be writable, appear once (else
+                // 42703 / 428C9 / 42601), and be given a value in every row: EXCLUDED.c of a
+                // defaulted column is its default, which only PostgreSQL can compute.
+                for (i, c) in set.iter().enumerate() {
+                    let col = table.column(c)?;
+                    let pos = names.iter().position(|n| n == c)?;
+                    let given = rows
+                        .iter()
+                        .all(|r| !matches!(r.get(pos), None | Some(Value::Default)));
+                    if col.default_only || set[..i].contains(c) || !given {
+                        return None;
+                    }
+                }
+            }
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 // More values than columns is 42601; with a column list, fewer is 42601 too
@@ -430,6 +445,24 @@ mod tests {
             "INSERT INTO t (id, amount) VALUES (1, 999.999)", // rounds to 1000.00: 22003
             "INSERT INTO t (id, g) VALUES (1, 5)", // 428C9: generated column
             "UPDATE t SET g = 5 WHERE id = 1",  // 428C9
+        ] {
+            assert_eq!(check(sql), None, "{sql} must pass through");
+        }
+    }
+
+    #[test]
+    fn on_conflict_update_sets_only_given_columns() {
+        assert!(check(
+            "INSERT INTO t (id, n) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"
+        )
+        .is_some());
+        for sql in [
+            "INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+            "INSERT INTO t (id, n) VALUES (1, DEFAULT) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+            "INSERT INTO t (id, n) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET nope = EXCLUDED.nope",
+            "INSERT INTO t (id, n) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, n = EXCLUDED.n",
+            "INSERT INTO t (id, g) VALUES (1, DEFAULT) ON CONFLICT (id) DO UPDATE SET g = EXCLUDED.g",
+            "INSERT INTO t (id, n) VALUES (1, 2) ON CONFLICT (n) DO NOTHING",
         ] {
             assert_eq!(check(sql), None, "{sql} must pass through");
         }

@@ -262,8 +262,9 @@ impl Parser<'_> {
                 number,
             },
             (Value::Param { n, .. }, Some(c)) => Value::Param { n, cast: Some(c) },
-            // NULL::type is still NULL.
-            (Value::Null, Some(_)) => Value::Null,
+            // NULL::type is a NULL *of that type*: `NULL::uuid` into an integer column is an
+            // error (42804). Pass it through rather than compare type names here.
+            (Value::Null, Some(_)) => return None,
             (Value::Default, Some(_)) => return None,
         })
     }
@@ -509,6 +510,7 @@ mod tests {
             "INSERT INTO t VALUES (1::numeric(10,2))",
             "INSERT INTO t VALUES (1 + 1)",
             "INSERT INTO t VALUES (1::int + 1)",
+            "INSERT INTO t VALUES (1, NULL::uuid)",
             "INSERT INTO t VALUES (-5::text)",
             "INSERT INTO t VALUES (-32768::smallint)",
             "INSERT INTO t VALUES ('a'::varchar(3))",

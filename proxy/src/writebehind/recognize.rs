@@ -511,6 +511,12 @@ mod tests {
             "INSERT INTO t VALUES (1 + 1)",
             "INSERT INTO t VALUES (1::int + 1)",
             "INSERT INTO t VALUES (1, NULL::uuid)",
+            // PostgreSQL continues 'a' -- c<newline> 'b' and 'a'<CR>'b' as 'ab'; the lexer
+            // does not, and two adjacent strings are no value: conservative, not wrong.
+            "INSERT INTO t VALUES ('a' -- c\n'b')",
+            "INSERT INTO t VALUES ('a'\r'b')",
+            // A block comment is no continuation whitespace: a syntax error in PostgreSQL.
+            "INSERT INTO t VALUES ('a' /* c */\n'b')",
             "INSERT INTO t VALUES (-5::text)",
             "INSERT INTO t VALUES (-32768::smallint)",
             "INSERT INTO t VALUES ('a'::varchar(3))",

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 use writebehind_proxy::writebehind::catalog::{Catalog, Column, Table};
+use writebehind_proxy::writebehind::template::Template;
 use writebehind_proxy::writebehind::{encode, lexer, recognize, runtime, validate};
 
 fn median_ns(mut f: impl FnMut() -> bool, rounds: usize, per_round: usize) -> f64 {
@@ -86,6 +87,44 @@ fn main() {
         );
         println!("{name:<28}{ns:>14.0}");
     }
+    prepared(&catalog);
+}
+
+/// Bind+Execute of a prepared write: template lookup by statement text, bind (binary int8
+/// delta, text key), validate, fold, encode.
+fn prepared(catalog: &Catalog) {
+    let sql = "UPDATE counters SET n = n + $1 WHERE id = $2";
+    let Some(table) = catalog.resolve(None, "counters") else {
+        return;
+    };
+    let mut templates = std::collections::HashMap::new();
+    if let Some(t) = lexer::lex(sql, true)
+        .ok()
+        .and_then(|t| recognize::recognize(&t))
+        .and_then(|w| Template::prepare(w, table, &[]))
+    {
+        templates.insert(sql.to_string(), t);
+    }
+    let delta = 1i64.to_be_bytes();
+    let mut out = Vec::with_capacity(256);
+    let ns = median_ns(
+        || {
+            out.clear();
+            let Some(t) = templates.get(sql) else {
+                return false;
+            };
+            let Some(changes) = t.bind(&[Some(&delta), Some(b"12345")], &[1, 0], table) else {
+                return false;
+            };
+            for c in runtime::fold(changes.into_iter()) {
+                encode::copy_row(&mut out, "proxy-1", 1, &c);
+            }
+            !out.is_empty()
+        },
+        51,
+        2000,
+    );
+    println!("{:<28}{ns:>14.0}", "prepared UPDATE, Bind+Exec");
 }
 
 fn catalog() -> Catalog {

@@ -7,4 +7,5 @@ pub mod encode;
 pub mod lexer;
 pub mod recognize;
 pub mod runtime;
+pub mod template;
 pub mod validate;

@@ -1,0 +1,335 @@
+//! Prepared templates for the extended protocol: a recognized write with `$n` slots, their
+//! inferred types (as PostgreSQL infers them from the target columns), and binding of text or
+//! binary parameter values into validated changes. Not yet called by the session code.
+
+use super::catalog::{Column, Table};
+use super::encode::Change;
+use super::recognize::{SetExpr, Value, Write};
+use super::validate;
+
+/// A prepared write: parse once (per statement text), bind many times.
+#[derive(Debug, Clone)]
+pub struct Template {
+    write: Write,
+    /// The type oid of `$1..$n`, for ParameterDescription.
+    param_types: Vec<u32>,
+}
+
+/// The built-in type oid of a column type the proxy can bind, or `None`.
+fn type_oid(type_name: &str) -> Option<u32> {
+    Some(match type_name {
+        "boolean" => 16,
+        "bigint" => 20,
+        "smallint" => 21,
+        "integer" => 23,
+        "text" => 25,
+        "character varying" => 1043,
+        "numeric" => 1700,
+        "uuid" => 2950,
+        _ => return None,
+    })
+}
+
+impl Template {
+    /// Builds the template of `write` on `table`; `declared` are the parameter type oids of the
+    /// Parse message (0 = unspecified). `None` (pass through) when a parameter is cast, used for
+    /// columns of different types, not numbered `$1..$n` without gaps, declared with another
+    /// type than PostgreSQL would infer, or of a type the proxy cannot bind.
+    pub fn prepare(write: Write, table: &Table, declared: &[u32]) -> Option<Self> {
+        let mut slots: Vec<(u32, &Column)> = Vec::new();
+        let mut note = |v: &Value, col: &str| -> Option<()> {
+            match v {
+                Value::Param { cast: Some(_), .. } => None,
+                Value::Param { n, cast: None } => {
+                    slots.push((*n, table.column(col)?));
+                    Some(())
+                }
+                _ => Some(()),
+            }
+        };
+        match &write {
+            Write::Insert { columns, rows, .. } => {
+                for row in rows {
+                    for (i, v) in row.iter().enumerate() {
+                        let name = match columns {
+                            Some(c) => c.get(i)?.as_str(),
+                            None => table.columns.get(i)?.name.as_str(),
+                        };
+                        note(v, name)?;
+                    }
+                }
+            }
+            Write::Update { set, key, .. } => {
+                for (c, e) in set {
+                    let (SetExpr::Assign(v) | SetExpr::Add(v) | SetExpr::Sub(v)) = e;
+                    note(v, c)?;
+                }
+                for (c, v) in key {
+                    note(v, c)?;
+                }
+            }
+            Write::Delete { key, .. } => {
+                for (c, v) in key {
+                    note(v, c)?;
+                }
+            }
+        }
+        let count = slots.iter().map(|(n, _)| *n).max().unwrap_or(0) as usize;
+        if declared.len() > count {
+            return None; // extra declared parameters: PostgreSQL's own business
+        }
+        let mut param_types = vec![0u32; count];
+        for (n, col) in &slots {
+            let oid = type_oid(&col.type_name)?;
+            let slot = param_types.get_mut((*n as usize).checked_sub(1)?)?;
+            if *slot != 0 && *slot != oid {
+                return None; // the same $n for columns of different types
+            }
+            *slot = oid;
+        }
+        for (i, t) in param_types.iter().enumerate() {
+            let d = declared.get(i).copied().unwrap_or(0);
+            if *t == 0 || (d != 0 && d != *t) {
+                return None;
+            }
+        }
+        Some(Self { write, param_types })
+    }
+
+    /// The parameter type oids, in order, for a locally answered Describe.
+    pub fn param_types(&self) -> &[u32] {
+        &self.param_types
+    }
+
+    /// Binds parameter values (`None` = NULL) in the given formats (Bind's format codes: none =
+    /// all text, one = for all, else one per parameter; 0 text, 1 binary) and validates the
+    /// result into changes. `None`: pass the statement through (PostgreSQL then answers).
+    pub fn bind(
+        &self,
+        params: &[Option<&[u8]>],
+        formats: &[i16],
+        table: &Table,
+    ) -> Option<Vec<Change>> {
+        if params.len() != self.param_types.len() {
+            return None;
+        }
+        let mut texts = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let format = match formats {
+                [] => 0,
+                [f] => *f,
+                fs => *fs.get(i)?,
+            };
+            texts.push(match p {
+                None => None,
+                Some(bytes) => Some(decode(bytes, format, *self.param_types.get(i)?)?),
+            });
+        }
+        validate::changes(&substitute(&self.write, &texts)?, table)
+    }
+}
+
+/// A parameter value's PostgreSQL text form, from text or binary format.
+fn decode(bytes: &[u8], format: i16, oid: u32) -> Option<String> {
+    match format {
+        0 => std::str::from_utf8(bytes).ok().map(str::to_string),
+        1 => match (oid, bytes) {
+            (16, [b]) => Some(if *b != 0 { "true" } else { "false" }.into()),
+            (21, b) => Some(i16::from_be_bytes(b.try_into().ok()?).to_string()),
+            (23, b) => Some(i32::from_be_bytes(b.try_into().ok()?).to_string()),
+            (20, b) => Some(i64::from_be_bytes(b.try_into().ok()?).to_string()),
+            (25 | 1043, b) => std::str::from_utf8(b).ok().map(str::to_string),
+            (2950, b) if b.len() == 16 => {
+                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                Some(format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[0..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..32]
+                ))
+            }
+            // numeric's binary form and anything else: not decoded here.
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `write` with every `$n` replaced by its bound value (a typed string constant, or NULL).
+fn substitute(write: &Write, texts: &[Option<String>]) -> Option<Write> {
+    let sub = |v: &Value| -> Option<Value> {
+        Some(match v {
+            Value::Param { n, .. } => match texts.get((*n as usize).checked_sub(1)?)? {
+                None => Value::Null,
+                Some(t) => Value::Const {
+                    text: t.clone(),
+                    cast: None,
+                    number: false,
+                },
+            },
+            other => other.clone(),
+        })
+    };
+    let key = |k: &[(String, Value)]| -> Option<Vec<(String, Value)>> {
+        k.iter().map(|(c, v)| Some((c.clone(), sub(v)?))).collect()
+    };
+    Some(match write {
+        Write::Insert {
+            table,
+            columns,
+            rows,
+            on_conflict,
+        } => Write::Insert {
+            table: table.clone(),
+            columns: columns.clone(),
+            rows: rows
+                .iter()
+                .map(|r| r.iter().map(sub).collect::<Option<Vec<_>>>())
+                .collect::<Option<Vec<_>>>()?,
+            on_conflict: on_conflict.clone(),
+        },
+        Write::Update { table, set, key: k } => Write::Update {
+            table: table.clone(),
+            set: set
+                .iter()
+                .map(|(c, e)| {
+                    Some((
+                        c.clone(),
+                        match e {
+                            SetExpr::Assign(v) => SetExpr::Assign(sub(v)?),
+                            SetExpr::Add(v) => SetExpr::Add(sub(v)?),
+                            SetExpr::Sub(v) => SetExpr::Sub(sub(v)?),
+                        },
+                    ))
+                })
+                .collect::<Option<Vec<_>>>()?,
+            key: key(k)?,
+        },
+        Write::Delete { table, key: k } => Write::Delete {
+            table: table.clone(),
+            key: key(k)?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writebehind::encode::ColumnChange;
+    use crate::writebehind::{lexer, recognize};
+
+    fn table() -> Table {
+        let col = |name: &str, ty: &str| Column {
+            name: name.into(),
+            type_name: ty.into(),
+            max_chars: None,
+            not_null: false,
+            has_default: false,
+            typmod: -1,
+            default_only: false,
+        };
+        Table {
+            relid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            append: false,
+            key: vec!["id".into()],
+            columns: vec![
+                col("id", "integer"),
+                col("n", "bigint"),
+                col("s", "text"),
+                col("u", "uuid"),
+                col("at", "timestamp with time zone"),
+            ],
+        }
+    }
+
+    fn prepare(sql: &str, declared: &[u32]) -> Option<Template> {
+        let toks = lexer::lex(sql, true).ok()?;
+        Template::prepare(recognize::recognize(&toks)?, &table(), declared)
+    }
+
+    #[test]
+    fn parameter_types_follow_the_columns() {
+        let t = prepare("UPDATE t SET n = n + $1 WHERE id = $2", &[]);
+        assert_eq!(
+            t.as_ref().map(Template::param_types),
+            Some(&[20u32, 23][..])
+        );
+        let t = prepare(
+            "INSERT INTO t (id, s, u) VALUES ($1, $2, $3)",
+            &[23, 0, 2950],
+        );
+        assert_eq!(
+            t.as_ref().map(Template::param_types),
+            Some(&[23u32, 25, 2950][..])
+        );
+        for (sql, declared) in [
+            ("INSERT INTO t (id, s) VALUES ($1, $1)", &[][..]), // int then text: '007' → '7'
+            ("INSERT INTO t (id, s) VALUES ($1, $3)", &[]),     // $2 untyped
+            ("INSERT INTO t (id, s) VALUES ($1::int, $2)", &[]), // cast
+            ("INSERT INTO t (id, at) VALUES ($1, $2)", &[]),    // a type not bound here
+            ("DELETE FROM t WHERE id = $1", &[20]),             // declared differently
+        ] {
+            assert!(prepare(sql, declared).is_none(), "{sql} must pass through");
+        }
+        assert!(prepare("INSERT INTO t (id, s) VALUES ($1, $1)", &[]).is_none());
+        assert!(prepare("DELETE FROM t WHERE id = $1 AND id = $1", &[]).is_none());
+    }
+
+    #[test]
+    fn text_and_binary_values_bind_into_changes() {
+        let Some(t) = prepare("UPDATE t SET n = n + $1, s = $2 WHERE id = $3", &[]) else {
+            panic!("not prepared");
+        };
+        let five = 5i64.to_be_bytes();
+        let id = 7i32.to_be_bytes();
+        let got = t.bind(&[Some(&five), None, Some(&id)], &[1, 0, 1], &table());
+        assert_eq!(
+            got,
+            Some(vec![Change::Update {
+                relid: 1,
+                key: vec!["7".into()],
+                columns: vec![
+                    ("n".into(), ColumnChange::Add("5".into())),
+                    ("s".into(), ColumnChange::Set(None)),
+                ],
+            }])
+        );
+        let text = t.bind(&[Some(b"5"), Some(b"x"), Some(b"007")], &[], &table());
+        assert!(matches!(text.as_deref(), Some([Change::Update { key, .. }]) if key == &["7"]));
+        // Bad input passes through so PostgreSQL raises its own error.
+        assert!(t
+            .bind(&[Some(b"1.5"), None, Some(b"7")], &[0], &table())
+            .is_none());
+        assert!(t
+            .bind(&[Some(&id), None, Some(&id)], &[1], &table())
+            .is_none()); // int4 bytes for int8
+        assert!(t.bind(&[None, None], &[], &table()).is_none());
+
+        let Some(d) = prepare("DELETE FROM t WHERE id = $1", &[]) else {
+            panic!("not prepared");
+        };
+        let Some(u) = prepare("INSERT INTO t (id, u) VALUES ($1, $2)", &[]) else {
+            panic!("not prepared");
+        };
+        assert!(d.bind(&[Some(b"abc")], &[0], &table()).is_none());
+        let uuid = [
+            0xA0u8, 0xEE, 0xBC, 0x99, 0x9C, 0x0B, 0x4E, 0xF8, 0xBB, 0x6D, 0x6B, 0xB9, 0xBD, 0x38,
+            0x0A, 0x11,
+        ];
+        let got = u.bind(&[Some(b"1"), Some(&uuid)], &[0, 1], &table());
+        let Some([Change::Insert { values, .. }]) = got.as_deref() else {
+            panic!("not bound: {got:?}");
+        };
+        assert_eq!(
+            values,
+            &[(
+                "u".to_string(),
+                Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string())
+            )]
+        );
+    }
+}

@@ -267,7 +267,7 @@ mod tests {
             Some(&[23u32, 25, 2950][..])
         );
         for (sql, declared) in [
-            ("INSERT INTO t (id, s) VALUES ($1, $1)", &[][..]), // int then text: '007' → '7'
+            ("INSERT INTO t (id, s) VALUES ($1, $1)", &[][..]), // 42P08: inconsistent types
             ("INSERT INTO t (id, s) VALUES ($1, $3)", &[]),     // $2 untyped
             ("INSERT INTO t (id, s) VALUES ($1::int, $2)", &[]), // cast
             ("INSERT INTO t (id, at) VALUES ($1, $2)", &[]),    // a type not bound here

@@ -477,3 +477,40 @@ async fn registry_changes_are_notified() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn flush_times_out_with_57014_on_a_backlog() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v text);
+             SELECT writebehind.enable('big');
+             BEGIN;
+             SELECT writebehind.begin_batch('backlog', 1);
+             INSERT INTO writebehind.inbox (proxy_id, batch_seq, relid, op, key, data)
+               SELECT 'backlog', 1, 'big'::regclass, 'I', '[\"' || g || '\"]', '{\"v\": \"x\"}'
+               FROM generate_series(1, 300000) g;
+             COMMIT;",
+        )
+        .await?;
+    let err = client
+        .execute("SELECT writebehind.flush('big', '1 ms')", &[])
+        .await
+        .expect_err("300,000 rows cannot be applied in 1 ms");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    // Given time, the same backlog drains completely.
+    client
+        .execute("SELECT writebehind.flush('big', '120 s')", &[])
+        .await?;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 300_000);
+    Ok(())
+}

@@ -4,7 +4,7 @@
 use std::time::Instant;
 use writebehind_proxy::writebehind::catalog::{Catalog, Column, Table};
 use writebehind_proxy::writebehind::template::Template;
-use writebehind_proxy::writebehind::{encode, lexer, recognize, runtime, validate};
+use writebehind_proxy::writebehind::{encode, lexer, queue, recognize, validate};
 
 fn median_ns(mut f: impl FnMut() -> bool, rounds: usize, per_round: usize) -> f64 {
     let mut samples = Vec::with_capacity(rounds);
@@ -77,7 +77,7 @@ fn main() {
                 let Some(changes) = validate::changes(&write, t) else {
                     return false;
                 };
-                for c in runtime::fold(changes.into_iter()) {
+                for c in queue::fold(changes.into_iter()) {
                     encode::copy_row(&mut out, "proxy-1", 1, &c);
                 }
                 !out.is_empty()
@@ -116,7 +116,7 @@ fn prepared(catalog: &Catalog) {
             let Some(changes) = t.bind(&[Some(&delta), Some(b"12345")], &[1, 0], table) else {
                 return false;
             };
-            for c in runtime::fold(changes.into_iter()) {
+            for c in queue::fold(changes.into_iter()) {
                 encode::copy_row(&mut out, "proxy-1", 1, &c);
             }
             !out.is_empty()

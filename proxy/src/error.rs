@@ -41,9 +41,33 @@ pub enum ProxyError {
     /// The read barrier could not ship and apply pending writes in time.
     #[error("write-behind barrier failed: {0}")]
     Barrier(String),
+    /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).
+    #[error("{0}")]
+    QueueFull(String),
+    /// The WAL record of a write could not be written: the disk is full.
+    #[error("{0}")]
+    WalDiskFull(String),
+    /// The WAL record of a write could not be written or fsynced.
+    #[error("{0}")]
+    WalIo(String),
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
+}
+
+impl From<crate::writebehind::runtime::EnqueueError> for ProxyError {
+    fn from(e: crate::writebehind::runtime::EnqueueError) -> Self {
+        use crate::writebehind::runtime::EnqueueError;
+        match e {
+            EnqueueError::Overflow { .. } => ProxyError::QueueFull(e.to_string()),
+            EnqueueError::Wal(w) if w.is_disk_full() => {
+                ProxyError::WalDiskFull(format!("could not write the write-behind WAL: {w}"))
+            }
+            EnqueueError::Wal(w) => {
+                ProxyError::WalIo(format!("could not write the write-behind WAL: {w}"))
+            }
+        }
+    }
 }
 
 impl ProxyError {
@@ -66,6 +90,9 @@ impl ProxyError {
             ProxyError::UnknownCommand(_) => (&SqlState::SYNTAX_ERROR, Severity::Error),
             ProxyError::IdleTimeout => (&SqlState::IDLE_SESSION_TIMEOUT, Severity::Fatal),
             ProxyError::ShuttingDown => (&SqlState::ADMIN_SHUTDOWN, Severity::Fatal),
+            ProxyError::QueueFull(_) => (&SqlState::CONFIGURATION_LIMIT_EXCEEDED, Severity::Error),
+            ProxyError::WalDiskFull(_) => (&SqlState::DISK_FULL, Severity::Error),
+            ProxyError::WalIo(_) => (&SqlState::IO_ERROR, Severity::Error),
             ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
         }
     }

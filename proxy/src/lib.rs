@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`config`]: file + flags + env, validated into [`config::Config`].
+//! - [`recovery`]: start-up: the WAL directory, reading the WAL back, replay.
 //! - [`server`]: accept loop and graceful shutdown (`run(config, listener, shutdown)`).
 //! - [`session`]: one client connection: startup, upstream connect, relay, cancel keys.
 //! - [`protocol`]: framing, the startup packet, messages the proxy builds (pgwire codecs).
@@ -10,12 +11,13 @@
 //! - [`stats`]: counters and the client registry.
 //! - [`ship`]: shipping batches into the extension's inbox exactly once; read barriers.
 //! - [`wal`]: the local write-ahead log of acknowledged writes.
-//! - [`writebehind`]: the write-behind path (so far: the lexer for statement recognition).
+//! - [`writebehind`]: the write-behind path: recognition, validation, the queue, the runtime.
 
 pub mod admin;
 pub mod config;
 pub mod error;
 pub mod protocol;
+pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod ship;

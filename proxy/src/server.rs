@@ -23,15 +23,7 @@ pub async fn run(
         }
         _ => None,
     };
-    let writebehind = match config.durability {
-        crate::config::Durability::Memory => Some(Arc::new(
-            crate::writebehind::runtime::WriteBehind::new(config.clone()),
-        )),
-        _ => {
-            warn!(durability = ?config.durability, "the write-behind path runs only with durability = memory so far: every statement passes through");
-            None
-        }
-    };
+    let writebehind = Some(crate::recovery::start(&config).await?);
     let shared =
         Arc::new(Shared {
             writebehind,

@@ -147,20 +147,37 @@ pub fn proxy_binary() -> PathBuf {
 pub struct Proxy {
     pub child: Child,
     pub port: u16,
+    /// A WAL directory made for this proxy (when the test gave none); removed on drop.
+    own_wal_dir: Option<PathBuf>,
 }
 
 impl Proxy {
     /// Spawns the proxy listening on a free port in front of `upstream_url`, with extra flags,
-    /// and waits until it accepts TCP connections.
+    /// and waits until it accepts TCP connections. Without `--wal-dir` among the flags, the
+    /// proxy gets a fresh WAL directory of its own (two proxies never share one).
     pub fn spawn(upstream_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(proxy_binary())
-            .args(["--listen", &listen, "--upstream", upstream_url])
+        let mut cmd = Command::new(proxy_binary());
+        cmd.args(["--listen", &listen, "--upstream", upstream_url])
             .args(extra)
-            .stdin(Stdio::null())
-            .spawn()?;
-        let mut p = Self { child, port };
+            .stdin(Stdio::null());
+        let own_wal_dir = (!extra.contains(&"--wal-dir")).then(|| {
+            std::env::temp_dir().join(format!(
+                "wb-proxy-wal-{}-{port}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ))
+        });
+        if let Some(dir) = &own_wal_dir {
+            cmd.arg("--wal-dir").arg(dir);
+        }
+        let child = cmd.spawn()?;
+        let mut p = Self {
+            child,
+            port,
+            own_wal_dir,
+        };
         let ready = wait_until(Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
@@ -193,6 +210,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_wal_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -1,13 +1,11 @@
 //! The proxy's shipping code against the real extension: encoded changes shipped exactly once,
 //! the flusher draining a source in order, and the read barrier (ship + wait until applied).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use writebehind_proxy::ship::{
-    Barrier, BatchSource, Delivery, EncodedBatch, FlushSettings, Flusher, InboxShipper,
-};
+use writebehind_proxy::ship::{Barrier, Delivery, FlushSettings, Flusher, InboxShipper};
 use writebehind_proxy::writebehind::encode::{copy_row, Change, ColumnChange};
+use writebehind_proxy::writebehind::queue::Queue;
 use writebehind_tests::Cluster;
 
 fn pg_config(cluster: &Cluster) -> tokio_postgres::Config {
@@ -79,48 +77,6 @@ async fn encoded_batches_ship_exactly_once() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal source: changes in acknowledgement order.
-#[derive(Default)]
-struct Queue {
-    pending: Mutex<Vec<Change>>,
-    acked: AtomicU64,
-}
-
-impl Queue {
-    fn ack(&self, c: Change) {
-        let mut p = self.pending.lock().expect("lock");
-        p.push(c);
-        self.acked.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl BatchSource for Queue {
-    fn take_batch(&self, seq: i64, max_rows: usize) -> Option<EncodedBatch> {
-        let mut p = self.pending.lock().expect("lock");
-        if p.is_empty() {
-            return None;
-        }
-        let n = p.len().min(max_rows);
-        let mut out = Vec::new();
-        let mut relids = Vec::new();
-        for c in p.drain(..n) {
-            copy_row(&mut out, "flusher-test", seq, &c);
-            if !relids.contains(&c.relid()) {
-                relids.push(c.relid());
-            }
-        }
-        Some(EncodedBatch {
-            rows: out.into(),
-            changes: n,
-            relids,
-        })
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::SeqCst)
-    }
-}
-
 #[tokio::test]
 async fn flusher_and_barrier_give_read_your_writes() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
@@ -136,7 +92,6 @@ async fn flusher_and_barrier_give_read_your_writes() -> anyhow::Result<()> {
         .query_one("SELECT 'c'::regclass::oid", &[])
         .await?
         .get(0);
-    let queue = Arc::new(Queue::default());
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let settings = FlushSettings {
         flush_interval: Duration::from_secs(3600), // only barriers make it ship
@@ -145,8 +100,14 @@ async fn flusher_and_barrier_give_read_your_writes() -> anyhow::Result<()> {
         retry_max: Duration::from_secs(1),
     };
     let mut shipper = InboxShipper::new(pg_config(&cluster), "flusher-test");
-    let first = shipper.committed_seq().await? + 1;
-    let (flusher, _task) = Flusher::spawn(queue.clone(), shipper, settings, first, stop_rx);
+    let committed = shipper.committed_seq().await?;
+    // The proxy's own queue, without a WAL: statements numbered after the committed batch.
+    let queue = Arc::new(Queue::new(
+        "flusher-test".into(),
+        None,
+        committed as u64 + 1,
+    ));
+    let (flusher, _task) = Flusher::spawn(queue.clone(), shipper, settings, committed, stop_rx);
     let barrier = Barrier::new(
         queue.clone(),
         flusher,
@@ -155,7 +116,7 @@ async fn flusher_and_barrier_give_read_your_writes() -> anyhow::Result<()> {
     let mut expected = 0i64;
     for round in 0..5 {
         for i in 0..1000 {
-            queue.ack(increment(relid, i % 50 + 1));
+            queue.push(vec![increment(relid, i % 50 + 1)])?;
             expected += 1;
         }
         barrier.wait(&[relid], Duration::from_secs(60)).await?;
@@ -176,9 +137,9 @@ async fn flusher_and_barrier_give_read_your_writes() -> anyhow::Result<()> {
         .query_one("SELECT writebehind.committed_seq('flusher-test')", &[])
         .await?
         .get(0);
-    assert!(
-        seq >= 5 * 4,
-        "5 rounds of 1000 changes in batches of at most 300: {seq} batches"
+    assert_eq!(
+        seq, 5000,
+        "batches are numbered by their last statement: 5000 statements were queued"
     );
     Ok(())
 }

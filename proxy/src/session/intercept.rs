@@ -5,7 +5,7 @@
 use crate::error::ProxyError;
 use crate::protocol::messages;
 use crate::writebehind::recognize::{OnConflict, Write};
-use crate::writebehind::runtime::DbRuntime;
+use crate::writebehind::runtime::{DbRuntime, Enqueued};
 use crate::writebehind::{lexer, recognize, validate};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -30,24 +30,17 @@ pub struct Intercept {
     rt: Arc<DbRuntime>,
     user: String,
     barrier_timeout: Duration,
-    max_pending: usize,
     /// Off for good once the session changed something that makes acknowledging uncertain.
     enabled: bool,
 }
 
 impl Intercept {
     /// Interception for `user`'s session on the database of `rt`.
-    pub fn new(
-        rt: Arc<DbRuntime>,
-        user: String,
-        barrier_timeout: Duration,
-        max_pending: usize,
-    ) -> Self {
+    pub fn new(rt: Arc<DbRuntime>, user: String, barrier_timeout: Duration) -> Self {
         Self {
             rt,
             user,
             barrier_timeout,
-            max_pending,
             enabled: true,
         }
     }
@@ -69,11 +62,22 @@ impl Intercept {
             }
         }
         if self.enabled && idle {
-            if let Some(tag) = self.try_ack(chunk).await {
-                let mut out = BytesMut::with_capacity(32);
-                messages::complete(&mut out, &tag);
-                messages::ready(&mut out);
-                return Ok(Some(out));
+            match self.try_ack(chunk).await {
+                Ok(Some(tag)) => {
+                    let mut out = BytesMut::with_capacity(32);
+                    messages::complete(&mut out, &tag);
+                    messages::ready(&mut out);
+                    return Ok(Some(out));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Refused before anything was queued: the client gets the error and the
+                    // session goes on, as after any failed statement.
+                    let mut out = BytesMut::with_capacity(128);
+                    e.write_to(&mut out);
+                    messages::ready(&mut out);
+                    return Ok(Some(out));
+                }
             }
         }
         if !self.rt.catalog.borrow().is_empty() {
@@ -85,11 +89,12 @@ impl Intercept {
         Ok(None)
     }
 
-    async fn try_ack(&self, chunk: &[u8]) -> Option<String> {
-        let write = recognized_query(chunk)?;
-        if self.rt.queue.len() >= self.max_pending {
-            return None; // at the bound: the write goes through synchronously
-        }
+    /// Acknowledges the write in `chunk` if it is one: `Ok(Some(tag))` when queued, `Ok(None)`
+    /// when it must pass through, `Err` when it is refused (nothing queued).
+    async fn try_ack(&self, chunk: &[u8]) -> Result<Option<String>, ProxyError> {
+        let Some(write) = recognized_query(chunk) else {
+            return Ok(None);
+        };
         let (schema, name) = match &write {
             Write::Insert { table, .. }
             | Write::Update { table, .. }
@@ -98,11 +103,15 @@ impl Intercept {
         if schema.is_none()
             && (name.starts_with("pg_") || self.rt.user_schema_exists(&self.user).await)
         {
-            return None;
+            return Ok(None);
         }
         let catalog = self.rt.catalog.borrow().clone();
-        let table = catalog.resolve(schema.as_deref(), &name)?;
-        let changes = validate::changes(&write, table)?;
+        let Some(table) = catalog.resolve(schema.as_deref(), &name) else {
+            return Ok(None);
+        };
+        let Some(changes) = validate::changes(&write, table) else {
+            return Ok(None);
+        };
         let needed: &[&'static str] = match &write {
             Write::Insert {
                 on_conflict: Some(OnConflict::Update { .. }),
@@ -114,7 +123,7 @@ impl Intercept {
         };
         for p in needed {
             if !self.rt.allowed(&self.user, table.relid, p).await {
-                return None; // PostgreSQL raises 42501 itself
+                return Ok(None); // PostgreSQL raises 42501 itself
             }
         }
         let tag = match &write {
@@ -122,8 +131,10 @@ impl Intercept {
             Write::Update { .. } => "UPDATE 1".to_string(),
             Write::Delete { .. } => "DELETE 1".to_string(),
         };
-        self.rt.queue.push(changes);
-        Some(tag)
+        match self.rt.enqueue(changes).await? {
+            Enqueued::Acked => Ok(Some(tag)),
+            Enqueued::PassThrough => Ok(None),
+        }
     }
 }
 

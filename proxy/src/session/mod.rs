@@ -29,7 +29,7 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// TLS toward PostgreSQL (unless `sslmode=disable`).
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
-    /// The write-behind path (only with `durability = memory` so far).
+    /// The write-behind path.
     pub writebehind: Option<Arc<crate::writebehind::runtime::WriteBehind>>,
 }
 
@@ -125,14 +125,10 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     let intercept = match &shared.writebehind {
-        Some(wb) => wb.db(&database).await.map(|rt| {
-            intercept::Intercept::new(
-                rt,
-                user.clone(),
-                shared.config.barrier_timeout,
-                shared.config.max_pending_rows,
-            )
-        }),
+        Some(wb) => wb
+            .db(&database)
+            .await
+            .map(|rt| intercept::Intercept::new(rt, user.clone(), shared.config.barrier_timeout)),
         None => None,
     };
     match relay::run(sock, raw, shared.clone(), counters, on_upstream, intercept).await {

@@ -19,6 +19,8 @@ use tracing::{debug, info, warn};
 /// One batch taken from the pending changes, already encoded as inbox COPY rows.
 #[derive(Debug, Clone)]
 pub struct EncodedBatch {
+    /// The batch sequence number (`writebehind.begin_batch`); greater than every earlier one.
+    pub seq: i64,
     /// COPY text rows (docs/inbox.md), every row carrying this batch's sequence number.
     pub rows: Bytes,
     /// How many inbox rows it holds.
@@ -29,8 +31,11 @@ pub struct EncodedBatch {
 
 /// Where a flusher takes its batches from: the coalescer of one database.
 pub trait BatchSource: Send + Sync + 'static {
-    /// Takes up to `max_rows` pending changes as batch `seq`, or `None` when nothing is pending.
-    fn take_batch(&self, seq: i64, max_rows: usize) -> Option<EncodedBatch>;
+    /// Takes about `max_rows` pending changes as the next batch, numbered by the source, or
+    /// `None` when nothing is pending.
+    fn take_batch(&self, max_rows: usize) -> Option<EncodedBatch>;
+    /// Called once the batch is committed in the inbox (its changes are safe upstream).
+    fn committed(&self, _batch: &EncodedBatch) {}
     /// How many writes were acknowledged so far (monotonic). A write is counted only after it
     /// is in the source, so every write counted before a `take_batch` loop began is drained by
     /// the time that loop sees `None`.
@@ -77,19 +82,19 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the flusher task. `first_seq` is the batch sequence number after the last one
-    /// the inbox has (`committed_seq() + 1`). The task ends when `shutdown` flips to true,
+    /// Starts the flusher task. `committed_seq` is the last batch sequence number the inbox
+    /// has (`writebehind.committed_seq()`). The task ends when `shutdown` flips to true,
     /// after shipping everything still pending.
     pub fn spawn(
         source: Arc<dyn BatchSource>,
         shipper: InboxShipper,
         settings: FlushSettings,
-        first_seq: i64,
+        committed_seq: i64,
         shutdown: watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let wake = Arc::new(Notify::new());
         let initial = ShipProgress {
-            last_seq: first_seq - 1,
+            last_seq: committed_seq,
             ..ShipProgress::default()
         };
         let (tx, rx) = watch::channel(initial);
@@ -97,7 +102,6 @@ impl Flusher {
             source,
             shipper,
             settings,
-            next_seq: first_seq,
             wake: wake.clone(),
             progress: tx,
             shutdown,
@@ -121,7 +125,6 @@ struct FlushTask {
     source: Arc<dyn BatchSource>,
     shipper: InboxShipper,
     settings: FlushSettings,
-    next_seq: i64,
     wake: Arc<Notify>,
     progress: watch::Sender<ShipProgress>,
     shutdown: watch::Receiver<bool>,
@@ -152,13 +155,10 @@ impl FlushTask {
     /// Ships batches until the source is empty; publishes `shipped_through` at the end.
     async fn ship_all(&mut self) {
         let start = self.source.acked();
-        while let Some(batch) = self
-            .source
-            .take_batch(self.next_seq, self.settings.max_batch_rows)
-        {
-            let seq = self.next_seq;
+        while let Some(batch) = self.source.take_batch(self.settings.max_batch_rows) {
+            let seq = batch.seq;
             self.ship_until_delivered(seq, &batch).await;
-            self.next_seq += 1;
+            self.source.committed(&batch);
             self.progress.send_modify(|p| {
                 p.last_seq = seq;
                 p.batches += 1;

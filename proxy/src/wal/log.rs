@@ -45,6 +45,9 @@ pub struct Wal {
     /// Highest lsn known to be on stable storage.
     synced: watch::Sender<u64>,
     sync_wanted: Notify,
+    /// Set for good once an fsync failed: after that the kernel may have dropped the pages, so
+    /// nothing written since can be called durable (PostgreSQL PANICs in the same situation).
+    sync_failed: Mutex<Option<String>>,
 }
 
 impl Wal {
@@ -90,6 +93,7 @@ impl Wal {
             written: watch::channel(done).0,
             synced: watch::channel(done).0,
             sync_wanted: Notify::new(),
+            sync_failed: Mutex::new(None),
         })
     }
 
@@ -129,14 +133,25 @@ impl Wal {
         Ok(lsn)
     }
 
-    /// Waits until `lsn` is on stable storage (a group fsync covers it).
-    pub async fn wait_synced(&self, lsn: u64) {
+    /// Waits until `lsn` is on stable storage (a group fsync covers it), or fails if an fsync
+    /// failed.
+    pub async fn wait_synced(&self, lsn: u64) -> Result<(), WalError> {
         let mut rx = self.synced.subscribe();
-        if *rx.borrow() >= lsn {
-            return;
+        if *rx.borrow() < lsn {
+            self.sync_wanted.notify_one();
+            let _ = rx.wait_for(|s| *s >= lsn || self.failure().is_some()).await;
         }
-        self.sync_wanted.notify_one();
-        let _ = rx.wait_for(|s| *s >= lsn).await;
+        match self.failure() {
+            Some(reason) if *rx.borrow() < lsn => Err(WalError::SyncFailed(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.sync_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// fsyncs everything written so far; returns the lsn now durable.
@@ -177,11 +192,15 @@ impl Wal {
                 continue;
             }
             let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.sync()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::error!(%error, "WAL fsync failed"),
-                Err(error) => tracing::error!(%error, "WAL fsync task failed"),
-            }
+            let failed = match tokio::task::spawn_blocking(move || me.sync()).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(error = %failed, "WAL fsync failed: acknowledgements that wait for fsync fail from now on");
+            *self.sync_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(failed);
+            // Wake the waiters so they see the failure.
+            self.synced.send_modify(|_| {});
         }
     }
 

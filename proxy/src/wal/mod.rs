@@ -27,6 +27,9 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
+    /// An fsync of the WAL failed earlier; durability can no longer be promised.
+    #[error("WAL fsync failed: {0}")]
+    SyncFailed(String),
     /// Another proxy holds the directory's lock.
     #[error("WAL directory {0} is locked by another writebehind-proxy")]
     Locked(PathBuf),

@@ -145,6 +145,7 @@ async fn fsync_mode_waits_for_group_sync() {
     let lsn = wal.append(1, b"x").expect("append");
     tokio::time::timeout(std::time::Duration::from_secs(5), wal.wait_synced(lsn))
         .await
-        .expect("synced in time");
+        .expect("synced in time")
+        .expect("fsync succeeded");
     assert!(wal.stats().synced_lsn >= lsn);
 }

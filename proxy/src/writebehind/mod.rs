@@ -4,7 +4,9 @@
 
 pub mod catalog;
 pub mod encode;
+pub mod journal;
 pub mod lexer;
+pub mod queue;
 pub mod recognize;
 pub mod runtime;
 pub mod template;

@@ -2,129 +2,40 @@
 //! flusher that ships them, the read barrier, and privilege checks for the session's user.
 
 use super::catalog::Catalog;
-use super::encode::{copy_row, Change, ColumnChange};
-use crate::config::Config;
-use crate::ship::{
-    Barrier, BarrierError, BatchSource, EncodedBatch, FlushSettings, Flusher, InboxShipper,
-};
+use super::encode::Change;
+use super::queue::{Journal, Queue, QueueError};
+use crate::config::{Config, Durability, Overflow};
+use crate::ship::{Barrier, BarrierError, FlushSettings, Flusher, InboxShipper};
+use crate::wal::{Wal, WalDir, WalError};
 use dashmap::DashMap;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{watch, OnceCell};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-/// Acknowledged changes not yet shipped, in acknowledgement order.
-pub struct Queue {
-    proxy_id: String,
-    pending: Mutex<Vec<Change>>,
-    acked: AtomicU64,
+/// What became of a write offered to the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Journaled (per the durability mode) and queued: acknowledge it.
+    Acked,
+    /// The pending bound is reached and `overflow = sync`: send the statement to PostgreSQL.
+    PassThrough,
 }
 
-impl Queue {
-    /// Appends changes; counts them as acknowledged once they are in the queue.
-    pub fn push(&self, changes: Vec<Change>) {
-        let n = changes.len() as u64;
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.extend(changes);
-        self.acked.fetch_add(n, Ordering::SeqCst);
-    }
-
-    /// Changes waiting to be shipped.
-    pub fn len(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether nothing waits to be shipped.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl BatchSource for Queue {
-    fn take_batch(&self, seq: i64, max_rows: usize) -> Option<EncodedBatch> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_empty() {
-            return None;
-        }
-        let n = p.len().min(max_rows);
-        let folded = fold(p.drain(..n));
-        let mut rows = Vec::with_capacity(folded.len() * 64);
-        let mut relids: Vec<u32> = Vec::new();
-        for c in &folded {
-            copy_row(&mut rows, &self.proxy_id, seq, c);
-            if !relids.contains(&c.relid()) {
-                relids.push(c.relid());
-            }
-        }
-        Some(EncodedBatch {
-            rows: rows.into(),
-            changes: folded.len(),
-            relids,
-        })
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::SeqCst)
-    }
-}
-
-/// Coalesces a batch per key before it ships: an UPDATE directly following another UPDATE of
-/// the same key merges into it (a later value wins; integer increments add up). Every other
-/// change stays where it is, so each key's changes keep their order.
-pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
-    let mut out: Vec<Change> = Vec::new();
-    let mut last: HashMap<(u32, Vec<String>), usize> = HashMap::new();
-    for c in changes {
-        let slot = match &c {
-            Change::Update { relid, key, .. } => Some((*relid, key.clone())),
-            Change::Insert {
-                relid,
-                key: Some(key),
-                ..
-            }
-            | Change::Delete { relid, key } => {
-                last.remove(&(*relid, key.clone()));
-                None
-            }
-            Change::Insert { .. } => None,
-        };
-        if let (Some(k), Change::Update { columns: next, .. }) = (&slot, &c) {
-            if let Some(&i) = last.get(k) {
-                if let Some(Change::Update { columns: prev, .. }) = out.get_mut(i) {
-                    if let Some(merged) = merge(prev, next) {
-                        *prev = merged;
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(c);
-        if let Some(k) = slot {
-            last.insert(k, out.len() - 1);
-        }
-    }
-    out
-}
-
-fn merge(
-    prev: &[(String, ColumnChange)],
-    next: &[(String, ColumnChange)],
-) -> Option<Vec<(String, ColumnChange)>> {
-    let mut out = prev.to_vec();
-    for (col, change) in next {
-        match (out.iter_mut().find(|(c, _)| c == col), change) {
-            (None, ch) => out.push((col.clone(), ch.clone())),
-            (Some((_, slot)), ColumnChange::Set(v)) => *slot = ColumnChange::Set(v.clone()),
-            (Some((_, ColumnChange::Add(a))), ColumnChange::Add(b)) => {
-                let sum = a.parse::<i64>().ok()?.checked_add(b.parse::<i64>().ok()?)?;
-                *a = sum.to_string();
-            }
-            // A set followed by an increment: keep them apart (the worker folds exactly).
-            (Some(_), ColumnChange::Add(_)) => return None,
-        }
-    }
-    Some(out)
+/// Why a write was refused; nothing of it was queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The pending bound is reached (`overflow = error`, or `block` past `overflow_timeout`).
+    #[error("write-behind queue is full ({rows} rows, {bytes} bytes pending; max_pending_rows = {max_rows}, max_pending_bytes = {max_bytes})")]
+    Overflow {
+        rows: usize,
+        bytes: usize,
+        max_rows: usize,
+        max_bytes: usize,
+    },
+    /// The WAL record could not be written (or fsynced).
+    #[error("could not write the write-behind WAL: {0}")]
+    Wal(#[from] WalError),
 }
 
 /// One database's runtime.
@@ -135,9 +46,59 @@ pub struct DbRuntime {
     own: tokio_postgres::Client,
     privileges: DashMap<(String, u32, &'static str), bool>,
     user_schemas: DashMap<String, bool>,
+    limits: Limits,
+}
+
+/// The pending bound and what happens at it.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_rows: usize,
+    max_bytes: usize,
+    overflow: Overflow,
+    overflow_timeout: Duration,
+    fsync: bool,
 }
 
 impl DbRuntime {
+    /// Offers one statement's changes: waits for room per the overflow policy, journals them
+    /// (and waits for the group fsync in `fsync` mode), and queues them.
+    pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Enqueued, EnqueueError> {
+        let l = self.limits;
+        let deadline = tokio::time::Instant::now() + l.overflow_timeout;
+        loop {
+            let freed = self.queue.space_notified();
+            let (rows, bytes) = self.queue.pending();
+            if rows < l.max_rows && bytes < l.max_bytes {
+                break;
+            }
+            let full = EnqueueError::Overflow {
+                rows,
+                bytes,
+                max_rows: l.max_rows,
+                max_bytes: l.max_bytes,
+            };
+            match l.overflow {
+                Overflow::Sync => return Ok(Enqueued::PassThrough),
+                Overflow::Error => return Err(full),
+                Overflow::Block => {
+                    self.barrier.flusher().wake();
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        return Err(full);
+                    }
+                }
+            }
+        }
+        let lsn = self.queue.push(changes).map_err(|e| match e {
+            QueueError::Wal(w) => EnqueueError::Wal(w),
+        })?;
+        if l.fsync {
+            if let Some(wal) = self.queue.wal() {
+                wal.wait_synced(lsn).await?;
+            }
+        }
+        Ok(Enqueued::Acked)
+    }
+
     /// Whether `user` holds `privilege` (INSERT, UPDATE, DELETE) on the whole table.
     pub async fn allowed(&self, user: &str, relid: u32, privilege: &'static str) -> bool {
         let k = (user.to_string(), relid, privilege);
@@ -189,105 +150,215 @@ impl DbRuntime {
     }
 }
 
+/// Why a database's runtime could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// PostgreSQL did not answer: worth retrying later.
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unreachable(String),
+    /// The database cannot take write-behind (no extension, or a WAL that does not match it).
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// Statements read back from the WAL for one database: (lsn, changes), in lsn order.
+pub type Replay = Vec<(u64, Vec<Change>)>;
+
 /// The write-behind runtimes of every database, created on first use.
 pub struct WriteBehind {
     config: Config,
     proxy_id: String,
+    wal: Option<Arc<Wal>>,
+    /// The locked WAL directory: the lock lasts as long as this.
+    _wal_dir: Option<WalDir>,
     dbs: DashMap<String, Arc<OnceCell<Option<Arc<DbRuntime>>>>>,
     stop: watch::Sender<bool>,
     /// Flusher tasks: they ship everything and end when `stop` flips.
     flushers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Catalog and notification tasks: aborted at the end.
+    /// Catalog, notification, fsync and segment-removal tasks: aborted at the end.
     others: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl WriteBehind {
     /// A registry for this proxy; runtimes start when a session of a database first needs one.
-    pub fn new(config: Config) -> Self {
-        let proxy_id = config
-            .proxy_id
-            .clone()
-            .unwrap_or_else(|| format!("proxy-{:016x}", rand::random::<u64>()));
-        Self {
+    /// With a WAL (durability `wal`/`fsync`) the proxy id is the one stored in its directory;
+    /// without, the configured one or a random one.
+    pub fn new(config: Config, wal: Option<(WalDir, Arc<Wal>)>) -> Arc<Self> {
+        let proxy_id = match &wal {
+            Some((dir, _)) => dir.proxy_id().to_string(),
+            None => config
+                .proxy_id
+                .clone()
+                .unwrap_or_else(|| format!("proxy-{:016x}", rand::random::<u64>())),
+        };
+        let (wal_dir, wal) = wal.unzip();
+        let wb = Arc::new(Self {
             config,
             proxy_id,
+            wal,
+            _wal_dir: wal_dir,
             dbs: DashMap::new(),
             stop: watch::channel(false).0,
             flushers: Mutex::new(Vec::new()),
             others: Mutex::new(Vec::new()),
+        });
+        if let Some(wal) = &wb.wal {
+            let fsync = tokio::spawn(wal.clone().run_fsync(wb.config.wal_fsync_interval));
+            let janitor = tokio::spawn(Self::remove_old_segments(Arc::downgrade(&wb)));
+            wb.tasks().extend([fsync, janitor]);
+        }
+        wb
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.others.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This proxy's id in `writebehind.progress`.
+    pub fn proxy_id(&self) -> &str {
+        &self.proxy_id
+    }
+
+    /// The runtime of `database`, or `None` if the extension is not usable there. A database
+    /// that could not be reached is tried again by the next session.
+    pub async fn db(&self, database: &str) -> Option<Arc<DbRuntime>> {
+        let cell = self.dbs.entry(database.to_string()).or_default().clone();
+        let started = cell
+            .get_or_try_init(|| async {
+                match self.start(database, Vec::new()).await {
+                    Ok(rt) => Ok(Some(rt)),
+                    Err(StartError::Unusable(why)) => {
+                        info!(database, reason = %why, "write-behind off for this database");
+                        Ok(None)
+                    }
+                    Err(StartError::Unreachable(why)) => {
+                        warn!(database, reason = %why, "write-behind not started for this database yet");
+                        Err(())
+                    }
+                }
+            })
+            .await;
+        started.ok().and_then(|rt| rt.clone())
+    }
+
+    /// Start-up replay: starts `database`'s runtime with the statements read back from the
+    /// WAL (those above the database's committed batch are queued again, the rest skipped).
+    /// Retries while PostgreSQL is unreachable; an unusable database is an error, since the
+    /// WAL holds acknowledged writes for it.
+    pub async fn recover(&self, database: &str, replay: Replay) -> Result<(), String> {
+        let cell = self.dbs.entry(database.to_string()).or_default().clone();
+        let mut backoff =
+            crate::ship::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let attempt = cell
+                .get_or_try_init(|| async { self.start(database, replay.clone()).await.map(Some) })
+                .await;
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(StartError::Unusable(why)) => {
+                    return Err(format!(
+                        "the WAL holds {} acknowledged statements for database \"{database}\", which cannot take them: {why}",
+                        replay.len()
+                    ))
+                }
+                Err(StartError::Unreachable(why)) => {
+                    let delay = backoff.next_delay();
+                    warn!(database, reason = %why, ?delay, "replaying the WAL: PostgreSQL unreachable, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
 
-    /// The runtime of `database`, or `None` if the extension is not usable there.
-    pub async fn db(&self, database: &str) -> Option<Arc<DbRuntime>> {
-        let cell = self.dbs.entry(database.to_string()).or_default().clone();
-        cell.get_or_init(|| self.start(database)).await.clone()
-    }
-
-    async fn start(&self, database: &str) -> Option<Arc<DbRuntime>> {
+    async fn start(&self, database: &str, replay: Replay) -> Result<Arc<DbRuntime>, StartError> {
         let pg = self
             .config
             .upstream
             .pg_config(database, self.config.connect_timeout);
-        let (own, conn) = match pg.connect(tokio_postgres::NoTls).await {
-            Ok(c) => c,
-            Err(error) => {
-                warn!(%error, database, "write-behind off for this database: cannot connect");
-                return None;
-            }
-        };
+        let (own, conn) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| StartError::Unreachable(e.to_string()))?;
         let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
         // The connection task: delivers registry notifications by reloading the catalog.
         let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut conn = conn;
-        self.others
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tokio::spawn(async move {
-                let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-                use futures::StreamExt;
-                while let Some(Ok(m)) = messages.next().await {
-                    if let tokio_postgres::AsyncMessage::Notification(_) = m {
-                        let _ = note_tx.send(());
-                    }
+        let listener = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            use futures::StreamExt;
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                    let _ = note_tx.send(());
                 }
-            }));
-        let catalog = match Catalog::load(&own).await {
-            Ok(c) => c,
-            Err(error) => {
-                info!(%error, database, "write-behind off for this database (extension missing?)");
-                return None;
             }
-        };
-        if let Err(error) = own.batch_execute("LISTEN writebehind_registry").await {
-            warn!(%error, database, "write-behind off: cannot LISTEN for registry changes");
-            return None;
-        }
-        let _ = cat_tx.send(Arc::new(catalog));
-        let queue = Arc::new(Queue {
-            proxy_id: self.proxy_id.clone(),
-            pending: Mutex::new(Vec::new()),
-            acked: AtomicU64::new(0),
         });
+        self.tasks().push(listener);
+        let catalog = Catalog::load(&own)
+            .await
+            .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
+        own.batch_execute("LISTEN writebehind_registry")
+            .await
+            .map_err(|e| StartError::Unreachable(format!("cannot LISTEN: {e}")))?;
+        let _ = cat_tx.send(Arc::new(catalog));
         let mut shipper = InboxShipper::new(pg.clone(), self.proxy_id.clone());
-        let first = match shipper.committed_seq().await {
-            Ok(s) => s + 1,
-            Err(error) => {
-                warn!(%error, database, "write-behind off: cannot read the proxy's progress");
-                return None;
+        let committed = shipper.committed_seq().await.map_err(|e| {
+            StartError::Unreachable(format!("cannot read the proxy's progress: {e}"))
+        })?;
+        let committed_lsn = u64::try_from(committed).unwrap_or(0);
+        let journal = match &self.wal {
+            Some(wal) => {
+                let next = wal.stats().next_lsn;
+                if committed_lsn >= next {
+                    // The inbox has batches numbered beyond anything this WAL wrote: the
+                    // directory is not the one this proxy id shipped from (it was wiped or
+                    // replaced). New batches would be taken for replays and skipped.
+                    return Err(StartError::Unusable(format!(
+                        "writebehind.progress has batch {committed} for proxy id {:?}, but its WAL directory only reaches lsn {}; start this proxy with a new proxy_id (or its original wal_dir)",
+                        self.proxy_id,
+                        next.saturating_sub(1)
+                    )));
+                }
+                Some(Journal {
+                    wal: wal.clone(),
+                    database: database.to_string(),
+                })
             }
+            None => None,
         };
+        let queue = Arc::new(Queue::new(
+            self.proxy_id.clone(),
+            journal,
+            committed_lsn + 1,
+        ));
+        let (mut replayed, mut skipped) = (0usize, 0usize);
+        for (lsn, changes) in replay {
+            if lsn > committed_lsn {
+                queue.replay(lsn, changes);
+                replayed += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        if replayed + skipped > 0 {
+            info!(
+                database,
+                replayed,
+                skipped,
+                committed_seq = committed,
+                "replayed the WAL"
+            );
+        }
         let settings = FlushSettings {
             flush_interval: self.config.flush_interval,
             max_batch_rows: self.config.max_batch_rows,
-            retry_initial: std::time::Duration::from_millis(50),
-            retry_max: std::time::Duration::from_secs(5),
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
         };
         let (flusher, task) = Flusher::spawn(
             queue.clone(),
             shipper,
             settings,
-            first,
+            committed,
             self.stop.subscribe(),
         );
         self.flushers
@@ -299,6 +370,7 @@ impl WriteBehind {
             flusher,
             InboxShipper::new(pg.clone(), self.proxy_id.clone()),
         );
+        let c = &self.config;
         let rt = Arc::new(DbRuntime {
             catalog: cat_rx,
             queue,
@@ -306,30 +378,64 @@ impl WriteBehind {
             own,
             privileges: DashMap::new(),
             user_schemas: DashMap::new(),
+            limits: Limits {
+                max_rows: c.max_pending_rows,
+                max_bytes: c.max_pending_bytes,
+                overflow: c.overflow,
+                overflow_timeout: c.overflow_timeout,
+                fsync: c.durability == Durability::Fsync,
+            },
         });
         // Reload the catalog on every registry NOTIFY.
         let weak = Arc::downgrade(&rt);
-        self.others
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tokio::spawn(async move {
-                while note_rx.recv().await.is_some() {
-                    let Some(rt) = weak.upgrade() else { return };
-                    match Catalog::load(&rt.own).await {
-                        Ok(c) => {
-                            let _ = cat_tx.send(Arc::new(c));
-                            rt.privileges.clear();
-                        }
-                        Err(error) => warn!(%error, "reloading the write-behind catalog failed"),
+        let reloader = tokio::spawn(async move {
+            while note_rx.recv().await.is_some() {
+                let Some(rt) = weak.upgrade() else { return };
+                match Catalog::load(&rt.own).await {
+                    Ok(c) => {
+                        let _ = cat_tx.send(Arc::new(c));
+                        rt.privileges.clear();
                     }
+                    Err(error) => warn!(%error, "reloading the write-behind catalog failed"),
                 }
-            }));
+            }
+        });
+        self.tasks().push(reloader);
         info!(database, proxy_id = %self.proxy_id, tables = rt.catalog.borrow().tables.len(), "write-behind on");
-        Some(rt)
+        Ok(rt)
+    }
+
+    /// Every started runtime.
+    fn runtimes(&self) -> Vec<Arc<DbRuntime>> {
+        self.dbs
+            .iter()
+            .filter_map(|e| e.value().get().cloned().flatten())
+            .collect()
+    }
+
+    /// Removes WAL segments below the oldest statement any database still needs, once a
+    /// second. The WAL's next lsn is read first, so a statement appended meanwhile is above it.
+    async fn remove_old_segments(me: std::sync::Weak<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(wb) = me.upgrade() else { return };
+            let Some(wal) = &wb.wal else { return };
+            let next = wal.stats().next_lsn;
+            let keep = wb
+                .runtimes()
+                .iter()
+                .filter_map(|rt| rt.queue.oldest_needed())
+                .fold(next, u64::min);
+            match wal.remove_below(keep) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, below = keep, "removed WAL segments"),
+                Err(error) => warn!(%error, "removing WAL segments failed"),
+            }
+        }
     }
 
     /// After the sessions ended: tells the flushers to ship everything left, waits for them,
-    /// and stops the catalog tasks.
+    /// fsyncs the WAL, and stops the other tasks.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let flushers: Vec<_> =
@@ -337,51 +443,13 @@ impl WriteBehind {
         for t in flushers {
             let _ = t.await;
         }
-        for t in std::mem::take(&mut *self.others.lock().unwrap_or_else(|e| e.into_inner())) {
+        for t in std::mem::take(&mut *self.tasks()) {
             t.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inc(id: &str, k: &str) -> Change {
-        Change::Update {
-            relid: 1,
-            key: vec![id.into()],
-            columns: vec![("n".into(), ColumnChange::Add(k.into()))],
+        if let Some(wal) = &self.wal {
+            if let Err(error) = wal.sync() {
+                error!(%error, "final WAL fsync failed");
+            }
         }
-    }
-
-    #[test]
-    fn increments_fold_per_key_and_order_is_kept() {
-        let del = Change::Delete {
-            relid: 1,
-            key: vec!["a".into()],
-        };
-        let out = fold(
-            vec![
-                inc("a", "1"),
-                inc("b", "2"),
-                inc("a", "3"),
-                del.clone(),
-                inc("a", "1"),
-                inc("a", "-4"),
-            ]
-            .into_iter(),
-        );
-        assert_eq!(out, vec![inc("a", "4"), inc("b", "2"), del, inc("a", "-3")]);
-        // A set then an increment stays two changes.
-        let set = Change::Update {
-            relid: 1,
-            key: vec!["c".into()],
-            columns: vec![("n".into(), ColumnChange::Set(Some("7".into())))],
-        };
-        assert_eq!(
-            fold(vec![set.clone(), inc("c", "1")].into_iter()),
-            vec![set, inc("c", "1")]
-        );
     }
 }

@@ -1,0 +1,359 @@
+//! The queue of one database's acknowledged-but-uncommitted changes: journaled to the WAL in
+//! acknowledgement order, bounded, taken in batches whose sequence number is the lsn of their
+//! last change, and coalesced per key as a batch is taken.
+//!
+//! Numbering. Every acknowledged statement gets an lsn: its WAL record's (durability `wal` and
+//! `fsync`) or a counter starting after the database's committed batch sequence (`memory`).
+//! A batch holds whole statements, a prefix of the queue, and is shipped as `batch_seq` = the
+//! lsn of its last statement. Because batches ship one at a time in queue order, "batch `s`
+//! committed" means "every statement with lsn ≤ `s` committed", which is what start-up replay
+//! relies on: it re-queues exactly the WAL records above `writebehind.committed_seq()`.
+
+use super::encode::{copy_row, Change, ColumnChange};
+use super::journal;
+use crate::ship::{BatchSource, EncodedBatch};
+use crate::wal::{Wal, WalError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// One queued change and the lsn of the statement it came from.
+struct Entry {
+    lsn: u64,
+    change: Change,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    entries: VecDeque<Entry>,
+    /// Bytes of `entries` (an estimate of their memory).
+    bytes: usize,
+    /// The batch taken but not yet committed: its first lsn and size.
+    inflight: Option<(u64, usize, usize)>,
+    /// The next lsn when there is no WAL.
+    next_local_lsn: u64,
+}
+
+/// Where statements are journaled before they are acknowledged.
+pub struct Journal {
+    /// The proxy's WAL.
+    pub wal: Arc<Wal>,
+    /// The database name written into each record.
+    pub database: String,
+}
+
+/// Why a statement could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Writing the WAL record failed; nothing was queued.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Acknowledged changes of one database, in acknowledgement order.
+pub struct Queue {
+    proxy_id: String,
+    journal: Option<Journal>,
+    pending: Mutex<Pending>,
+    acked: AtomicU64,
+    /// Signalled whenever a batch committed and space freed up.
+    space: Notify,
+}
+
+impl Queue {
+    /// An empty queue. `first_lsn` numbers statements when there is no journal.
+    pub fn new(proxy_id: String, journal: Option<Journal>, first_lsn: u64) -> Self {
+        Self {
+            proxy_id,
+            journal,
+            pending: Mutex::new(Pending {
+                next_local_lsn: first_lsn,
+                ..Pending::default()
+            }),
+            acked: AtomicU64::new(0),
+            space: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The WAL, if statements are journaled.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.journal.as_ref().map(|j| &j.wal)
+    }
+
+    /// Journals one statement's changes and queues them. Returns the statement's lsn. On a
+    /// WAL error nothing is queued.
+    pub fn push(&self, changes: Vec<Change>) -> Result<u64, QueueError> {
+        let record = self
+            .journal
+            .as_ref()
+            .map(|j| journal::encode(&j.database, &changes));
+        let mut p = self.lock();
+        let lsn = match (&self.journal, record) {
+            (Some(j), Some(record)) => j.wal.append(journal::KIND_CHANGES, &record)?,
+            _ => {
+                let lsn = p.next_local_lsn;
+                p.next_local_lsn += 1;
+                lsn
+            }
+        };
+        self.enqueue_locked(&mut p, lsn, changes);
+        Ok(lsn)
+    }
+
+    /// Queues a statement read back from the WAL at start-up (it is journaled already).
+    pub fn replay(&self, lsn: u64, changes: Vec<Change>) {
+        let mut p = self.lock();
+        self.enqueue_locked(&mut p, lsn, changes);
+    }
+
+    fn enqueue_locked(&self, p: &mut Pending, lsn: u64, changes: Vec<Change>) {
+        let n = changes.len() as u64;
+        for change in changes {
+            let bytes = change_size(&change);
+            p.bytes += bytes;
+            p.entries.push_back(Entry { lsn, change, bytes });
+        }
+        // Counted only once queued: see BatchSource::acked.
+        self.acked.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Rows and bytes not yet committed upstream (queued and in flight).
+    pub fn pending(&self) -> (usize, usize) {
+        let p = self.lock();
+        let (rows, bytes) = p.inflight.map_or((0, 0), |(_, r, b)| (r, b));
+        (p.entries.len() + rows, p.bytes + bytes)
+    }
+
+    /// Changes waiting to be shipped (in flight not counted).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether nothing waits to be shipped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The lowest lsn whose WAL record is still needed (queued or in flight), if any.
+    pub fn oldest_needed(&self) -> Option<u64> {
+        let p = self.lock();
+        p.inflight
+            .map(|(first, _, _)| first)
+            .or_else(|| p.entries.front().map(|e| e.lsn))
+    }
+
+    /// A future that completes at the next commit; create it before checking the bound so a
+    /// commit in between is not missed.
+    pub fn space_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.space.notified()
+    }
+}
+
+impl BatchSource for Queue {
+    fn take_batch(&self, max_rows: usize) -> Option<EncodedBatch> {
+        let mut p = self.lock();
+        let first = p.entries.front()?.lsn;
+        // Whole statements only: extend past max_rows to the end of the last statement.
+        let mut n = p.entries.len().min(max_rows.max(1));
+        let last = p.entries[n - 1].lsn;
+        while n < p.entries.len() && p.entries[n].lsn == last {
+            n += 1;
+        }
+        let mut bytes = 0;
+        let taken: Vec<Change> = p
+            .entries
+            .drain(..n)
+            .map(|e| {
+                bytes += e.bytes;
+                e.change
+            })
+            .collect();
+        p.bytes -= bytes;
+        p.inflight = Some((first, n, bytes));
+        drop(p);
+        let seq = last as i64;
+        let folded = fold(taken.into_iter());
+        let mut rows = Vec::with_capacity(folded.len() * 64);
+        let mut relids: Vec<u32> = Vec::new();
+        for c in &folded {
+            copy_row(&mut rows, &self.proxy_id, seq, c);
+            if !relids.contains(&c.relid()) {
+                relids.push(c.relid());
+            }
+        }
+        Some(EncodedBatch {
+            seq,
+            rows: rows.into(),
+            changes: folded.len(),
+            relids,
+        })
+    }
+
+    fn committed(&self, _batch: &EncodedBatch) {
+        self.lock().inflight = None;
+        self.space.notify_waiters();
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+}
+
+/// A rough size of a change in memory, for `max_pending_bytes`.
+fn change_size(c: &Change) -> usize {
+    let strs = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+    64 + match c {
+        Change::Insert { key, values, .. } => {
+            key.as_deref().map_or(0, strs)
+                + values
+                    .iter()
+                    .map(|(c, v)| c.len() + v.as_ref().map_or(0, String::len) + 48)
+                    .sum::<usize>()
+        }
+        Change::Update { key, columns, .. } => {
+            strs(key)
+                + columns
+                    .iter()
+                    .map(|(c, ch)| {
+                        c.len()
+                            + 48
+                            + match ch {
+                                ColumnChange::Set(v) => v.as_ref().map_or(0, String::len),
+                                ColumnChange::Add(d) => d.len(),
+                            }
+                    })
+                    .sum::<usize>()
+        }
+        Change::Delete { key, .. } => strs(key),
+    }
+}
+
+/// Coalesces a batch per key before it ships: an UPDATE directly following another UPDATE of
+/// the same key merges into it (a later value wins; integer increments add up). Every other
+/// change stays where it is, so each key's changes keep their order.
+pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    let mut last: HashMap<(u32, Vec<String>), usize> = HashMap::new();
+    for c in changes {
+        let slot = match &c {
+            Change::Update { relid, key, .. } => Some((*relid, key.clone())),
+            Change::Insert {
+                relid,
+                key: Some(key),
+                ..
+            }
+            | Change::Delete { relid, key } => {
+                last.remove(&(*relid, key.clone()));
+                None
+            }
+            Change::Insert { .. } => None,
+        };
+        if let (Some(k), Change::Update { columns: next, .. }) = (&slot, &c) {
+            if let Some(&i) = last.get(k) {
+                if let Some(Change::Update { columns: prev, .. }) = out.get_mut(i) {
+                    if let Some(merged) = merge(prev, next) {
+                        *prev = merged;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(c);
+        if let Some(k) = slot {
+            last.insert(k, out.len() - 1);
+        }
+    }
+    out
+}
+
+fn merge(
+    prev: &[(String, ColumnChange)],
+    next: &[(String, ColumnChange)],
+) -> Option<Vec<(String, ColumnChange)>> {
+    let mut out = prev.to_vec();
+    for (col, change) in next {
+        match (out.iter_mut().find(|(c, _)| c == col), change) {
+            (None, ch) => out.push((col.clone(), ch.clone())),
+            (Some((_, slot)), ColumnChange::Set(v)) => *slot = ColumnChange::Set(v.clone()),
+            (Some((_, ColumnChange::Add(a))), ColumnChange::Add(b)) => {
+                let sum = a.parse::<i64>().ok()?.checked_add(b.parse::<i64>().ok()?)?;
+                *a = sum.to_string();
+            }
+            // A set followed by an increment: keep them apart (the worker folds exactly).
+            (Some(_), ColumnChange::Add(_)) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inc(id: &str, k: &str) -> Change {
+        Change::Update {
+            relid: 1,
+            key: vec![id.into()],
+            columns: vec![("n".into(), ColumnChange::Add(k.into()))],
+        }
+    }
+
+    #[test]
+    fn increments_fold_per_key_and_order_is_kept() {
+        let del = Change::Delete {
+            relid: 1,
+            key: vec!["a".into()],
+        };
+        let out = fold(
+            vec![
+                inc("a", "1"),
+                inc("b", "2"),
+                inc("a", "3"),
+                del.clone(),
+                inc("a", "1"),
+                inc("a", "-4"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(out, vec![inc("a", "4"), inc("b", "2"), del, inc("a", "-3")]);
+        // A set then an increment stays two changes.
+        let set = Change::Update {
+            relid: 1,
+            key: vec!["c".into()],
+            columns: vec![("n".into(), ColumnChange::Set(Some("7".into())))],
+        };
+        assert_eq!(
+            fold(vec![set.clone(), inc("c", "1")].into_iter()),
+            vec![set, inc("c", "1")]
+        );
+    }
+
+    #[test]
+    fn batches_hold_whole_statements_and_are_numbered_by_their_last_lsn() {
+        let q = Queue::new("p".into(), None, 10);
+        assert_eq!(q.push(vec![inc("a", "1")]).ok(), Some(10));
+        assert_eq!(q.push(vec![inc("b", "1"), inc("c", "1")]).ok(), Some(11));
+        assert_eq!(q.push(vec![inc("d", "1")]).ok(), Some(12));
+        assert_eq!(q.pending().0, 4);
+        let b = q.take_batch(2).expect("a batch");
+        // Two rows asked, three taken: statement 11 is not split.
+        assert_eq!((b.seq, b.changes), (11, 3));
+        assert_eq!(q.oldest_needed(), Some(10));
+        assert_eq!(q.pending().0, 4);
+        q.committed(&b);
+        assert_eq!(q.oldest_needed(), Some(12));
+        assert_eq!(q.pending().0, 1);
+        let b = q.take_batch(100).expect("a batch");
+        assert_eq!((b.seq, b.changes), (12, 1));
+        q.committed(&b);
+        assert!(q.take_batch(100).is_none());
+        assert_eq!(q.oldest_needed(), None);
+        assert_eq!(q.acked(), 4);
+    }
+}

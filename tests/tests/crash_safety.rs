@@ -1,0 +1,419 @@
+//! Crash safety of the proxy's WAL (DESIGN §3): the proxy is killed with SIGKILL at random
+//! moments under a mixed multi-session write load and restarted on the same WAL directory;
+//! the final table equals the model of every acknowledged write (nothing lost, nothing twice).
+//! Also: durability `memory` loses at most what was unshipped, and a second proxy on the same
+//! WAL directory is refused.
+//!
+//! Heavier runs: `WRITEBEHIND_CRASH_KILLS=100 cargo test --release -p writebehind-tests --test
+//! crash_safety -- --nocapture` (docs/RELIABILITY.md).
+
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use writebehind_tests::{Cluster, Proxy};
+
+const SCHEMA: &str = "CREATE TABLE kv (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, s text);
+    INSERT INTO kv SELECT g, 0, NULL FROM generate_series(1, 10) g;
+    SELECT writebehind.enable('kv');";
+
+/// Hot keys 1..=10: every session increments them (increments commute, so the model is exact
+/// whatever order the sessions' writes interleave in).
+const HOT: i32 = 10;
+
+/// A fresh WAL directory for one test.
+fn wal_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "wb-wal-{name}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The model of one key a session owns: `None` = no row.
+type Row = Option<(i64, Option<String>)>;
+
+/// A statement, the hot key and increment it adds (if any), and the owned key's state after
+/// it (if any).
+type Op = (String, Option<(usize, i64)>, Option<(i32, Row)>);
+
+/// What a session reached: acknowledged writes, in-doubt ones, its owned keys' model.
+#[derive(Default)]
+struct SessionResult {
+    acked: u64,
+    in_doubt: u64,
+    hot_acked: Vec<i64>,
+    hot_in_doubt: Vec<i64>,
+    owned: BTreeMap<i32, Row>,
+}
+
+/// The proxy's current address, replaced at every restart.
+type Target = Arc<Mutex<String>>;
+
+async fn connect_retry(target: &Target) -> anyhow::Result<tokio_postgres::Client> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let conninfo = target.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+        match writebehind_tests::connect(&conninfo).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(30)).await,
+        }
+    }
+}
+
+/// Reads a row through the proxy (the read barrier makes every acknowledged write visible).
+async fn read_row(c: &tokio_postgres::Client, id: i32) -> anyhow::Result<Row> {
+    let msgs = c
+        .simple_query(&format!("SELECT n, s FROM kv WHERE id = {id}"))
+        .await?;
+    for m in msgs {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let n: i64 = r.get(0).unwrap_or("0").parse()?;
+            return Ok(Some((n, r.get(1).map(str::to_string))));
+        }
+    }
+    Ok(None)
+}
+
+fn is_db_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .is_some_and(|e| e.code().is_some())
+}
+
+/// One session: a random mix of writes. Keys `base+1..=base+40` belong to this session alone
+/// (upserts, inserts, partial updates with increments, deletes); hot keys are incremented.
+async fn session(
+    w: i32,
+    target: Target,
+    stop: Arc<AtomicBool>,
+    acked_total: Arc<AtomicU64>,
+) -> anyhow::Result<SessionResult> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed + w as u64);
+    let base = 1000 * (w + 1);
+    let mut res = SessionResult {
+        hot_acked: vec![0; HOT as usize],
+        hot_in_doubt: vec![0; HOT as usize],
+        ..SessionResult::default()
+    };
+    for k in 1..=40 {
+        res.owned.insert(base + k, None);
+    }
+    let mut c = connect_retry(&target).await?;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let (sql, hot, next): Op = if rng.random_bool(0.4) {
+            let h = rng.random_range(0..HOT);
+            let d = rng.random_range(1..=3);
+            (
+                format!("UPDATE kv SET n = n + {d} WHERE id = {}", h + 1),
+                Some((h as usize, d)),
+                None,
+            )
+        } else {
+            let id = base + rng.random_range(1..=40);
+            let cur = res.owned.get(&id).cloned().flatten();
+            let s = format!("w{w}i{i}");
+            match rng.random_range(0..4) {
+                0 => {
+                    let v = rng.random_range(0..1000);
+                    (
+                            format!("INSERT INTO kv (id, n, s) VALUES ({id}, {v}, '{s}') ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, s = EXCLUDED.s"),
+                            None,
+                            Some((id, Some((v, Some(s))))),
+                        )
+                }
+                1 if cur.is_none() => (
+                    format!("INSERT INTO kv (id, s) VALUES ({id}, '{s}')"),
+                    None,
+                    Some((id, Some((0, Some(s))))),
+                ),
+                1 | 2 => {
+                    let d = rng.random_range(1..=5);
+                    let after = cur.map(|(n, _)| (n + d, Some(s.clone())));
+                    (
+                        format!("UPDATE kv SET s = '{s}', n = n + {d} WHERE id = {id}"),
+                        None,
+                        Some((id, after)),
+                    )
+                }
+                _ => (
+                    format!("DELETE FROM kv WHERE id = {id}"),
+                    None,
+                    Some((id, None)),
+                ),
+            }
+        };
+        match c.simple_query(&sql).await {
+            Ok(_) => {
+                res.acked += 1;
+                acked_total.fetch_add(1, Ordering::Relaxed);
+                if let Some((h, d)) = hot {
+                    res.hot_acked[h] += d;
+                }
+                if let Some((id, row)) = next {
+                    res.owned.insert(id, row);
+                }
+            }
+            Err(e) if e.code().is_some() => {
+                anyhow::bail!("session {w}: PostgreSQL refused {sql:?}: {e}")
+            }
+            Err(_) => {
+                // The proxy died: this statement may or may not have been acknowledged.
+                res.in_doubt += 1;
+                if let Some((h, d)) = hot {
+                    res.hot_in_doubt[h] += d;
+                }
+                c = connect_retry(&target).await?;
+                if let Some((id, row)) = next {
+                    // Resolve an owned key through the new proxy (WAL replayed, barrier
+                    // applied): it must be the state before or after the statement. The
+                    // proxy may be killed again meanwhile: then ask the next one.
+                    let seen = loop {
+                        match read_row(&c, id).await {
+                            Ok(seen) => break seen,
+                            Err(e) if is_db_error(&e) => return Err(e),
+                            Err(_) => c = connect_retry(&target).await?,
+                        }
+                    };
+                    let before = res.owned.get(&id).cloned().flatten();
+                    anyhow::ensure!(
+                        seen == before || seen == row,
+                        "key {id} after an in-doubt {sql:?}: {seen:?} is neither {before:?} nor {row:?}"
+                    );
+                    res.owned.insert(id, seen);
+                }
+            }
+        }
+    }
+    Ok(res)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_proxy_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let kills: usize = std::env::var("WRITEBEHIND_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let dir = wal_dir("kill");
+    let dir_s = dir.to_string_lossy().to_string();
+    let args = [
+        "--durability",
+        "wal",
+        "--wal-dir",
+        &dir_s,
+        "--flush-interval",
+        "20ms",
+        "--max-batch-rows",
+        "200",
+    ];
+    let url = cluster.url("postgres");
+    let mut proxy = Proxy::spawn(&url, &args)?;
+    let target: Target = Arc::new(Mutex::new(proxy.conninfo("postgres", "postgres")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let sessions: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(session(w, target.clone(), stop.clone(), acked.clone())))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let started = Instant::now();
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..600))).await;
+        proxy.signal("KILL")?;
+        proxy.wait_exit(Duration::from_secs(10)).await?;
+        eprintln!(
+            "kill {}: {} writes acknowledged so far",
+            k + 1,
+            acked.load(Ordering::Relaxed)
+        );
+        proxy = Proxy::spawn(&url, &args)?;
+        *target.lock().map_err(|_| anyhow::anyhow!("lock"))? =
+            proxy.conninfo("postgres", "postgres");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for s in sessions {
+        results.push(s.await??);
+    }
+    // Read everything through the proxy once: the barrier applies every acknowledged write.
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.simple_query("SELECT count(*) FROM kv").await?;
+
+    let mut expected: BTreeMap<i32, Row> = BTreeMap::new();
+    let (mut total_acked, mut total_doubt) = (0, 0);
+    let mut hot_lo = vec![0i64; HOT as usize];
+    let mut hot_hi = vec![0i64; HOT as usize];
+    for r in &results {
+        total_acked += r.acked;
+        total_doubt += r.in_doubt;
+        for h in 0..HOT as usize {
+            hot_lo[h] += r.hot_acked[h];
+            hot_hi[h] += r.hot_acked[h] + r.hot_in_doubt[h];
+        }
+        expected.extend(r.owned.iter().map(|(k, v)| (*k, v.clone())));
+    }
+    let mut actual: BTreeMap<i32, Row> = BTreeMap::new();
+    for row in direct
+        .query("SELECT id, n, s FROM kv ORDER BY id", &[])
+        .await?
+    {
+        actual.insert(row.get(0), Some((row.get(1), row.get(2))));
+    }
+    let dead: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    eprintln!(
+        "{kills} kills in {:.1}s: {total_acked} writes acknowledged, {total_doubt} in doubt (connection lost before the reply), dead letters {dead}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(dead, 0, "no write was dead-lettered");
+    for h in 0..HOT {
+        let n = actual
+            .get(&(h + 1))
+            .cloned()
+            .flatten()
+            .map_or(-1, |(n, _)| n);
+        assert!(
+            n >= hot_lo[h as usize],
+            "hot key {}: {n} < {} acknowledged increments: acknowledged writes were lost",
+            h + 1,
+            hot_lo[h as usize]
+        );
+        assert!(
+            n <= hot_hi[h as usize],
+            "hot key {}: {n} > {} (acknowledged + in doubt): a write was applied twice",
+            h + 1,
+            hot_hi[h as usize]
+        );
+    }
+    let mut lost_or_wrong = Vec::new();
+    for (id, want) in &expected {
+        let got = actual.get(id).cloned().flatten();
+        if got != *want {
+            lost_or_wrong.push((id, want.clone(), got));
+        }
+    }
+    assert!(
+        lost_or_wrong.is_empty(),
+        "{} owned keys differ from the model (key, model, table): {:?}",
+        lost_or_wrong.len(),
+        &lost_or_wrong[..lost_or_wrong.len().min(10)]
+    );
+    assert!(
+        total_acked > 500,
+        "the load was too light to mean anything: {total_acked}"
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Durability `memory` keeps nothing across a crash: what was acknowledged but not yet shipped
+/// is lost, and nothing else. The test measures the loss against what was unshipped.
+#[tokio::test]
+async fn memory_mode_loses_only_what_was_unshipped() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &["--durability", "memory", "--flush-interval", "1h"],
+    )?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for _ in 0..300 {
+        c.simple_query("UPDATE kv SET n = n + 1 WHERE id = 1")
+            .await?;
+    }
+    // A read ships and applies those 300 (the barrier) ...
+    c.simple_query("SELECT n FROM kv WHERE id = 1").await?;
+    // ... these 200 stay unshipped (flush interval 1 h) until the crash.
+    for _ in 0..200 {
+        c.simple_query("UPDATE kv SET n = n + 1 WHERE id = 1")
+            .await?;
+    }
+    let mut proxy = proxy;
+    proxy.signal("KILL")?;
+    proxy.wait_exit(Duration::from_secs(10)).await?;
+    let n: i64 = direct
+        .query_one("SELECT n FROM kv WHERE id = 1", &[])
+        .await?
+        .get(0);
+    eprintln!(
+        "memory mode: 500 acknowledged, 300 shipped, {n} applied, lost {}",
+        500 - n
+    );
+    assert_eq!(
+        n, 300,
+        "exactly the unshipped writes are lost in memory mode"
+    );
+    Ok(())
+}
+
+/// The same scenario in `wal` mode loses nothing; and a second proxy cannot open the
+/// directory while the first holds it.
+#[tokio::test]
+async fn wal_mode_keeps_unshipped_writes_and_locks_its_directory() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let dir = wal_dir("lock");
+    let dir_s = dir.to_string_lossy().to_string();
+    let args = [
+        "--durability",
+        "wal",
+        "--wal-dir",
+        &dir_s,
+        "--flush-interval",
+        "1h",
+    ];
+    let mut proxy = Proxy::spawn(&cluster.url("postgres"), &args)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for _ in 0..200 {
+        c.simple_query("UPDATE kv SET n = n + 1 WHERE id = 1")
+            .await?;
+    }
+    let second = std::process::Command::new(writebehind_tests::proxy_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &cluster.url("postgres"),
+        ])
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "a second proxy on the same WAL directory started"
+    );
+    assert!(stderr.contains("locked"), "unclear refusal: {stderr}");
+    let unshipped: i64 = direct
+        .query_one("SELECT n FROM kv WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(unshipped, 0, "nothing shipped yet (flush interval 1 h)");
+    proxy.signal("KILL")?;
+    proxy.wait_exit(Duration::from_secs(10)).await?;
+    // Restart: the WAL is replayed before clients are accepted.
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &args)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let seen = read_row(&c, 1).await?;
+    assert_eq!(
+        seen,
+        Some((200, None)),
+        "the replayed WAL applied every acknowledged write"
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

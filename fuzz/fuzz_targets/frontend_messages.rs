@@ -51,6 +51,90 @@ fn track(stream: &[u8], max_len: usize, seed: u8) -> (Headers, Result<(), FrameE
     (headers, Ok(()), boundary)
 }
 
+/// `protocol::frontend` (the proxy's own Parse/Bind decoder and message assembler): checked
+/// with the `frontend` feature, which needs a proxy that has the module.
+#[cfg(feature = "frontend")]
+mod decoder {
+    use bytes::Bytes;
+    use writebehind_proxy::protocol::frontend::{self, Assembler, Frontend};
+
+    /// Up to the first framing error (the session stops there), the assembler yields exactly
+    /// the messages the tracker delimited, whatever the chunking.
+    pub fn check_assembler(
+        stream: &[u8],
+        headers: &[(u8, usize, usize)],
+        ok: bool,
+        boundary: bool,
+        ctl: u8,
+    ) {
+        let valid_end = if ok {
+            stream.len()
+        } else {
+            headers.last().map_or(0, |&(_, len, at)| at + len - 4)
+        };
+        let mut asm = Assembler::default();
+        let mut whole: Vec<Bytes> = Vec::new();
+        for chunk in stream[..valid_end].chunks(usize::from(ctl % 13) + 1) {
+            asm.push(chunk);
+            while let Some(m) = asm.next_message() {
+                whole.push(m);
+            }
+        }
+        let complete: Vec<&[u8]> = headers
+            .iter()
+            .filter(|&&(_, len, at)| at + len - 4 <= valid_end)
+            .map(|&(_, len, at)| &stream[at - 5..at + len - 4])
+            .collect();
+        assert_eq!(
+            whole.len(),
+            complete.len(),
+            "assembler and tracker disagree"
+        );
+        for (a, b) in whole.iter().zip(&complete) {
+            assert_eq!(
+                &a[..],
+                *b,
+                "assembler returned other bytes than the tracker framed"
+            );
+        }
+        assert_eq!(asm.is_empty(), boundary || !ok);
+    }
+
+    /// The proxy's decoder agrees with the bounds-checked reference reader.
+    pub fn check_decode(msg: &[u8], body: &[u8]) {
+        match frontend::decode(msg) {
+            Ok(Frontend::Parse {
+                name,
+                sql,
+                param_types,
+            }) => {
+                let (n, q, oids) = writebehind_fuzz::parse_body(body).expect("reference Parse");
+                assert_eq!((n, q, &oids), (name.as_bytes(), sql, &param_types));
+            }
+            Ok(Frontend::Bind {
+                statement,
+                formats,
+                params,
+                ..
+            }) => {
+                let (st, f, p) = writebehind_fuzz::bind_body(body).expect("reference Bind");
+                assert_eq!((st, &f, &p), (statement.as_bytes(), &formats, &params));
+            }
+            Ok(Frontend::Query(q)) => {
+                assert!(body.starts_with(q.as_bytes()) && body.get(q.len()) == Some(&0));
+            }
+            Ok(Frontend::Other(t)) => assert!(!b"QPBDCES".contains(&t)),
+            Ok(_) | Err(_) => {}
+        }
+    }
+}
+
+#[cfg(not(feature = "frontend"))]
+mod decoder {
+    pub fn check_assembler(_: &[u8], _: &[(u8, usize, usize)], _: bool, _: bool, _: u8) {}
+    pub fn check_decode(_: &[u8], _: &[u8]) {}
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, rest)) = data.split_first() else {
         return;
@@ -115,12 +199,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(boundary, expect == stream.len());
     }
 
+    decoder::check_assembler(stream, &headers, result.is_ok(), boundary, ctl);
+
     // Dispatch of every complete message, as the session would.
     let mut prepared: HashMap<&[u8], (Template, u32)> = HashMap::new();
     for &(ty, len, body_at) in &headers {
         let Some(body) = stream.get(body_at..body_at + len - 4) else {
             break; // the last message is incomplete
         };
+        let msg = &stream[body_at - 5..body_at + len - 4];
+        decoder::check_decode(msg, body);
         match ty {
             b'Q' => {
                 let Some((0, text)) = body.split_last() else {

@@ -100,3 +100,33 @@ pub fn rows(buf: &mut BytesMut, columns: &[&str], data: &[Vec<Option<String>>]) 
     }
     complete(buf, &format!("SHOW {}", data.len()));
 }
+
+/// ParseComplete.
+pub fn parse_complete(buf: &mut BytesMut) {
+    buf.extend_from_slice(b"1\0\0\0\x04");
+}
+
+/// BindComplete.
+pub fn bind_complete(buf: &mut BytesMut) {
+    buf.extend_from_slice(b"2\0\0\0\x04");
+}
+
+/// CloseComplete.
+pub fn close_complete(buf: &mut BytesMut) {
+    buf.extend_from_slice(b"3\0\0\0\x04");
+}
+
+/// NoData (the statement returns no rows).
+pub fn no_data(buf: &mut BytesMut) {
+    buf.extend_from_slice(b"n\0\0\0\x04");
+}
+
+/// ParameterDescription with the parameters' type oids.
+pub fn parameter_description(buf: &mut BytesMut, oids: &[u32]) {
+    buf.extend_from_slice(b"t");
+    buf.extend_from_slice(&((6 + 4 * oids.len()) as u32).to_be_bytes());
+    buf.extend_from_slice(&(oids.len() as u16).to_be_bytes());
+    for o in oids {
+        buf.extend_from_slice(&o.to_be_bytes());
+    }
+}

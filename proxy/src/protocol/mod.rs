@@ -2,5 +2,6 @@
 //! backend messages the proxy itself sends (with pgwire's message codecs).
 
 pub mod frame;
+pub mod frontend;
 pub mod messages;
 pub mod startup;

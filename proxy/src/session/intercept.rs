@@ -1,13 +1,29 @@
-//! The write-behind hook of a session: a simple-protocol Query that is exactly one recognized
-//! write on a write-behind table is answered from memory; anything else passes through after
-//! the read barrier (the database's acknowledged writes are shipped and applied first).
+//! The write-behind hook of a session, message by message, for both protocols.
+//!
+//! Simple protocol: a Query whose statements are all recognized writes on write-behind tables
+//! is acknowledged from memory (one journal record for the whole string, as PostgreSQL runs it
+//! in one implicit transaction). Extended protocol: messages are collected up to Sync (a
+//! "group", again one implicit transaction); a group made only of Parse/Bind/Describe/
+//! Execute/Close of recognized writes is answered locally, its Executes journaled as one
+//! record. Anything else passes through after the read barrier, in order: local answers are
+//! only given once every reply PostgreSQL owes the client has arrived.
+//!
+//! Statements prepared locally are unknown to PostgreSQL. When a later message that passes
+//! through refers to one, its Parse is sent first ("materialized") and the ParseComplete that
+//! PostgreSQL answers it with is swallowed by the upstream reader.
 
+use super::wire::Wire;
 use crate::error::ProxyError;
+use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
+use crate::writebehind::catalog::Catalog;
+use crate::writebehind::encode::Change;
 use crate::writebehind::recognize::{OnConflict, Write};
 use crate::writebehind::runtime::{DbRuntime, Enqueued};
+use crate::writebehind::template::Template;
 use crate::writebehind::{lexer, recognize, validate};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +41,40 @@ const SESSION_CHANGERS: &[&str] = &[
     "backslash_quote",
 ];
 
+/// A group larger than this passes through as it arrives instead of being held until Sync.
+const MAX_GROUP_BYTES: usize = 1 << 20;
+
+/// A statement the session prepared.
+struct Stmt {
+    /// The client's Parse message, sent upstream when the statement must be materialized.
+    parse: Bytes,
+    /// The write it is, when the proxy may acknowledge it.
+    prepared: Option<Arc<Prepared>>,
+    /// Whether PostgreSQL knows the statement.
+    on_server: bool,
+}
+
+/// A recognized write prepared against one catalog.
+struct Prepared {
+    template: Template,
+    relid: u32,
+    catalog: Arc<Catalog>,
+    /// The Parse message's declared parameter types.
+    declared: Vec<u32>,
+    sql: String,
+}
+
+/// What answering a group locally takes: the replies, the changes to journal, and the
+/// statements it creates or closes.
+struct Plan {
+    /// Reply pieces in order; `true` marks an Execute's reply.
+    replies: Vec<(BytesMut, bool)>,
+    changes: Vec<Change>,
+    /// Statements parsed by the group: (index of the reply piece, name, statement).
+    parsed: Vec<(usize, String, Stmt)>,
+    closed: Vec<String>,
+}
+
 /// One session's interception state.
 pub struct Intercept {
     rt: Arc<DbRuntime>,
@@ -32,6 +82,18 @@ pub struct Intercept {
     barrier_timeout: Duration,
     /// Off for good once the session changed something that makes acknowledging uncertain.
     enabled: bool,
+    stmts: HashMap<String, Stmt>,
+    /// The messages of the current group, held until Sync.
+    group: Vec<Bytes>,
+    group_bytes: usize,
+    /// The current group is passing through as it arrives (after a Flush, or too large).
+    streaming: bool,
+    /// Changes of the current group already answered locally at a Flush; journaled at its
+    /// Sync, all of the group's changes in one record.
+    open: Option<Vec<Change>>,
+    /// Journaling failed mid-group after replies went out: messages are dropped up to Sync,
+    /// as PostgreSQL does after an error.
+    skip_to_sync: bool,
 }
 
 impl Intercept {
@@ -42,42 +104,501 @@ impl Intercept {
             user,
             barrier_timeout,
             enabled: true,
+            stmts: HashMap::new(),
+            group: Vec::new(),
+            group_bytes: 0,
+            streaming: false,
+            open: None,
+            skip_to_sync: false,
         }
     }
 
-    /// Called with every client chunk before it is forwarded. `idle`: no reply is pending and
-    /// the session is outside a transaction block. Returns the local reply when the chunk was
-    /// answered from memory (it must then not be forwarded).
-    pub async fn on_chunk(
+    /// Handles one whole client message (not Terminate).
+    pub async fn on_message<W: Wire>(
         &mut self,
-        chunk: &[u8],
-        idle: bool,
-    ) -> Result<Option<BytesMut>, ProxyError> {
+        msg: Bytes,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        let ty = msg.first().copied().unwrap_or(0);
+        if self.skip_to_sync {
+            if ty == b'S' {
+                self.skip_to_sync = false;
+                let mut out = BytesMut::with_capacity(8);
+                messages::ready(&mut out);
+                return wire.reply(out).await;
+            }
+            return Ok(());
+        }
+        match ty {
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                if self.streaming {
+                    return self.forward(vec![msg], wire).await;
+                }
+                self.group_bytes += msg.len();
+                self.group.push(msg);
+                if self.group_bytes > MAX_GROUP_BYTES {
+                    let group = self.take_group();
+                    return self.pass_rest(group, wire).await;
+                }
+                Ok(())
+            }
+            b'S' => {
+                let streaming = std::mem::take(&mut self.streaming);
+                self.group.push(msg);
+                let group = self.take_group();
+                if !streaming && self.enabled && (group.len() > 1 || self.open.is_some()) {
+                    if let Some(plan) = self.plan(&group).await {
+                        return self.answer(plan, group, wire).await;
+                    }
+                }
+                if self.open.is_some() && !self.journal_open(wire).await? {
+                    // The error went out instead; the Sync ends the group.
+                    self.skip_to_sync = false;
+                    let mut out = BytesMut::with_capacity(8);
+                    messages::ready(&mut out);
+                    return wire.reply(out).await;
+                }
+                self.forward(group, wire).await
+            }
+            b'H' => {
+                // The client wants the replies so far: answer what is local now (its changes
+                // wait for the Sync); otherwise the group goes to PostgreSQL.
+                let mut group = self.take_group();
+                if !self.streaming && self.enabled {
+                    if let Some(plan) = self.plan(&group).await {
+                        if self.open.is_some() || wire.drained().await == b'I' {
+                            return self.answer_partial(plan, wire).await;
+                        }
+                    }
+                }
+                group.push(msg);
+                self.pass_rest(group, wire).await
+            }
+            b'Q' => {
+                let group = self.take_group();
+                if !group.is_empty() || self.open.is_some() {
+                    // An unfinished group before a Query: PostgreSQL's business.
+                    self.pass_rest(group, wire).await?;
+                    self.streaming = false;
+                }
+                self.on_query(msg, wire).await
+            }
+            _ => {
+                let mut group = self.take_group();
+                group.push(msg);
+                self.pass_rest(group, wire).await
+            }
+        }
+    }
+
+    /// The rest of the current group goes to PostgreSQL as it arrives: what was answered
+    /// locally is journaled first (it precedes what follows), then `msgs` pass through.
+    async fn pass_rest<W: Wire>(
+        &mut self,
+        msgs: Vec<Bytes>,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        self.streaming = true;
+        if self.open.is_some() && !self.journal_open(wire).await? {
+            return Ok(());
+        }
+        self.forward(msgs, wire).await
+    }
+
+    /// Journals the changes answered at a Flush. On failure the client gets the error and the
+    /// rest of the group is dropped up to Sync; returns whether it succeeded.
+    async fn journal_open<W: Wire>(&mut self, wire: &mut W) -> Result<bool, ProxyError> {
+        let changes = self.open.take().unwrap_or_default();
+        if changes.is_empty() {
+            return Ok(true);
+        }
+        let refused = match self.rt.enqueue(changes.clone()).await {
+            Ok(Enqueued::Acked) => return Ok(true),
+            // At the bound with overflow = sync: journaling is the only way left for changes
+            // already answered; wait for room as `block` would.
+            Ok(Enqueued::PassThrough) => match self.rt.enqueue_waiting(changes).await {
+                Ok(()) => return Ok(true),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let mut out = BytesMut::with_capacity(128);
+        ProxyError::from(refused).write_to(&mut out);
+        wire.reply(out).await?;
+        self.skip_to_sync = true;
+        self.streaming = false;
+        Ok(false)
+    }
+
+    /// Answers the part of a group before a Flush: its replies now, its changes at Sync.
+    async fn answer_partial<W: Wire>(
+        &mut self,
+        plan: Plan,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        let mut out = BytesMut::with_capacity(64);
+        for (piece, _) in &plan.replies {
+            out.extend_from_slice(piece);
+        }
+        for (_, name, stmt) in plan.parsed {
+            self.stmts.insert(name, stmt);
+        }
+        for name in plan.closed {
+            self.stmts.remove(&name);
+        }
+        self.open.get_or_insert_with(Vec::new).extend(plan.changes);
+        wire.reply(out).await
+    }
+
+    fn take_group(&mut self) -> Vec<Bytes> {
+        self.group_bytes = 0;
+        std::mem::take(&mut self.group)
+    }
+
+    /// Turns interception off for good when `sql` changes session state it relies on.
+    fn watch_session_changes(&mut self, sql: &str) {
         if self.enabled {
-            let lower = String::from_utf8_lossy(chunk).to_ascii_lowercase();
-            if SESSION_CHANGERS.iter().any(|w| lower.contains(w))
-                && recognized_query(chunk).is_none()
-            {
+            let lower = sql.to_ascii_lowercase();
+            if SESSION_CHANGERS.iter().any(|w| lower.contains(w)) && recognize_all(sql).is_none() {
                 self.enabled = false;
             }
         }
-        if self.enabled && idle {
-            match self.try_ack(chunk).await {
-                Ok(Some(tag)) => {
-                    let mut out = BytesMut::with_capacity(32);
-                    messages::complete(&mut out, &tag);
-                    messages::ready(&mut out);
-                    return Ok(Some(out));
+    }
+
+    async fn on_query<W: Wire>(&mut self, msg: Bytes, wire: &mut W) -> Result<(), ProxyError> {
+        let sql = match frontend::decode(&msg) {
+            Ok(Frontend::Query(sql)) => sql,
+            _ => return self.forward(vec![msg], wire).await,
+        };
+        self.watch_session_changes(sql);
+        if self.enabled {
+            if let Some(writes) = recognize_all(sql) {
+                let mut changes = Vec::new();
+                let mut tags = Vec::with_capacity(writes.len());
+                let mut all = true;
+                for w in &writes {
+                    match self.acceptable(w).await {
+                        Some((table, catalog)) => {
+                            match catalog
+                                .tables
+                                .get(table)
+                                .and_then(|t| validate::changes(w, t))
+                            {
+                                Some(c) => {
+                                    changes.extend(c);
+                                    tags.push(tag(w));
+                                }
+                                None => all = false,
+                            }
+                        }
+                        None => all = false,
+                    }
+                    if !all {
+                        break;
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    // Refused before anything was queued: the client gets the error and the
-                    // session goes on, as after any failed statement.
-                    let mut out = BytesMut::with_capacity(128);
-                    e.write_to(&mut out);
-                    messages::ready(&mut out);
-                    return Ok(Some(out));
+                if all && wire.drained().await == b'I' {
+                    match self.rt.enqueue(changes).await {
+                        Ok(Enqueued::Acked) => {
+                            let mut out = BytesMut::with_capacity(32 * tags.len());
+                            for t in &tags {
+                                messages::complete(&mut out, t);
+                            }
+                            messages::ready(&mut out);
+                            return wire.reply(out).await;
+                        }
+                        Ok(Enqueued::PassThrough) => {}
+                        Err(e) => {
+                            // Refused before anything was queued: the client gets the error
+                            // and the session goes on, as after any failed statement.
+                            let mut out = BytesMut::with_capacity(128);
+                            ProxyError::from(e).write_to(&mut out);
+                            messages::ready(&mut out);
+                            return wire.reply(out).await;
+                        }
+                    }
                 }
+            }
+        }
+        self.forward(vec![msg], wire).await
+    }
+
+    /// Whether `write` may be acknowledged in this session: its table is write-behind and the
+    /// user holds the privileges. Returns the table's index in the catalog.
+    async fn acceptable(&self, write: &Write) -> Option<(usize, Arc<Catalog>)> {
+        let name = write_table(write);
+        if name.schema.is_none()
+            && (name.name.starts_with("pg_") || self.rt.user_schema_exists(&self.user).await)
+        {
+            return None;
+        }
+        let catalog = self.rt.catalog.borrow().clone();
+        let relid = catalog.resolve(name.schema.as_deref(), &name.name)?.relid;
+        let index = catalog.tables.iter().position(|t| t.relid == relid)?;
+        for p in privileges(write) {
+            if !self.rt.allowed(&self.user, relid, p).await {
+                return None; // PostgreSQL raises 42501 itself
+            }
+        }
+        Some((index, catalog))
+    }
+
+    /// Prepares `sql` as a write the proxy may acknowledge, or `None`.
+    async fn prepare(&self, sql: &str, declared: &[u32]) -> Option<Arc<Prepared>> {
+        let mut writes = recognize_all(sql)?;
+        if writes.len() != 1 {
+            return None;
+        }
+        let write = writes.pop()?;
+        let (index, catalog) = self.acceptable(&write).await?;
+        let table = catalog.tables.get(index)?;
+        let relid = table.relid;
+        let template = Template::prepare(write, table, declared)?;
+        Some(Arc::new(Prepared {
+            template,
+            relid,
+            catalog,
+            declared: declared.to_vec(),
+            sql: sql.to_string(),
+        }))
+    }
+
+    /// The statement `name` as the group sees it: parsed earlier in the group, or before.
+    fn lookup<'a>(&'a self, parsed: &'a [(usize, String, Stmt)], name: &str) -> Option<&'a Stmt> {
+        parsed
+            .iter()
+            .rev()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, s)| s)
+            .or_else(|| self.stmts.get(name))
+    }
+
+    /// The plan to answer `group` locally, or `None` when any part of it must go to
+    /// PostgreSQL.
+    async fn plan(&self, group: &[Bytes]) -> Option<Plan> {
+        let mut plan = Plan {
+            replies: Vec::with_capacity(group.len()),
+            changes: Vec::new(),
+            parsed: Vec::new(),
+            closed: Vec::new(),
+        };
+        // Bound portals of the group (only the unnamed one): changes and tag.
+        let mut portal: Option<(Vec<Change>, String)> = None;
+        for raw in group {
+            let mut out = BytesMut::with_capacity(16);
+            let mut is_execute = false;
+            match frontend::decode(raw).ok()? {
+                Frontend::Parse {
+                    name,
+                    sql,
+                    param_types,
+                } => {
+                    if !name.is_empty() && self.lookup(&plan.parsed, name).is_some() {
+                        return None; // PostgreSQL answers 42P05
+                    }
+                    let prepared = self.prepare(sql, &param_types).await?;
+                    plan.parsed.push((
+                        plan.replies.len(),
+                        name.to_string(),
+                        Stmt {
+                            parse: raw.clone(),
+                            prepared: Some(prepared),
+                            on_server: false,
+                        },
+                    ));
+                    messages::parse_complete(&mut out);
+                }
+                Frontend::Bind {
+                    portal: p,
+                    statement,
+                    formats,
+                    params,
+                } => {
+                    if !p.is_empty() {
+                        return None;
+                    }
+                    let prepared = self.lookup(&plan.parsed, statement)?.prepared.clone()?;
+                    let prepared = self.current(prepared).await?;
+                    let table = prepared
+                        .catalog
+                        .tables
+                        .iter()
+                        .find(|t| t.relid == prepared.relid)?;
+                    let changes = prepared.template.bind(&params, &formats, table)?;
+                    portal = Some((changes, tag(prepared.template.write())));
+                    messages::bind_complete(&mut out);
+                }
+                Frontend::Describe { kind: b'S', name } => {
+                    let stmt = self.lookup(&plan.parsed, name)?;
+                    let prepared = stmt.prepared.as_ref()?;
+                    messages::parameter_description(&mut out, prepared.template.param_types());
+                    messages::no_data(&mut out);
+                }
+                Frontend::Describe { name: "", .. } if portal.is_some() => {
+                    messages::no_data(&mut out);
+                }
+                Frontend::Execute { portal: "" } => {
+                    let (changes, t) = portal.take()?;
+                    plan.changes.extend(changes);
+                    messages::complete(&mut out, &t);
+                    is_execute = true;
+                }
+                Frontend::Close { kind: b'S', name } => {
+                    if let Some(i) = plan.parsed.iter().rposition(|(_, n, _)| n == name) {
+                        plan.parsed.remove(i);
+                    } else {
+                        let stmt = self.stmts.get(name)?;
+                        if stmt.on_server {
+                            return None;
+                        }
+                        plan.closed.push(name.to_string());
+                    }
+                    messages::close_complete(&mut out);
+                }
+                Frontend::Close {
+                    kind: b'P',
+                    name: "",
+                } => {
+                    portal = None;
+                    messages::close_complete(&mut out);
+                }
+                Frontend::Sync => messages::ready(&mut out),
+                _ => return None,
+            }
+            plan.replies.push((out, is_execute));
+        }
+        Some(plan)
+    }
+
+    /// `prepared`, re-prepared if the catalog changed since (the same parameter types, or
+    /// `None`).
+    async fn current(&self, prepared: Arc<Prepared>) -> Option<Arc<Prepared>> {
+        if Arc::ptr_eq(&prepared.catalog, &self.rt.catalog.borrow()) {
+            return Some(prepared);
+        }
+        let again = self.prepare(&prepared.sql, &prepared.declared).await?;
+        (again.template.param_types() == prepared.template.param_types()).then_some(again)
+    }
+
+    /// Carries out a local plan: journals its changes, then replies. At the bound with
+    /// `overflow = sync` the group passes through instead.
+    async fn answer<W: Wire>(
+        &mut self,
+        plan: Plan,
+        group: Vec<Bytes>,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        let earlier = self.open.take();
+        if earlier.is_none() && wire.drained().await != b'I' {
+            return self.forward(group, wire).await;
+        }
+        let mut failed = None;
+        let answered_before = earlier.as_ref().is_some_and(|c| !c.is_empty());
+        let mut changes = earlier.unwrap_or_default();
+        changes.extend(plan.changes);
+        if !changes.is_empty() {
+            let result = match self.rt.enqueue(changes.clone()).await {
+                Ok(Enqueued::PassThrough) if !answered_before => {
+                    return self.forward(group, wire).await
+                }
+                // Part of the group was answered already: it cannot pass through any more.
+                Ok(Enqueued::PassThrough) => self.rt.enqueue_waiting(changes).await,
+                Ok(Enqueued::Acked) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                failed = Some(ProxyError::from(e));
+            }
+        }
+        let mut out = BytesMut::with_capacity(64);
+        let mut cut = plan.replies.len();
+        match &failed {
+            None => {
+                for (piece, _) in &plan.replies {
+                    out.extend_from_slice(piece);
+                }
+            }
+            Some(e) => {
+                // Replies up to the first Execute, its error, then ReadyForQuery: PostgreSQL
+                // skips everything after an error up to Sync.
+                cut = plan
+                    .replies
+                    .iter()
+                    .position(|(_, exec)| *exec)
+                    .unwrap_or(plan.replies.len());
+                for (piece, _) in &plan.replies[..cut] {
+                    out.extend_from_slice(piece);
+                }
+                e.write_to(&mut out);
+                messages::ready(&mut out);
+            }
+        }
+        for (at, name, stmt) in plan.parsed {
+            if at < cut {
+                self.stmts.insert(name, stmt);
+            }
+        }
+        if failed.is_none() {
+            for name in plan.closed {
+                self.stmts.remove(&name);
+            }
+        }
+        wire.reply(out).await
+    }
+
+    /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not
+    /// know are parsed there first.
+    async fn forward<W: Wire>(&mut self, msgs: Vec<Bytes>, wire: &mut W) -> Result<(), ProxyError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut inject: Vec<Bytes> = Vec::new();
+        let mut parsed_here: Vec<String> = Vec::new();
+        for raw in &msgs {
+            let m = frontend::decode(raw);
+            let used = match &m {
+                Ok(Frontend::Bind { statement, .. }) => Some(*statement),
+                Ok(Frontend::Describe { kind: b'S', name }) => Some(*name),
+                _ => None,
+            };
+            if let Some(name) = used {
+                if !parsed_here.iter().any(|n| n == name) {
+                    if let Some(stmt) = self.stmts.get_mut(name) {
+                        if !stmt.on_server {
+                            inject.push(stmt.parse.clone());
+                            stmt.on_server = true;
+                        }
+                    }
+                }
+            }
+            match m {
+                Ok(Frontend::Parse {
+                    name,
+                    sql,
+                    param_types,
+                }) => {
+                    self.watch_session_changes(sql);
+                    parsed_here.push(name.to_string());
+                    // Remember it, so a later group outside a transaction can be local.
+                    let known = !name.is_empty() && self.stmts.contains_key(name);
+                    let prepared = if self.enabled && !known {
+                        self.prepare(sql, &param_types).await
+                    } else {
+                        None
+                    };
+                    self.stmts.insert(
+                        name.to_string(),
+                        Stmt {
+                            parse: raw.clone(),
+                            prepared,
+                            on_server: true,
+                        },
+                    );
+                }
+                Ok(Frontend::Close { kind: b'S', name }) => {
+                    self.stmts.remove(name);
+                }
+                _ => {}
             }
         }
         if !self.rt.catalog.borrow().is_empty() {
@@ -86,73 +607,63 @@ impl Intercept {
                 .await
                 .map_err(|e| ProxyError::Barrier(e.to_string()))?;
         }
-        Ok(None)
+        if !inject.is_empty() {
+            // The swallowed ParseCompletes must be the first replies that follow.
+            wire.drained().await;
+        }
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let types: String = msgs
+                .iter()
+                .filter_map(|m| m.first().map(|t| *t as char))
+                .collect();
+            tracing::trace!(%types, injected = inject.len(), "passing through");
+        }
+        let len = inject.iter().chain(&msgs).map(Bytes::len).sum();
+        let mut out = BytesMut::with_capacity(len);
+        for m in inject.iter().chain(&msgs) {
+            out.extend_from_slice(m);
+        }
+        wire.forward(out, inject.len()).await
     }
+}
 
-    /// Acknowledges the write in `chunk` if it is one: `Ok(Some(tag))` when queued, `Ok(None)`
-    /// when it must pass through, `Err` when it is refused (nothing queued).
-    async fn try_ack(&self, chunk: &[u8]) -> Result<Option<String>, ProxyError> {
-        let Some(write) = recognized_query(chunk) else {
-            return Ok(None);
-        };
-        let (schema, name) = match &write {
-            Write::Insert { table, .. }
-            | Write::Update { table, .. }
-            | Write::Delete { table, .. } => (table.schema.clone(), table.name.clone()),
-        };
-        if schema.is_none()
-            && (name.starts_with("pg_") || self.rt.user_schema_exists(&self.user).await)
-        {
-            return Ok(None);
-        }
-        let catalog = self.rt.catalog.borrow().clone();
-        let Some(table) = catalog.resolve(schema.as_deref(), &name) else {
-            return Ok(None);
-        };
-        let Some(changes) = validate::changes(&write, table) else {
-            return Ok(None);
-        };
-        let needed: &[&'static str] = match &write {
-            Write::Insert {
-                on_conflict: Some(OnConflict::Update { .. }),
-                ..
-            } => &["INSERT", "UPDATE"],
-            Write::Insert { .. } => &["INSERT"],
-            Write::Update { .. } => &["UPDATE"],
-            Write::Delete { .. } => &["DELETE"],
-        };
-        for p in needed {
-            if !self.rt.allowed(&self.user, table.relid, p).await {
-                return Ok(None); // PostgreSQL raises 42501 itself
-            }
-        }
-        let tag = match &write {
-            Write::Insert { rows, .. } => format!("INSERT 0 {}", rows.len()),
-            Write::Update { .. } => "UPDATE 1".to_string(),
-            Write::Delete { .. } => "DELETE 1".to_string(),
-        };
-        match self.rt.enqueue(changes).await? {
-            Enqueued::Acked => Ok(Some(tag)),
-            Enqueued::PassThrough => Ok(None),
+/// The statements of `sql` if every one of them is a recognized write (standard_conforming_
+/// strings on: sessions that change it are not intercepted).
+fn recognize_all(sql: &str) -> Option<Vec<Write>> {
+    let tokens = lexer::lex(sql, true).ok()?;
+    let stmts = lexer::statements(&tokens);
+    if stmts.is_empty() {
+        return None;
+    }
+    stmts.into_iter().map(recognize::recognize).collect()
+}
+
+fn write_table(w: &Write) -> &recognize::TableName {
+    match w {
+        Write::Insert { table, .. } | Write::Update { table, .. } | Write::Delete { table, .. } => {
+            table
         }
     }
 }
 
-/// The write in `chunk` if it is exactly one complete Query message holding one recognized
-/// statement (standard_conforming_strings on: sessions that change it are not intercepted).
-fn recognized_query(chunk: &[u8]) -> Option<Write> {
-    if chunk.len() < 6 || chunk[0] != b'Q' {
-        return None;
+/// The privileges PostgreSQL checks for `w`.
+fn privileges(w: &Write) -> &'static [&'static str] {
+    match w {
+        Write::Insert {
+            on_conflict: Some(OnConflict::Update { .. }),
+            ..
+        } => &["INSERT", "UPDATE"],
+        Write::Insert { .. } => &["INSERT"],
+        Write::Update { .. } => &["UPDATE"],
+        Write::Delete { .. } => &["DELETE"],
     }
-    let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
-    if len + 1 != chunk.len() || chunk[chunk.len() - 1] != 0 {
-        return None;
+}
+
+/// The command tag PostgreSQL sends for `w` when every row is written.
+fn tag(w: &Write) -> String {
+    match w {
+        Write::Insert { rows, .. } => format!("INSERT 0 {}", rows.len()),
+        Write::Update { .. } => "UPDATE 1".to_string(),
+        Write::Delete { .. } => "DELETE 1".to_string(),
     }
-    let sql = std::str::from_utf8(&chunk[5..chunk.len() - 1]).ok()?;
-    let tokens = lexer::lex(sql, true).ok()?;
-    let stmts = lexer::statements(&tokens);
-    if stmts.len() != 1 {
-        return None;
-    }
-    recognize::recognize(stmts[0])
 }

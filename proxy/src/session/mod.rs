@@ -6,6 +6,7 @@ pub mod intercept;
 pub mod relay;
 pub mod tls;
 pub mod upstream;
+pub mod wire;
 
 use crate::config::Config;
 use crate::error::ProxyError;

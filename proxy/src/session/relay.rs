@@ -8,13 +8,15 @@
 use super::cancel::{KeyGuard, UpstreamKey};
 use super::intercept::Intercept;
 use super::tls::Stream;
+use super::wire::{RelayWire, ReplyCounter, Shared as WireState};
 use super::Shared;
 use crate::error::ProxyError;
 use crate::protocol::frame::{FrameError, FrameTracker};
+use crate::protocol::frontend::Assembler;
 use crate::protocol::messages;
 use crate::stats::DbCounters;
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -115,15 +117,14 @@ where
         return Ok(());
     }
 
-    let awaiting = AtomicBool::new(false);
     let terminated = AtomicBool::new(false);
-    let status = AtomicU8::new(b'I');
+    let state = WireState::default();
     // Both directions write to the client: replies from PostgreSQL, and local replies.
     let client_out = tokio::sync::Mutex::new(cw);
     let flags = Flags {
-        awaiting: &awaiting,
         terminated: &terminated,
-        status: &status,
+        state: &state,
+        intercepted: intercept.is_some(),
     };
     let end = tokio::select! {
         r = client_to_upstream(&mut cr, &mut uw, &shared, &counters, flags, &client_out, intercept.as_mut()) => r,
@@ -230,12 +231,12 @@ where
 /// Session state both directions share (one task: plain atomics, no contention).
 #[derive(Clone, Copy)]
 struct Flags<'a> {
-    /// A reply from PostgreSQL is pending.
-    awaiting: &'a AtomicBool,
     /// The client sent Terminate.
     terminated: &'a AtomicBool,
-    /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`; `?` unknown).
-    status: &'a AtomicU8,
+    /// Replies owed, transaction status, ParseCompletes to swallow.
+    state: &'a WireState,
+    /// The write-behind hook is on: the upstream reader works message by message.
+    intercepted: bool,
 }
 
 async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin>(
@@ -248,15 +249,16 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: Asy
     mut intercept: Option<&mut Intercept>,
 ) -> Result<End, ProxyError> {
     let Flags {
-        awaiting,
-        terminated,
-        status,
+        terminated, state, ..
     } = flags;
     let max = shared.config.max_message_size;
     let idle = shared.config.idle_timeout;
     let mut tracker = FrameTracker::new(true, max);
+    let mut assembler = Assembler::default();
+    let mut counter = ReplyCounter::default();
     let mut buf = vec![0u8; BUF];
     let mut idle_since = tokio::time::Instant::now();
+    let busy = || state.owed.load(Ordering::Relaxed) > 0;
     loop {
         let n = match idle {
             None => cr.read(&mut buf).await,
@@ -265,7 +267,7 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: Asy
                 // only between statements: no reply pending and no partial message.
                 match tokio::time::timeout(t / 4, cr.read(&mut buf)).await {
                     Ok(r) => break r,
-                    Err(_) if awaiting.load(Ordering::Relaxed) || !tracker.at_boundary() => {
+                    Err(_) if busy() || !tracker.at_boundary() => {
                         idle_since = tokio::time::Instant::now();
                     }
                     Err(_) if idle_since.elapsed() >= t => return Err(ProxyError::IdleTimeout),
@@ -279,43 +281,52 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: Asy
             Ok(0) | Err(_) => return Ok(End::ClientDone),
             Ok(n) => n,
         };
-        let idle = !awaiting.load(Ordering::Relaxed)
-            && status.load(Ordering::Relaxed) == b'I'
-            && tracker.at_boundary();
         let mut queries = 0u64;
         let mut term = false;
-        let mut wants_reply = false;
+        let passthrough = intercept.is_none();
         tracker
-            .feed(&buf[..n], |ty, _, _| match ty {
-                b'Q' => {
-                    queries += 1;
-                    wants_reply = true;
+            .feed(&buf[..n], |ty, _, _| {
+                match ty {
+                    b'Q' | b'E' => queries += 1,
+                    b'X' => term = true,
+                    _ => {}
                 }
-                b'E' => queries += 1,
-                b'S' | b'H' | b'F' => wants_reply = true,
-                b'X' => term = true,
-                _ => {}
+                if passthrough {
+                    counter.note(ty, &state.owed);
+                }
             })
             .map_err(|e| match e {
                 FrameError::TooLarge { len } => ProxyError::MessageTooLarge { len, max },
                 FrameError::Invalid { ty } => ProxyError::ProtocolViolation(ty),
             })?;
         counters.queries.fetch_add(queries, Ordering::Relaxed);
+        counters.received.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(icpt) = intercept.as_deref_mut() {
-            if !term {
-                if let Some(reply) = icpt.on_chunk(&buf[..n], idle).await? {
-                    counters.received.fetch_add(n as u64, Ordering::Relaxed);
-                    if client_out.lock().await.write_all(&reply).await.is_err() {
-                        return Ok(End::ClientDone);
-                    }
-                    continue;
+            assembler.push(&buf[..n]);
+            let mut wire = RelayWire {
+                upstream: &mut *uw,
+                client: client_out,
+                shared: state,
+                counter: &mut counter,
+                client_gone: false,
+            };
+            while let Some(msg) = assembler.next_message() {
+                if msg.first() == Some(&b'X') {
+                    terminated.store(true, Ordering::Relaxed);
+                    let _ = wire.upstream.write_all(&msg).await;
+                    return Ok(End::ClientDone);
+                }
+                match icpt.on_message(msg, &mut wire).await {
+                    Ok(()) => {}
+                    Err(ProxyError::UpstreamLost) => return Ok(End::UpstreamClosed),
+                    Err(e) => return Err(e),
+                }
+                if wire.client_gone {
+                    return Ok(End::ClientDone);
                 }
             }
+            continue;
         }
-        if wants_reply {
-            awaiting.store(true, Ordering::Relaxed);
-        }
-        counters.received.fetch_add(n as u64, Ordering::Relaxed);
         if term {
             terminated.store(true, Ordering::Relaxed);
         }
@@ -334,33 +345,59 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     counters: &DbCounters,
     flags: Flags<'_>,
 ) -> Result<End, ProxyError> {
-    let Flags {
-        awaiting, status, ..
-    } = flags;
+    let state = flags.state;
     let mut tracker = FrameTracker::new(false, usize::MAX);
+    let mut assembler = Assembler::default();
     let mut buf = BytesMut::with_capacity(BUF);
+    let mut out = BytesMut::with_capacity(BUF);
     loop {
         buf.clear();
         let n = match ur.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return Ok(End::UpstreamClosed),
             Ok(n) => n,
         };
-        let mut ready = false;
-        let mut st = None;
+        counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        if flags.intercepted {
+            // Message by message: ReadyForQuery settles what is owed, and ParseCompletes of
+            // the proxy's own Parses are dropped.
+            assembler.push(&buf);
+            out.clear();
+            let mut readies = Vec::new();
+            while let Some(msg) = assembler.next_message() {
+                match msg.first() {
+                    Some(b'1')
+                        if state
+                            .swallow
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1))
+                            .is_ok() =>
+                    {
+                        continue
+                    }
+                    Some(b'Z') => readies.push(msg.get(5).copied().unwrap_or(b'?')),
+                    _ => {}
+                }
+                out.extend_from_slice(&msg);
+            }
+            if !out.is_empty() && client_out.lock().await.write_all(&out).await.is_err() {
+                return Ok(End::ClientDone);
+            }
+            // Settled only after the client has the replies, so local answers follow them.
+            for st in readies {
+                state.on_ready(st);
+            }
+            continue;
+        }
+        let mut readies = Vec::new();
         let _ = tracker.feed(&buf, |ty, _, at| {
             if ty == b'Z' {
-                ready = true;
-                st = buf.get(at).copied();
+                readies.push(buf.get(at).copied().unwrap_or(b'?'));
             }
         });
-        if ready {
-            // The status byte may arrive in the next chunk: unknown counts as not idle.
-            status.store(st.unwrap_or(b'?'), Ordering::Relaxed);
-            awaiting.store(false, Ordering::Relaxed);
-        }
-        counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         if client_out.lock().await.write_all(&buf).await.is_err() {
             return Ok(End::ClientDone);
+        }
+        for st in readies {
+            state.on_ready(st);
         }
     }
 }

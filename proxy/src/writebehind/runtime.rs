@@ -63,6 +63,22 @@ impl DbRuntime {
     /// Offers one statement's changes: waits for room per the overflow policy, journals them
     /// (and waits for the group fsync in `fsync` mode), and queues them.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_with(changes, self.limits.overflow).await
+    }
+
+    /// As [`enqueue`](Self::enqueue), waiting for room (as `overflow = block`) whatever the
+    /// policy: for changes the client was already answered for, which cannot pass through.
+    pub async fn enqueue_waiting(&self, changes: Vec<Change>) -> Result<(), EnqueueError> {
+        self.enqueue_with(changes, Overflow::Block)
+            .await
+            .map(|_| ())
+    }
+
+    async fn enqueue_with(
+        &self,
+        changes: Vec<Change>,
+        overflow: Overflow,
+    ) -> Result<Enqueued, EnqueueError> {
         let l = self.limits;
         let deadline = tokio::time::Instant::now() + l.overflow_timeout;
         loop {
@@ -77,7 +93,7 @@ impl DbRuntime {
                 max_rows: l.max_rows,
                 max_bytes: l.max_bytes,
             };
-            match l.overflow {
+            match overflow {
                 Overflow::Sync => return Ok(Enqueued::PassThrough),
                 Overflow::Error => return Err(full),
                 Overflow::Block => {

@@ -1,6 +1,6 @@
 //! Prepared templates for the extended protocol: a recognized write with `$n` slots, their
 //! inferred types (as PostgreSQL infers them from the target columns), and binding of text or
-//! binary parameter values into validated changes. Not yet called by the session code.
+//! binary parameter values into validated changes.
 
 use super::catalog::{Column, Table};
 use super::encode::Change;
@@ -75,7 +75,9 @@ impl Template {
             }
         }
         let count = slots.iter().map(|(n, _)| *n).max().unwrap_or(0) as usize;
-        if declared.len() > count {
+        // PostgreSQL allows at most 65535 parameters; a larger $n is its error to raise (and
+        // must not size an allocation here).
+        if count > u16::MAX as usize || declared.len() > count {
             return None; // extra declared parameters: PostgreSQL's own business
         }
         let mut param_types = vec![0u32; count];
@@ -87,13 +89,26 @@ impl Template {
             }
             *slot = oid;
         }
-        for (i, t) in param_types.iter().enumerate() {
+        for (i, t) in param_types.iter_mut().enumerate() {
             let d = declared.get(i).copied().unwrap_or(0);
-            if *t == 0 || (d != 0 && d != *t) {
+            if *t == 0 {
                 return None;
+            }
+            if d != 0 && d != *t {
+                // A declared type PostgreSQL converts to the column's type without changing
+                // the value (or raising): another integer width, or text for a string column.
+                if !(compatible(d, *t)) {
+                    return None;
+                }
+                *t = d;
             }
         }
         Some(Self { write, param_types })
+    }
+
+    /// The recognized write.
+    pub fn write(&self) -> &Write {
+        &self.write
     }
 
     /// The parameter type oids, in order, for a locally answered Describe.
@@ -129,10 +144,31 @@ impl Template {
     }
 }
 
-/// A parameter value's PostgreSQL text form, from text or binary format.
+/// Whether a parameter declared as `declared` may stand for a column whose own type is
+/// `column`: integers of any width into integer or numeric columns (the value is checked
+/// against the declared width when bound, and against the column by validation), text into
+/// string columns.
+fn compatible(declared: u32, column: u32) -> bool {
+    const INTS: [u32; 3] = [20, 21, 23];
+    (INTS.contains(&declared) && (INTS.contains(&column) || column == 1700))
+        || (matches!(declared, 25 | 1043) && matches!(column, 25 | 1043))
+}
+
+/// A parameter value's PostgreSQL text form, from text or binary format, for a parameter of
+/// type `oid` (integers are checked against their width, as PostgreSQL's input function
+/// would).
 fn decode(bytes: &[u8], format: i16, oid: u32) -> Option<String> {
     match format {
-        0 => std::str::from_utf8(bytes).ok().map(str::to_string),
+        0 => {
+            let text = std::str::from_utf8(bytes).ok()?;
+            let fits = match oid {
+                21 => text.trim().parse::<i16>().is_ok(),
+                23 => text.trim().parse::<i32>().is_ok(),
+                20 => text.trim().parse::<i64>().is_ok(),
+                _ => true,
+            };
+            fits.then(|| text.to_string())
+        }
         1 => match (oid, bytes) {
             (16, [b]) => Some(if *b != 0 { "true" } else { "false" }.into()),
             (21, b) => Some(i16::from_be_bytes(b.try_into().ok()?).to_string()),
@@ -271,11 +307,22 @@ mod tests {
             ("INSERT INTO t (id, s) VALUES ($1, $3)", &[]),     // $2 untyped
             ("INSERT INTO t (id, s) VALUES ($1::int, $2)", &[]), // cast
             ("INSERT INTO t (id, at) VALUES ($1, $2)", &[]),    // a type not bound here
-            ("DELETE FROM t WHERE id = $1", &[20]),             // declared differently
+            ("DELETE FROM t WHERE id = $1", &[25]),             // declared as text
         ] {
             assert!(prepare(sql, declared).is_none(), "{sql} must pass through");
         }
         assert!(prepare("INSERT INTO t (id, s) VALUES ($1, $1)", &[]).is_none());
+        // Another integer width is what PostgreSQL converts from: Describe reports it.
+        let t = prepare("UPDATE t SET n = n + $1 WHERE id = $2", &[21, 20]);
+        assert_eq!(
+            t.as_ref().map(Template::param_types),
+            Some(&[21u32, 20][..])
+        );
+        let Some(t) = t else { panic!("not prepared") };
+        assert!(t
+            .bind(&[Some(b"40000"), Some(b"1")], &[], &table())
+            .is_none()); // 22003
+        assert!(t.bind(&[Some(b"4"), Some(b"1")], &[], &table()).is_some());
         assert!(prepare("DELETE FROM t WHERE id = $1 AND id = $1", &[]).is_none());
     }
 

@@ -1,0 +1,148 @@
+//! The two directions of a relayed session as the write-behind hook sees them: send upstream
+//! (counting the ReadyForQuery replies owed), wait until every owed reply has arrived, and
+//! answer the client locally.
+
+use crate::error::ProxyError;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// Session state the two directions share.
+#[derive(Debug)]
+pub struct Shared {
+    /// ReadyForQuery messages PostgreSQL still owes (one per Sync, Query, FunctionCall sent).
+    pub owed: AtomicUsize,
+    /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`).
+    pub status: AtomicU8,
+    /// ParseComplete replies to drop: answers to Parses the proxy sent on its own.
+    pub swallow: AtomicUsize,
+    /// Signalled at every ReadyForQuery.
+    pub ready: Notify,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            owed: AtomicUsize::new(0),
+            status: AtomicU8::new(b'I'),
+            swallow: AtomicUsize::new(0),
+            ready: Notify::new(),
+        }
+    }
+}
+
+impl Shared {
+    /// Called by the upstream reader for each ReadyForQuery.
+    pub fn on_ready(&self, status: u8) {
+        self.status.store(status, Ordering::Release);
+        let _ = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        // A failed Parse of the proxy's own never gets its ParseComplete.
+        self.swallow.store(0, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+}
+
+/// Counts the ReadyForQuery replies owed for client messages as they are sent: one per Sync,
+/// Query and FunctionCall, except Syncs PostgreSQL ignores during COPY FROM STDIN in the
+/// extended protocol (drivers send Bind/Execute/Sync before the copy data).
+#[derive(Debug, Default)]
+pub struct ReplyCounter {
+    syncs_since_execute: usize,
+    in_copy: bool,
+}
+
+impl ReplyCounter {
+    /// Notes one client message of type `ty` going upstream.
+    pub fn note(&mut self, ty: u8, owed: &AtomicUsize) {
+        match ty {
+            b'S' if self.in_copy => {}
+            b'S' => {
+                self.syncs_since_execute += 1;
+                owed.fetch_add(1, Ordering::AcqRel);
+            }
+            b'Q' | b'F' => {
+                self.syncs_since_execute = 0;
+                owed.fetch_add(1, Ordering::AcqRel);
+            }
+            b'E' => self.syncs_since_execute = 0,
+            b'd' | b'c' | b'f' => {
+                if !self.in_copy {
+                    // The Syncs sent since the Execute that started the COPY were ignored.
+                    let ignored = std::mem::take(&mut self.syncs_since_execute);
+                    let _ = owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(ignored))
+                    });
+                    self.in_copy = true;
+                }
+                if ty != b'd' {
+                    self.in_copy = false;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the write-behind hook can do with the session.
+pub trait Wire {
+    /// Sends `bytes` (whole messages) to PostgreSQL; the first `swallow` ParseComplete replies
+    /// are answers to the proxy's own Parses.
+    fn forward(
+        &mut self,
+        bytes: BytesMut,
+        swallow: usize,
+    ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
+    /// Waits until PostgreSQL has sent every reply owed; returns the transaction status.
+    fn drained(&mut self) -> impl std::future::Future<Output = u8>;
+    /// Sends a locally made reply to the client.
+    fn reply(
+        &mut self,
+        bytes: BytesMut,
+    ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
+}
+
+/// The relay's implementation: the upstream writer and the shared client writer.
+pub struct RelayWire<'a, UW, W> {
+    pub upstream: &'a mut UW,
+    pub client: &'a tokio::sync::Mutex<W>,
+    pub shared: &'a Shared,
+    pub counter: &'a mut ReplyCounter,
+    /// Set when the client went away while the proxy answered it.
+    pub client_gone: bool,
+}
+
+impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W> {
+    async fn forward(&mut self, bytes: BytesMut, swallow: usize) -> Result<(), ProxyError> {
+        self.shared.swallow.fetch_add(swallow, Ordering::AcqRel);
+        let mut at = 0;
+        while let Some(header) = bytes.get(at..at + 5) {
+            self.counter.note(header[0], &self.shared.owed);
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            at += 1 + len.max(4);
+        }
+        self.upstream
+            .write_all(&bytes)
+            .await
+            .map_err(|_| ProxyError::UpstreamLost)
+    }
+
+    async fn drained(&mut self) -> u8 {
+        loop {
+            let ready = self.shared.ready.notified();
+            if self.shared.owed.load(Ordering::Acquire) == 0 {
+                return self.shared.status.load(Ordering::Acquire);
+            }
+            ready.await;
+        }
+    }
+
+    async fn reply(&mut self, bytes: BytesMut) -> Result<(), ProxyError> {
+        if self.client.lock().await.write_all(&bytes).await.is_err() {
+            self.client_gone = true;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! The write-behind path in the extended protocol: prepared writes from tokio-postgres
+//! (binary parameters, Describe answered with PostgreSQL's inferred types), pgbench in
+//! `prepared` and `extended` modes, psycopg 3 (server-side binding, prepared statements,
+//! pipelines with an error in the middle), and values the proxy cannot vouch for passing
+//! through to PostgreSQL's own error.
+
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use writebehind_tests::{run_cmd, Cluster, Proxy};
+
+const SCHEMA: &str =
+    "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note varchar(5));
+    INSERT INTO counters SELECT g, 0, NULL FROM generate_series(1, 20) g;
+    SELECT writebehind.enable('counters');";
+
+async fn count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
+    Ok(c.query_one(sql, &[]).await?.get(0))
+}
+
+#[tokio::test]
+async fn prepared_writes_are_acknowledged_from_memory_with_inferred_types() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    // Only barriers ship: what the table holds before a read proves acknowledgement.
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--flush-interval", "1h"])?;
+    let conninfo = proxy.conninfo("postgres", "postgres");
+    let c = writebehind_tests::connect(&conninfo).await?;
+
+    let inc = c
+        .prepare("UPDATE counters SET n = n + $1 WHERE id = $2")
+        .await?;
+    assert_eq!(
+        inc.params(),
+        &[Type::INT8, Type::INT4],
+        "Describe answered with the types PostgreSQL infers from the columns"
+    );
+    assert!(inc.columns().is_empty(), "NoData");
+    for _ in 0..10 {
+        assert_eq!(c.execute(&inc, &[&3i64, &1i32]).await?, 1);
+    }
+    let ins = c
+        .prepare("INSERT INTO counters (id, n, note) VALUES ($1, $2, $3)")
+        .await?;
+    assert_eq!(c.execute(&ins, &[&100i32, &7i64, &"hi"]).await?, 1);
+    let del = c.prepare("DELETE FROM counters WHERE id = $1").await?;
+    assert_eq!(c.execute(&del, &[&20i32]).await?, 1);
+    // An unprepared one-off statement with parameters (unnamed statement, one round trip).
+    assert_eq!(
+        c.execute(
+            "UPDATE counters SET note = $1 WHERE id = $2",
+            &[&"x", &2i32]
+        )
+        .await?,
+        1
+    );
+    assert_eq!(
+        (
+            count(&direct, "SELECT count(*) FROM writebehind.inbox").await?,
+            count(&direct, "SELECT n FROM counters WHERE id = 1").await?,
+            count(&direct, "SELECT count(*) FROM counters").await?,
+        ),
+        (0, 0, 20),
+        "nothing reached PostgreSQL: acknowledged from memory"
+    );
+    // The session reads its own writes (the barrier ships and applies them first).
+    let row = c
+        .query_one("SELECT n FROM counters WHERE id = $1", &[&1i32])
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), 30);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM counters WHERE id IN (100, 20)").await?,
+        1
+    );
+    let note: Option<String> = c
+        .query_one("SELECT note FROM counters WHERE id = 2", &[])
+        .await?
+        .get(0);
+    assert_eq!(note.as_deref(), Some("x"));
+
+    // Concurrent prepared increments from 8 sessions, pipelined within each session.
+    let mut tasks = Vec::new();
+    for s in 0..8i32 {
+        let conninfo = conninfo.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = writebehind_tests::connect(&conninfo).await?;
+            let inc = c
+                .prepare("UPDATE counters SET n = n + $1 WHERE id = $2")
+                .await?;
+            for round in 0..25i32 {
+                // 10 statements in flight at once: responses must stay in order.
+                let ids: Vec<i32> = (0..10i32).map(|i| (s * 3 + round + i) % 19 + 1).collect();
+                let (c, inc) = (&c, &inc);
+                let futs: Vec<_> = ids
+                    .iter()
+                    .map(|id| async move { c.execute(inc, &[&1i64, id]).await })
+                    .collect();
+                for n in futures::future::try_join_all(futs).await? {
+                    anyhow::ensure!(n == 1, "tag UPDATE 1");
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let sum = count(&c, "SELECT sum(n)::bigint FROM counters WHERE id < 100").await?;
+    assert_eq!(sum, 30 + 8 * 25 * 10, "every increment counted once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_the_proxy_cannot_vouch_for_gets_postgres_own_error() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let set_note = c
+        .prepare("UPDATE counters SET note = $1 WHERE id = $2")
+        .await?;
+    assert_eq!(c.execute(&set_note, &[&"ok", &3i32]).await?, 1);
+    // Too long for varchar(5): the prepared statement is sent to PostgreSQL (it only existed
+    // in the proxy so far) and PostgreSQL raises 22001.
+    let err = c
+        .execute(&set_note, &[&"far too long", &3i32])
+        .await
+        .expect_err("22001");
+    assert_eq!(err.code(), Some(&SqlState::STRING_DATA_RIGHT_TRUNCATION));
+    // The statement still works afterwards, from memory again.
+    assert_eq!(c.execute(&set_note, &[&"fine", &4i32]).await?, 1);
+    // A key that violates NOT NULL: PostgreSQL's 23502.
+    let ins = c
+        .prepare("INSERT INTO counters (id, n) VALUES ($1, $2)")
+        .await?;
+    let err = c
+        .execute(&ins, &[&Option::<i32>::None, &1i64])
+        .await
+        .expect_err("23502");
+    assert_eq!(err.code(), Some(&SqlState::NOT_NULL_VIOLATION));
+    // A statement with a cast on the parameter is not acknowledged: it runs in PostgreSQL.
+    assert_eq!(
+        c.execute(
+            "UPDATE counters SET n = n + $1::int WHERE id = $2",
+            &[&5i32, &5i32]
+        )
+        .await?,
+        1
+    );
+    let notes: Vec<(i32, Option<String>, i64)> = c
+        .query(
+            "SELECT id, note, n FROM counters WHERE id IN (3, 4, 5) ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        notes,
+        vec![
+            (3, Some("ok".into()), 0),
+            (4, Some("fine".into()), 0),
+            (5, None, 5)
+        ]
+    );
+    let dead = count(&direct, "SELECT count(*) FROM writebehind.dead_letters").await?;
+    assert_eq!(dead, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pgbench_prepared_and_extended_increments_sum_exactly() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &[])?;
+    let dir = std::env::temp_dir().join(format!("wbpgbx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("inc.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 20)\nUPDATE counters SET n = n + 1 WHERE id = :id;\n",
+    )?;
+    for mode in ["prepared", "extended"] {
+        let (ok, out, err) = run_cmd(std::process::Command::new("pgbench").args([
+            "-n",
+            "-M",
+            mode,
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-t",
+            "500",
+            "-f",
+            &script.to_string_lossy(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ]))?;
+        assert!(ok, "{mode}: {out}{err}");
+        assert!(
+            out.contains("number of transactions actually processed: 4000/4000"),
+            "{mode}: {out}"
+        );
+    }
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let sum: i64 = c
+        .query_one("SELECT sum(n)::bigint FROM counters", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 8000);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn psycopg3_prepared_pipelined_and_failing_pipelines() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--flush-interval", "1h"])?;
+    let python = writebehind_tests::repo_root().join(".venv/bin/python");
+    anyhow::ensure!(
+        python.exists(),
+        "{} missing: run scripts/setup",
+        python.display()
+    );
+    let script = writebehind_tests::repo_root().join("tests/python/psycopg_writebehind.py");
+    let (ok, out, err) = run_cmd(
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(proxy.port.to_string())
+            .arg(cluster.port.to_string()),
+    )?;
+    assert!(ok, "psycopg script failed:\n{out}\n{err}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

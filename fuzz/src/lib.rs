@@ -116,16 +116,6 @@ pub fn check_changes(changes: &[Change]) {
     }
 }
 
-/// TEMPORARY (remove once fixed): whether the statement has a `$n` above 65535 (a Bind can
-/// carry at most 65535 values). `Template::prepare` sizes a vector by the largest `$n`
-/// (template.rs, `vec![0u32; count]`), so `$4000000000` allocates 16 GB: the reproducer is
-/// fuzz/artifacts-found/recognizer-oom-template-prepare-param-number. The targets skip
-/// `prepare` for such statements so that CI runs stay green until the proxy is fixed.
-pub fn huge_param_number(stmt: &[lexer::Token]) -> bool {
-    stmt.iter()
-        .any(|t| matches!(t, lexer::Token::Param(n) if *n > 65535))
-}
-
 /// The simple-protocol path for one Query text: lex (with the session's
 /// standard_conforming_strings), split, recognize, resolve, validate, encode.
 /// Returns the recognized writes.
@@ -148,9 +138,6 @@ pub fn simple_path(cat: &Catalog, sql: &str, scs: bool) -> Vec<Write> {
                 all.extend(changes);
             }
             // With parameters, the extended protocol would prepare a template of it.
-            if huge_param_number(stmt) {
-                continue; // fuzz/artifacts-found: Template::prepare allocates by $n
-            }
             if let Some(t) = Template::prepare(w.clone(), table, &[]) {
                 assert!(t.param_types().iter().all(|&oid| oid != 0));
             }

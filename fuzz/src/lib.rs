@@ -214,9 +214,9 @@ pub fn check_fold(changes: Vec<Change>) {
     check_changes(&folded);
 }
 
-/// A bounds-checked reader of message bodies (big-endian, as on the wire). The proxy does not
-/// decode Parse/Bind itself yet; this stands in for that decoder so that the templates can be
-/// driven with arbitrary parameter bytes.
+/// A bounds-checked reader of message bodies (big-endian, as on the wire), written separately
+/// from `protocol::frontend`: the reference its decoder is compared with, and what drives the
+/// templates with arbitrary parameter bytes.
 pub struct Body<'a>(pub &'a [u8]);
 
 impl<'a> Body<'a> {

@@ -38,6 +38,7 @@ pub fn catalog() -> Catalog {
         schema: "public".into(),
         name: "t".into(),
         append: false,
+        read_barrier: true,
         key: vec!["id".into()],
         columns: vec![
             id,
@@ -63,6 +64,7 @@ pub fn catalog() -> Catalog {
         schema: "s".into(),
         name: "Pair".into(),
         append: false,
+        read_barrier: true,
         key: vec!["a".into(), "b".into()],
         columns: vec![
             k1,
@@ -76,6 +78,7 @@ pub fn catalog() -> Catalog {
         schema: "public".into(),
         name: "log".into(),
         append: true,
+        read_barrier: true,
         key: vec![],
         columns: vec![col("at", "bigint", -1), col("msg", "text", -1)],
     };

@@ -142,6 +142,7 @@ fn catalog() -> Catalog {
         schema: "public".into(),
         name: name.into(),
         append: false,
+        read_barrier: true,
         key: vec!["id".into()],
         columns,
     };

@@ -263,3 +263,99 @@ async fn pgbench_increments_through_the_proxy_sum_exactly() -> anyhow::Result<()
     assert_eq!(sum, 4000);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_table_without_read_barrier_is_read_without_waiting() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE hits (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO hits VALUES (1, 0);
+             SELECT writebehind.enable('hits', read_barrier => false);",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for _ in 0..5 {
+        assert_eq!(tag(&c, "UPDATE hits SET n = n + 1 WHERE id = 1").await?, 1);
+    }
+    // Eventual consistency: the read does not wait for the pending increments.
+    let n: i64 = c
+        .query_one("SELECT n FROM hits WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 0, "read_barrier => false: no barrier before the read");
+    // They are not lost: a SIGTERM ships them (once the session has ended).
+    drop(c);
+    let mut proxy = proxy;
+    proxy.signal("TERM")?;
+    assert_eq!(proxy.wait_exit(Duration::from_secs(30)).await?, Some(0));
+    direct
+        .execute("SELECT writebehind.flush('hits')", &[])
+        .await?;
+    let n: i64 = direct
+        .query_one("SELECT n FROM hits WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn set_writebehind_sync_makes_a_session_write_through() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let n = |id: i32| {
+        let direct = &direct;
+        async move {
+            anyhow::Ok(
+                direct
+                    .query_one("SELECT n FROM counters WHERE id = $1", &[&id])
+                    .await?
+                    .get::<_, i64>(0),
+            )
+        }
+    };
+    c.simple_query("SET writebehind.sync = on").await?;
+    assert_eq!(
+        tag(&c, "UPDATE counters SET n = n + 1 WHERE id = 1").await?,
+        1
+    );
+    assert_eq!(
+        n(1).await?,
+        1,
+        "sync = on: the write went through to PostgreSQL"
+    );
+    c.simple_query("RESET writebehind.sync").await?;
+    assert_eq!(
+        tag(&c, "UPDATE counters SET n = n + 1 WHERE id = 2").await?,
+        1
+    );
+    assert_eq!(n(2).await?, 0, "back to write-behind after RESET");
+    // SET LOCAL lasts for a transaction block, where writes pass through anyway.
+    for sql in [
+        "BEGIN",
+        "SET LOCAL writebehind.sync = on",
+        "UPDATE counters SET n = n + 1 WHERE id = 3",
+        "COMMIT",
+    ] {
+        c.simple_query(sql).await?;
+    }
+    assert_eq!(n(3).await?, 1);
+    assert_eq!(
+        tag(&c, "UPDATE counters SET n = n + 1 WHERE id = 4").await?,
+        1
+    );
+    assert_eq!(n(4).await?, 0, "SET LOCAL did not outlive its transaction");
+    // The session still reads its own writes.
+    let rows = c
+        .query("SELECT n FROM counters WHERE id IN (2, 4) ORDER BY id", &[])
+        .await?;
+    let seen: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(seen, vec![1, 1]);
+    Ok(())
+}

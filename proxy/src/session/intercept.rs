@@ -82,6 +82,8 @@ pub struct Intercept {
     barrier_timeout: Duration,
     /// Off for good once the session changed something that makes acknowledging uncertain.
     enabled: bool,
+    /// `SET writebehind.sync = on` in effect: writes pass through (synchronous).
+    sync: bool,
     stmts: HashMap<String, Stmt>,
     /// The messages of the current group, held until Sync.
     group: Vec<Bytes>,
@@ -104,6 +106,7 @@ impl Intercept {
             user,
             barrier_timeout,
             enabled: true,
+            sync: false,
             stmts: HashMap::new(),
             group: Vec::new(),
             group_bytes: 0,
@@ -146,7 +149,7 @@ impl Intercept {
                 let streaming = std::mem::take(&mut self.streaming);
                 self.group.push(msg);
                 let group = self.take_group();
-                if !streaming && self.enabled && (group.len() > 1 || self.open.is_some()) {
+                if !streaming && self.acking() && (group.len() > 1 || self.open.is_some()) {
                     if let Some(plan) = self.plan(&group).await {
                         return self.answer(plan, group, wire).await;
                     }
@@ -164,7 +167,7 @@ impl Intercept {
                 // The client wants the replies so far: answer what is local now (its changes
                 // wait for the Sync); otherwise the group goes to PostgreSQL.
                 let mut group = self.take_group();
-                if !self.streaming && self.enabled {
+                if !self.streaming && self.acking() {
                     if let Some(plan) = self.plan(&group).await {
                         if self.open.is_some() || wire.drained().await == b'I' {
                             return self.answer_partial(plan, wire).await;
@@ -250,6 +253,11 @@ impl Intercept {
         wire.reply(out).await
     }
 
+    /// Whether writes are acknowledged from memory in this session now.
+    fn acking(&self) -> bool {
+        self.enabled && !self.sync
+    }
+
     fn take_group(&mut self) -> Vec<Bytes> {
         self.group_bytes = 0;
         std::mem::take(&mut self.group)
@@ -270,8 +278,24 @@ impl Intercept {
             Ok(Frontend::Query(sql)) => sql,
             _ => return self.forward(vec![msg], wire).await,
         };
+        match sync_setting(sql) {
+            Some(SyncSetting::Session(on)) => {
+                // SET is transactional: only a SET outside a transaction block is known to
+                // stick. Inside one, stop acknowledging for good (conservative).
+                if wire.drained().await == b'I' {
+                    self.sync = on;
+                } else {
+                    self.enabled = false;
+                }
+                return self.forward(vec![msg], wire).await;
+            }
+            // SET LOCAL only lasts until the end of a transaction block, where every
+            // statement passes through anyway.
+            Some(SyncSetting::Local) => return self.forward(vec![msg], wire).await,
+            None => {}
+        }
         self.watch_session_changes(sql);
-        if self.enabled {
+        if self.acking() {
             if let Some(writes) = recognize_all(sql) {
                 let mut changes = Vec::new();
                 let mut tags = Vec::with_capacity(writes.len());
@@ -627,6 +651,58 @@ impl Intercept {
     }
 }
 
+/// A change of `writebehind.sync` the proxy tracks.
+#[derive(Debug, PartialEq, Eq)]
+enum SyncSetting {
+    /// `SET [SESSION] writebehind.sync {=|TO} v` or `RESET writebehind.sync` (= off).
+    Session(bool),
+    /// `SET LOCAL writebehind.sync …`.
+    Local,
+}
+
+/// Recognizes `sql` as exactly one change of `writebehind.sync`.
+fn sync_setting(sql: &str) -> Option<SyncSetting> {
+    use lexer::Token::{Number, Op, Punct, Str, Word};
+    let tokens = lexer::lex(sql, true).ok()?;
+    let mut stmts = lexer::statements(&tokens);
+    if stmts.len() != 1 {
+        return None;
+    }
+    let t = stmts.pop()?;
+    let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
+    if word(0, "reset") && t.len() == 4 {
+        let name = word(1, "writebehind") && t.get(2) == Some(&Punct('.')) && word(3, "sync");
+        return name.then_some(SyncSetting::Session(false));
+    }
+    if !word(0, "set") {
+        return None;
+    }
+    let (local, at) = match t.get(1) {
+        Some(Word(w)) if w == "local" => (true, 2),
+        Some(Word(w)) if w == "session" => (false, 2),
+        _ => (false, 1),
+    };
+    let name =
+        word(at, "writebehind") && t.get(at + 1) == Some(&Punct('.')) && word(at + 2, "sync");
+    let assign = matches!(t.get(at + 3), Some(Op(o)) if o == "=") || word(at + 3, "to");
+    if !name || !assign || t.len() != at + 5 {
+        return None;
+    }
+    if local {
+        return Some(SyncSetting::Local);
+    }
+    let value = match t.get(at + 4)? {
+        Word(v) | Str(v) | Number(v) => v.to_ascii_lowercase(),
+        _ => return None,
+    };
+    // PostgreSQL's boolean spellings (parse_bool), and DEFAULT (off).
+    match value.as_str() {
+        "on" | "true" | "yes" | "1" | "t" | "y" => Some(SyncSetting::Session(true)),
+        "off" | "false" | "no" | "0" | "f" | "n" | "default" => Some(SyncSetting::Session(false)),
+        _ => None,
+    }
+}
+
 /// The statements of `sql` if every one of them is a recognized write (standard_conforming_
 /// strings on: sessions that change it are not intercepted).
 fn recognize_all(sql: &str) -> Option<Vec<Write>> {
@@ -665,5 +741,35 @@ fn tag(w: &Write) -> String {
         Write::Insert { rows, .. } => format!("INSERT 0 {}", rows.len()),
         Write::Update { .. } => "UPDATE 1".to_string(),
         Write::Delete { .. } => "DELETE 1".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_settings_are_recognized_exactly() {
+        let on = Some(SyncSetting::Session(true));
+        let off = Some(SyncSetting::Session(false));
+        assert_eq!(sync_setting("SET writebehind.sync = on"), on);
+        assert_eq!(sync_setting("set session WriteBehind.Sync to 'true';"), on);
+        assert_eq!(sync_setting("SET writebehind.sync TO off"), off);
+        assert_eq!(sync_setting("SET writebehind.sync = 0"), off);
+        assert_eq!(sync_setting("RESET writebehind.sync"), off);
+        assert_eq!(sync_setting("SET writebehind.sync = DEFAULT"), off);
+        assert_eq!(
+            sync_setting("SET LOCAL writebehind.sync = on"),
+            Some(SyncSetting::Local)
+        );
+        for other in [
+            "SET writebehind.sync = maybe",
+            "SET writebehind.sync = on; SELECT 1",
+            "SET \"writebehind.sync\" = on",
+            "SET search_path = x",
+            "RESET ALL",
+        ] {
+            assert_eq!(sync_setting(other), None, "{other}");
+        }
     }
 }

@@ -26,6 +26,8 @@ pub struct Table {
     pub schema: String,
     pub name: String,
     pub append: bool,
+    /// Statements that read the table wait for its pending writes (`read_barrier => true`).
+    pub read_barrier: bool,
     pub key: Vec<String>,
     pub columns: Vec<Column>,
 }
@@ -49,7 +51,7 @@ pub const LOAD_SQL: &str = "
     SELECT c.oid::int8, n.nspname::text, c.relname::text, t.mode, t.key_columns,
            a.attname::text, format_type(a.atttypid, NULL), a.atttypmod,
            a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-           a.attgenerated <> '' OR a.attidentity = 'a'
+           a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -69,6 +71,7 @@ impl Catalog {
                     schema: r.try_get(1)?,
                     name: r.try_get(2)?,
                     append: r.try_get::<_, String>(3)? == "append",
+                    read_barrier: r.try_get(11)?,
                     key: r.try_get(4)?,
                     columns: Vec::new(),
                 });

@@ -153,15 +153,20 @@ impl DbRuntime {
         exists
     }
 
-    /// The read barrier over every write-behind table of the database.
+    /// The read barrier over every write-behind table of the database that has one (tables
+    /// enabled with `read_barrier => false` are shipped but not waited for).
     pub async fn barrier_all(&self, timeout: std::time::Duration) -> Result<(), BarrierError> {
         let relids: Vec<u32> = self
             .catalog
             .borrow()
             .tables
             .iter()
+            .filter(|t| t.read_barrier)
             .map(|t| t.relid)
             .collect();
+        if relids.is_empty() {
+            return Ok(());
+        }
         self.barrier.wait(&relids, timeout).await
     }
 }

@@ -271,6 +271,7 @@ mod tests {
             schema: "public".into(),
             name: "t".into(),
             append: false,
+            read_barrier: true,
             key: vec!["id".into()],
             columns: vec![
                 col("id", "integer"),

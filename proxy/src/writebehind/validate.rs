@@ -346,6 +346,7 @@ mod tests {
             schema: "public".into(),
             name: "t".into(),
             append: false,
+            read_barrier: true,
             key: vec!["id".into()],
             columns: vec![
                 col("id", "integer", true, false, None),

@@ -156,12 +156,29 @@ impl Proxy {
     /// and waits until it accepts TCP connections. Without `--wal-dir` among the flags, the
     /// proxy gets a fresh WAL directory of its own (two proxies never share one).
     pub fn spawn(upstream_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_inner(upstream_url, extra, None)
+    }
+
+    /// As [`spawn`](Self::spawn), with the proxy's stderr (its log) appended to the file `log`
+    /// instead of the test's stderr, so a test can look for log lines.
+    pub fn spawn_logged(upstream_url: &str, extra: &[&str], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_inner(upstream_url, extra, Some(log))
+    }
+
+    fn spawn_inner(upstream_url: &str, extra: &[&str], log: Option<&Path>) -> anyhow::Result<Self> {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(proxy_binary());
         cmd.args(["--listen", &listen, "--upstream", upstream_url])
             .args(extra)
             .stdin(Stdio::null());
+        if let Some(log) = log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            cmd.stderr(f);
+        }
         let own_wal_dir = (!extra.contains(&"--wal-dir")).then(|| {
             std::env::temp_dir().join(format!(
                 "wb-proxy-wal-{}-{port}-{:08x}",

@@ -350,10 +350,29 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut assembler = Assembler::default();
     let mut buf = BytesMut::with_capacity(BUF);
     let mut out = BytesMut::with_capacity(BUF);
+    // Error and notice messages PostgreSQL sent while the session was idle: held back until
+    // more arrives, since they are what a server that goes away says last.
+    let mut held = BytesMut::new();
     loop {
         buf.clear();
         let n = match ur.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Ok(End::UpstreamClosed),
+            Ok(0) | Err(_) => {
+                let idle = state.owed.load(Ordering::Acquire) == 0
+                    && state.status.load(Ordering::Acquire) == b'I';
+                if flags.intercepted && idle {
+                    // The session outlives its server connection: writes go on being
+                    // acknowledged (and ship when PostgreSQL is back); the first statement
+                    // that needs PostgreSQL ends the session with 08006.
+                    tracing::info!(said = %String::from_utf8_lossy(&held), "PostgreSQL closed an idle session's connection; the session goes on for acknowledged writes");
+                    state.lost.store(true, Ordering::Release);
+                    state.ready.notify_waiters();
+                    std::future::pending::<()>().await;
+                }
+                if !held.is_empty() {
+                    let _ = client_out.lock().await.write_all(&held).await;
+                }
+                return Ok(End::UpstreamClosed);
+            }
             Ok(n) => n,
         };
         counters.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -362,9 +381,16 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             // the proxy's own Parses are dropped.
             assembler.push(&buf);
             out.clear();
+            out.extend_from_slice(&held);
+            held.clear();
             let mut readies = Vec::new();
             while let Some(msg) = assembler.next_message() {
+                let idle = readies.is_empty() && state.owed.load(Ordering::Acquire) == 0;
                 match msg.first() {
+                    Some(b'E' | b'N') if idle && assembler.is_empty() => {
+                        held.extend_from_slice(&msg);
+                        continue;
+                    }
                     Some(b'1')
                         if state
                             .swallow

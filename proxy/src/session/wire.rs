@@ -19,6 +19,9 @@ pub struct Shared {
     pub swallow: AtomicUsize,
     /// Signalled at every ReadyForQuery.
     pub ready: Notify,
+    /// PostgreSQL closed the connection while the session was idle: the session goes on
+    /// acknowledging writes; anything that must pass through ends it (08006).
+    pub lost: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Shared {
@@ -28,6 +31,7 @@ impl Default for Shared {
             status: AtomicU8::new(b'I'),
             swallow: AtomicUsize::new(0),
             ready: Notify::new(),
+            lost: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct RelayWire<'a, UW, W> {
 
 impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W> {
     async fn forward(&mut self, bytes: BytesMut, swallow: usize) -> Result<(), ProxyError> {
+        if self.shared.lost.load(Ordering::Acquire) {
+            return Err(ProxyError::UpstreamLost);
+        }
         self.shared.swallow.fetch_add(swallow, Ordering::AcqRel);
         let mut at = 0;
         while let Some(header) = bytes.get(at..at + 5) {
@@ -132,7 +139,9 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
     async fn drained(&mut self) -> u8 {
         loop {
             let ready = self.shared.ready.notified();
-            if self.shared.owed.load(Ordering::Acquire) == 0 {
+            if self.shared.owed.load(Ordering::Acquire) == 0
+                || self.shared.lost.load(Ordering::Acquire)
+            {
                 return self.shared.status.load(Ordering::Acquire);
             }
             ready.await;

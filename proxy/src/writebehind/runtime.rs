@@ -43,7 +43,9 @@ pub struct DbRuntime {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub queue: Arc<Queue>,
     pub barrier: Barrier,
-    own: tokio_postgres::Client,
+    /// The runtime's own connection (catalog, privileges, registry notifications); replaced
+    /// when it breaks.
+    own: Mutex<Arc<tokio_postgres::Client>>,
     privileges: DashMap<(String, u32, &'static str), bool>,
     user_schemas: DashMap<String, bool>,
     limits: Limits,
@@ -59,7 +61,31 @@ struct Limits {
     fsync: bool,
 }
 
+/// Opens a runtime's own connection: its task forwards registry notifications to `notes`
+/// and ends when the connection does.
+async fn open_own(
+    pg: &tokio_postgres::Config,
+    notes: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, mut conn) = pg.connect(tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        use futures::StreamExt;
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                let _ = notes.send(());
+            }
+        }
+    });
+    client.batch_execute("LISTEN writebehind_registry").await?;
+    Ok((client, task))
+}
+
 impl DbRuntime {
+    fn own(&self) -> Arc<tokio_postgres::Client> {
+        self.own.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Offers one statement's changes: waits for room per the overflow policy, journals them
     /// (and waits for the group fsync in `fsync` mode), and queues them.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Enqueued, EnqueueError> {
@@ -122,16 +148,21 @@ impl DbRuntime {
             return *v;
         }
         let ok = self
-            .own
+            .own()
             .query_one(
                 "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3)",
                 &[&user, &(relid as i64), &privilege],
             )
             .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false);
-        self.privileges.insert(k, ok);
-        ok
+            .and_then(|r| r.try_get::<_, bool>(0));
+        match ok {
+            Ok(ok) => {
+                self.privileges.insert(k, ok);
+                ok
+            }
+            // Not known (PostgreSQL unreachable): not acknowledged, and asked again next time.
+            Err(_) => false,
+        }
     }
 
     /// Whether a schema named like `user` exists ("$user" in the default search_path would
@@ -141,16 +172,20 @@ impl DbRuntime {
             return *v;
         }
         let exists = self
-            .own
+            .own()
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
                 &[&user],
             )
             .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(true);
-        self.user_schemas.insert(user.to_string(), exists);
-        exists
+            .and_then(|r| r.try_get::<_, bool>(0));
+        match exists {
+            Ok(exists) => {
+                self.user_schemas.insert(user.to_string(), exists);
+                exists
+            }
+            Err(_) => true,
+        }
     }
 
     /// The read barrier over every write-behind table of the database that has one (tables
@@ -296,30 +331,15 @@ impl WriteBehind {
             .config
             .upstream
             .pg_config(database, self.config.connect_timeout);
-        let (own, conn) = pg
-            .connect(tokio_postgres::NoTls)
+        let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
+        // Registry notifications (and reconnections) make the catalog reload.
+        let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (own, own_task) = open_own(&pg, note_tx.clone())
             .await
             .map_err(|e| StartError::Unreachable(e.to_string()))?;
-        let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
-        // The connection task: delivers registry notifications by reloading the catalog.
-        let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut conn = conn;
-        let listener = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-            use futures::StreamExt;
-            while let Some(Ok(m)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(_) = m {
-                    let _ = note_tx.send(());
-                }
-            }
-        });
-        self.tasks().push(listener);
         let catalog = Catalog::load(&own)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
-        own.batch_execute("LISTEN writebehind_registry")
-            .await
-            .map_err(|e| StartError::Unreachable(format!("cannot LISTEN: {e}")))?;
         let _ = cat_tx.send(Arc::new(catalog));
         let mut shipper = InboxShipper::new(pg.clone(), self.proxy_id.clone());
         let committed = shipper.committed_seq().await.map_err(|e| {
@@ -396,7 +416,7 @@ impl WriteBehind {
             catalog: cat_rx,
             queue,
             barrier,
-            own,
+            own: Mutex::new(Arc::new(own)),
             privileges: DashMap::new(),
             user_schemas: DashMap::new(),
             limits: Limits {
@@ -412,16 +432,48 @@ impl WriteBehind {
         let reloader = tokio::spawn(async move {
             while note_rx.recv().await.is_some() {
                 let Some(rt) = weak.upgrade() else { return };
-                match Catalog::load(&rt.own).await {
+                match Catalog::load(&rt.own()).await {
                     Ok(c) => {
                         let _ = cat_tx.send(Arc::new(c));
                         rt.privileges.clear();
+                        rt.user_schemas.clear();
                     }
                     Err(error) => warn!(%error, "reloading the write-behind catalog failed"),
                 }
             }
         });
         self.tasks().push(reloader);
+        // Keep the own connection: when it breaks (PostgreSQL restarted), open a new one.
+        let weak = Arc::downgrade(&rt);
+        let db = database.to_string();
+        let keeper = tokio::spawn(async move {
+            let mut ended = own_task;
+            loop {
+                let _ = (&mut ended).await;
+                let mut backoff =
+                    crate::ship::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+                loop {
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    match open_own(&pg, note_tx.clone()).await {
+                        Ok((client, task)) => {
+                            let Some(rt) = weak.upgrade() else { return };
+                            *rt.own.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+                            info!(database = %db, "write-behind connection re-established; reloading the catalog");
+                            let _ = note_tx.send(());
+                            ended = task;
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "reconnecting the write-behind connection")
+                        }
+                    }
+                }
+            }
+        });
+        self.tasks().push(keeper);
         info!(database, proxy_id = %self.proxy_id, tables = rt.catalog.borrow().tables.len(), "write-behind on");
         Ok(rt)
     }
@@ -457,12 +509,24 @@ impl WriteBehind {
 
     /// After the sessions ended: tells the flushers to ship everything left, waits for them,
     /// fsyncs the WAL, and stops the other tasks.
+    /// With a WAL, shipping is given `shutdown_timeout` (PostgreSQL may be down): what is
+    /// left stays in the WAL and ships at the next start. Without one, the proxy waits for as
+    /// long as shipping takes, since exiting would lose acknowledged writes.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let flushers: Vec<_> =
             std::mem::take(&mut *self.flushers.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in flushers {
-            let _ = t.await;
+        let all = futures::future::join_all(flushers);
+        if self.wal.is_some() {
+            if tokio::time::timeout(self.config.shutdown_timeout, all)
+                .await
+                .is_err()
+            {
+                let left: usize = self.runtimes().iter().map(|rt| rt.queue.pending().0).sum();
+                warn!(left, "shipping did not finish within shutdown_timeout: the rest stays in the WAL and ships at the next start");
+            }
+        } else {
+            all.await;
         }
         for t in std::mem::take(&mut *self.tasks()) {
             t.abort();

@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 pub struct EncodedBatch {
     /// The batch sequence number (`writebehind.begin_batch`); greater than every earlier one.
     pub seq: i64,
+    /// The source's acknowledged-writes count (`BatchSource::acked`) its last change had.
+    pub acked_through: u64,
     /// COPY text rows (docs/inbox.md), every row carrying this batch's sequence number.
     pub rows: Bytes,
     /// How many inbox rows it holds.
@@ -152,9 +154,14 @@ impl FlushTask {
         }
     }
 
-    /// Ships batches until the source is empty; publishes `shipped_through` at the end.
+    /// Ships what was acknowledged before the call, in batches, then publishes
+    /// `shipped_through`. What arrives meanwhile waits for the next round, so that under a
+    /// steady load batches span a whole `flush_interval` (and coalesce that much).
     async fn ship_all(&mut self) {
         let start = self.source.acked();
+        if self.progress.borrow().shipped_through >= start {
+            return;
+        }
         while let Some(batch) = self.source.take_batch(self.settings.max_batch_rows) {
             let seq = batch.seq;
             self.ship_until_delivered(seq, &batch).await;
@@ -168,6 +175,9 @@ impl FlushTask {
                     *p.table_generation.entry(*relid).or_insert(0) += 1;
                 }
             });
+            if batch.acked_through >= start {
+                break;
+            }
         }
         self.progress.send_if_modified(|p| {
             let advanced = p.shipped_through < start;

@@ -23,6 +23,8 @@ struct Entry {
     lsn: u64,
     change: Change,
     bytes: usize,
+    /// The acknowledged-writes count once this change was queued.
+    ack: u64,
 }
 
 #[derive(Default)]
@@ -113,14 +115,20 @@ impl Queue {
     }
 
     fn enqueue_locked(&self, p: &mut Pending, lsn: u64, changes: Vec<Change>) {
-        let n = changes.len() as u64;
+        // Counted only once queued (see BatchSource::acked); the lock orders the counts.
+        let mut ack = self.acked.load(Ordering::SeqCst);
         for change in changes {
             let bytes = change_size(&change);
             p.bytes += bytes;
-            p.entries.push_back(Entry { lsn, change, bytes });
+            ack += 1;
+            p.entries.push_back(Entry {
+                lsn,
+                change,
+                bytes,
+                ack,
+            });
         }
-        // Counted only once queued: see BatchSource::acked.
-        self.acked.fetch_add(n, Ordering::SeqCst);
+        self.acked.store(ack, Ordering::SeqCst);
     }
 
     /// Rows and bytes not yet committed upstream (queued and in flight).
@@ -166,11 +174,13 @@ impl BatchSource for Queue {
             n += 1;
         }
         let mut bytes = 0;
+        let mut acked_through = 0;
         let taken: Vec<Change> = p
             .entries
             .drain(..n)
             .map(|e| {
                 bytes += e.bytes;
+                acked_through = e.ack;
                 e.change
             })
             .collect();
@@ -189,6 +199,7 @@ impl BatchSource for Queue {
         }
         Some(EncodedBatch {
             seq,
+            acked_through,
             rows: rows.into(),
             changes: folded.len(),
             relids,

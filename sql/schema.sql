@@ -247,6 +247,36 @@ BEGIN
     DELETE FROM writebehind.tables t WHERE t.relid = tbl;
 END $$;
 
+-- DDL on a registered table (or its drop) tells proxies to reload their catalog, so they stop
+-- acknowledging against the old column list. SECURITY DEFINER: any user's DDL runs it, and
+-- must not fail for lack of access to the registry.
+CREATE FUNCTION writebehind._on_ddl() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF tg_event = 'sql_drop' THEN
+        FOR r IN SELECT DISTINCT d.objid FROM pg_event_trigger_dropped_objects() d
+                 JOIN writebehind.tables t ON t.relid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass
+        LOOP
+            PERFORM pg_notify('writebehind_registry', 'drop ' || r.objid);
+        END LOOP;
+    ELSE
+        FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+                 JOIN writebehind.tables t ON t.relid = c.objid
+                 WHERE c.classid = 'pg_class'::regclass
+        LOOP
+            PERFORM pg_notify('writebehind_registry', 'ddl ' || r.objid);
+        END LOOP;
+    END IF;
+END $$;
+
+CREATE EVENT TRIGGER writebehind_ddl ON ddl_command_end
+    EXECUTE FUNCTION writebehind._on_ddl();
+CREATE EVENT TRIGGER writebehind_drop ON sql_drop
+    EXECUTE FUNCTION writebehind._on_ddl();
+
 -- Opens batch (proxy_id, batch_seq) in the caller's transaction: see docs/inbox.md.
 CREATE FUNCTION writebehind.begin_batch(proxy_id text, batch_seq bigint)
 RETURNS boolean LANGUAGE plpgsql

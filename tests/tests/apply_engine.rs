@@ -459,11 +459,20 @@ async fn registry_changes_are_notified() -> anyhow::Result<()> {
     client
         .batch_execute("SELECT writebehind.alter('r', read_barrier => false)")
         .await?;
+    // DDL on a registered table, and dropping one, are announced too (event triggers).
+    client
+        .batch_execute("ALTER TABLE r ADD COLUMN x int; CREATE TABLE unrelated (i int)")
+        .await?;
     client
         .batch_execute("SELECT writebehind.disable('r')")
         .await?;
+    client
+        .batch_execute("CREATE TABLE r2 (id int PRIMARY KEY); SELECT writebehind.enable('r2')")
+        .await?;
+    let oid2 = relid(&client, "r2").await?;
+    client.batch_execute("DROP TABLE r2").await?;
     let mut got = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..6 {
         let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?;
         got.push(n.map(|(_, p)| p).unwrap_or_default());
     }
@@ -472,7 +481,10 @@ async fn registry_changes_are_notified() -> anyhow::Result<()> {
         vec![
             format!("enable {oid}"),
             format!("alter {oid}"),
-            format!("disable {oid}")
+            format!("ddl {oid}"),
+            format!("disable {oid}"),
+            format!("enable {oid2}"),
+            format!("drop {oid2}"),
         ]
     );
     Ok(())

@@ -359,3 +359,52 @@ async fn set_writebehind_sync_makes_a_session_write_through() -> anyhow::Result<
     assert_eq!(seen, vec![1, 1]);
     Ok(())
 }
+
+#[tokio::test]
+async fn ddl_on_a_registered_table_reloads_the_proxy_catalog() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    assert_eq!(
+        tag(&c, "UPDATE counters SET note = 'a' WHERE id = 1").await?,
+        1
+    );
+    c.simple_query("SELECT 1 FROM counters LIMIT 1").await?; // barrier: applied
+                                                             // Another session changes the table: the proxy hears of it and reloads.
+    direct
+        .batch_execute("ALTER TABLE counters DROP COLUMN note, ADD COLUMN label text")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The dropped column: not acknowledged, PostgreSQL answers 42703.
+    let err = c
+        .simple_query("UPDATE counters SET note = 'b' WHERE id = 1")
+        .await
+        .expect_err("note is gone");
+    assert_eq!(err.code(), Some(&SqlState::UNDEFINED_COLUMN));
+    // The new column is acknowledged from memory.
+    assert_eq!(
+        tag(&c, "UPDATE counters SET label = 'new' WHERE id = 2").await?,
+        1
+    );
+    let direct_label: Option<String> = direct
+        .query_one("SELECT label FROM counters WHERE id = 2", &[])
+        .await?
+        .get(0);
+    assert_eq!(direct_label, None, "acknowledged, not yet shipped");
+    let rows = c
+        .simple_query("SELECT label FROM counters WHERE id = 2")
+        .await?;
+    let seen = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(seen.as_deref(), Some("new"));
+    let dead: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!(dead, 0);
+    Ok(())
+}

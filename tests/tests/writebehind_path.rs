@@ -408,3 +408,106 @@ async fn ddl_on_a_registered_table_reloads_the_proxy_catalog() -> anyhow::Result
     assert_eq!(dead, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_poisoned_row_is_dead_lettered_and_the_rest_applies() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, balance bigint NOT NULL DEFAULT 0 CHECK (balance >= 0));
+             INSERT INTO acct SELECT g, 10 FROM generate_series(1, 5) g;
+             SELECT writebehind.enable('acct');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // Only the server knows the CHECK: the proxy acknowledges, the worker isolates the row.
+    assert_eq!(
+        tag(&c, "UPDATE acct SET balance = balance - 50 WHERE id = 3").await?,
+        1
+    );
+    for id in [1, 2, 4, 5] {
+        assert_eq!(
+            tag(
+                &c,
+                &format!("UPDATE acct SET balance = balance + {id} WHERE id = {id}")
+            )
+            .await?,
+            1
+        );
+    }
+    let rows = c
+        .query("SELECT id, balance FROM acct ORDER BY id", &[])
+        .await?;
+    let got: Vec<(i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![(1, 11), (2, 12), (3, 10), (4, 14), (5, 15)]);
+    let dead = direct
+        .query_one(
+            "SELECT count(*), min(sqlstate) FROM writebehind.dead_letters WHERE relid = 'acct'::regclass",
+            &[],
+        )
+        .await?;
+    assert_eq!(dead.get::<_, i64>(0), 1);
+    assert_eq!(dead.get::<_, Option<String>>(1).as_deref(), Some("23514"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn disabling_a_table_under_load_loses_nothing() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = wb_proxy(&cluster, &[])?;
+    let conninfo = proxy.conninfo("postgres", "postgres");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for s in 0..4 {
+        let (conninfo, stop) = (conninfo.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = writebehind_tests::connect(&conninfo).await?;
+            let mut acked = 0i64;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                c.simple_query(&format!(
+                    "UPDATE counters SET n = n + 1 WHERE id = {}",
+                    (s * 5 + i) % 20 + 1
+                ))
+                .await?;
+                acked += 1;
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    direct
+        .execute("SELECT writebehind.disable('counters')", &[])
+        .await?;
+    // Writes go on after the disable: they now pass through to PostgreSQL.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    // What the proxy still held for the table ships and applies (as unregistered rows).
+    let mut sum = 0i64;
+    for _ in 0..100 {
+        sum = direct
+            .query_one("SELECT sum(n)::bigint FROM counters", &[])
+            .await?
+            .get(0);
+        if sum == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sum, total, "every acknowledged increment applied once");
+    let registered: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.tables", &[])
+        .await?
+        .get(0);
+    assert_eq!(registered, 0);
+    Ok(())
+}

@@ -138,9 +138,12 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// Path of the release proxy binary that `scripts/setup` builds.
+/// Path of the release proxy binary that `scripts/setup` builds, or `$WRITEBEHIND_PROXY_BIN`
+/// (to run the tests against another build, e.g. a deliberately broken one).
 pub fn proxy_binary() -> PathBuf {
-    repo_root().join("target/release/writebehind-proxy")
+    std::env::var_os("WRITEBEHIND_PROXY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/writebehind-proxy"))
 }
 
 /// The proxy binary running as a child process; killed (SIGKILL) on drop.

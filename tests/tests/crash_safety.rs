@@ -196,18 +196,30 @@ async fn session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_proxy_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    kill_test("wal", 10).await
+}
+
+/// The same kill test in `fsync` durability (acknowledgements wait for the group fsync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_proxy_in_fsync_mode_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    kill_test("fsync", 5).await
+}
+
+/// Kills the proxy `WRITEBEHIND_CRASH_KILLS` times (default `default_kills`) under a 4-session
+/// load in durability `durability` and checks the table against the model.
+async fn kill_test(durability: &str, default_kills: usize) -> anyhow::Result<()> {
     let kills: usize = std::env::var("WRITEBEHIND_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(default_kills);
     let cluster = Cluster::start()?;
     let direct = cluster.connect("postgres").await?;
     direct.batch_execute(SCHEMA).await?;
-    let dir = wal_dir("kill");
+    let dir = wal_dir(&format!("kill-{durability}"));
     let dir_s = dir.to_string_lossy().to_string();
     let args = [
         "--durability",
-        "wal",
+        durability,
         "--wal-dir",
         &dir_s,
         "--flush-interval",
@@ -273,7 +285,7 @@ async fn killed_proxy_loses_no_acknowledged_write() -> anyhow::Result<()> {
         .await?
         .get(0);
     eprintln!(
-        "{kills} kills in {:.1}s: {total_acked} writes acknowledged, {total_doubt} in doubt (connection lost before the reply), dead letters {dead}",
+        "{durability}: {kills} kills in {:.1}s: {total_acked} writes acknowledged, {total_doubt} in doubt (connection lost before the reply), dead letters {dead}",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(dead, 0, "no write was dead-lettered");

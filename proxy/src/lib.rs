@@ -7,6 +7,7 @@
 //! - [`session`]: one client connection: startup, upstream connect, relay, cancel keys.
 //! - [`protocol`]: framing, the startup packet, messages the proxy builds (pgwire codecs).
 //! - [`admin`]: the admin console (virtual database `writebehind`).
+//! - [`metrics`]: `/metrics` (Prometheus text) and `/health` on `metrics_listen`.
 //! - [`error`]: the proxy's errors and their one SQLSTATE mapping.
 //! - [`stats`]: counters and the client registry.
 //! - [`ship`]: shipping batches into the extension's inbox exactly once; read barriers.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod recovery;
 pub mod server;

@@ -35,6 +35,14 @@ pub async fn run(
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
             })?),
         });
+    let metrics = match &shared.config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await?;
+            info!(metrics = %l.local_addr()?, "serving /metrics and /health");
+            Some(tokio::spawn(crate::metrics::serve(l, shared.clone())))
+        }
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, "writebehind-proxy ready");
     loop {
@@ -70,6 +78,9 @@ pub async fn run(
     if let Some(wb) = &shared.writebehind {
         info!("shipping every acknowledged write before exit");
         wb.shutdown().await;
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     Ok(())
 }

@@ -147,7 +147,8 @@ impl Wal {
         }
     }
 
-    fn failure(&self) -> Option<String> {
+    /// Why the WAL can no longer promise durability (an fsync failed), if it cannot.
+    pub fn failure(&self) -> Option<String> {
         self.sync_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -49,6 +49,8 @@ pub struct DbRuntime {
     privileges: DashMap<(String, u32, &'static str), bool>,
     user_schemas: DashMap<String, bool>,
     limits: Limits,
+    /// Writes that met the pending bound (refused, waited, or sent through).
+    pub overflows: std::sync::atomic::AtomicU64,
 }
 
 /// The pending bound and what happens at it.
@@ -86,6 +88,16 @@ impl DbRuntime {
         self.own.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether the runtime's own connection to PostgreSQL is up.
+    pub fn reachable(&self) -> bool {
+        !self.own().is_closed()
+    }
+
+    /// The pending bound: rows and bytes.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.limits.max_rows, self.limits.max_bytes)
+    }
+
     /// Offers one statement's changes: waits for room per the overflow policy, journals them
     /// (and waits for the group fsync in `fsync` mode), and queues them.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Enqueued, EnqueueError> {
@@ -113,6 +125,8 @@ impl DbRuntime {
             if rows < l.max_rows && bytes < l.max_bytes {
                 break;
             }
+            self.overflows
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let full = EnqueueError::Overflow {
                 rows,
                 bytes,
@@ -426,6 +440,7 @@ impl WriteBehind {
                 overflow_timeout: c.overflow_timeout,
                 fsync: c.durability == Durability::Fsync,
             },
+            overflows: std::sync::atomic::AtomicU64::new(0),
         });
         // Reload the catalog on every registry NOTIFY.
         let weak = Arc::downgrade(&rt);
@@ -476,6 +491,19 @@ impl WriteBehind {
         self.tasks().push(keeper);
         info!(database, proxy_id = %self.proxy_id, tables = rt.catalog.borrow().tables.len(), "write-behind on");
         Ok(rt)
+    }
+
+    /// Every started runtime with its database's name.
+    pub fn databases(&self) -> Vec<(String, Arc<DbRuntime>)> {
+        self.dbs
+            .iter()
+            .filter_map(|e| Some((e.key().clone(), e.value().get().cloned().flatten()?)))
+            .collect()
+    }
+
+    /// The WAL, with durability `wal` and `fsync`.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
     }
 
     /// Every started runtime.

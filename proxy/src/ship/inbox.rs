@@ -1,7 +1,7 @@
 //! Ships encoded batches into the extension's inbox, one transaction each, exactly once.
 //!
-//! The protocol is docs/inbox.md: `BEGIN; SELECT writebehind.begin_batch(id, seq); COPY ...;
-//! COMMIT`. A replay of a batch that already committed is answered `false` by `begin_batch`
+//! The protocol is docs/inbox.md: `SELECT writebehind.claim(id)` once per process, then per
+//! batch `BEGIN; SELECT writebehind.begin_batch(id, seq, epoch); COPY ...; COMMIT`. A replay of a batch that already committed is answered `false` by `begin_batch`
 //! and reported as [`Delivery::AlreadyDelivered`], so the caller may resend a batch whenever it
 //! does not know whether the last attempt committed.
 
@@ -28,10 +28,10 @@ pub enum Delivery {
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     /// No connection to PostgreSQL could be made.
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect to PostgreSQL: {}", detail(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// The batch transaction failed; it rolled back as a whole.
-    #[error("shipping batch {seq} failed: {source}")]
+    #[error("shipping batch {seq} failed: {}", detail(.source))]
     Batch {
         /// The batch's sequence number.
         seq: i64,
@@ -40,8 +40,23 @@ pub enum ShipError {
         source: tokio_postgres::Error,
     },
     /// `writebehind.flush()` or `committed_seq()` failed or timed out.
-    #[error("waiting for the apply worker failed: {0}")]
+    #[error("waiting for the apply worker failed: {}", detail(.0))]
     Flush(#[source] tokio_postgres::Error),
+}
+
+/// A tokio-postgres error with what the server said: its own Display is just "db error" for
+/// an ErrorResponse, which made "the database system is starting up", "too many clients" and
+/// the like indistinguishable in the flusher's warnings.
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
 }
 
 impl ShipError {
@@ -60,6 +75,9 @@ pub struct InboxShipper {
     config: Config,
     proxy_id: String,
     client: Option<Client>,
+    /// The epoch from [`claim`](Self::claim): batches are begun with it, so those of an
+    /// earlier process with the same proxy id are refused.
+    epoch: Option<i64>,
 }
 
 impl InboxShipper {
@@ -69,6 +87,7 @@ impl InboxShipper {
             config,
             proxy_id: proxy_id.into(),
             client: None,
+            epoch: None,
         }
     }
 
@@ -120,15 +139,47 @@ impl InboxShipper {
         result
     }
 
+    /// Claims the proxy id for this process (`writebehind.claim`): waits for a batch of an
+    /// earlier process still in flight, fences off any later one, and returns the last batch
+    /// sequence number committed. Batches this shipper begins from then on carry the epoch.
+    pub async fn claim(&mut self) -> Result<i64, ShipError> {
+        let id = self.proxy_id.clone();
+        let result = async {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT batch_seq, epoch FROM writebehind.claim($1)", &[&id])
+                .await
+                .map_err(ShipError::Flush)?;
+            let seq: i64 = row.try_get(0).map_err(ShipError::Flush)?;
+            let epoch: i64 = row.try_get(1).map_err(ShipError::Flush)?;
+            Ok((seq, epoch))
+        }
+        .await;
+        match result {
+            Ok((seq, epoch)) => {
+                self.epoch = Some(epoch);
+                Ok(seq)
+            }
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
+    }
+
     /// Ships one batch: `rows` is the COPY text of docs/inbox.md for batch `seq`.
     pub async fn ship(&mut self, seq: i64, rows: Bytes) -> Result<Delivery, ShipError> {
         let id = self.proxy_id.clone();
+        let epoch = self.epoch;
         let result = async {
             let client = self.client().await?;
             let batch_err = |source| ShipError::Batch { seq, source };
             let tx = client.transaction().await.map_err(batch_err)?;
             let fresh: bool = tx
-                .query_one("SELECT writebehind.begin_batch($1, $2)", &[&id, &seq])
+                .query_one(
+                    "SELECT writebehind.begin_batch($1, $2, $3)",
+                    &[&id, &seq, &epoch],
+                )
                 .await
                 .and_then(|row| row.try_get(0))
                 .map_err(batch_err)?;

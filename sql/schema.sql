@@ -20,6 +20,10 @@ CREATE TABLE writebehind.tables (
 CREATE TABLE writebehind.progress (
     proxy_id   text PRIMARY KEY CHECK (proxy_id <> '' AND octet_length(proxy_id) <= 63),
     batch_seq  bigint NOT NULL,
+    -- Raised by claim() each time a proxy process starts with this id: batches begun with an
+    -- older epoch are refused, so a killed process's last batch cannot land after its
+    -- successor has read the progress (docs/inbox.md).
+    epoch      bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -278,11 +282,12 @@ CREATE EVENT TRIGGER writebehind_drop ON sql_drop
     EXECUTE FUNCTION writebehind._on_ddl();
 
 -- Opens batch (proxy_id, batch_seq) in the caller's transaction: see docs/inbox.md.
-CREATE FUNCTION writebehind.begin_batch(proxy_id text, batch_seq bigint)
+CREATE FUNCTION writebehind.begin_batch(proxy_id text, batch_seq bigint, epoch bigint DEFAULT NULL)
 RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cur bigint;
+    cur_epoch bigint;
 BEGIN
     IF proxy_id IS NULL OR proxy_id = '' OR octet_length(proxy_id) > 63 THEN
         PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
@@ -292,8 +297,14 @@ BEGIN
     END IF;
     INSERT INTO writebehind.progress AS p (proxy_id, batch_seq)
     VALUES (begin_batch.proxy_id, 0) ON CONFLICT ON CONSTRAINT progress_pkey DO NOTHING;
-    SELECT p.batch_seq INTO cur FROM writebehind.progress p
+    SELECT p.batch_seq, p.epoch INTO cur, cur_epoch FROM writebehind.progress p
     WHERE p.proxy_id = begin_batch.proxy_id FOR UPDATE;
+    IF begin_batch.epoch IS NOT NULL AND begin_batch.epoch <> cur_epoch THEN
+        PERFORM writebehind._raise('55000',
+            format('proxy id %s was claimed again (epoch %s); this batch belongs to epoch %s',
+                   begin_batch.proxy_id, cur_epoch, begin_batch.epoch),
+            'A newer process of this proxy took over: it replays this batch from its WAL.');
+    END IF;
     IF cur >= begin_batch.batch_seq THEN
         RETURN false;
     END IF;
@@ -302,6 +313,17 @@ BEGIN
     PERFORM writebehind._wake_on_commit();
     RETURN true;
 END $$;
+
+-- Called by a proxy process at start, per database: fences off batches of earlier processes
+-- with the same id (waiting for one in flight to finish) and returns the committed batch_seq
+-- to replay from, and the epoch to begin batches with.
+CREATE FUNCTION writebehind.claim(proxy_id text)
+RETURNS TABLE (batch_seq bigint, epoch bigint) LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO writebehind.progress AS p (proxy_id, batch_seq, epoch) VALUES ($1, 0, 1)
+    ON CONFLICT ON CONSTRAINT progress_pkey DO UPDATE SET epoch = p.epoch + 1
+    RETURNING p.batch_seq, p.epoch
+$$;
 
 CREATE FUNCTION writebehind.committed_seq(proxy_id text)
 RETURNS bigint LANGUAGE sql STABLE

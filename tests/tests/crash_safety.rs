@@ -85,7 +85,7 @@ fn is_db_error(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.code().is_some())
 }
 
-/// One session: a random mix of writes. Keys `base+1..=base+40` belong to this session alone
+/// One session: a random mix of writes, in the simple or the extended protocol. Keys `base+1..=base+40` belong to this session alone
 /// (upserts, inserts, partial updates with increments, deletes); hot keys are incremented.
 async fn session(
     w: i32,
@@ -149,8 +149,15 @@ async fn session(
                 ),
             }
         };
-        match c.simple_query(&sql).await {
-            Ok(_) => {
+        // Even sessions use the simple protocol, odd ones the extended protocol (an unnamed
+        // statement: Parse/Describe/Sync, then Bind/Execute/Sync).
+        let sent = if w % 2 == 0 {
+            c.simple_query(&sql).await.map(|_| ())
+        } else {
+            c.execute(sql.as_str(), &[]).await.map(|_| ())
+        };
+        match sent {
+            Ok(()) => {
                 res.acked += 1;
                 acked_total.fetch_add(1, Ordering::Relaxed);
                 if let Some((h, d)) = hot {

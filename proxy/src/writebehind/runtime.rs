@@ -356,7 +356,10 @@ impl WriteBehind {
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
         let _ = cat_tx.send(Arc::new(catalog));
         let mut shipper = InboxShipper::new(pg.clone(), self.proxy_id.clone());
-        let committed = shipper.committed_seq().await.map_err(|e| {
+        // Claiming waits for a batch the previous process of this proxy id left in flight
+        // and fences off any it sent but PostgreSQL has not begun: the committed sequence
+        // read here is final, so replaying above it applies nothing twice.
+        let committed = shipper.claim().await.map_err(|e| {
             StartError::Unreachable(format!("cannot read the proxy's progress: {e}"))
         })?;
         let committed_lsn = u64::try_from(committed).unwrap_or(0);

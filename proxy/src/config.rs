@@ -318,6 +318,46 @@ fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
 mod tests {
     use super::*;
 
+    /// docs/proxy.md documents exactly the keys the proxy accepts (every flag but `--config`),
+    /// and every documented key is accepted.
+    #[test]
+    fn every_config_key_is_documented_and_every_documented_key_exists() {
+        use clap::CommandFactory;
+        let doc = include_str!("../../docs/proxy.md");
+        let keys: Vec<String> = Settings::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "config" && *l != "help" && *l != "version")
+            .map(|l| l.replace('-', "_"))
+            .collect();
+        assert!(keys.len() > 20, "{keys:?}");
+        // Rows of the key table: "| `key` | …" (several keys may share a row).
+        let documented: Vec<String> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| {
+                cell.split('`')
+                    .enumerate()
+                    .filter(|(i, _)| i % 2 == 1)
+                    .map(|(_, k)| k.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for k in &keys {
+            assert!(
+                documented.contains(k),
+                "config key {k} missing from docs/proxy.md"
+            );
+        }
+        for d in &documented {
+            assert!(
+                keys.contains(d),
+                "docs/proxy.md documents {d}, which the proxy does not accept"
+            );
+        }
+    }
+
     #[test]
     fn file_keys_are_checked_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("wbcfg-{}", std::process::id()));

@@ -63,11 +63,20 @@ struct Limits {
     fsync: bool,
 }
 
+/// Why the catalog is reloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    /// A `writebehind_registry` notification (enable, alter, disable, DDL, drop).
+    Registry,
+    /// The own connection was re-established after it broke.
+    Reconnected,
+}
+
 /// Opens a runtime's own connection: its task forwards registry notifications to `notes`
 /// and ends when the connection does.
 async fn open_own(
     pg: &tokio_postgres::Config,
-    notes: tokio::sync::mpsc::UnboundedSender<()>,
+    notes: tokio::sync::mpsc::UnboundedSender<Reload>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let (client, mut conn) = pg.connect(tokio_postgres::NoTls).await?;
     let task = tokio::spawn(async move {
@@ -75,7 +84,7 @@ async fn open_own(
         use futures::StreamExt;
         while let Some(Ok(m)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(_) = m {
-                let _ = notes.send(());
+                let _ = notes.send(Reload::Registry);
             }
         }
     });
@@ -347,7 +356,7 @@ impl WriteBehind {
             .pg_config(database, self.config.connect_timeout);
         let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
         // Registry notifications (and reconnections) make the catalog reload.
-        let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<Reload>();
         let (own, own_task) = open_own(&pg, note_tx.clone())
             .await
             .map_err(|e| StartError::Unreachable(e.to_string()))?;
@@ -445,16 +454,21 @@ impl WriteBehind {
             },
             overflows: std::sync::atomic::AtomicU64::new(0),
         });
-        // Reload the catalog on every registry NOTIFY.
+        // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);
         let reloader = tokio::spawn(async move {
-            while note_rx.recv().await.is_some() {
+            while let Some(why) = note_rx.recv().await {
                 let Some(rt) = weak.upgrade() else { return };
                 match Catalog::load(&rt.own()).await {
                     Ok(c) => {
                         let _ = cat_tx.send(Arc::new(c));
-                        rt.privileges.clear();
-                        rt.user_schemas.clear();
+                        // A registry change may change who may write what. A reconnection
+                        // keeps the caches: clearing them would make every session's next
+                        // write wait for the barrier behind the backlog of an outage.
+                        if why == Reload::Registry {
+                            rt.privileges.clear();
+                            rt.user_schemas.clear();
+                        }
                     }
                     Err(error) => warn!(%error, "reloading the write-behind catalog failed"),
                 }
@@ -480,7 +494,7 @@ impl WriteBehind {
                             let Some(rt) = weak.upgrade() else { return };
                             *rt.own.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
                             info!(database = %db, "write-behind connection re-established; reloading the catalog");
-                            let _ = note_tx.send(());
+                            let _ = note_tx.send(Reload::Reconnected);
                             ended = task;
                             break;
                         }

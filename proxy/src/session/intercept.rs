@@ -264,10 +264,12 @@ impl Intercept {
     }
 
     /// Turns interception off for good when `sql` changes session state it relies on.
-    fn watch_session_changes(&mut self, sql: &str) {
+    /// `is_write` tells whether `sql` is all recognized writes (asked only when a word of
+    /// `SESSION_CHANGERS` appears).
+    fn watch_session_changes(&mut self, sql: &str, is_write: impl FnOnce() -> bool) {
         if self.enabled {
             let lower = sql.to_ascii_lowercase();
-            if SESSION_CHANGERS.iter().any(|w| lower.contains(w)) && recognize_all(sql).is_none() {
+            if SESSION_CHANGERS.iter().any(|w| lower.contains(w)) && !is_write() {
                 self.enabled = false;
             }
         }
@@ -278,7 +280,10 @@ impl Intercept {
             Ok(Frontend::Query(sql)) => sql,
             _ => return self.forward(vec![msg], wire).await,
         };
-        match sync_setting(sql) {
+        // Lexed once: for the setting, the session-change check and recognition.
+        let tokens = lexer::lex(sql, true).unwrap_or_default();
+        let stmts = lexer::statements(&tokens);
+        match sync_setting(&stmts) {
             Some(SyncSetting::Session(on)) => {
                 // SET is transactional: only a SET outside a transaction block is known to
                 // stick. Inside one, stop acknowledging for good (conservative).
@@ -294,9 +299,10 @@ impl Intercept {
             Some(SyncSetting::Local) => return self.forward(vec![msg], wire).await,
             None => {}
         }
-        self.watch_session_changes(sql);
+        let writes = recognize_stmts(&stmts);
+        self.watch_session_changes(sql, || writes.is_some());
         if self.acking() {
-            if let Some(writes) = recognize_all(sql) {
+            if let Some(writes) = writes {
                 let mut changes = Vec::new();
                 let mut tags = Vec::with_capacity(writes.len());
                 let mut all = true;
@@ -601,7 +607,7 @@ impl Intercept {
                     sql,
                     param_types,
                 }) => {
-                    self.watch_session_changes(sql);
+                    self.watch_session_changes(sql, || recognize_all(sql).is_some());
                     parsed_here.push(name.to_string());
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);
@@ -660,15 +666,12 @@ enum SyncSetting {
     Local,
 }
 
-/// Recognizes `sql` as exactly one change of `writebehind.sync`.
-fn sync_setting(sql: &str) -> Option<SyncSetting> {
+/// Recognizes the statements of a Query as exactly one change of `writebehind.sync`.
+fn sync_setting(stmts: &[&[lexer::Token]]) -> Option<SyncSetting> {
     use lexer::Token::{Number, Op, Punct, Str, Word};
-    let tokens = lexer::lex(sql, true).ok()?;
-    let mut stmts = lexer::statements(&tokens);
-    if stmts.len() != 1 {
+    let [t] = stmts else {
         return None;
-    }
-    let t = stmts.pop()?;
+    };
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
     if word(0, "reset") && t.len() == 4 {
         let name = word(1, "writebehind") && t.get(2) == Some(&Punct('.')) && word(3, "sync");
@@ -707,11 +710,15 @@ fn sync_setting(sql: &str) -> Option<SyncSetting> {
 /// strings on: sessions that change it are not intercepted).
 fn recognize_all(sql: &str) -> Option<Vec<Write>> {
     let tokens = lexer::lex(sql, true).ok()?;
-    let stmts = lexer::statements(&tokens);
+    recognize_stmts(&lexer::statements(&tokens))
+}
+
+/// As [`recognize_all`], for statements already lexed.
+fn recognize_stmts(stmts: &[&[lexer::Token]]) -> Option<Vec<Write>> {
     if stmts.is_empty() {
         return None;
     }
-    stmts.into_iter().map(recognize::recognize).collect()
+    stmts.iter().map(|t| recognize::recognize(t)).collect()
 }
 
 fn write_table(w: &Write) -> &recognize::TableName {
@@ -747,6 +754,11 @@ fn tag(w: &Write) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sync_setting(sql: &str) -> Option<SyncSetting> {
+        let tokens = lexer::lex(sql, true).ok()?;
+        super::sync_setting(&lexer::statements(&tokens))
+    }
 
     #[test]
     fn sync_settings_are_recognized_exactly() {

@@ -274,6 +274,18 @@ BEGIN
             PERFORM pg_notify('writebehind_registry', 'ddl ' || r.objid);
         END LOOP;
     END IF;
+    -- Any DDL that is not on a temporary object may change which statements can read a
+    -- write-behind table (a new view, function, trigger, rule or foreign key): proxies refresh
+    -- what they know of the schema. Notifications of one transaction are merged by payload.
+    IF tg_event = 'sql_drop' THEN
+        IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary) THEN
+            PERFORM pg_notify('writebehind_registry', 'schema');
+        END IF;
+    ELSIF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE NOT c.in_extension
+                  AND c.schema_name IS DISTINCT FROM 'pg_temp'
+                  AND NOT coalesce(c.schema_name LIKE 'pg\_temp\_%', false)) THEN
+        PERFORM pg_notify('writebehind_registry', 'schema');
+    END IF;
 END $$;
 
 CREATE EVENT TRIGGER writebehind_ddl ON ddl_command_end

@@ -68,6 +68,8 @@ struct Limits {
 enum Reload {
     /// A `writebehind_registry` notification (enable, alter, disable, DDL, drop).
     Registry,
+    /// Other DDL (`schema`): views, functions, triggers or keys may have changed.
+    Schema,
     /// The own connection was re-established after it broke.
     Reconnected,
 }
@@ -83,8 +85,13 @@ async fn open_own(
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         use futures::StreamExt;
         while let Some(Ok(m)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(_) = m {
-                let _ = notes.send(Reload::Registry);
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let why = if n.payload() == "schema" {
+                    Reload::Schema
+                } else {
+                    Reload::Registry
+                };
+                let _ = notes.send(why);
             }
         }
     });

@@ -75,8 +75,44 @@ CREATE TABLE writebehind.table_stats (
     last_error_at    timestamptz
 );
 
+-- Per proxy and table: changes acknowledged and coalesced in the proxy, counted by
+-- begin_batch in the batch's own transaction, so they are exact whatever crashes: every
+-- acknowledged change is in exactly one committed batch, as one inbox row or merged into one.
+CREATE TABLE writebehind.ingest_stats (
+    proxy_id   text   NOT NULL,
+    relid      oid    NOT NULL,
+    acked      bigint NOT NULL DEFAULT 0,
+    coalesced  bigint NOT NULL DEFAULT 0,
+    rows       bigint NOT NULL DEFAULT 0,
+    batches    bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (proxy_id, relid)
+);
+
+-- What each proxy process last reported (writebehind.report, once a second).
+CREATE TABLE writebehind.proxy_reports (
+    proxy_id     text PRIMARY KEY,
+    address      text,
+    durability   text,
+    version      text,
+    started_at   timestamptz,
+    reported_at  timestamptz NOT NULL DEFAULT now(),
+    clients      bigint NOT NULL DEFAULT 0,
+    acked        bigint NOT NULL DEFAULT 0,
+    pending      bigint NOT NULL DEFAULT 0,
+    pending_bytes bigint NOT NULL DEFAULT 0,
+    shipped      bigint NOT NULL DEFAULT 0,
+    batches      bigint NOT NULL DEFAULT 0,
+    wal_bytes    bigint NOT NULL DEFAULT 0,
+    errors       bigint NOT NULL DEFAULT 0,
+    last_error   text,
+    paused       boolean NOT NULL DEFAULT false,
+    -- Per table oid (as text): changes acknowledged by this proxy and not yet committed.
+    pending_by_table jsonb NOT NULL DEFAULT '{}'
+);
+
 REVOKE ALL ON writebehind.tables, writebehind.progress, writebehind.inbox,
-    writebehind.dead_letters, writebehind.table_stats FROM PUBLIC;
+    writebehind.dead_letters, writebehind.table_stats, writebehind.ingest_stats,
+    writebehind.proxy_reports FROM PUBLIC;
 GRANT USAGE ON SCHEMA writebehind TO PUBLIC;
 -- Table owners register their own tables: enable/alter/disable run as the caller, and row-level
 -- security on the registry lets each role write only the rows of tables it owns.
@@ -86,7 +122,8 @@ CREATE POLICY registry_read ON writebehind.tables FOR SELECT USING (true);
 CREATE POLICY registry_owner ON writebehind.tables FOR ALL
     USING (pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relid), 'USAGE'))
     WITH CHECK (pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relid), 'USAGE'));
-GRANT SELECT ON writebehind.tables, writebehind.dead_letters, writebehind.table_stats TO PUBLIC;
+GRANT SELECT ON writebehind.tables, writebehind.dead_letters, writebehind.table_stats,
+    writebehind.ingest_stats TO PUBLIC;
 
 -- Raises with a SQLSTATE, a message and a hint (plpgsql helper).
 CREATE FUNCTION writebehind._raise(code text, msg text, hint text DEFAULT NULL)
@@ -294,7 +331,11 @@ CREATE EVENT TRIGGER writebehind_drop ON sql_drop
     EXECUTE FUNCTION writebehind._on_ddl();
 
 -- Opens batch (proxy_id, batch_seq) in the caller's transaction: see docs/inbox.md.
-CREATE FUNCTION writebehind.begin_batch(proxy_id text, batch_seq bigint, epoch bigint DEFAULT NULL)
+-- relids/acked/rows (optional, same length): per table, the acknowledged changes the batch
+-- holds and the inbox rows they were coalesced into; counted in writebehind.ingest_stats.
+CREATE FUNCTION writebehind.begin_batch(proxy_id text, batch_seq bigint, epoch bigint DEFAULT NULL,
+                                        relids oid[] DEFAULT NULL, acked bigint[] DEFAULT NULL,
+                                        rows bigint[] DEFAULT NULL)
 RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -322,6 +363,18 @@ BEGIN
     END IF;
     UPDATE writebehind.progress p SET batch_seq = begin_batch.batch_seq, updated_at = now()
     WHERE p.proxy_id = begin_batch.proxy_id;
+    IF relids IS NOT NULL THEN
+        IF cardinality(relids) <> cardinality(begin_batch.acked)
+           OR cardinality(relids) <> cardinality(begin_batch.rows) THEN
+            PERFORM writebehind._raise('22023', 'relids, acked and rows must have the same length');
+        END IF;
+        INSERT INTO writebehind.ingest_stats AS s (proxy_id, relid, acked, coalesced, rows, batches)
+        SELECT begin_batch.proxy_id, r, a, a - n, n, 1
+        FROM unnest(relids, begin_batch.acked, begin_batch.rows) AS u(r, a, n)
+        ON CONFLICT ON CONSTRAINT ingest_stats_pkey DO UPDATE
+        SET acked = s.acked + EXCLUDED.acked, coalesced = s.coalesced + EXCLUDED.coalesced,
+            rows = s.rows + EXCLUDED.rows, batches = s.batches + 1;
+    END IF;
     PERFORM writebehind._wake_on_commit();
     RETURN true;
 END $$;
@@ -396,29 +449,86 @@ BEGIN
     RETURN n;
 END $$;
 
+-- A proxy's report (once a second): upserts its row and returns the worker's per-table
+-- counters, which the proxy exposes in /metrics.
+CREATE FUNCTION writebehind.report(proxy_id text, report jsonb)
+RETURNS TABLE (relid oid, applied bigint, coalesced bigint, dead_letters bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF proxy_id IS NULL OR proxy_id = '' OR octet_length(proxy_id) > 63 THEN
+        PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
+    END IF;
+    INSERT INTO writebehind.proxy_reports AS p
+        (proxy_id, address, durability, version, started_at, reported_at, clients, acked, pending,
+         pending_bytes, shipped, batches, wal_bytes, errors, last_error, paused, pending_by_table)
+    VALUES (report.proxy_id, report->>'address', report->>'durability', report->>'version',
+            (report->>'started_at')::timestamptz, now(),
+            coalesce((report->>'clients')::bigint, 0), coalesce((report->>'acked')::bigint, 0),
+            coalesce((report->>'pending')::bigint, 0), coalesce((report->>'pending_bytes')::bigint, 0),
+            coalesce((report->>'shipped')::bigint, 0), coalesce((report->>'batches')::bigint, 0),
+            coalesce((report->>'wal_bytes')::bigint, 0), coalesce((report->>'errors')::bigint, 0),
+            report->>'last_error', coalesce((report->>'paused')::boolean, false),
+            coalesce(report->'pending_by_table', '{}'))
+    ON CONFLICT ON CONSTRAINT proxy_reports_pkey DO UPDATE
+    SET address = EXCLUDED.address, durability = EXCLUDED.durability, version = EXCLUDED.version,
+        started_at = EXCLUDED.started_at, reported_at = EXCLUDED.reported_at,
+        clients = EXCLUDED.clients, acked = EXCLUDED.acked, pending = EXCLUDED.pending,
+        pending_bytes = EXCLUDED.pending_bytes, shipped = EXCLUDED.shipped,
+        batches = EXCLUDED.batches, wal_bytes = EXCLUDED.wal_bytes, errors = EXCLUDED.errors,
+        last_error = EXCLUDED.last_error, paused = EXCLUDED.paused,
+        pending_by_table = EXCLUDED.pending_by_table;
+    RETURN QUERY SELECT s.relid, s.applied, s.coalesced, s.dead_letters FROM writebehind.table_stats s;
+END $$;
+
+-- Forgets a proxy that is gone for good (its report row; its exactly-once progress stays).
+CREATE FUNCTION writebehind.forget_proxy(proxy_id text) RETURNS boolean LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    WITH gone AS (DELETE FROM writebehind.proxy_reports p WHERE p.proxy_id = $1 RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone)
+$$;
+REVOKE ALL ON FUNCTION writebehind.report(text, jsonb), writebehind.forget_proxy(text) FROM PUBLIC;
+
+-- Proxies and what they last reported; `stale` when no report came for 5 seconds (the proxy
+-- is down, or cannot reach this database).
+CREATE VIEW writebehind.proxies AS
+    SELECT p.proxy_id, p.address, p.durability, p.version, p.started_at, p.reported_at,
+           p.reported_at < now() - interval '5 seconds' AS stale,
+           p.clients, p.acked, p.pending, p.pending_bytes, p.shipped, p.batches, p.wal_bytes,
+           p.errors, p.last_error, p.paused
+    FROM writebehind.proxy_reports p;
+
 CREATE VIEW writebehind.workers AS
     SELECT w.pid, w.database, w.state, w.rounds, w.applied, w.errors, w.last_round_at, w.last_error
     FROM writebehind._worker_status() w;
 
+-- Per table, the whole pipeline: acknowledged by proxies = pending in proxies + coalesced
+-- in proxies + rows in the inbox + applied + coalesced by the worker + dead letters.
 CREATE VIEW writebehind.status AS
     SELECT t.relid AS "table",
            t.mode,
-           NULL::bigint AS acked,
-           NULL::bigint AS pending_in_proxies,
+           coalesce(g.acked, 0) + coalesce(pp.pending, 0) AS acked,
+           coalesce(pp.pending, 0) AS pending_in_proxies,
            coalesce(q.rows, 0) AS inbox_rows,
            coalesce(s.applied, 0) AS applied,
-           coalesce(s.coalesced, 0) AS coalesced,
-           CASE WHEN coalesce(s.applied, 0) + coalesce(s.coalesced, 0) = 0 THEN NULL
-                ELSE round((s.applied + s.coalesced)::numeric / greatest(s.applied, 1), 2) END AS coalescing_ratio,
+           coalesce(g.coalesced, 0) + coalesce(s.coalesced, 0) AS coalesced,
+           CASE WHEN coalesce(s.applied, 0) = 0 THEN NULL
+                ELSE round((coalesce(g.acked, 0) - coalesce(q.rows, 0) - coalesce(s.dead_letters, 0))::numeric
+                           / s.applied, 2) END AS coalescing_ratio,
            coalesce(s.batches, 0) AS batches,
-           (SELECT count(*) FROM writebehind.dead_letters d WHERE d.relid = t.relid) AS dead_letters,
+           coalesce(s.dead_letters, 0) AS dead_letters,
            extract(epoch FROM now() - q.oldest)::double precision AS apply_lag_seconds,
            CASE WHEN s.last_round_secs > 0 THEN round((s.last_round_rows / s.last_round_secs)::numeric, 0) END AS apply_rate,
            s.last_apply_at,
-           s.last_error,
+           coalesce(s.last_error, pp.last_error) AS last_error,
            s.last_error_at
     FROM writebehind.tables t
     LEFT JOIN writebehind.table_stats s ON s.relid = t.relid
+    LEFT JOIN LATERAL (SELECT sum(i.acked) AS acked, sum(i.coalesced) AS coalesced
+                       FROM writebehind.ingest_stats i WHERE i.relid = t.relid) g ON true
+    LEFT JOIN LATERAL (SELECT sum((p.pending_by_table ->> t.relid::oid::text)::bigint) AS pending,
+                              max(p.last_error) AS last_error
+                       FROM writebehind.proxy_reports p
+                       WHERE p.pending_by_table ? t.relid::oid::text) pp ON true
     LEFT JOIN LATERAL (SELECT count(*) AS rows, min(i.enqueued_at) AS oldest
                        FROM writebehind.inbox i WHERE i.relid = t.relid) q ON true;
-GRANT SELECT ON writebehind.status, writebehind.workers TO PUBLIC;
+GRANT SELECT ON writebehind.status, writebehind.workers, writebehind.proxies TO PUBLIC;

@@ -523,9 +523,9 @@ CREATE VIEW writebehind.status AS
            s.last_error_at
     FROM writebehind.tables t
     LEFT JOIN writebehind.table_stats s ON s.relid = t.relid
-    LEFT JOIN LATERAL (SELECT sum(i.acked) AS acked, sum(i.coalesced) AS coalesced
+    LEFT JOIN LATERAL (SELECT sum(i.acked)::bigint AS acked, sum(i.coalesced)::bigint AS coalesced
                        FROM writebehind.ingest_stats i WHERE i.relid = t.relid) g ON true
-    LEFT JOIN LATERAL (SELECT sum((p.pending_by_table ->> t.relid::oid::text)::bigint) AS pending,
+    LEFT JOIN LATERAL (SELECT sum((p.pending_by_table ->> t.relid::oid::text)::bigint)::bigint AS pending,
                               max(p.last_error) AS last_error
                        FROM writebehind.proxy_reports p
                        WHERE p.pending_by_table ? t.relid::oid::text) pp ON true

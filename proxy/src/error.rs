@@ -53,6 +53,18 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    /// Admin `FLUSH` while shipping is paused.
+    #[error("shipping is paused: RESUME first")]
+    ShippingPaused,
+    /// Admin `FLUSH` of a table that is not write-behind in any database the proxy serves.
+    #[error("no write-behind table {0:?} in the databases this proxy serves")]
+    UnknownTable(String),
+    /// Admin `RELOAD` found the configuration invalid (the running one stays).
+    #[error("the configuration is invalid, nothing changed: {0}")]
+    BadConfig(String),
+    /// Admin `FLUSH` could not ship and apply in time.
+    #[error("flush failed: {0}")]
+    FlushFailed(String),
 }
 
 impl From<crate::writebehind::runtime::EnqueueError> for ProxyError {
@@ -94,12 +106,19 @@ impl ProxyError {
             ProxyError::WalDiskFull(_) => (&SqlState::DISK_FULL, Severity::Error),
             ProxyError::WalIo(_) => (&SqlState::IO_ERROR, Severity::Error),
             ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
+            ProxyError::ShippingPaused => {
+                (&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, Severity::Error)
+            }
+            ProxyError::UnknownTable(_) => (&SqlState::UNDEFINED_TABLE, Severity::Error),
+            ProxyError::FlushFailed(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Error),
+            ProxyError::BadConfig(_) => (&SqlState::INVALID_PARAMETER_VALUE, Severity::Error),
         }
     }
 
-    /// Appends the ErrorResponse for this error to `buf`.
+    /// Appends the ErrorResponse for this error to `buf`, and counts it for `/metrics`.
     pub fn write_to(&self, buf: &mut BytesMut) {
         let (code, severity) = self.code();
+        crate::telemetry::count_error(code.code());
         messages::error(buf, severity, code.code(), &self.to_string(), None);
     }
 }

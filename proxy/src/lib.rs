@@ -24,6 +24,7 @@ pub mod server;
 pub mod session;
 pub mod ship;
 pub mod stats;
+pub mod telemetry;
 pub mod wal;
 pub mod writebehind;
 

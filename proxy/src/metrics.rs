@@ -2,6 +2,9 @@
 //! `GET /health` (200, or 503 with a JSON reason), over a minimal HTTP/1.1 server.
 
 use crate::session::Shared;
+use crate::telemetry::Snapshot;
+use crate::writebehind::queue::KINDS;
+use crate::writebehind::runtime::DbRuntime;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -122,6 +125,25 @@ pub fn metrics(shared: &Shared) -> String {
         &[],
         shared.stats.clients_total.load(Ordering::Relaxed) as f64,
     );
+    m.gauge(
+        "writebehind_upstream_connections",
+        "Client sessions with a server connection now.",
+        &[],
+        shared
+            .stats
+            .clients
+            .iter()
+            .filter(|c| c.upstream.is_some())
+            .count() as f64,
+    );
+    for (sqlstate, n) in crate::telemetry::errors() {
+        m.counter(
+            "writebehind_errors_total",
+            "Errors the proxy itself sent to clients, by SQLSTATE (PostgreSQL's are relayed).",
+            &[("sqlstate", sqlstate)],
+            n as f64,
+        );
+    }
     for e in shared.stats.databases.iter() {
         let l = [("database", e.key().as_str())];
         let c = e.value();
@@ -192,6 +214,29 @@ pub fn metrics(shared: &Shared) -> String {
                 &l,
                 rt.overflows.load(Ordering::Relaxed) as f64,
             );
+            m.histogram(
+                "writebehind_ship_seconds",
+                "Time to commit a batch to the inbox, retries included.",
+                &l,
+                &rt.barrier.flusher().latency().snapshot(),
+            );
+            m.histogram(
+                "writebehind_barrier_seconds",
+                "Time read barriers waited for shipping and apply (those that did not pass at once).",
+                &l,
+                &rt.barrier.latency().snapshot(),
+            );
+            m.gauge(
+                "writebehind_paused",
+                "Whether shipping is paused (admin PAUSE).",
+                &l,
+                if rt.barrier.flusher().paused() {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+            tables(&mut m, &db, &rt);
             m.gauge(
                 "writebehind_upstream_up",
                 "Whether the proxy's own connection to PostgreSQL is up.",
@@ -206,6 +251,12 @@ pub fn metrics(shared: &Shared) -> String {
                 "Bytes appended to the proxy's WAL since start.",
                 &[],
                 s.appended_bytes as f64,
+            );
+            m.counter(
+                "writebehind_wal_fsyncs_total",
+                "fsyncs of WAL segment files since start.",
+                &[],
+                s.fsyncs as f64,
             );
             m.gauge(
                 "writebehind_wal_segments",
@@ -228,6 +279,72 @@ pub fn metrics(shared: &Shared) -> String {
         }
     }
     m.render()
+}
+
+/// Per table and statement kind: acknowledged and shipped; per table: coalesced, pending,
+/// and the worker's applied and dead-lettered counts (as of the proxy's last report).
+fn tables(m: &mut Metrics, db: &str, rt: &DbRuntime) {
+    let catalog = rt.catalog.borrow().clone();
+    let applied = rt.applied();
+    let counts = rt.queue.table_counts();
+    let name = |relid: u32| {
+        catalog
+            .tables
+            .iter()
+            .find(|t| t.relid == relid)
+            .map(|t| format!("{}.{}", t.schema, t.name))
+            .unwrap_or_else(|| relid.to_string())
+    };
+    for (relid, c) in &counts {
+        let table = name(*relid);
+        for (i, kind) in KINDS.iter().enumerate() {
+            let l = [("database", db), ("table", table.as_str()), ("kind", kind)];
+            m.counter(
+                "writebehind_table_acked_total",
+                "Changes acknowledged by this process, by table and statement kind.",
+                &l,
+                c.acked[i] as f64,
+            );
+            m.counter(
+                "writebehind_table_shipped_rows_total",
+                "Inbox rows committed by this process, by table and statement kind.",
+                &l,
+                c.shipped[i] as f64,
+            );
+        }
+        let l = [("database", db), ("table", table.as_str())];
+        m.counter(
+            "writebehind_table_coalesced_total",
+            "Changes merged into an earlier change of the same key before shipping.",
+            &l,
+            c.coalesced as f64,
+        );
+        m.gauge(
+            "writebehind_table_pending_rows",
+            "Changes acknowledged and not yet committed upstream, by table.",
+            &l,
+            c.pending as f64,
+        );
+    }
+    for (relid, a) in &applied {
+        if catalog.tables.iter().all(|t| t.relid != *relid) {
+            continue;
+        }
+        let table = name(*relid);
+        let l = [("database", db), ("table", table.as_str())];
+        m.counter(
+            "writebehind_table_applied_total",
+            "Rows the apply worker applied (all proxies; from writebehind.table_stats).",
+            &l,
+            a.applied as f64,
+        );
+        m.counter(
+            "writebehind_table_dead_letters_total",
+            "Changes the apply worker sent to writebehind.dead_letters (all proxies).",
+            &l,
+            a.dead_letters as f64,
+        );
+    }
 }
 
 /// Builds the exposition text: each family's HELP and TYPE, then all its samples together.
@@ -269,6 +386,38 @@ impl Metrics {
 
     fn gauge(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: f64) {
         self.sample("gauge", name, help, labels, v);
+    }
+
+    /// A histogram family: cumulative `_bucket` samples with `le`, then `_sum` and `_count`.
+    fn histogram(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], h: &Snapshot) {
+        let base: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let mut lines = Vec::with_capacity(h.cumulative.len() + 2);
+        for (bound, n) in &h.cumulative {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                bound.to_string()
+            };
+            let mut l = base.clone();
+            l.push(format!("le=\"{le}\""));
+            lines.push(format!("{name}_bucket{{{}}} {n}", l.join(",")));
+        }
+        let plain = if base.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", base.join(","))
+        };
+        lines.push(format!("{name}_sum{plain} {}", h.sum));
+        lines.push(format!("{name}_count{plain} {}", h.count));
+        match self.families.iter_mut().find(|f| f.0 == name) {
+            Some(f) => f.3.extend(lines),
+            None => self
+                .families
+                .push((name, "histogram", help.to_string(), lines)),
+        }
     }
 
     fn render(&self) -> String {

@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use crate::session::{self, cancel::CancelMap, Shared};
-use crate::stats::Stats;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,12 +22,13 @@ pub async fn run(
         }
         _ => None,
     };
-    let writebehind = Some(crate::recovery::start(&config).await?);
+    let writebehind = crate::recovery::start(&config).await?;
+    let stats = writebehind.stats().clone();
     let shared =
         Arc::new(Shared {
-            writebehind,
+            writebehind: Some(writebehind),
             config,
-            stats: Arc::new(Stats::default()),
+            stats,
             cancel: CancelMap::default(),
             tls,
             upstream_tls: Some(crate::session::tls::connector().map_err(|e| {

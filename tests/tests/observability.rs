@@ -1,9 +1,11 @@
 //! What the proxy tells about itself: `/metrics` in Prometheus text format with counters that
-//! match a known workload, and `/health` turning 503 while PostgreSQL is down and 200 after.
+//! match a known workload, `/health` turning 503 while PostgreSQL is down and 200 after,
+//! `writebehind.status` and `writebehind.proxies` adding up, and the admin console's
+//! write-behind commands through psql.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-use writebehind_tests::{free_port, Cluster, Proxy};
+use writebehind_tests::{free_port, psql, run_cmd, Cluster, Proxy};
 
 const SCHEMA: &str = "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
     INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g;
@@ -31,14 +33,19 @@ fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 /// `name{labels} value` with a declared TYPE, each family's samples together.
 fn parse(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
     let mut typed: Vec<String> = Vec::new();
+    let mut histogram = false;
     let mut out = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split_whitespace();
             let name = parts.next().unwrap_or_default().to_string();
             let kind = parts.next().unwrap_or_default();
-            anyhow::ensure!(["counter", "gauge"].contains(&kind), "type {kind}");
+            anyhow::ensure!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "type {kind}"
+            );
             anyhow::ensure!(!typed.contains(&name), "TYPE twice for {name}");
+            histogram = kind == "histogram";
             typed.push(name);
             continue;
         }
@@ -48,7 +55,15 @@ fn parse(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
         let (series, value) = line
             .rsplit_once(' ')
             .ok_or_else(|| anyhow::anyhow!("no value: {line}"))?;
-        let family = series.split('{').next().unwrap_or_default().to_string();
+        let mut family = series.split('{').next().unwrap_or_default().to_string();
+        if histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = family.strip_suffix(suffix) {
+                    family = base.to_string();
+                    break;
+                }
+            }
+        }
         anyhow::ensure!(
             typed.last() == Some(&family),
             "{family} sample outside its family"
@@ -143,5 +158,217 @@ async fn metrics_match_the_workload_and_health_follows_postgres() -> anyhow::Res
         value(&samples, &format!("writebehind_upstream_up{db}")),
         Some(1.0)
     );
+    Ok(())
+}
+
+/// Runs one admin console command through psql: (success, stdout, stderr).
+fn admin(port: u16, command: &str) -> anyhow::Result<(bool, String, String)> {
+    run_cmd(
+        psql(port, "admin", "writebehind")
+            .args(["-A", "-t", "-v", "VERBOSITY=verbose", "-c", command])
+            .env("PGCONNECT_TIMEOUT", "10"),
+    )
+}
+
+/// A known workload through the proxy, with shipping paused and resumed from the admin
+/// console: afterwards the status view's numbers add up (acked = applied + coalesced + dead
+/// letters), the proxy's report matches, and /metrics counts the same.
+#[tokio::test]
+async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0 CHECK (n < 1000));
+             INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g;
+             SELECT writebehind.enable('counters');",
+        )
+        .await?;
+    let mport = free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let mut proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &[
+            "--metrics-listen",
+            &listen,
+            "--flush-interval",
+            "100ms",
+            "--admin-users",
+            "admin",
+        ],
+    )?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // Start the database's runtime, then pause shipping before any write.
+    c.simple_query("INSERT INTO counters (id, n) VALUES (99, 0)")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while direct
+        .query_opt("SELECT 1 FROM counters WHERE id = 99", &[])
+        .await?
+        .is_none()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "row 99 never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, out, err) = admin(proxy.port, "PAUSE")?;
+    assert!(ok, "PAUSE: {out} {err}");
+    // 1 + 20 inserts, 100 increments over 10 keys, 5 deletes, and one row the CHECK refuses
+    // when applied: 127 acknowledged changes.
+    for i in 100..120 {
+        c.simple_query(&format!("INSERT INTO counters (id, n) VALUES ({i}, {i})"))
+            .await?;
+    }
+    for i in 0..100 {
+        c.simple_query(&format!(
+            "UPDATE counters SET n = n + 1 WHERE id = {}",
+            i % 10 + 1
+        ))
+        .await?;
+    }
+    for i in 100..105 {
+        c.simple_query(&format!("DELETE FROM counters WHERE id = {i}"))
+            .await?;
+    }
+    c.simple_query("INSERT INTO counters (id, n) VALUES (500, 5000)")
+        .await?;
+    // Paused: nothing ships, however long the flush interval has passed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let batches: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.inbox", &[])
+        .await?
+        .get(0);
+    let sum: i64 = direct
+        .query_one("SELECT sum(n)::int8 FROM counters", &[])
+        .await?
+        .get(0);
+    assert_eq!((batches, sum), (0, 0), "shipped while paused");
+    let (ok, _, err) = admin(proxy.port, "FLUSH")?;
+    assert!(!ok && err.contains("55000"), "FLUSH while paused: {err}");
+    let (ok, out, err) = admin(proxy.port, "SHOW TABLES")?;
+    assert!(ok, "{err}");
+    // database|table|acked|pending|coalesced|shipped|applied|dead_letters
+    let cols: Vec<&str> = out.trim().split('|').collect();
+    assert_eq!(
+        cols[..6],
+        ["postgres", "public.counters", "127", "126", "0", "1"],
+        "SHOW TABLES while paused: {out}"
+    );
+
+    let (ok, out, err) = admin(proxy.port, "RESUME")?;
+    assert!(ok, "RESUME: {out} {err}");
+    let (ok, out, err) = admin(proxy.port, "FLUSH counters")?;
+    assert!(ok, "FLUSH counters: {out} {err}");
+    let sum: i64 = direct
+        .query_one("SELECT sum(n)::int8 FROM counters WHERE id <= 10", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 100, "FLUSH returned before the increments applied");
+    let (ok, _, err) = admin(proxy.port, "FLUSH nosuch")?;
+    assert!(
+        !ok && err.contains("42P01"),
+        "FLUSH of an unknown table: {err}"
+    );
+    let (ok, out, err) = admin(proxy.port, "RELOAD")?;
+    assert!(ok, "RELOAD: {out} {err}");
+
+    // The proxy reports once a second: wait until its report shows nothing pending.
+    let status = "SELECT acked, pending_in_proxies, inbox_rows, applied, coalesced, dead_letters
+                  FROM writebehind.status WHERE \"table\" = 'counters'::regclass";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let r = direct.query_one(status, &[]).await?;
+        let v: Vec<i64> = (0..6).map(|i| r.get::<_, i64>(i)).collect();
+        if v[1] == 0 && v[2] == 0 || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (acked, pending, inbox, applied, coalesced, dead) =
+        (row[0], row[1], row[2], row[3], row[4], row[5]);
+    assert_eq!((acked, pending, inbox, dead), (127, 0, 0, 1), "{row:?}");
+    assert_eq!(acked, applied + coalesced + dead, "{row:?}");
+    // 100 increments of 10 keys leave at most 10 rows; 5 inserts were deleted again.
+    assert!(coalesced >= 90, "{row:?}");
+    let dead_state: String = direct
+        .query_one(
+            "SELECT sqlstate FROM writebehind.dead_letters WHERE key = '[\"500\"]'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(dead_state, "23514");
+
+    let p = direct
+        .query_one(
+            "SELECT stale, acked, pending, durability, paused, clients FROM writebehind.proxies",
+            &[],
+        )
+        .await?;
+    assert!(!p.get::<_, bool>(0));
+    assert_eq!(p.get::<_, i64>(1), 127);
+    assert_eq!(p.get::<_, i64>(2), 0);
+    assert_eq!(p.get::<_, String>(3), "wal");
+    assert!(!p.get::<_, bool>(4));
+    assert_eq!(p.get::<_, i64>(5), 1);
+
+    let samples = parse(&get(mport, "/metrics")?.1)?;
+    let t = "database=\"postgres\",table=\"public.counters\"";
+    for (kind, n) in [("insert", 22.0), ("update", 100.0), ("delete", 5.0)] {
+        assert_eq!(
+            value(
+                &samples,
+                &format!("writebehind_table_acked_total{{{t},kind=\"{kind}\"}}")
+            ),
+            Some(n),
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        value(&samples, &format!("writebehind_table_applied_total{{{t}}}")),
+        Some(applied as f64)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("writebehind_table_dead_letters_total{{{t}}}")
+        ),
+        Some(1.0)
+    );
+    let db = "database=\"postgres\"";
+    assert!(
+        value(&samples, &format!("writebehind_ship_seconds_count{{{db}}}")).unwrap_or(0.0) >= 1.0
+    );
+    assert!(
+        value(
+            &samples,
+            &format!("writebehind_ship_seconds_bucket{{{db},le=\"+Inf\"}}")
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(
+        value(&samples, "writebehind_errors_total{sqlstate=\"55000\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "writebehind_errors_total{sqlstate=\"42P01\"}"),
+        Some(1.0)
+    );
+
+    // A proxy that stops reporting is marked stale after 5 seconds.
+    proxy.signal("KILL")?;
+    let _ = proxy.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stale: bool = direct
+            .query_one("SELECT stale FROM writebehind.proxies", &[])
+            .await?
+            .get(0);
+        if stale {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never marked stale");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! The admin console: the virtual database `writebehind`, for users in `admin_users`, with
-//! PgBouncer-shaped `SHOW STATS | CLIENTS | SERVERS | CONFIG | VERSION` (simple protocol).
+//! PgBouncer-shaped `SHOW STATS | CLIENTS | SERVERS | CONFIG | VERSION`, and for write-behind
+//! `SHOW TABLES`, `FLUSH [table]`, `PAUSE`, `RESUME` and `RELOAD` (simple protocol).
+
+mod writebehind;
 
 use crate::error::ProxyError;
 use crate::protocol::messages;
@@ -59,7 +62,7 @@ pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
                 let text = String::from_utf8_lossy(&body)
                     .trim_end_matches('\0')
                     .to_string();
-                run_command(&text, shared, &mut out);
+                run_command(&text, shared, &mut out).await;
                 messages::ready(&mut out);
             }
             _ => {
@@ -81,14 +84,25 @@ pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
     }
 }
 
-fn run_command(text: &str, shared: &Shared, out: &mut BytesMut) {
-    let cmd = text
-        .trim()
-        .trim_end_matches(';')
-        .trim()
-        .to_ascii_uppercase();
+async fn run_command(text: &str, shared: &Shared, out: &mut BytesMut) {
+    let original = text.trim().trim_end_matches(';').trim();
+    let cmd = original.to_ascii_uppercase();
     let words: Vec<&str> = cmd.split_whitespace().collect();
+    let wb = shared.writebehind.as_deref();
     match words.as_slice() {
+        ["SHOW", "TABLES"] => writebehind::show_tables(wb, out),
+        ["FLUSH"] => writebehind::flush(wb, None, shared, out).await,
+        ["FLUSH", _] => {
+            let table = original
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            writebehind::flush(wb, Some(&table), shared, out).await
+        }
+        ["PAUSE"] => writebehind::pause(wb, true, out),
+        ["RESUME"] => writebehind::pause(wb, false, out),
+        ["RELOAD"] => writebehind::reload(wb, shared, out),
         ["SHOW", "STATS"] => show_stats(shared, out),
         ["SHOW", "CLIENTS"] => show_clients(shared, out, false),
         ["SHOW", "SERVERS"] => show_clients(shared, out, true),
@@ -180,9 +194,17 @@ fn show_clients(shared: &Shared, out: &mut BytesMut, servers: bool) {
 }
 
 fn show_config(shared: &Shared, out: &mut BytesMut) {
-    let c = &shared.config;
+    let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config)
+        .into_iter()
+        .map(|(k, v)| vec![Some(k.to_string()), Some(v)])
+        .collect();
+    messages::rows(out, &["key", "value"], &rows);
+}
+
+/// Every configuration key with its value as `SHOW CONFIG` prints it.
+fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
     let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
-    let rows: Vec<(&str, String)> = vec![
+    let rows: Vec<(&'static str, String)> = vec![
         ("listen", c.listen.clone()),
         ("upstream", c.upstream.text.clone()),
         ("durability", format!("{:?}", c.durability).to_lowercase()),
@@ -210,9 +232,5 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
         ),
         ("shutdown_timeout", d(c.shutdown_timeout)),
     ];
-    let rows: Vec<Vec<Option<String>>> = rows
-        .into_iter()
-        .map(|(k, v)| vec![Some(k.to_string()), Some(v)])
-        .collect();
-    messages::rows(out, &["key", "value"], &rows);
+    rows
 }

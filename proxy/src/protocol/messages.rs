@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
 use pgwire::messages::Message;
@@ -47,6 +47,17 @@ pub fn error(
         fields.push((b'H', h.to_string()));
     }
     put(buf, &ErrorResponse::new(fields));
+}
+
+/// NoticeResponse (severity NOTICE, SQLSTATE 00000) with a message.
+pub fn notice(buf: &mut BytesMut, message: &str) {
+    let fields = vec![
+        (b'S', "NOTICE".to_string()),
+        (b'V', "NOTICE".to_string()),
+        (b'C', "00000".to_string()),
+        (b'M', message.to_string()),
+    ];
+    put(buf, &NoticeResponse::new(fields));
 }
 
 /// ReadyForQuery (idle).

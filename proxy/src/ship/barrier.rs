@@ -6,6 +6,7 @@
 
 use super::flusher::{BatchSource, Flusher, ShipProgress};
 use super::inbox::{InboxShipper, ShipError};
+use crate::telemetry::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ pub struct Barrier {
     flusher: Flusher,
     /// Per table: the batch generation known to be applied.
     applied: Mutex<(InboxShipper, HashMap<u32, u64>)>,
+    /// How long barriers that had to ship or wait took.
+    latency: Histogram,
 }
 
 impl Barrier {
@@ -37,16 +40,45 @@ impl Barrier {
             source,
             flusher,
             applied: Mutex::new((flush_conn, HashMap::new())),
+            latency: Histogram::default(),
         }
     }
 
+    /// How long barriers that did not pass at once took (successful or not).
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
     /// Returns once every write acknowledged before the call to any of `relids` is applied by
-    /// the extension, or fails after `timeout`.
+    /// the extension, or fails after `timeout`; times the barriers that had to wait.
     pub async fn wait(&self, relids: &[u32], timeout: Duration) -> Result<(), BarrierError> {
+        let started = Instant::now();
+        let (result, waited) = self.wait_inner(relids, timeout).await;
+        if waited {
+            self.latency.observe(started.elapsed());
+        }
+        result
+    }
+
+    /// [`wait`](Self::wait), telling whether it had to ship or wait (the slow path).
+    async fn wait_inner(
+        &self,
+        relids: &[u32],
+        timeout: Duration,
+    ) -> (Result<(), BarrierError>, bool) {
+        match self.wait_or_pass(relids, timeout).await {
+            Ok(waited) => (Ok(()), waited),
+            Err(e) => (Err(e), true),
+        }
+    }
+
+    /// The barrier: `Ok(false)` when it passed at once.
+    async fn wait_or_pass(&self, relids: &[u32], timeout: Duration) -> Result<bool, BarrierError> {
         let deadline = Instant::now() + timeout;
         let target = self.source.acked();
         let mut progress = self.flusher.progress();
-        if progress.borrow().shipped_through < target {
+        let must_ship = progress.borrow().shipped_through < target;
+        if must_ship {
             self.flusher.wake();
             let shipped = tokio::time::timeout_at(
                 deadline.into(),
@@ -72,7 +104,7 @@ impl Barrier {
                 .collect()
         };
         if stale.is_empty() {
-            return Ok(());
+            return Ok(must_ship);
         }
         let mut guard = self.applied.lock().await;
         for (relid, generation) in stale {
@@ -97,7 +129,7 @@ impl Barrier {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The flusher behind this barrier.

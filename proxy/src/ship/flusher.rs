@@ -9,6 +9,7 @@
 
 use super::backoff::Backoff;
 use super::inbox::{Delivery, InboxShipper};
+use crate::telemetry::Histogram;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,20 @@ pub struct EncodedBatch {
     pub changes: usize,
     /// The tables it touches (pg_class oids).
     pub relids: Vec<u32>,
+    /// Per table: acknowledged changes in the batch and the inbox rows they became.
+    pub tables: Vec<BatchTable>,
+}
+
+/// One table's share of a batch, counted by `writebehind.begin_batch` into
+/// `writebehind.ingest_stats` in the batch's own transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTable {
+    /// The table (pg_class oid).
+    pub relid: u32,
+    /// Acknowledged changes of the table the batch holds.
+    pub changes: u64,
+    /// Inbox rows they were coalesced into, by statement kind (insert, update, delete).
+    pub rows: [u64; 3],
 }
 
 /// Where a flusher takes its batches from: the coalescer of one database.
@@ -81,6 +96,8 @@ pub struct ShipProgress {
 pub struct Flusher {
     wake: Arc<Notify>,
     progress: watch::Receiver<ShipProgress>,
+    paused: Arc<watch::Sender<bool>>,
+    latency: Arc<Histogram>,
 }
 
 impl Flusher {
@@ -100,6 +117,8 @@ impl Flusher {
             ..ShipProgress::default()
         };
         let (tx, rx) = watch::channel(initial);
+        let (paused, paused_rx) = watch::channel(false);
+        let latency = Arc::new(Histogram::default());
         let task = FlushTask {
             source,
             shipper,
@@ -107,14 +126,38 @@ impl Flusher {
             wake: wake.clone(),
             progress: tx,
             shutdown,
+            paused: paused_rx,
+            latency: latency.clone(),
         };
         let handle = tokio::spawn(task.run());
-        (Self { wake, progress: rx }, handle)
+        let flusher = Self {
+            wake,
+            progress: rx,
+            paused: Arc::new(paused),
+            latency,
+        };
+        (flusher, handle)
     }
 
     /// Asks the flusher to ship now instead of at the next interval.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Pauses shipping (`true`) or resumes it. While paused nothing ships, not even for a
+    /// barrier; shutting down resumes.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Whether shipping is paused.
+    pub fn paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// How long committed batches took to ship (each attempt until the commit).
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
     }
 
     /// A receiver of the flusher's progress.
@@ -130,6 +173,8 @@ struct FlushTask {
     wake: Arc<Notify>,
     progress: watch::Sender<ShipProgress>,
     shutdown: watch::Receiver<bool>,
+    paused: watch::Receiver<bool>,
+    latency: Arc<Histogram>,
 }
 
 impl FlushTask {
@@ -138,7 +183,12 @@ impl FlushTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopping = *self.shutdown.borrow();
-            self.ship_all().await;
+            if stopping && *self.paused.borrow() {
+                info!("shutting down: shipping resumes");
+            }
+            if stopping || !*self.paused.borrow() {
+                self.ship_all().await;
+            }
             if stopping {
                 info!(
                     proxy_id = self.shipper.proxy_id(),
@@ -150,6 +200,7 @@ impl FlushTask {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
                 _ = self.shutdown.changed() => {}
+                _ = self.paused.changed() => {}
             }
         }
     }
@@ -164,7 +215,9 @@ impl FlushTask {
         }
         while let Some(batch) = self.source.take_batch(self.settings.max_batch_rows) {
             let seq = batch.seq;
+            let started = std::time::Instant::now();
             self.ship_until_delivered(seq, &batch).await;
+            self.latency.observe(started.elapsed());
             self.source.committed(&batch);
             self.progress.send_modify(|p| {
                 p.last_seq = seq;
@@ -191,7 +244,11 @@ impl FlushTask {
     async fn ship_until_delivered(&mut self, seq: i64, batch: &EncodedBatch) {
         let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
         loop {
-            match self.shipper.ship(seq, batch.rows.clone()).await {
+            match self
+                .shipper
+                .ship_counted(seq, batch.rows.clone(), &batch.tables)
+                .await
+            {
                 Ok(Delivery::Committed) => {
                     debug!(seq, rows = batch.changes, "batch committed");
                     return;

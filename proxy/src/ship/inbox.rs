@@ -5,6 +5,7 @@
 //! and reported as [`Delivery::AlreadyDelivered`], so the caller may resend a batch whenever it
 //! does not know whether the last attempt committed.
 
+use super::flusher::BatchTable;
 use bytes::Bytes;
 use futures::SinkExt;
 use std::time::Duration;
@@ -169,16 +170,38 @@ impl InboxShipper {
 
     /// Ships one batch: `rows` is the COPY text of docs/inbox.md for batch `seq`.
     pub async fn ship(&mut self, seq: i64, rows: Bytes) -> Result<Delivery, ShipError> {
+        self.ship_counted(seq, rows, &[]).await
+    }
+
+    /// As [`ship`](Self::ship), and counts `tables` (each table's acknowledged changes and
+    /// the rows they became) in `writebehind.ingest_stats` in the same transaction.
+    pub async fn ship_counted(
+        &mut self,
+        seq: i64,
+        rows: Bytes,
+        tables: &[BatchTable],
+    ) -> Result<Delivery, ShipError> {
         let id = self.proxy_id.clone();
         let epoch = self.epoch;
+        let counted = !tables.is_empty();
+        let relids: Vec<u32> = tables.iter().map(|t| t.relid).collect();
+        let acked: Vec<i64> = tables.iter().map(|t| count(t.changes)).collect();
+        let inbox_rows: Vec<i64> = tables.iter().map(|t| count(t.rows.iter().sum())).collect();
         let result = async {
             let client = self.client().await?;
             let batch_err = |source| ShipError::Batch { seq, source };
             let tx = client.transaction().await.map_err(batch_err)?;
             let fresh: bool = tx
                 .query_one(
-                    "SELECT writebehind.begin_batch($1, $2, $3)",
-                    &[&id, &seq, &epoch],
+                    "SELECT writebehind.begin_batch($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &id,
+                        &seq,
+                        &epoch,
+                        &counted.then_some(&relids),
+                        &counted.then_some(&acked),
+                        &counted.then_some(&inbox_rows),
+                    ],
                 )
                 .await
                 .and_then(|row| row.try_get(0))
@@ -229,4 +252,9 @@ impl InboxShipper {
         }
         result
     }
+}
+
+/// A count as a bigint (counts never come near 2^63).
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -7,5 +7,5 @@ pub mod inbox;
 
 pub use backoff::Backoff;
 pub use barrier::{Barrier, BarrierError};
-pub use flusher::{BatchSource, EncodedBatch, FlushSettings, Flusher, ShipProgress};
+pub use flusher::{BatchSource, BatchTable, EncodedBatch, FlushSettings, Flusher, ShipProgress};
 pub use inbox::{Delivery, InboxShipper, ShipError};

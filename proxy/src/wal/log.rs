@@ -48,6 +48,8 @@ pub struct Wal {
     /// Set for good once an fsync failed: after that the kernel may have dropped the pages, so
     /// nothing written since can be called durable (PostgreSQL PANICs in the same situation).
     sync_failed: Mutex<Option<String>>,
+    /// fsyncs of the log's segment files.
+    fsyncs: std::sync::atomic::AtomicU64,
 }
 
 impl Wal {
@@ -94,6 +96,7 @@ impl Wal {
             synced: watch::channel(done).0,
             sync_wanted: Notify::new(),
             sync_failed: Mutex::new(None),
+            fsyncs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -174,9 +177,13 @@ impl Wal {
         };
         for f in old {
             f.sync_data().map_err(|e| WalError::io(&path, e))?;
+            self.fsyncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if upto > *self.synced.borrow() {
             file.sync_data().map_err(|e| WalError::io(&path, e))?;
+            self.fsyncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.synced.send_replace(upto);
         }
         Ok(upto)
@@ -227,6 +234,7 @@ impl Wal {
             segments: w.segments.len(),
             next_lsn: w.next_lsn,
             synced_lsn: *self.synced.borrow(),
+            fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -242,6 +250,8 @@ pub struct WalStats {
     pub next_lsn: u64,
     /// The highest lsn on stable storage.
     pub synced_lsn: u64,
+    /// fsyncs of segment files since the log was opened.
+    pub fsyncs: u64,
 }
 
 impl Writer {

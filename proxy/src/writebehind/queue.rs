@@ -11,7 +11,7 @@
 
 use super::encode::{copy_row, Change, ColumnChange};
 use super::journal;
-use crate::ship::{BatchSource, EncodedBatch};
+use crate::ship::{BatchSource, BatchTable, EncodedBatch};
 use crate::wal::{Wal, WalError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +36,33 @@ struct Pending {
     inflight: Option<(u64, usize, usize)>,
     /// The next lsn when there is no WAL.
     next_local_lsn: u64,
+    /// Per table: what this process acknowledged, coalesced and shipped.
+    tables: HashMap<u32, TableCounts>,
+}
+
+/// The statement kinds changes are counted by, in [`TableCounts`] index order.
+pub const KINDS: [&str; 3] = ["insert", "update", "delete"];
+
+/// What one table's changes did in this process, by statement kind ([`KINDS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Changes acknowledged by this process (changes replayed from the WAL are not).
+    pub acked: [u64; 3],
+    /// Inbox rows committed.
+    pub shipped: [u64; 3],
+    /// Changes merged into an earlier one of the same key before shipping.
+    pub coalesced: u64,
+    /// Changes queued or in flight (acknowledged or replayed, not yet committed).
+    pub pending: u64,
+}
+
+/// The index of `c`'s statement kind in [`KINDS`].
+fn kind(c: &Change) -> usize {
+    match c {
+        Change::Insert { .. } => 0,
+        Change::Update { .. } => 1,
+        Change::Delete { .. } => 2,
+    }
 }
 
 /// Where statements are journaled before they are acknowledged.
@@ -104,22 +131,27 @@ impl Queue {
                 lsn
             }
         };
-        self.enqueue_locked(&mut p, lsn, changes);
+        self.enqueue_locked(&mut p, lsn, changes, true);
         Ok(lsn)
     }
 
     /// Queues a statement read back from the WAL at start-up (it is journaled already).
     pub fn replay(&self, lsn: u64, changes: Vec<Change>) {
         let mut p = self.lock();
-        self.enqueue_locked(&mut p, lsn, changes);
+        self.enqueue_locked(&mut p, lsn, changes, false);
     }
 
-    fn enqueue_locked(&self, p: &mut Pending, lsn: u64, changes: Vec<Change>) {
+    fn enqueue_locked(&self, p: &mut Pending, lsn: u64, changes: Vec<Change>, fresh: bool) {
         // Counted only once queued (see BatchSource::acked); the lock orders the counts.
         let mut ack = self.acked.load(Ordering::SeqCst);
         for change in changes {
             let bytes = change_size(&change);
             p.bytes += bytes;
+            let counts = p.tables.entry(change.relid()).or_default();
+            counts.pending += 1;
+            if fresh {
+                counts.acked[kind(&change)] += 1;
+            }
             ack += 1;
             p.entries.push_back(Entry {
                 lsn,
@@ -136,6 +168,11 @@ impl Queue {
         let p = self.lock();
         let (rows, bytes) = p.inflight.map_or((0, 0), |(_, r, b)| (r, b));
         (p.entries.len() + rows, p.bytes + bytes)
+    }
+
+    /// Per table: what this process acknowledged, coalesced, shipped and holds.
+    pub fn table_counts(&self) -> HashMap<u32, TableCounts> {
+        self.lock().tables.clone()
     }
 
     /// Changes waiting to be shipped (in flight not counted).
@@ -188,26 +225,54 @@ impl BatchSource for Queue {
         p.inflight = Some((first, n, bytes));
         drop(p);
         let seq = last as i64;
+        let mut tables: Vec<BatchTable> = Vec::new();
+        let table = |tables: &mut Vec<BatchTable>, relid: u32| -> usize {
+            match tables.iter().position(|t| t.relid == relid) {
+                Some(i) => i,
+                None => {
+                    tables.push(BatchTable {
+                        relid,
+                        changes: 0,
+                        rows: [0; 3],
+                    });
+                    tables.len() - 1
+                }
+            }
+        };
+        for c in &taken {
+            let i = table(&mut tables, c.relid());
+            tables[i].changes += 1;
+        }
         let folded = fold(taken.into_iter());
         let mut rows = Vec::with_capacity(folded.len() * 64);
-        let mut relids: Vec<u32> = Vec::new();
         for c in &folded {
             copy_row(&mut rows, &self.proxy_id, seq, c);
-            if !relids.contains(&c.relid()) {
-                relids.push(c.relid());
-            }
+            let i = table(&mut tables, c.relid());
+            tables[i].rows[kind(c)] += 1;
         }
         Some(EncodedBatch {
             seq,
             acked_through,
             rows: rows.into(),
             changes: folded.len(),
-            relids,
+            relids: tables.iter().map(|t| t.relid).collect(),
+            tables,
         })
     }
 
-    fn committed(&self, _batch: &EncodedBatch) {
-        self.lock().inflight = None;
+    fn committed(&self, batch: &EncodedBatch) {
+        let mut p = self.lock();
+        p.inflight = None;
+        for t in &batch.tables {
+            let counts = p.tables.entry(t.relid).or_default();
+            let rows: u64 = t.rows.iter().sum();
+            counts.pending = counts.pending.saturating_sub(t.changes);
+            counts.coalesced += t.changes.saturating_sub(rows);
+            for (shipped, n) in counts.shipped.iter_mut().zip(t.rows) {
+                *shipped += n;
+            }
+        }
+        drop(p);
         self.space.notify_waiters();
     }
 
@@ -366,5 +431,38 @@ mod tests {
         assert!(q.take_batch(100).is_none());
         assert_eq!(q.oldest_needed(), None);
         assert_eq!(q.acked(), 4);
+    }
+
+    #[test]
+    fn per_table_counts_follow_changes_from_ack_to_commit() {
+        let q = Queue::new("p".into(), None, 1);
+        let del = Change::Delete {
+            relid: 1,
+            key: vec!["z".into()],
+        };
+        q.push(vec![inc("a", "1"), inc("a", "2"), inc("b", "1")])
+            .ok();
+        q.push(vec![del]).ok();
+        // Replayed changes are pending but were acknowledged by an earlier process.
+        q.replay(3, vec![inc("c", "1")]);
+        let c = q.table_counts()[&1];
+        assert_eq!((c.acked, c.pending, c.shipped), ([0, 3, 1], 5, [0; 3]));
+        let b = q.take_batch(100).expect("a batch");
+        assert_eq!(
+            b.tables,
+            vec![BatchTable {
+                relid: 1,
+                changes: 5,
+                rows: [0, 3, 1]
+            }]
+        );
+        // In flight is still pending.
+        assert_eq!(q.table_counts()[&1].pending, 5);
+        q.committed(&b);
+        let c = q.table_counts()[&1];
+        assert_eq!(
+            (c.acked, c.pending, c.shipped, c.coalesced),
+            ([0, 3, 1], 0, [0, 3, 1], 1)
+        );
     }
 }

@@ -6,10 +6,13 @@ use super::encode::Change;
 use super::queue::{Journal, Queue, QueueError};
 use crate::config::{Config, Durability, Overflow};
 use crate::ship::{Barrier, BarrierError, FlushSettings, Flusher, InboxShipper};
+use crate::stats::Stats;
 use crate::wal::{Wal, WalDir, WalError};
 use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
 
@@ -51,6 +54,18 @@ pub struct DbRuntime {
     limits: Limits,
     /// Writes that met the pending bound (refused, waited, or sent through).
     pub overflows: std::sync::atomic::AtomicU64,
+    /// Asks the catalog reloader for a reload.
+    notes: tokio::sync::mpsc::UnboundedSender<Reload>,
+    /// The worker's per-table counters, as the last report returned them.
+    applied: Mutex<HashMap<u32, Applied>>,
+}
+
+/// The apply worker's counters of one table (`writebehind.table_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub applied: i64,
+    pub coalesced: i64,
+    pub dead_letters: i64,
 }
 
 /// The pending bound and what happens at it.
@@ -218,6 +233,69 @@ impl DbRuntime {
         }
     }
 
+    /// The worker's per-table counters as of the last report (about a second old).
+    pub fn applied(&self) -> HashMap<u32, Applied> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads the catalog and forgets cached privileges (admin `RELOAD`).
+    pub fn reload(&self) {
+        let _ = self.notes.send(Reload::Registry);
+    }
+
+    /// Sends this proxy's report (`writebehind.report`) and keeps the counters it returns.
+    async fn report(&self, me: &Reporter) -> Result<(), tokio_postgres::Error> {
+        let progress = self.barrier.flusher().progress().borrow().clone();
+        let tables = self.queue.table_counts();
+        let (pending, pending_bytes) = self.queue.pending();
+        let acked: u64 = tables.values().map(|c| c.acked.iter().sum::<u64>()).sum();
+        let pending_by_table: serde_json::Map<String, serde_json::Value> = tables
+            .iter()
+            .map(|(relid, c)| (relid.to_string(), c.pending.into()))
+            .collect();
+        let report = serde_json::json!({
+            "address": me.address,
+            "durability": me.durability,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": humantime::format_rfc3339_micros(me.started_at).to_string(),
+            "clients": me.stats.active(),
+            "acked": acked,
+            "pending": pending,
+            "pending_bytes": pending_bytes,
+            "shipped": progress.rows,
+            "batches": progress.batches,
+            "wal_bytes": me.wal.as_ref().map_or(0, |w| w.stats().appended_bytes),
+            "errors": progress.errors,
+            "last_error": progress.last_error,
+            "paused": self.barrier.flusher().paused(),
+            "pending_by_table": pending_by_table,
+        });
+        let rows = self
+            .own()
+            .query(
+                "SELECT relid::int8, applied, coalesced, dead_letters FROM writebehind.report($1, $2::text::jsonb)",
+                &[&me.proxy_id, &report.to_string()],
+            )
+            .await?;
+        let mut applied = HashMap::new();
+        for r in rows {
+            let relid: i64 = r.try_get(0)?;
+            applied.insert(
+                u32::try_from(relid).unwrap_or_default(),
+                Applied {
+                    applied: r.try_get(1)?,
+                    coalesced: r.try_get(2)?,
+                    dead_letters: r.try_get(3)?,
+                },
+            );
+        }
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = applied;
+        Ok(())
+    }
+
     /// The read barrier over every write-behind table of the database that has one (tables
     /// enabled with `read_barrier => false` are shipped but not waited for).
     pub async fn barrier_all(&self, timeout: std::time::Duration) -> Result<(), BarrierError> {
@@ -235,6 +313,19 @@ impl DbRuntime {
         self.barrier.wait(&relids, timeout).await
     }
 }
+
+/// What a runtime's report says about the proxy as a whole.
+struct Reporter {
+    proxy_id: String,
+    address: String,
+    durability: String,
+    started_at: SystemTime,
+    stats: Arc<Stats>,
+    wal: Option<Arc<Wal>>,
+}
+
+/// How often each runtime reports to `writebehind.report`.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a database's runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -261,8 +352,13 @@ pub struct WriteBehind {
     stop: watch::Sender<bool>,
     /// Flusher tasks: they ship everything and end when `stop` flips.
     flushers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Catalog, notification, fsync and segment-removal tasks: aborted at the end.
+    /// Catalog, notification, report, fsync and segment-removal tasks: aborted at the end.
     others: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Shipping paused by the admin console (`PAUSE`/`RESUME`).
+    paused: AtomicBool,
+    /// Sessions and counters, shared with the session layer (reported to PostgreSQL).
+    stats: Arc<Stats>,
+    started_at: SystemTime,
 }
 
 impl WriteBehind {
@@ -287,6 +383,9 @@ impl WriteBehind {
             stop: watch::channel(false).0,
             flushers: Mutex::new(Vec::new()),
             others: Mutex::new(Vec::new()),
+            paused: AtomicBool::new(false),
+            stats: Arc::new(Stats::default()),
+            started_at: SystemTime::now(),
         });
         if let Some(wal) = &wb.wal {
             let fsync = tokio::spawn(wal.clone().run_fsync(wb.config.wal_fsync_interval));
@@ -303,6 +402,30 @@ impl WriteBehind {
     /// This proxy's id in `writebehind.progress`.
     pub fn proxy_id(&self) -> &str {
         &self.proxy_id
+    }
+
+    /// The process's session registry and counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Pauses (`true`) or resumes shipping in every database. While paused, writes are still
+    /// acknowledged up to the pending bound and barriers wait (up to `barrier_timeout`).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        for rt in self.runtimes() {
+            rt.barrier.flusher().set_paused(paused);
+        }
+        info!(
+            paused,
+            "shipping {}",
+            if paused { "paused" } else { "resumed" }
+        );
+    }
+
+    /// Whether shipping is paused.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// The runtime of `database`, or `None` if the extension is not usable there. A database
@@ -435,6 +558,9 @@ impl WriteBehind {
             committed,
             self.stop.subscribe(),
         );
+        if self.paused() {
+            flusher.set_paused(true);
+        }
         self.flushers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -460,7 +586,31 @@ impl WriteBehind {
                 fsync: c.durability == Durability::Fsync,
             },
             overflows: std::sync::atomic::AtomicU64::new(0),
+            notes: note_tx.clone(),
+            applied: Mutex::new(HashMap::new()),
         });
+        // Report to writebehind.report once a second (writebehind.proxies and .status).
+        let reporter = Reporter {
+            proxy_id: self.proxy_id.clone(),
+            address: self.config.listen.clone(),
+            durability: format!("{:?}", self.config.durability).to_lowercase(),
+            started_at: self.started_at,
+            stats: self.stats.clone(),
+            wal: self.wal.clone(),
+        };
+        let weak = Arc::downgrade(&rt);
+        let reports = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REPORT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(rt) = weak.upgrade() else { return };
+                if let Err(error) = rt.report(&reporter).await {
+                    tracing::debug!(%error, "reporting to writebehind.report failed");
+                }
+            }
+        });
+        self.tasks().push(reports);
         // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);
         let reloader = tokio::spawn(async move {
@@ -531,7 +681,7 @@ impl WriteBehind {
     }
 
     /// Every started runtime.
-    fn runtimes(&self) -> Vec<Arc<DbRuntime>> {
+    pub fn runtimes(&self) -> Vec<Arc<DbRuntime>> {
         self.dbs
             .iter()
             .filter_map(|e| e.value().get().cloned().flatten())

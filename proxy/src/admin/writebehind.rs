@@ -1,0 +1,182 @@
+//! The admin console's write-behind commands: `SHOW TABLES`, `FLUSH [table]`, `PAUSE`,
+//! `RESUME` and `RELOAD`.
+
+use super::config_rows;
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::protocol::messages;
+use crate::session::Shared;
+use crate::writebehind::queue::TableCounts;
+use crate::writebehind::runtime::WriteBehind;
+use bytes::BytesMut;
+use clap::Parser;
+
+/// One row per database and write-behind table: what this proxy process acknowledged,
+/// holds, coalesced and shipped, and what the worker applied (as of the last report).
+pub fn show_tables(wb: Option<&WriteBehind>, out: &mut BytesMut) {
+    let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+    for (db, rt) in wb.map(WriteBehind::databases).unwrap_or_default() {
+        let catalog = rt.catalog.borrow().clone();
+        let counts = rt.queue.table_counts();
+        let applied = rt.applied();
+        let mut relids: Vec<u32> = catalog.tables.iter().map(|t| t.relid).collect();
+        relids.extend(
+            counts
+                .keys()
+                .filter(|r| !relids.contains(r))
+                .collect::<Vec<_>>(),
+        );
+        for relid in relids {
+            let name = catalog
+                .tables
+                .iter()
+                .find(|t| t.relid == relid)
+                .map(|t| format!("{}.{}", t.schema, t.name))
+                .unwrap_or_else(|| format!("{relid} (not write-behind now)"));
+            let c: TableCounts = counts.get(&relid).copied().unwrap_or_default();
+            let a = applied.get(&relid).copied().unwrap_or_default();
+            let n = |v: u64| Some(v.to_string());
+            rows.push(vec![
+                Some(db.clone()),
+                Some(name),
+                n(c.acked.iter().sum()),
+                n(c.pending),
+                n(c.coalesced),
+                n(c.shipped.iter().sum()),
+                Some(a.applied.to_string()),
+                Some(a.dead_letters.to_string()),
+            ]);
+        }
+    }
+    rows.sort();
+    messages::rows(
+        out,
+        &[
+            "database",
+            "table",
+            "acked",
+            "pending",
+            "coalesced",
+            "shipped",
+            "applied",
+            "dead_letters",
+        ],
+        &rows,
+    );
+}
+
+/// Ships the pending changes of `table` (every write-behind table when `None`) and waits
+/// until the extension applied them, up to `barrier_timeout`.
+pub async fn flush(
+    wb: Option<&WriteBehind>,
+    table: Option<&str>,
+    shared: &Shared,
+    out: &mut BytesMut,
+) {
+    let Some(wb) = wb else {
+        return messages::complete(out, "FLUSH");
+    };
+    if wb.paused() {
+        return ProxyError::ShippingPaused.write_to(out);
+    }
+    let mut found = false;
+    for (db, rt) in wb.databases() {
+        let relids: Vec<u32> = rt
+            .catalog
+            .borrow()
+            .tables
+            .iter()
+            .filter(|t| table.is_none_or(|name| names(name, &t.schema, &t.name)))
+            .map(|t| t.relid)
+            .collect();
+        if relids.is_empty() {
+            continue;
+        }
+        found = true;
+        if let Err(e) = rt
+            .barrier
+            .wait(&relids, shared.config.barrier_timeout)
+            .await
+        {
+            return ProxyError::FlushFailed(format!("database {db}: {e}")).write_to(out);
+        }
+    }
+    match table {
+        Some(name) if !found => ProxyError::UnknownTable(name.to_string()).write_to(out),
+        _ => messages::complete(out, "FLUSH"),
+    }
+}
+
+/// Whether `name` (as typed: `t`, `s.t`, quoted or not) names table `schema.table`.
+fn names(name: &str, schema: &str, table: &str) -> bool {
+    let unquote = |s: &str| -> String {
+        match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(q) => q.replace("\"\"", "\""),
+            None => s.to_lowercase(),
+        }
+    };
+    match name.split_once('.') {
+        Some((s, t)) => unquote(s) == schema && unquote(t) == table,
+        None => unquote(name) == table,
+    }
+}
+
+/// `PAUSE` / `RESUME`: stops or restarts shipping in every database.
+pub fn pause(wb: Option<&WriteBehind>, paused: bool, out: &mut BytesMut) {
+    if let Some(wb) = wb {
+        wb.set_paused(paused);
+    }
+    messages::complete(out, if paused { "PAUSE" } else { "RESUME" });
+}
+
+/// `RELOAD`: reloads every database's catalog (and drops cached privileges), and reads the
+/// configuration again. Configuration changes take effect at the next start: they are
+/// validated and listed in a NOTICE, and an invalid configuration is an error.
+pub fn reload(wb: Option<&WriteBehind>, shared: &Shared, out: &mut BytesMut) {
+    for (_, rt) in wb.map(WriteBehind::databases).unwrap_or_default() {
+        rt.reload();
+    }
+    let reread = Settings::try_parse_from(std::env::args_os())
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            s.merged()
+                .and_then(Settings::validate)
+                .map_err(|e| e.to_string())
+        });
+    match reread {
+        Ok(new) => {
+            let old = config_rows(&shared.config);
+            let changed: Vec<&str> = config_rows(&new)
+                .into_iter()
+                .zip(old)
+                .filter(|(n, o)| n.1 != o.1)
+                .map(|(n, _)| n.0)
+                .collect();
+            if !changed.is_empty() {
+                messages::notice(
+                    out,
+                    &format!(
+                        "configuration changed ({}): the new values take effect when the proxy restarts",
+                        changed.join(", ")
+                    ),
+                );
+            }
+            messages::complete(out, "RELOAD");
+        }
+        Err(e) => ProxyError::BadConfig(e).write_to(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn table_names_fold_case_unless_quoted() {
+        assert!(names("Counters", "public", "counters"));
+        assert!(names("public.counters", "public", "counters"));
+        assert!(names("\"Mixed\"", "s", "Mixed"));
+        assert!(!names("Mixed", "s", "Mixed"));
+        assert!(!names("other.counters", "public", "counters"));
+    }
+}

@@ -318,12 +318,18 @@ fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
 mod tests {
     use super::*;
 
-    /// docs/proxy.md documents exactly the keys the proxy accepts (every flag but `--config`),
-    /// and every documented key is accepted.
+    /// docs/operations.md documents exactly the keys the proxy accepts (every flag but
+    /// `--config`), and every documented key is accepted.
     #[test]
     fn every_config_key_is_documented_and_every_documented_key_exists() {
         use clap::CommandFactory;
-        let doc = include_str!("../../docs/proxy.md");
+        let doc = include_str!("../../docs/operations.md");
+        // The section "## Configuration keys", up to the next section.
+        let doc = doc
+            .split("\n## Configuration keys\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_default();
         let keys: Vec<String> = Settings::command()
             .get_arguments()
             .filter_map(|a| a.get_long())
@@ -347,13 +353,13 @@ mod tests {
         for k in &keys {
             assert!(
                 documented.contains(k),
-                "config key {k} missing from docs/proxy.md"
+                "config key {k} missing from docs/operations.md"
             );
         }
         for d in &documented {
             assert!(
                 keys.contains(d),
-                "docs/proxy.md documents {d}, which the proxy does not accept"
+                "docs/operations.md documents {d}, which the proxy does not accept"
             );
         }
     }

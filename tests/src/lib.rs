@@ -334,3 +334,57 @@ impl Proxy {
         Ok(None)
     }
 }
+
+/// One table's row of `writebehind.status`: where its acknowledged changes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineStatus {
+    pub acked: i64,
+    pub pending_in_proxies: i64,
+    pub inbox_rows: i64,
+    pub applied: i64,
+    pub coalesced: i64,
+    pub dead_letters: i64,
+}
+
+impl PipelineStatus {
+    /// Whether `acked = pending + inbox + applied + coalesced + dead letters`.
+    pub fn adds_up(&self) -> bool {
+        self.acked
+            == self.pending_in_proxies
+                + self.inbox_rows
+                + self.applied
+                + self.coalesced
+                + self.dead_letters
+    }
+}
+
+/// `writebehind.status` of `table` once nothing is pending in proxies or the inbox (proxies
+/// report once a second), or as it is after `timeout`.
+pub async fn settled_status(
+    client: &tokio_postgres::Client,
+    table: &str,
+    timeout: Duration,
+) -> anyhow::Result<PipelineStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = client
+            .query_one(
+                "SELECT acked, pending_in_proxies, inbox_rows, applied, coalesced, dead_letters
+                 FROM writebehind.status WHERE \"table\" = $1::text::regclass",
+                &[&table],
+            )
+            .await?;
+        let s = PipelineStatus {
+            acked: r.try_get(0)?,
+            pending_in_proxies: r.try_get(1)?,
+            inbox_rows: r.try_get(2)?,
+            applied: r.try_get(3)?,
+            coalesced: r.try_get(4)?,
+            dead_letters: r.try_get(5)?,
+        };
+        if (s.pending_in_proxies == 0 && s.inbox_rows == 0) || Instant::now() > deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

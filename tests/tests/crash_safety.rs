@@ -334,28 +334,18 @@ async fn kill_test(durability: &str, default_kills: usize) -> anyhow::Result<()>
     );
     // writebehind.status adds up across the kills: each change was counted by the batch that
     // carried it, once, whichever process shipped it. Wait for the last report (1 s).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        let r = direct
-            .query_one(
-                "SELECT acked, pending_in_proxies, inbox_rows, applied, coalesced, dead_letters
-                 FROM writebehind.status WHERE \"table\" = 'kv'::regclass",
-                &[],
-            )
-            .await?;
-        let v: Vec<i64> = (0..6).map(|i| r.get::<_, i64>(i)).collect();
-        if (v[1] == 0 && v[2] == 0) || Instant::now() > deadline {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("{durability}: status acked, pending, inbox, applied, coalesced, dead = {status:?}");
-    assert_eq!((status[1], status[2]), (0, 0), "{status:?}");
-    assert_eq!(status[0], status[3] + status[4] + status[5], "{status:?}");
+    let status = writebehind_tests::settled_status(&direct, "kv", Duration::from_secs(15)).await?;
+    eprintln!("{durability}: {status:?}");
+    assert_eq!(
+        (status.pending_in_proxies, status.inbox_rows),
+        (0, 0),
+        "{status:?}"
+    );
+    assert!(status.adds_up(), "{status:?}");
     assert!(
-        status[0] as u64 <= total_acked + total_doubt,
+        status.acked as u64 <= total_acked + total_doubt,
         "status counts {} acknowledged changes, clients sent at most {}: counted twice",
-        status[0],
+        status.acked,
         total_acked + total_doubt
     );
     drop(proxy);

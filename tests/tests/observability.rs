@@ -272,23 +272,19 @@ async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()
     assert!(ok, "RELOAD: {out} {err}");
 
     // The proxy reports once a second: wait until its report shows nothing pending.
-    let status = "SELECT acked, pending_in_proxies, inbox_rows, applied, coalesced, dead_letters
-                  FROM writebehind.status WHERE \"table\" = 'counters'::regclass";
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let row = loop {
-        let r = direct.query_one(status, &[]).await?;
-        let v: Vec<i64> = (0..6).map(|i| r.get::<_, i64>(i)).collect();
-        if v[1] == 0 && v[2] == 0 || Instant::now() > deadline {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let (acked, pending, inbox, applied, coalesced, dead) =
-        (row[0], row[1], row[2], row[3], row[4], row[5]);
-    assert_eq!((acked, pending, inbox, dead), (127, 0, 0, 1), "{row:?}");
-    assert_eq!(acked, applied + coalesced + dead, "{row:?}");
+    let st =
+        writebehind_tests::settled_status(&direct, "counters", Duration::from_secs(15)).await?;
+    let (acked, pending, inbox, applied, dead) = (
+        st.acked,
+        st.pending_in_proxies,
+        st.inbox_rows,
+        st.applied,
+        st.dead_letters,
+    );
+    assert_eq!((acked, pending, inbox, dead), (127, 0, 0, 1), "{st:?}");
+    assert!(st.adds_up(), "{st:?}");
     // 100 increments of 10 keys leave at most 10 rows; 5 inserts were deleted again.
-    assert!(coalesced >= 90, "{row:?}");
+    assert!(st.coalesced >= 90, "{st:?}");
     let dead_state: String = direct
         .query_one(
             "SELECT sqlstate FROM writebehind.dead_letters WHERE key = '[\"500\"]'",

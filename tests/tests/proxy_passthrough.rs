@@ -384,6 +384,53 @@ async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
     let proxy = Proxy::spawn(&format!("{}?sslmode=disable", cluster.url("postgres")), &[])?;
     let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     assert!(!ssl_of(client).await?, "sslmode=disable stays plaintext");
+    drop(proxy);
+
+    // The proxy's own connections (catalog, notifications, shipping, reports) follow sslmode
+    // too: with plaintext TCP refused by pg_hba, write-behind works with sslmode=require.
+    admin
+        .batch_execute(
+            "CREATE TABLE tls_c (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             SELECT writebehind.enable('tls_c');",
+        )
+        .await?;
+    cluster
+        .prepend_hba(&["hostnossl all all 127.0.0.1/32 reject"])
+        .await?;
+    let proxy = Proxy::spawn(
+        &format!("{}?sslmode=require", cluster.url("postgres")),
+        &["--flush-interval", "1h"],
+    )?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    client
+        .simple_query("INSERT INTO tls_c (id, n) VALUES (1, 5)")
+        .await?;
+    let n: i64 = client
+        .query_one("SELECT n FROM tls_c WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 5, "read through the barrier, shipped over TLS");
+    let st = writebehind_tests::settled_status(&admin, "tls_c", Duration::from_secs(15)).await?;
+    assert_eq!(
+        (st.acked, st.applied),
+        (1, 1),
+        "acknowledged and shipped by the proxy: {st:?}"
+    );
+    let (own, encrypted): (i64, i64) = admin
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'writebehind-proxy'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    // (The sslmode=disable proxy above may still hold plaintext ones; pg_hba refuses new ones.)
+    assert!(
+        encrypted >= 2,
+        "own connections: {own}, encrypted: {encrypted}"
+    );
+    drop(proxy);
 
     // require against a server without SSL: the client gets 08006.
     admin.simple_query("ALTER SYSTEM SET ssl = off").await?;

@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod intercept;
+pub mod own_tls;
 pub mod relay;
 pub mod tls;
 pub mod upstream;

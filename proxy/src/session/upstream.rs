@@ -15,6 +15,17 @@ pub enum SslMode {
     Require,
 }
 
+impl SslMode {
+    /// The same mode for the proxy's own connections (with [`OwnTls`](super::own_tls::OwnTls)).
+    pub fn for_tokio_postgres(self) -> tokio_postgres::config::SslMode {
+        match self {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require => tokio_postgres::config::SslMode::Require,
+        }
+    }
+}
+
 /// A parsed `postgresql://USER@HOST:PORT[,HOST:PORT…]/DB[?target_session_attrs=…&sslmode=…]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
@@ -112,8 +123,7 @@ impl UpstreamUrl {
             .dbname(dbname)
             .connect_timeout(connect_timeout);
         c.application_name("writebehind-proxy");
-        // The proxy's own connections are plaintext (see docs/proxy.md).
-        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        c.ssl_mode(self.sslmode.for_tokio_postgres());
         for (h, p) in &self.hosts {
             c.host(h).port(*p);
         }
@@ -159,10 +169,10 @@ async fn is_primary(url: &UpstreamUrl, host: &str, port: u16, timeout: Duration)
         .dbname(&url.dbname)
         .host(host)
         .port(port)
-        .connect_timeout(timeout);
-    let Ok(Ok((client, conn))) =
-        tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls)).await
-    else {
+        .connect_timeout(timeout)
+        .ssl_mode(url.sslmode.for_tokio_postgres());
+    let tls = super::own_tls::OwnTls::new();
+    let Ok(Ok((client, conn))) = tokio::time::timeout(timeout, c.connect(tls)).await else {
         return false;
     };
     let task = tokio::spawn(conn);

@@ -6,11 +6,12 @@
 //! does not know whether the last attempt committed.
 
 use super::flusher::BatchTable;
+use crate::session::own_tls::OwnTls;
 use bytes::Bytes;
 use futures::SinkExt;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 /// The COPY statement of the inbox contract; the column order is the order of encoded rows.
 pub const COPY_INBOX: &str =
@@ -103,7 +104,7 @@ impl InboxShipper {
             _ => {
                 let (client, conn) = self
                     .config
-                    .connect(NoTls)
+                    .connect(OwnTls::new())
                     .await
                     .map_err(ShipError::Connect)?;
                 tokio::spawn(async move {

@@ -5,6 +5,7 @@ use super::catalog::Catalog;
 use super::encode::Change;
 use super::queue::{Journal, Queue, QueueError};
 use crate::config::{Config, Durability, Overflow};
+use crate::session::own_tls::OwnTls;
 use crate::ship::{Barrier, BarrierError, FlushSettings, Flusher, InboxShipper};
 use crate::stats::Stats;
 use crate::wal::{Wal, WalDir, WalError};
@@ -95,7 +96,7 @@ async fn open_own(
     pg: &tokio_postgres::Config,
     notes: tokio::sync::mpsc::UnboundedSender<Reload>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-    let (client, mut conn) = pg.connect(tokio_postgres::NoTls).await?;
+    let (client, mut conn) = pg.connect(OwnTls::new()).await?;
     let task = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         use futures::StreamExt;

@@ -468,3 +468,53 @@ async fn disabling_a_table_under_load_loses_nothing() -> anyhow::Result<()> {
     assert_eq!(registered, 0);
     Ok(())
 }
+
+/// Statements that change name resolution or identity end acknowledging for that session
+/// (its writes then go to PostgreSQL directly); statements that merely mention such words —
+/// a column named `role` or `temperature` — do not.
+#[tokio::test]
+async fn only_real_session_changes_end_acknowledging() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE readings (role text, temperature int);
+             INSERT INTO readings VALUES ('sensor', 21);",
+        )
+        .await?;
+    // A long flush interval: an acknowledged write stays out of the table until a barrier.
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let n_direct = || async {
+        let n: i64 = direct
+            .query_one("SELECT n FROM counters WHERE id = 1", &[])
+            .await?
+            .get(0);
+        anyhow::Ok(n)
+    };
+    c.simple_query("SELECT role, temperature FROM readings WHERE role = 'sensor'")
+        .await?;
+    // Prepared (extended protocol) statements mentioning such words do not count either.
+    c.query(
+        "SELECT temperature FROM readings WHERE role = $1",
+        &[&"sensor"],
+    )
+    .await?;
+    c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    assert_eq!(n_direct().await?, 0, "acknowledged from memory");
+    // SET search_path does: the barrier ships the two pending increments, and from now on
+    // writes go to PostgreSQL synchronously.
+    c.simple_query("SET search_path = public").await?;
+    c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    assert_eq!(
+        n_direct().await?,
+        3,
+        "written through after SET search_path"
+    );
+    Ok(())
+}

@@ -12,6 +12,7 @@
 //! through refers to one, its Parse is sent first ("materialized") and the ParseComplete that
 //! PostgreSQL answers it with is swallowed by the upstream reader.
 
+use super::changers;
 use super::wire::Wire;
 use crate::error::ProxyError;
 use crate::protocol::frontend::{self, Frontend};
@@ -26,20 +27,6 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Session settings after which the proxy no longer acknowledges writes from memory for the
-/// session (they change name resolution, identity, literal syntax, or ask for sync writes).
-const SESSION_CHANGERS: &[&str] = &[
-    "search_path",
-    "role",
-    "authorization",
-    "writebehind",
-    "temp",
-    "discard",
-    "reset",
-    "standard_conforming_strings",
-    "backslash_quote",
-];
 
 /// A group larger than this passes through as it arrives instead of being held until Sync.
 const MAX_GROUP_BYTES: usize = 1 << 20;
@@ -263,15 +250,12 @@ impl Intercept {
         std::mem::take(&mut self.group)
     }
 
-    /// Turns interception off for good when `sql` changes session state it relies on.
-    /// `is_write` tells whether `sql` is all recognized writes (asked only when a word of
-    /// `SESSION_CHANGERS` appears).
-    fn watch_session_changes(&mut self, sql: &str, is_write: impl FnOnce() -> bool) {
-        if self.enabled {
-            let lower = sql.to_ascii_lowercase();
-            if SESSION_CHANGERS.iter().any(|w| lower.contains(w)) && !is_write() {
-                self.enabled = false;
-            }
+    /// Turns interception off for good when `sql` (lexed into `stmts`, or `None` when it
+    /// could not be) changes session state it relies on (see `changers`).
+    fn watch_session_changes(&mut self, stmts: Option<&[&[lexer::Token]]>, sql: &str) {
+        if self.enabled && changers::changes_session(stmts, sql) {
+            tracing::debug!("a statement changed session state: writes of this session pass through from now on");
+            self.enabled = false;
         }
     }
 
@@ -281,8 +265,9 @@ impl Intercept {
             _ => return self.forward(vec![msg], wire).await,
         };
         // Lexed once: for the setting, the session-change check and recognition.
-        let tokens = lexer::lex(sql, true).unwrap_or_default();
-        let stmts = lexer::statements(&tokens);
+        let lexed = lexer::lex(sql, true);
+        let tokens = lexed.as_deref().unwrap_or_default();
+        let stmts = lexer::statements(tokens);
         match sync_setting(&stmts) {
             Some(SyncSetting::Session(on)) => {
                 // SET is transactional: only a SET outside a transaction block is known to
@@ -300,7 +285,7 @@ impl Intercept {
             None => {}
         }
         let writes = recognize_stmts(&stmts);
-        self.watch_session_changes(sql, || writes.is_some());
+        self.watch_session_changes(lexed.is_ok().then_some(stmts.as_slice()), sql);
         if self.acking() {
             if let Some(writes) = writes {
                 let mut changes = Vec::new();
@@ -607,7 +592,9 @@ impl Intercept {
                     sql,
                     param_types,
                 }) => {
-                    self.watch_session_changes(sql, || recognize_all(sql).is_some());
+                    let lexed = lexer::lex(sql, true);
+                    let stmts = lexed.as_deref().map(lexer::statements);
+                    self.watch_session_changes(stmts.as_deref().ok(), sql);
                     parsed_here.push(name.to_string());
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);

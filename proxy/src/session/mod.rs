@@ -2,6 +2,7 @@
 //! either the admin console or a relayed session with its own upstream connection.
 
 pub mod cancel;
+pub mod changers;
 pub mod intercept;
 pub mod own_tls;
 pub mod relay;

@@ -516,5 +516,18 @@ async fn only_real_session_changes_end_acknowledging() -> anyhow::Result<()> {
         3,
         "written through after SET search_path"
     );
+    // The same setting given at startup: that session is never intercepted.
+    let opt = writebehind_tests::connect(&format!(
+        "{} options='-c search_path=public'",
+        proxy.conninfo("postgres", "postgres")
+    ))
+    .await?;
+    opt.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    assert_eq!(
+        n_direct().await?,
+        4,
+        "written through: search_path set at startup"
+    );
     Ok(())
 }

@@ -48,6 +48,30 @@ pub fn changes_session(stmts: Option<&[&[Token]]>, sql: &str) -> bool {
     }
 }
 
+/// Whether the startup packet's parameters set what the write-behind path relies on: a
+/// setting of [`SETTINGS`] given directly or inside `options` (`-c search_path=…`), or a
+/// client encoding other than UTF-8.
+pub fn startup_changes(params: &[(String, String)]) -> bool {
+    params.iter().any(|(name, value)| {
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            "client_encoding" => {
+                let enc: String = value
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>()
+                    .to_ascii_uppercase();
+                enc != "UTF8" && enc != "UNICODE"
+            }
+            "options" => {
+                let v = value.to_ascii_lowercase().replace('-', "_");
+                SETTINGS.iter().any(|s| v.contains(s)) || v.contains("encoding")
+            }
+            other => SETTINGS.contains(&other) || other.starts_with("writebehind."),
+        }
+    })
+}
+
 fn statement_changes(t: &[Token]) -> bool {
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
     // Anywhere: set_config(…) changes any setting; pg_temp names a temporary schema that can
@@ -127,6 +151,20 @@ mod tests {
         ] {
             assert!(changes(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn startup_parameters_that_change_resolution_or_encoding() {
+        let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(startup_changes(&p("options", "-c search_path=app")));
+        assert!(startup_changes(&p("options", "--search-path=app")));
+        assert!(startup_changes(&p("search_path", "app")));
+        assert!(startup_changes(&p("client_encoding", "LATIN1")));
+        assert!(startup_changes(&p("writebehind.sync", "on")));
+        assert!(!startup_changes(&p("client_encoding", "UTF8")));
+        assert!(!startup_changes(&p("client_encoding", "utf-8")));
+        assert!(!startup_changes(&p("options", "-c statement_timeout=5s")));
+        assert!(!startup_changes(&p("application_name", "role-service")));
     }
 
     #[test]

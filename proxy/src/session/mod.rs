@@ -128,6 +128,11 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     let intercept = match &shared.writebehind {
+        // Settings given at startup that the path relies on: this session passes through.
+        Some(_) if changers::startup_changes(&params) => {
+            debug!("startup parameters change name resolution or encoding: no write-behind for this session");
+            None
+        }
         Some(wb) => wb
             .db(&database)
             .await

@@ -144,6 +144,14 @@ pub fn metrics(shared: &Shared) -> String {
             n as f64,
         );
     }
+    for (sqlstate, n) in crate::telemetry::upstream_errors() {
+        m.counter(
+            "writebehind_upstream_errors_total",
+            "ErrorResponses PostgreSQL sent to clients through the proxy, by SQLSTATE.",
+            &[("sqlstate", &sqlstate)],
+            n as f64,
+        );
+    }
     for e in shared.stats.databases.iter() {
         let l = [("database", e.key().as_str())];
         let c = e.value();

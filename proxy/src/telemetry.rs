@@ -1,5 +1,5 @@
-//! Latency histograms (lock-free bucket counters) and the count of errors the proxy raised
-//! by SQLSTATE, which `/metrics` renders.
+//! Latency histograms (lock-free bucket counters) and error counts by SQLSTATE — the proxy's
+//! own and those PostgreSQL sent through it —, which `/metrics` renders.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,47 @@ pub fn count_error(sqlstate: &'static str) {
 /// Errors the proxy raised so far, by SQLSTATE.
 pub fn errors() -> BTreeMap<&'static str, u64> {
     ERRORS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// ErrorResponses PostgreSQL sent to clients through the proxy, by SQLSTATE.
+static UPSTREAM_ERRORS: Mutex<BTreeMap<[u8; 5], u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one ErrorResponse relayed from PostgreSQL; `body` is the message body (or its
+/// beginning). A body whose SQLSTATE is cut off or malformed counts as `?????`.
+pub fn count_upstream_error(body: &[u8]) {
+    let code = sqlstate_of(body).unwrap_or(*b"?????");
+    *UPSTREAM_ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(code)
+        .or_insert(0) += 1;
+}
+
+/// ErrorResponses relayed from PostgreSQL so far, by SQLSTATE.
+pub fn upstream_errors() -> BTreeMap<String, u64> {
+    UPSTREAM_ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), *v))
+        .collect()
+}
+
+/// The `C` field of an ErrorResponse body: fields of a type byte and a NUL-terminated string.
+fn sqlstate_of(body: &[u8]) -> Option<[u8; 5]> {
+    let mut rest = body;
+    while let Some((&ty, tail)) = rest.split_first() {
+        if ty == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|b| *b == 0)?;
+        if ty == b'C' {
+            let code: [u8; 5] = tail[..end].try_into().ok()?;
+            return code.iter().all(u8::is_ascii_alphanumeric).then_some(code);
+        }
+        rest = &tail[end + 1..];
+    }
+    None
 }
 
 /// Upper bounds of the buckets, in seconds (the last, `+Inf`, is implied).
@@ -81,6 +122,18 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlstates_are_read_from_error_bodies() {
+        assert_eq!(
+            sqlstate_of(b"SERROR\0VERROR\0C23505\0Mduplicate\0\0"),
+            Some(*b"23505")
+        );
+        assert_eq!(sqlstate_of(b"SERROR\0VERROR\0C235"), None);
+        assert_eq!(sqlstate_of(b"SERROR\0C2350\0\0"), None);
+        assert_eq!(sqlstate_of(b"\0"), None);
+        assert_eq!(sqlstate_of(b""), None);
+    }
 
     #[test]
     fn buckets_are_cumulative_and_end_with_the_count() {

@@ -130,6 +130,16 @@ async fn metrics_match_the_workload_and_health_follows_postgres() -> anyhow::Res
         (1.0..=10.0).contains(&shipped),
         "coalesced to {shipped} rows"
     );
+    // PostgreSQL's own errors are counted by SQLSTATE as they pass.
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    let samples = parse(&get(mport, "/metrics")?.1)?;
+    assert_eq!(
+        value(
+            &samples,
+            "writebehind_upstream_errors_total{sqlstate=\"22012\"}"
+        ),
+        Some(1.0)
+    );
     assert_eq!(
         get(mport, "/health")?,
         (200, "{\"status\":\"ok\"}\n".to_string())

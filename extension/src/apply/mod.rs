@@ -174,8 +174,14 @@ fn take_rows(
 ) -> SpiResult<Vec<InboxRow>> {
     let mut out = Vec::new();
     for r in client.update(
-        "DELETE FROM writebehind.inbox WHERE id IN
-             (SELECT id FROM writebehind.inbox WHERE relid = $1 ORDER BY id LIMIT $2)
+        // The cut-off is a scalar subquery (run once), so the delete is one range of the
+        // (relid, id) index whatever the planner thinks of the inbox's size: the `id IN
+        // (SELECT … LIMIT n)` form could get a nested-loop plan from stale statistics (an
+        // inbox analyzed while nearly empty) and take minutes for 100k rows.
+        "DELETE FROM writebehind.inbox
+         WHERE relid = $1
+           AND id <= (SELECT max(c.id) FROM
+                        (SELECT i.id FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT $2) c)
          RETURNING id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at",
         None,
         &[relid.into(), max_rows.into()],

@@ -400,6 +400,9 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         continue
                     }
                     Some(b'Z') => readies.push(msg.get(5).copied().unwrap_or(b'?')),
+                    Some(b'E') => {
+                        crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default())
+                    }
                     _ => {}
                 }
                 out.extend_from_slice(&msg);
@@ -414,9 +417,16 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             continue;
         }
         let mut readies = Vec::new();
-        let _ = tracker.feed(&buf, |ty, _, at| {
-            if ty == b'Z' {
-                readies.push(buf.get(at).copied().unwrap_or(b'?'));
+        let _ = tracker.feed(&buf, |ty, len, at| {
+            match ty {
+                b'Z' => readies.push(buf.get(at).copied().unwrap_or(b'?')),
+                // The body's beginning, as far as this read holds it (an error comes in one
+                // write from PostgreSQL, so nearly always whole).
+                b'E' => {
+                    let end = (at + len.saturating_sub(4)).min(buf.len());
+                    crate::telemetry::count_upstream_error(buf.get(at..end).unwrap_or_default());
+                }
+                _ => {}
             }
         });
         if client_out.lock().await.write_all(&buf).await.is_err() {

@@ -225,7 +225,7 @@ def _writes_section(r):
     if errors:
         body += ["### Failed cells", ""]
         body += [f"- ({c['workload']}) {c['mode']}, {c['clients']} clients, {c['target']}: "
-                 f"{c.get('error') or 'pgbench failed'}" for c in errors]
+                 f"{' '.join((c.get('error') or 'pgbench failed').splitlines()[0].split())}" for c in errors]
         body.append("")
     if not w.get("complete"):
         body.insert(2, "**This run did not complete; the cells below are those measured before it stopped.**\n")

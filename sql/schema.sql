@@ -72,7 +72,11 @@ CREATE TABLE writebehind.table_stats (
     last_round_secs  double precision NOT NULL DEFAULT 0,
     last_apply_at    timestamptz,
     last_error       text,
-    last_error_at    timestamptz
+    last_error_at    timestamptz,
+    -- `applied` by the kind of statement that applied the change.
+    applied_inserts  bigint NOT NULL DEFAULT 0,
+    applied_updates  bigint NOT NULL DEFAULT 0,
+    applied_deletes  bigint NOT NULL DEFAULT 0
 );
 
 -- Per proxy and table: changes acknowledged and coalesced in the proxy, counted by
@@ -452,7 +456,8 @@ END $$;
 -- A proxy's report (once a second): upserts its row and returns the worker's per-table
 -- counters, which the proxy exposes in /metrics.
 CREATE FUNCTION writebehind.report(proxy_id text, report jsonb)
-RETURNS TABLE (relid oid, applied bigint, coalesced bigint, dead_letters bigint)
+RETURNS TABLE (relid oid, applied bigint, coalesced bigint, dead_letters bigint,
+               applied_inserts bigint, applied_updates bigint, applied_deletes bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF proxy_id IS NULL OR proxy_id = '' OR octet_length(proxy_id) > 63 THEN
@@ -477,7 +482,9 @@ BEGIN
         batches = EXCLUDED.batches, wal_bytes = EXCLUDED.wal_bytes, errors = EXCLUDED.errors,
         last_error = EXCLUDED.last_error, paused = EXCLUDED.paused,
         pending_by_table = EXCLUDED.pending_by_table;
-    RETURN QUERY SELECT s.relid, s.applied, s.coalesced, s.dead_letters FROM writebehind.table_stats s;
+    RETURN QUERY SELECT s.relid, s.applied, s.coalesced, s.dead_letters,
+                        s.applied_inserts, s.applied_updates, s.applied_deletes
+                 FROM writebehind.table_stats s;
 END $$;
 
 -- Forgets a proxy that is gone for good (its report row; its exactly-once progress stays).

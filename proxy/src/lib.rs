@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod live_config;
 pub mod metrics;
 pub mod protocol;
 pub mod recovery;

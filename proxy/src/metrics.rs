@@ -339,13 +339,15 @@ fn tables(m: &mut Metrics, db: &str, rt: &DbRuntime) {
             continue;
         }
         let table = name(*relid);
+        for (i, kind) in KINDS.iter().enumerate() {
+            m.counter(
+                "writebehind_table_applied_total",
+                "Changes the apply worker applied, by the kind of statement (all proxies; from writebehind.table_stats).",
+                &[("database", db), ("table", table.as_str()), ("kind", kind)],
+                a.by_kind[i] as f64,
+            );
+        }
         let l = [("database", db), ("table", table.as_str())];
-        m.counter(
-            "writebehind_table_applied_total",
-            "Rows the apply worker applied (all proxies; from writebehind.table_stats).",
-            &l,
-            a.applied as f64,
-        );
         m.counter(
             "writebehind_table_dead_letters_total",
             "Changes the apply worker sent to writebehind.dead_letters (all proxies).",

@@ -24,10 +24,12 @@ pub async fn run(
     };
     let writebehind = crate::recovery::start(&config).await?;
     let stats = writebehind.stats().clone();
+    let live = writebehind.live().clone();
     let shared =
         Arc::new(Shared {
             writebehind: Some(writebehind),
             config,
+            live,
             stats,
             cancel: CancelMap::default(),
             tls,
@@ -62,8 +64,9 @@ pub async fn run(
     }
     drop(listener);
     let active = tasks.len();
-    info!(active, timeout = ?shared.config.shutdown_timeout, "shutting down: no new clients, waiting for sessions");
-    let drained = tokio::time::timeout(shared.config.shutdown_timeout, async {
+    let shutdown_timeout = shared.live.get().shutdown_timeout;
+    info!(active, timeout = ?shutdown_timeout, "shutting down: no new clients, waiting for sessions");
+    let drained = tokio::time::timeout(shutdown_timeout, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;

@@ -329,10 +329,24 @@ async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()
             "{kind}"
         );
     }
+    let applied_by_kind: Vec<f64> = ["insert", "update", "delete"]
+        .iter()
+        .map(|k| {
+            value(
+                &samples,
+                &format!("writebehind_table_applied_total{{{t},kind=\"{k}\"}}"),
+            )
+            .unwrap_or(-1.0)
+        })
+        .collect();
     assert_eq!(
-        value(&samples, &format!("writebehind_table_applied_total{{{t}}}")),
-        Some(applied as f64)
+        applied_by_kind.iter().sum::<f64>(),
+        applied as f64,
+        "{applied_by_kind:?}"
     );
+    // The 5 deletes met keys whose inserts never reached PostgreSQL: they apply as deletes
+    // of nothing, or cancel out in the proxy; every key 1..10 got its increments.
+    assert!(applied_by_kind[1] >= 1.0, "{applied_by_kind:?}");
     assert_eq!(
         value(
             &samples,
@@ -376,5 +390,92 @@ async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()
         anyhow::ensure!(Instant::now() < deadline, "never marked stale");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Ok(())
+}
+
+/// Admin `RELOAD` reads the configuration file again: reloadable keys take effect at once
+/// (a new admin user, a new flush interval), the others are named as waiting for a restart,
+/// and an invalid file changes nothing.
+#[tokio::test]
+async fn reload_applies_the_reloadable_keys() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let file = std::env::temp_dir().join(format!("wb-reload-{}.toml", free_port()));
+    let write = |text: &str| std::fs::write(&file, text);
+    write("admin_users = [\"admin\"]\nflush_interval = \"100ms\"\nwal_fsync_interval = \"1s\"\n")?;
+    let proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &["--config", &file.to_string_lossy()],
+    )?;
+    let ops = |command: &str| {
+        run_cmd(psql(proxy.port, "ops", "writebehind").args([
+            "-A",
+            "-t",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            command,
+        ]))
+    };
+    let (ok, _, err) = ops("SHOW CONFIG")?;
+    assert!(
+        !ok && err.contains("not allowed on the admin console"),
+        "ops is no admin yet: {err}"
+    );
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let n_direct = || async {
+        let n: i64 = direct
+            .query_one("SELECT n FROM counters WHERE id = 1", &[])
+            .await?
+            .get(0);
+        anyhow::Ok(n)
+    };
+    // Every 100 ms, an acknowledged write ships by itself.
+    c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n_direct().await? != 1 {
+        anyhow::ensure!(Instant::now() < deadline, "never shipped at 100 ms");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    write("admin_users = [\"admin\", \"ops\"]\nflush_interval = \"1h\"\nwal_fsync_interval = \"2s\"\n")?;
+    let (ok, out, err) = admin(proxy.port, "RELOAD")?;
+    assert!(ok, "RELOAD: {out} {err}");
+    assert!(
+        err.contains("applied: flush_interval, admin_users"),
+        "notice of what applied: {err}"
+    );
+    assert!(
+        err.contains("restarts: wal_fsync_interval"),
+        "notice of what waits for a restart: {err}"
+    );
+    let (ok, out, err) = ops("SHOW CONFIG")?;
+    assert!(ok, "ops is an admin now: {err}");
+    assert!(out.contains("flush_interval|1h"), "{out}");
+    assert!(
+        out.contains("wal_fsync_interval|1s"),
+        "kept until restart: {out}"
+    );
+    // At 1 h, a write stays in the proxy.
+    c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        n_direct().await?,
+        1,
+        "shipped although flush_interval is 1h"
+    );
+
+    write("flush_interval = \"banana\"\n")?;
+    let (ok, _, err) = admin(proxy.port, "RELOAD")?;
+    assert!(!ok && err.contains("22023"), "invalid file: {err}");
+    let (ok, out, err) = ops("SHOW CONFIG")?;
+    assert!(
+        ok && out.contains("flush_interval|1h"),
+        "unchanged: {out} {err}"
+    );
+    let _ = std::fs::remove_file(&file);
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct Outcome {
     pub rows: usize,
     /// Folded changes that applied.
     pub applied: usize,
+    /// The same by statement kind: insert, update, delete.
+    pub applied_by_kind: [usize; 3],
     /// Changes (or malformed rows) moved to the dead letters.
     pub dead: usize,
 }
@@ -78,7 +80,7 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
             .map(|r| (r.proxy_id.as_str(), r.batch_seq))
             .collect();
         let mut dead = Vec::new();
-        let mut applied = 0usize;
+        let mut applied_by_kind = [0usize; 3];
         let mut table_name = format!("{}", u32::from(relid));
         match table::load(client, relid)? {
             None => {
@@ -116,22 +118,28 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                         message: format!("malformed inbox row: {}", m.message),
                     });
                 }
-                applied = as_owner(meta.owner, || apply_plan(client, &meta, &plan, &mut dead));
+                applied_by_kind =
+                    as_owner(meta.owner, || apply_plan(client, &meta, &plan, &mut dead));
             }
         }
         write_dead_letters(client, relid, &table_name, &rows, &dead)?;
         let out = Outcome {
             rows: rows.len(),
-            applied,
+            applied: applied_by_kind.iter().sum(),
+            applied_by_kind,
             dead: dead.len(),
         };
         let coalesced = out.rows.saturating_sub(out.applied + out.dead) as i64;
         client.update(
             "INSERT INTO writebehind.table_stats AS s
-                 (relid, applied, coalesced, batches, dead_letters, rounds, last_round_rows, last_round_secs, last_apply_at)
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, now())
+                 (relid, applied, coalesced, batches, dead_letters, rounds, last_round_rows, last_round_secs, last_apply_at,
+                  applied_inserts, applied_updates, applied_deletes)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, now(), $8, $9, $10)
              ON CONFLICT (relid) DO UPDATE SET
                  applied = s.applied + EXCLUDED.applied,
+                 applied_inserts = s.applied_inserts + EXCLUDED.applied_inserts,
+                 applied_updates = s.applied_updates + EXCLUDED.applied_updates,
+                 applied_deletes = s.applied_deletes + EXCLUDED.applied_deletes,
                  coalesced = s.coalesced + EXCLUDED.coalesced,
                  batches = s.batches + EXCLUDED.batches,
                  dead_letters = s.dead_letters + EXCLUDED.dead_letters,
@@ -148,6 +156,9 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                 (out.dead as i64).into(),
                 (out.rows as i64).into(),
                 started.elapsed().as_secs_f64().into(),
+                (out.applied_by_kind[0] as i64).into(),
+                (out.applied_by_kind[1] as i64).into(),
+                (out.applied_by_kind[2] as i64).into(),
             ],
         )?;
         Ok(out)
@@ -227,8 +238,8 @@ fn apply_plan(
     meta: &TableMeta,
     plan: &fold::Plan,
     dead: &mut Vec<DeadLetter>,
-) -> usize {
-    let mut applied = 0;
+) -> [usize; 3] {
+    let mut applied = [0; 3];
     for step in 0..plan.depth() {
         let mut order: Vec<Shape> = Vec::new();
         let mut groups: HashMap<Shape, Vec<usize>> = HashMap::new();
@@ -263,7 +274,12 @@ fn apply_plan(
                     pgrx::error!("apply statement failed: {e}");
                 }
             };
-            applied += isolate::apply_isolated(&positions, &mut run, &mut failures);
+            let kind = match shape {
+                Shape::Insert { .. } => 0,
+                Shape::Update { .. } => 1,
+                Shape::Delete => 2,
+            };
+            applied[kind] += isolate::apply_isolated(&positions, &mut run, &mut failures);
             for f in failures {
                 let k = &plan.keys[members[f.index]];
                 let change = &k.changes[step];

@@ -20,7 +20,7 @@ pub const ADMIN_DATABASE: &str = "writebehind";
 /// password (bind the proxy to a trusted address); anyone else gets 28000.
 pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
     let mut out = BytesMut::new();
-    if !shared.config.admin_users.iter().any(|u| u == user) {
+    if !shared.live.get().admin_users.iter().any(|u| u == user) {
         ProxyError::AdminDenied(user.to_string()).write_to(&mut out);
         let _ = sock.write_all(&out).await;
         return;
@@ -194,7 +194,7 @@ fn show_clients(shared: &Shared, out: &mut BytesMut, servers: bool) {
 }
 
 fn show_config(shared: &Shared, out: &mut BytesMut) {
-    let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config)
+    let rows: Vec<Vec<Option<String>>> = config_rows(&shared.live.get())
         .into_iter()
         .map(|(k, v)| vec![Some(k.to_string()), Some(v)])
         .collect();
@@ -202,7 +202,7 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
 }
 
 /// Every configuration key with its value as `SHOW CONFIG` prints it.
-fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
+pub fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
     let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
     let rows: Vec<(&'static str, String)> = vec![
         ("listen", c.listen.clone()),

@@ -4,6 +4,7 @@
 use super::config_rows;
 use crate::config::Settings;
 use crate::error::ProxyError;
+use crate::live_config::RELOADABLE;
 use crate::protocol::messages;
 use crate::session::Shared;
 use crate::writebehind::queue::TableCounts;
@@ -95,7 +96,7 @@ pub async fn flush(
         found = true;
         if let Err(e) = rt
             .barrier
-            .wait(&relids, shared.config.barrier_timeout)
+            .wait(&relids, shared.live.get().barrier_timeout)
             .await
         {
             return ProxyError::FlushFailed(format!("database {db}: {e}")).write_to(out);
@@ -130,8 +131,9 @@ pub fn pause(wb: Option<&WriteBehind>, paused: bool, out: &mut BytesMut) {
 }
 
 /// `RELOAD`: reloads every database's catalog (and drops cached privileges), and reads the
-/// configuration again. Configuration changes take effect at the next start: they are
-/// validated and listed in a NOTICE, and an invalid configuration is an error.
+/// configuration again (file, flags, environment): the keys in
+/// [`RELOADABLE`](crate::live_config::RELOADABLE) take effect, the others at the next start;
+/// a NOTICE lists both. An invalid configuration is an error and changes nothing.
 pub fn reload(wb: Option<&WriteBehind>, shared: &Shared, out: &mut BytesMut) {
     for (_, rt) in wb.map(WriteBehind::databases).unwrap_or_default() {
         rt.reload();
@@ -143,28 +145,34 @@ pub fn reload(wb: Option<&WriteBehind>, shared: &Shared, out: &mut BytesMut) {
                 .and_then(Settings::validate)
                 .map_err(|e| e.to_string())
         });
-    match reread {
-        Ok(new) => {
-            let old = config_rows(&shared.config);
-            let changed: Vec<&str> = config_rows(&new)
-                .into_iter()
-                .zip(old)
-                .filter(|(n, o)| n.1 != o.1)
-                .map(|(n, _)| n.0)
-                .collect();
-            if !changed.is_empty() {
-                messages::notice(
-                    out,
-                    &format!(
-                        "configuration changed ({}): the new values take effect when the proxy restarts",
-                        changed.join(", ")
-                    ),
-                );
-            }
-            messages::complete(out, "RELOAD");
-        }
-        Err(e) => ProxyError::BadConfig(e).write_to(out),
+    let new = match reread {
+        Ok(new) => new,
+        Err(e) => return ProxyError::BadConfig(e).write_to(out),
+    };
+    let changed: Vec<&str> = config_rows(&new)
+        .into_iter()
+        .zip(config_rows(&shared.live.get()))
+        .filter(|(n, o)| n.1 != o.1)
+        .map(|(n, _)| n.0)
+        .collect();
+    let (applied, later): (Vec<&str>, Vec<&str>) =
+        changed.iter().partition(|k| RELOADABLE.contains(k));
+    if let Some(wb) = wb {
+        wb.reload_config(&new);
     }
+    if !applied.is_empty() {
+        messages::notice(out, &format!("applied: {}", applied.join(", ")));
+    }
+    if !later.is_empty() {
+        messages::notice(
+            out,
+            &format!(
+                "changed, and taking effect when the proxy restarts: {}",
+                later.join(", ")
+            ),
+        );
+    }
+    messages::complete(out, "RELOAD");
 }
 
 #[cfg(test)]

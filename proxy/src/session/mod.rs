@@ -25,7 +25,10 @@ use tracing::{debug, info, instrument, warn};
 
 /// State shared by every session.
 pub struct Shared {
+    /// The configuration the proxy started with (see `live` for the reloadable keys).
     pub config: Config,
+    /// The running configuration: read the reloadable keys here.
+    pub live: Arc<crate::live_config::LiveConfig>,
     pub stats: Arc<Stats>,
     pub cancel: cancel::CancelMap,
     /// TLS toward clients, when `tls_cert` and `tls_key` are set.
@@ -89,12 +92,9 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user = param("user").unwrap_or_default();
     let database = param("database").unwrap_or_else(|| user.clone());
-    if shared.stats.active() >= shared.config.max_client_conn {
-        reject(
-            &mut sock,
-            &ProxyError::TooManyClients(shared.config.max_client_conn),
-        )
-        .await;
+    let live = shared.live.get();
+    if shared.stats.active() >= live.max_client_conn {
+        reject(&mut sock, &ProxyError::TooManyClients(live.max_client_conn)).await;
         return;
     }
     shared
@@ -136,7 +136,7 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Some(wb) => wb
             .db(&database)
             .await
-            .map(|rt| intercept::Intercept::new(rt, user.clone(), shared.config.barrier_timeout)),
+            .map(|rt| intercept::Intercept::new(rt, user.clone(), live.barrier_timeout)),
         None => None,
     };
     match relay::run(sock, raw, shared.clone(), counters, on_upstream, intercept).await {

@@ -251,8 +251,9 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: Asy
     let Flags {
         terminated, state, ..
     } = flags;
-    let max = shared.config.max_message_size;
-    let idle = shared.config.idle_timeout;
+    let live = shared.live.get();
+    let max = live.max_message_size;
+    let idle = live.idle_timeout;
     let mut tracker = FrameTracker::new(true, max);
     let mut assembler = Assembler::default();
     let mut counter = ReplyCounter::default();

@@ -97,6 +97,7 @@ pub struct Flusher {
     wake: Arc<Notify>,
     progress: watch::Receiver<ShipProgress>,
     paused: Arc<watch::Sender<bool>>,
+    tune: Arc<watch::Sender<(Duration, usize)>>,
     latency: Arc<Histogram>,
 }
 
@@ -118,6 +119,7 @@ impl Flusher {
         };
         let (tx, rx) = watch::channel(initial);
         let (paused, paused_rx) = watch::channel(false);
+        let (tune, tune_rx) = watch::channel((settings.flush_interval, settings.max_batch_rows));
         let latency = Arc::new(Histogram::default());
         let task = FlushTask {
             source,
@@ -127,6 +129,7 @@ impl Flusher {
             progress: tx,
             shutdown,
             paused: paused_rx,
+            tune: tune_rx,
             latency: latency.clone(),
         };
         let handle = tokio::spawn(task.run());
@@ -134,6 +137,7 @@ impl Flusher {
             wake,
             progress: rx,
             paused: Arc::new(paused),
+            tune: Arc::new(tune),
             latency,
         };
         (flusher, handle)
@@ -148,6 +152,11 @@ impl Flusher {
     /// barrier; shutting down resumes.
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);
+    }
+
+    /// Changes the flush interval and the batch size (admin `RELOAD`).
+    pub fn retune(&self, flush_interval: Duration, max_batch_rows: usize) {
+        self.tune.send_replace((flush_interval, max_batch_rows));
     }
 
     /// Whether shipping is paused.
@@ -174,6 +183,7 @@ struct FlushTask {
     progress: watch::Sender<ShipProgress>,
     shutdown: watch::Receiver<bool>,
     paused: watch::Receiver<bool>,
+    tune: watch::Receiver<(Duration, usize)>,
     latency: Arc<Histogram>,
 }
 
@@ -201,6 +211,14 @@ impl FlushTask {
                 _ = self.wake.notified() => {}
                 _ = self.shutdown.changed() => {}
                 _ = self.paused.changed() => {}
+                _ = self.tune.changed() => {
+                    let (interval, rows) = *self.tune.borrow();
+                    self.settings.flush_interval = interval;
+                    self.settings.max_batch_rows = rows;
+                    tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick.reset();
+                }
             }
         }
     }

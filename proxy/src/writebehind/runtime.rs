@@ -5,6 +5,7 @@ use super::catalog::Catalog;
 use super::encode::Change;
 use super::queue::{Journal, Queue, QueueError};
 use crate::config::{Config, Durability, Overflow};
+use crate::live_config::LiveConfig;
 use crate::session::own_tls::OwnTls;
 use crate::ship::{Barrier, BarrierError, FlushSettings, Flusher, InboxShipper};
 use crate::stats::Stats;
@@ -52,7 +53,10 @@ pub struct DbRuntime {
     own: Mutex<Arc<tokio_postgres::Client>>,
     privileges: DashMap<(String, u32, &'static str), bool>,
     user_schemas: DashMap<String, bool>,
-    limits: Limits,
+    /// The running configuration (pending bound and overflow policy are reloadable).
+    live: Arc<LiveConfig>,
+    /// Acknowledgements wait for the group fsync (durability `fsync`).
+    fsync: bool,
     /// Writes that met the pending bound (refused, waited, or sent through).
     pub overflows: std::sync::atomic::AtomicU64,
     /// Asks the catalog reloader for a reload.
@@ -67,6 +71,8 @@ pub struct Applied {
     pub applied: i64,
     pub coalesced: i64,
     pub dead_letters: i64,
+    /// `applied` by statement kind ([`KINDS`](super::queue::KINDS) order).
+    pub by_kind: [i64; 3],
 }
 
 /// The pending bound and what happens at it.
@@ -127,13 +133,15 @@ impl DbRuntime {
 
     /// The pending bound: rows and bytes.
     pub fn bounds(&self) -> (usize, usize) {
-        (self.limits.max_rows, self.limits.max_bytes)
+        let l = self.limits();
+        (l.max_rows, l.max_bytes)
     }
 
     /// Offers one statement's changes: waits for room per the overflow policy, journals them
     /// (and waits for the group fsync in `fsync` mode), and queues them.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Enqueued, EnqueueError> {
-        self.enqueue_with(changes, self.limits.overflow).await
+        let overflow = self.limits().overflow;
+        self.enqueue_with(changes, overflow).await
     }
 
     /// As [`enqueue`](Self::enqueue), waiting for room (as `overflow = block`) whatever the
@@ -149,7 +157,7 @@ impl DbRuntime {
         changes: Vec<Change>,
         overflow: Overflow,
     ) -> Result<Enqueued, EnqueueError> {
-        let l = self.limits;
+        let l = self.limits();
         let deadline = tokio::time::Instant::now() + l.overflow_timeout;
         loop {
             let freed = self.queue.space_notified();
@@ -234,6 +242,18 @@ impl DbRuntime {
         }
     }
 
+    /// The pending bound and overflow policy in force now.
+    fn limits(&self) -> Limits {
+        let c = self.live.get();
+        Limits {
+            max_rows: c.max_pending_rows,
+            max_bytes: c.max_pending_bytes,
+            overflow: c.overflow,
+            overflow_timeout: c.overflow_timeout,
+            fsync: self.fsync,
+        }
+    }
+
     /// The worker's per-table counters as of the last report (about a second old).
     pub fn applied(&self) -> HashMap<u32, Applied> {
         self.applied
@@ -277,7 +297,9 @@ impl DbRuntime {
         let rows = self
             .own()
             .query(
-                "SELECT relid::int8, applied, coalesced, dead_letters FROM writebehind.report($1, $2::text::jsonb)",
+                "SELECT relid::int8, applied, coalesced, dead_letters,
+                        applied_inserts, applied_updates, applied_deletes
+                 FROM writebehind.report($1, $2::text::jsonb)",
                 &[&me.proxy_id, &report.to_string()],
             )
             .await?;
@@ -290,6 +312,7 @@ impl DbRuntime {
                     applied: r.try_get(1)?,
                     coalesced: r.try_get(2)?,
                     dead_letters: r.try_get(3)?,
+                    by_kind: [r.try_get(4)?, r.try_get(5)?, r.try_get(6)?],
                 },
             );
         }
@@ -357,6 +380,8 @@ pub struct WriteBehind {
     others: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Shipping paused by the admin console (`PAUSE`/`RESUME`).
     paused: AtomicBool,
+    /// The running configuration, reloadable keys included (admin `RELOAD`).
+    live: Arc<LiveConfig>,
     /// Sessions and counters, shared with the session layer (reported to PostgreSQL).
     stats: Arc<Stats>,
     started_at: SystemTime,
@@ -375,6 +400,7 @@ impl WriteBehind {
                 .unwrap_or_else(|| format!("proxy-{:016x}", rand::random::<u64>())),
         };
         let (wal_dir, wal) = wal.unzip();
+        let live = config.clone();
         let wb = Arc::new(Self {
             config,
             proxy_id,
@@ -385,6 +411,7 @@ impl WriteBehind {
             flushers: Mutex::new(Vec::new()),
             others: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
+            live: Arc::new(LiveConfig::new(live)),
             stats: Arc::new(Stats::default()),
             started_at: SystemTime::now(),
         });
@@ -408,6 +435,23 @@ impl WriteBehind {
     /// The process's session registry and counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The running configuration.
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
+    /// Applies the reloadable keys of `new` (admin `RELOAD`): the pending bound and overflow
+    /// policy at once, the flush interval and batch size from each flusher's next round.
+    pub fn reload_config(&self, new: &Config) {
+        let now = self.live.reload(new);
+        for rt in self.runtimes() {
+            rt.barrier
+                .flusher()
+                .retune(now.flush_interval, now.max_batch_rows);
+        }
+        info!("configuration reloaded");
     }
 
     /// Pauses (`true`) or resumes shipping in every database. While paused, writes are still
@@ -546,9 +590,10 @@ impl WriteBehind {
                 "replayed the WAL"
             );
         }
+        let tuned = self.live.get();
         let settings = FlushSettings {
-            flush_interval: self.config.flush_interval,
-            max_batch_rows: self.config.max_batch_rows,
+            flush_interval: tuned.flush_interval,
+            max_batch_rows: tuned.max_batch_rows,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
         };
@@ -571,7 +616,6 @@ impl WriteBehind {
             flusher,
             InboxShipper::new(pg.clone(), self.proxy_id.clone()),
         );
-        let c = &self.config;
         let rt = Arc::new(DbRuntime {
             catalog: cat_rx,
             queue,
@@ -579,13 +623,8 @@ impl WriteBehind {
             own: Mutex::new(Arc::new(own)),
             privileges: DashMap::new(),
             user_schemas: DashMap::new(),
-            limits: Limits {
-                max_rows: c.max_pending_rows,
-                max_bytes: c.max_pending_bytes,
-                overflow: c.overflow,
-                overflow_timeout: c.overflow_timeout,
-                fsync: c.durability == Durability::Fsync,
-            },
+            live: self.live.clone(),
+            fsync: self.config.durability == Durability::Fsync,
             overflows: std::sync::atomic::AtomicU64::new(0),
             notes: note_tx.clone(),
             applied: Mutex::new(HashMap::new()),
@@ -721,7 +760,7 @@ impl WriteBehind {
             std::mem::take(&mut *self.flushers.lock().unwrap_or_else(|e| e.into_inner()));
         let all = futures::future::join_all(flushers);
         if self.wal.is_some() {
-            if tokio::time::timeout(self.config.shutdown_timeout, all)
+            if tokio::time::timeout(self.live.get().shutdown_timeout, all)
                 .await
                 .is_err()
             {

@@ -8,6 +8,7 @@ pub mod journal;
 pub mod lexer;
 pub mod queue;
 pub mod recognize;
+pub mod report;
 pub mod runtime;
 pub mod template;
 pub mod validate;

@@ -4,6 +4,7 @@
 use super::catalog::Catalog;
 use super::encode::Change;
 use super::queue::{Journal, Queue, QueueError};
+use super::report::{self, Applied, Reporter};
 use crate::config::{Config, Durability, Overflow};
 use crate::live_config::LiveConfig;
 use crate::session::own_tls::OwnTls;
@@ -65,16 +66,6 @@ pub struct DbRuntime {
     applied: Mutex<HashMap<u32, Applied>>,
 }
 
-/// The apply worker's counters of one table (`writebehind.table_stats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Applied {
-    pub applied: i64,
-    pub coalesced: i64,
-    pub dead_letters: i64,
-    /// `applied` by statement kind ([`KINDS`](super::queue::KINDS) order).
-    pub by_kind: [i64; 3],
-}
-
 /// The pending bound and what happens at it.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -122,7 +113,7 @@ async fn open_own(
 }
 
 impl DbRuntime {
-    fn own(&self) -> Arc<tokio_postgres::Client> {
+    pub(super) fn own(&self) -> Arc<tokio_postgres::Client> {
         self.own.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -267,57 +258,9 @@ impl DbRuntime {
         let _ = self.notes.send(Reload::Registry);
     }
 
-    /// Sends this proxy's report (`writebehind.report`) and keeps the counters it returns.
-    async fn report(&self, me: &Reporter) -> Result<(), tokio_postgres::Error> {
-        let progress = self.barrier.flusher().progress().borrow().clone();
-        let tables = self.queue.table_counts();
-        let (pending, pending_bytes) = self.queue.pending();
-        let acked: u64 = tables.values().map(|c| c.acked.iter().sum::<u64>()).sum();
-        let pending_by_table: serde_json::Map<String, serde_json::Value> = tables
-            .iter()
-            .map(|(relid, c)| (relid.to_string(), c.pending.into()))
-            .collect();
-        let report = serde_json::json!({
-            "address": me.address,
-            "durability": me.durability,
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": humantime::format_rfc3339_micros(me.started_at).to_string(),
-            "clients": me.stats.active(),
-            "acked": acked,
-            "pending": pending,
-            "pending_bytes": pending_bytes,
-            "shipped": progress.rows,
-            "batches": progress.batches,
-            "wal_bytes": me.wal.as_ref().map_or(0, |w| w.stats().appended_bytes),
-            "errors": progress.errors,
-            "last_error": progress.last_error,
-            "paused": self.barrier.flusher().paused(),
-            "pending_by_table": pending_by_table,
-        });
-        let rows = self
-            .own()
-            .query(
-                "SELECT relid::int8, applied, coalesced, dead_letters,
-                        applied_inserts, applied_updates, applied_deletes
-                 FROM writebehind.report($1, $2::text::jsonb)",
-                &[&me.proxy_id, &report.to_string()],
-            )
-            .await?;
-        let mut applied = HashMap::new();
-        for r in rows {
-            let relid: i64 = r.try_get(0)?;
-            applied.insert(
-                u32::try_from(relid).unwrap_or_default(),
-                Applied {
-                    applied: r.try_get(1)?,
-                    coalesced: r.try_get(2)?,
-                    dead_letters: r.try_get(3)?,
-                    by_kind: [r.try_get(4)?, r.try_get(5)?, r.try_get(6)?],
-                },
-            );
-        }
+    /// Keeps the worker's counters a report returned.
+    pub(super) fn set_applied(&self, applied: HashMap<u32, Applied>) {
         *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = applied;
-        Ok(())
     }
 
     /// The read barrier over every write-behind table of the database that has one (tables
@@ -337,19 +280,6 @@ impl DbRuntime {
         self.barrier.wait(&relids, timeout).await
     }
 }
-
-/// What a runtime's report says about the proxy as a whole.
-struct Reporter {
-    proxy_id: String,
-    address: String,
-    durability: String,
-    started_at: SystemTime,
-    stats: Arc<Stats>,
-    wal: Option<Arc<Wal>>,
-}
-
-/// How often each runtime reports to `writebehind.report`.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a database's runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -638,18 +568,7 @@ impl WriteBehind {
             stats: self.stats.clone(),
             wal: self.wal.clone(),
         };
-        let weak = Arc::downgrade(&rt);
-        let reports = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REPORT_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(rt) = weak.upgrade() else { return };
-                if let Err(error) = rt.report(&reporter).await {
-                    tracing::debug!(%error, "reporting to writebehind.report failed");
-                }
-            }
-        });
+        let reports = report::spawn(Arc::downgrade(&rt), reporter);
         self.tasks().push(reports);
         // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);

@@ -388,3 +388,8 @@ pub async fn settled_status(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The single bigint `sql` returns (e.g. a counter read directly from PostgreSQL).
+pub async fn query_i64(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
+    Ok(client.query_one(sql, &[]).await?.try_get(0)?)
+}

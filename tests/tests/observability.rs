@@ -424,13 +424,7 @@ async fn reload_applies_the_reloadable_keys() -> anyhow::Result<()> {
         "ops is no admin yet: {err}"
     );
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    let n_direct = || async {
-        let n: i64 = direct
-            .query_one("SELECT n FROM counters WHERE id = 1", &[])
-            .await?
-            .get(0);
-        anyhow::Ok(n)
-    };
+    let n_direct = || writebehind_tests::query_i64(&direct, "SELECT n FROM counters WHERE id = 1");
     // Every 100 ms, an acknowledged write ships by itself.
     c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
         .await?;

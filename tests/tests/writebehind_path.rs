@@ -486,13 +486,7 @@ async fn only_real_session_changes_end_acknowledging() -> anyhow::Result<()> {
     // A long flush interval: an acknowledged write stays out of the table until a barrier.
     let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    let n_direct = || async {
-        let n: i64 = direct
-            .query_one("SELECT n FROM counters WHERE id = 1", &[])
-            .await?
-            .get(0);
-        anyhow::Ok(n)
-    };
+    let n_direct = || writebehind_tests::query_i64(&direct, "SELECT n FROM counters WHERE id = 1");
     c.simple_query("SELECT role, temperature FROM readings WHERE role = 'sensor'")
         .await?;
     // Prepared (extended protocol) statements mentioning such words do not count either.

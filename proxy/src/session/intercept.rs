@@ -8,6 +8,10 @@
 //! record. Anything else passes through after the read barrier, in order: local answers are
 //! only given once every reply PostgreSQL owes the client has arrived.
 //!
+//! The barrier before a message passes through covers only the write-behind tables its
+//! statements may read ([`scope`]): a Query's, a Parse's, or the statement a Bind binds (its
+//! scope kept with the statement), or the portal an Execute runs.
+//!
 //! Statements prepared locally are unknown to PostgreSQL. When a later message that passes
 //! through refers to one, its Parse is sent first ("materialized") and the ParseComplete that
 //! PostgreSQL answers it with is swallowed by the upstream reader.
@@ -21,6 +25,7 @@ use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
 use crate::writebehind::recognize::{OnConflict, Write};
 use crate::writebehind::runtime::{DbRuntime, Enqueued};
+use crate::writebehind::scope::{self, Scope};
 use crate::writebehind::template::Template;
 use crate::writebehind::{lexer, recognize, validate};
 use bytes::{Bytes, BytesMut};
@@ -39,6 +44,8 @@ struct Stmt {
     prepared: Option<Arc<Prepared>>,
     /// Whether PostgreSQL knows the statement.
     on_server: bool,
+    /// What it may read, against which catalog (computed when first needed).
+    scope: Option<(Arc<Catalog>, Scope)>,
 }
 
 /// A recognized write prepared against one catalog.
@@ -83,6 +90,23 @@ pub struct Intercept {
     /// Journaling failed mid-group after replies went out: messages are dropped up to Sync,
     /// as PostgreSQL does after an error.
     skip_to_sync: bool,
+    /// Portals bound by messages that passed through: what their statement may read.
+    portals: HashMap<String, Scope>,
+    /// A statement that may have changed the schema passed through: the catalog's names may
+    /// be out of date until reloaded after it committed.
+    schema_stale: bool,
+    /// The last messages that passed through did not end with a Sync or Query: what they did
+    /// is not committed yet.
+    mid_group: bool,
+}
+
+/// A Query's tokens, when it was lexed already.
+enum Lexed<'a> {
+    /// Not a Query: the messages are analysed.
+    No,
+    Ok(&'a [&'a [lexer::Token]]),
+    /// The lexer could not be certain.
+    Failed,
 }
 
 impl Intercept {
@@ -100,6 +124,9 @@ impl Intercept {
             streaming: false,
             open: None,
             skip_to_sync: false,
+            portals: HashMap::new(),
+            schema_stale: false,
+            mid_group: false,
         }
     }
 
@@ -264,10 +291,16 @@ impl Intercept {
             Ok(Frontend::Query(sql)) => sql,
             _ => return self.forward(vec![msg], wire).await,
         };
-        // Lexed once: for the setting, the session-change check and recognition.
+        // Lexed once: for the setting, the session-change check, recognition and the scope.
         let lexed = lexer::lex(sql, true);
-        let tokens = lexed.as_deref().unwrap_or_default();
-        let stmts = lexer::statements(tokens);
+        let lex_ok = lexed.is_ok();
+        let tokens = lexed.unwrap_or_default();
+        let stmts = lexer::statements(&tokens);
+        let known = if lex_ok {
+            Lexed::Ok(&stmts)
+        } else {
+            Lexed::Failed
+        };
         match sync_setting(&stmts) {
             Some(SyncSetting::Session(on)) => {
                 // SET is transactional: only a SET outside a transaction block is known to
@@ -277,15 +310,15 @@ impl Intercept {
                 } else {
                     self.enabled = false;
                 }
-                return self.forward(vec![msg], wire).await;
+                return self.forward_with(vec![msg], known, wire).await;
             }
             // SET LOCAL only lasts until the end of a transaction block, where every
             // statement passes through anyway.
-            Some(SyncSetting::Local) => return self.forward(vec![msg], wire).await,
+            Some(SyncSetting::Local) => return self.forward_with(vec![msg], known, wire).await,
             None => {}
         }
         let writes = recognize_stmts(&stmts);
-        self.watch_session_changes(lexed.is_ok().then_some(stmts.as_slice()), sql);
+        self.watch_session_changes(lex_ok.then_some(stmts.as_slice()), sql);
         if self.acking() {
             if let Some(writes) = writes {
                 let mut changes = Vec::new();
@@ -335,7 +368,7 @@ impl Intercept {
                 }
             }
         }
-        self.forward(vec![msg], wire).await
+        self.forward_with(vec![msg], known, wire).await
     }
 
     /// Whether `write` may be acknowledged in this session: its table is write-behind and the
@@ -419,6 +452,7 @@ impl Intercept {
                             parse: raw.clone(),
                             prepared: Some(prepared),
                             on_server: false,
+                            scope: None,
                         },
                     ));
                     messages::parse_complete(&mut out);
@@ -564,6 +598,16 @@ impl Intercept {
     /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not
     /// know are parsed there first.
     async fn forward<W: Wire>(&mut self, msgs: Vec<Bytes>, wire: &mut W) -> Result<(), ProxyError> {
+        self.forward_with(msgs, Lexed::No, wire).await
+    }
+
+    /// As [`forward`](Self::forward); `lexed` has the tokens of a Query already lexed.
+    async fn forward_with<W: Wire>(
+        &mut self,
+        msgs: Vec<Bytes>,
+        lexed: Lexed<'_>,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -609,6 +653,7 @@ impl Intercept {
                             parse: raw.clone(),
                             prepared,
                             on_server: true,
+                            scope: None,
                         },
                     );
                 }
@@ -619,11 +664,16 @@ impl Intercept {
             }
         }
         if !self.rt.catalog.borrow().is_empty() {
-            self.rt
-                .barrier_all(self.barrier_timeout)
-                .await
-                .map_err(|e| ProxyError::Barrier(e.to_string()))?;
+            let scope = self.scope(&msgs, lexed, wire).await;
+            tracing::trace!(?scope, "barrier scope");
+            let waited = match &scope {
+                Scope::All => self.rt.barrier_all(self.barrier_timeout).await,
+                Scope::Tables(t) if t.is_empty() => Ok(()),
+                Scope::Tables(t) => self.rt.barrier(t, self.barrier_timeout).await,
+            };
+            waited.map_err(|e| ProxyError::Barrier(e.to_string()))?;
         }
+        self.mid_group = !matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
         if !inject.is_empty() {
             // The swallowed ParseCompletes must be the first replies that follow.
             wire.drained().await;
@@ -641,6 +691,118 @@ impl Intercept {
             out.extend_from_slice(m);
         }
         wire.forward(out, inject.len()).await
+    }
+}
+
+impl Intercept {
+    /// What the statements of `msgs` (passing through) may read of the write-behind tables.
+    /// Notes statements that may change the schema, and reloads the catalog before the first
+    /// analysis after one, once it committed.
+    async fn scope<W: Wire>(&mut self, msgs: &[Bytes], lexed: Lexed<'_>, wire: &mut W) -> Scope {
+        // A session that changed search_path, its role, string syntax, or made temporary
+        // objects resolves names in ways the catalog does not know.
+        if !self.enabled {
+            return Scope::All;
+        }
+        if self.schema_stale {
+            if self.mid_group || wire.drained().await != b'I' {
+                return Scope::All; // not committed yet
+            }
+            if let Err(error) = self.rt.reload_catalog().await {
+                tracing::debug!(%error, "reloading the catalog after a schema change failed");
+                return Scope::All;
+            }
+            self.schema_stale = false;
+        }
+        let catalog = self.rt.catalog.borrow().clone();
+        let mut scope = Scope::default();
+        // Statements parsed by these messages, by name, in order.
+        let mut parsed: HashMap<&str, Scope> = HashMap::new();
+        for raw in msgs {
+            let part = match frontend::decode(raw) {
+                Ok(Frontend::Query(sql)) => match &lexed {
+                    Lexed::Ok(stmts) => self.analyse(&catalog, stmts),
+                    Lexed::Failed => Scope::All,
+                    Lexed::No => self.analyse_sql(&catalog, sql),
+                },
+                Ok(Frontend::Parse { name, sql, .. }) => {
+                    let s = self.analyse_sql(&catalog, sql);
+                    if let Some(stmt) = self.stmts.get_mut(name) {
+                        if stmt.parse == *raw {
+                            stmt.scope = Some((catalog.clone(), s.clone()));
+                        }
+                    }
+                    parsed.insert(name, s.clone());
+                    s
+                }
+                Ok(Frontend::Bind {
+                    portal, statement, ..
+                }) => {
+                    let s = match parsed.get(statement) {
+                        Some(s) => s.clone(),
+                        None => self.stmt_scope(&catalog, statement),
+                    };
+                    self.portals.insert(portal.to_string(), s.clone());
+                    s
+                }
+                Ok(Frontend::Execute { portal }) => {
+                    self.portals.get(portal).cloned().unwrap_or(Scope::All)
+                }
+                Ok(Frontend::Close { kind: b'P', name }) => {
+                    self.portals.remove(name);
+                    Scope::default()
+                }
+                // Describe, Close, Sync, Flush, COPY data: nothing is read.
+                Ok(
+                    Frontend::Describe { .. }
+                    | Frontend::Close { .. }
+                    | Frontend::Sync
+                    | Frontend::Other(b'H' | b'd' | b'c' | b'f'),
+                ) => Scope::default(),
+                // FunctionCall, anything else: anything.
+                _ => Scope::All,
+            };
+            scope.add(&part);
+        }
+        scope
+    }
+
+    /// The scope of lexed statements; notes a possible schema change.
+    fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token]]) -> Scope {
+        if scope::may_change_schema(stmts) {
+            self.schema_stale = true;
+        }
+        catalog.names.scope(stmts)
+    }
+
+    /// The scope of `sql` (all when it cannot be lexed with certainty).
+    fn analyse_sql(&mut self, catalog: &Catalog, sql: &str) -> Scope {
+        match lexer::lex(sql, true) {
+            Ok(tokens) => self.analyse(catalog, &lexer::statements(&tokens)),
+            Err(_) => Scope::All,
+        }
+    }
+
+    /// The scope of the prepared statement `name`, computed once per catalog; all for a
+    /// statement the session does not know.
+    fn stmt_scope(&mut self, catalog: &Arc<Catalog>, name: &str) -> Scope {
+        let Some(stmt) = self.stmts.get(name) else {
+            return Scope::All;
+        };
+        if let Some((c, s)) = &stmt.scope {
+            if Arc::ptr_eq(c, catalog) {
+                return s.clone();
+            }
+        }
+        let parse = stmt.parse.clone();
+        let s = match frontend::decode(&parse) {
+            Ok(Frontend::Parse { sql, .. }) => self.analyse_sql(catalog, sql),
+            _ => Scope::All,
+        };
+        if let Some(stmt) = self.stmts.get_mut(name) {
+            stmt.scope = Some((catalog.clone(), s.clone()));
+        }
+        s
     }
 }
 

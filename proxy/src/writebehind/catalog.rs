@@ -1,6 +1,8 @@
 //! The catalog of write-behind tables of one database, loaded through the proxy's own
-//! connection from the extension's registry and pg_catalog.
+//! connection from the extension's registry and pg_catalog, with the classification of the
+//! database's names that scopes the read barrier.
 
+use super::scope::{Names, Relation};
 use std::collections::HashMap;
 
 /// One column of a write-behind table.
@@ -44,6 +46,11 @@ impl Table {
 pub struct Catalog {
     pub tables: Vec<Table>,
     by_name: HashMap<(String, String), usize>,
+    /// What each relation, function and operator name may read (the barrier's scope).
+    pub names: Names,
+    /// Loads are numbered in the order they started: a later one is never replaced by an
+    /// earlier one that finished after it.
+    pub ticket: u64,
 }
 
 /// The query that loads the catalog: one row per column of every registered table.
@@ -58,9 +65,70 @@ pub const LOAD_SQL: &str = "
       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
      ORDER BY c.oid, a.attnum";
 
+/// Schemas whose relations, functions and operators are PostgreSQL's own.
+const SYSTEM_SCHEMAS: &str = "('pg_catalog', 'information_schema', 'pg_toast')";
+
+/// One row per relation name outside the system schemas: (relid, name, its table, whether
+/// reading or writing it can run arbitrary SQL). Arbitrary: views, materialized views,
+/// foreign tables; tables with triggers other than the internal ones of constraints, with
+/// rules, with row security, with columns of a user-defined domain (or array of one), or
+/// whose defaults, generated columns, constraints, indexes or policies use a user-defined
+/// function. An index counts as its table.
+fn relations_sql() -> String {
+    format!(
+        "WITH user_fn AS (
+            SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname NOT IN {SYSTEM_SCHEMAS}),
+         uses_fn AS (
+            SELECT COALESCE(ad.adrelid, co.conrelid, ix.indrelid, po.polrelid) AS rel
+              FROM pg_depend d
+              LEFT JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
+              LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid = d.objid
+              LEFT JOIN pg_index ix ON d.classid = 'pg_class'::regclass AND ix.indexrelid = d.objid
+              LEFT JOIN pg_policy po ON d.classid = 'pg_policy'::regclass AND po.oid = d.objid
+             WHERE d.refclassid = 'pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM user_fn))
+         SELECT c.oid::int8, c.relname::text, COALESCE(i.indrelid, c.oid)::int8,
+                c.relkind IN ('v', 'm', 'f') OR c.relhasrules OR c.relrowsecurity
+                OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+                OR c.oid IN (SELECT rel FROM uses_fn WHERE rel IS NOT NULL)
+                OR EXISTS (SELECT 1 FROM pg_attribute a
+                             JOIN pg_type ty ON ty.oid = a.atttypid
+                             LEFT JOIN pg_type el ON el.oid = ty.typelem
+                            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                              AND ((ty.typtype = 'd' AND ty.typnamespace::regnamespace::text NOT IN {SYSTEM_SCHEMAS})
+                                OR (el.typtype = 'd' AND el.typnamespace::regnamespace::text NOT IN {SYSTEM_SCHEMAS})))
+           FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           LEFT JOIN pg_index i ON i.indexrelid = c.oid
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'i', 'I', 'S')
+            AND n.nspname NOT IN {SYSTEM_SCHEMAS}"
+    )
+}
+
+/// Pairs of tables linked by a foreign key or by inheritance (partitions included).
+const LINKS_SQL: &str = "
+    SELECT conrelid::int8, confrelid::int8 FROM pg_constraint WHERE contype = 'f'
+    UNION ALL
+    SELECT inhrelid::int8, inhparent::int8 FROM pg_inherits";
+
+/// Names of user-defined functions, procedures and aggregates, and of user-defined operators.
+fn routines_sql() -> String {
+    format!(
+        "SELECT DISTINCT p.proname::text, true FROM pg_proc p
+           JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN {SYSTEM_SCHEMAS}
+         UNION
+         SELECT DISTINCT o.oprname::text, false FROM pg_operator o
+           JOIN pg_namespace n ON n.oid = o.oprnamespace WHERE n.nspname NOT IN {SYSTEM_SCHEMAS}"
+    )
+}
+
 impl Catalog {
     /// Loads the catalog; an error means the extension is not usable in this database.
-    pub async fn load(client: &tokio_postgres::Client) -> Result<Self, tokio_postgres::Error> {
+    /// `ticket` numbers the load (see [`Catalog::ticket`]).
+    pub async fn load(
+        client: &tokio_postgres::Client,
+        ticket: u64,
+    ) -> Result<Self, tokio_postgres::Error> {
         let rows = client.query(LOAD_SQL, &[]).await?;
         let mut tables: Vec<Table> = Vec::new();
         for r in rows {
@@ -94,17 +162,52 @@ impl Catalog {
                 });
             }
         }
-        Ok(Self::from_tables(tables))
+        let mut relations = Vec::new();
+        for r in client.query(&relations_sql(), &[]).await? {
+            relations.push(Relation {
+                relid: r.try_get::<_, i64>(0)? as u32,
+                name: r.try_get(1)?,
+                table: r.try_get::<_, i64>(2)? as u32,
+                arbitrary: r.try_get(3)?,
+            });
+        }
+        let mut links = Vec::new();
+        for r in client.query(LINKS_SQL, &[]).await? {
+            links.push((
+                r.try_get::<_, i64>(0)? as u32,
+                r.try_get::<_, i64>(1)? as u32,
+            ));
+        }
+        let (mut functions, mut operators) = (Vec::new(), Vec::new());
+        for r in client.query(&routines_sql(), &[]).await? {
+            let name: String = r.try_get(0)?;
+            if r.try_get::<_, bool>(1)? {
+                functions.push(name);
+            } else {
+                operators.push(name);
+            }
+        }
+        let relids: Vec<u32> = tables.iter().map(|t| t.relid).collect();
+        let mut catalog = Self::from_tables(tables);
+        catalog.names = Names::build(&relations, &links, &relids, functions, operators);
+        catalog.ticket = ticket;
+        Ok(catalog)
     }
 
-    /// Builds the lookup index.
+    /// Builds the lookup index (names not classified: every statement may read every
+    /// write-behind table).
     pub fn from_tables(tables: Vec<Table>) -> Self {
         let by_name = tables
             .iter()
             .enumerate()
             .map(|(i, t)| ((t.schema.clone(), t.name.clone()), i))
             .collect();
-        Self { tables, by_name }
+        Self {
+            tables,
+            by_name,
+            names: Names::default(),
+            ticket: 0,
+        }
     }
 
     /// Resolves a name as written: qualified names directly; unqualified ones only in `public`

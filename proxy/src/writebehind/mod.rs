@@ -1,6 +1,7 @@
 //! The write-behind path (DESIGN §2): the PostgreSQL-exact lexer, the recognizer of the
 //! acknowledged statement forms, the catalog of registered tables, validation into changes,
-//! the encoding of changes as inbox rows, and the per-database runtime sessions use.
+//! the encoding of changes as inbox rows, the read barrier's scope analysis, and the
+//! per-database runtime sessions use.
 
 pub mod catalog;
 pub mod encode;
@@ -10,5 +11,6 @@ pub mod queue;
 pub mod recognize;
 pub mod report;
 pub mod runtime;
+pub mod scope;
 pub mod template;
 pub mod validate;

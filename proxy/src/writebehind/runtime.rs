@@ -47,6 +47,9 @@ pub enum EnqueueError {
 /// One database's runtime.
 pub struct DbRuntime {
     pub catalog: watch::Receiver<Arc<Catalog>>,
+    catalog_tx: watch::Sender<Arc<Catalog>>,
+    /// Numbers catalog loads in the order they start ([`Catalog::ticket`]).
+    loads: std::sync::atomic::AtomicU64,
     pub queue: Arc<Queue>,
     pub barrier: Barrier,
     /// The runtime's own connection (catalog, privileges, registry notifications); replaced
@@ -263,6 +266,43 @@ impl DbRuntime {
         *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = applied;
     }
 
+    /// Loads the catalog now and publishes it, unless a load that started later was
+    /// published first. Returns once a catalog loaded after the call is current.
+    pub async fn reload_catalog(&self) -> Result<(), tokio_postgres::Error> {
+        let ticket = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let loaded = Arc::new(Catalog::load(&self.own(), ticket).await?);
+        self.catalog_tx.send_if_modified(|current| {
+            let newer = loaded.ticket > current.ticket;
+            if newer {
+                *current = loaded;
+            }
+            newer
+        });
+        Ok(())
+    }
+
+    /// The read barrier over the write-behind tables `relids` that have one (tables enabled
+    /// with `read_barrier => false`, or no longer registered, are not waited for). Nothing to
+    /// wait for costs nothing: no shipping, no I/O.
+    pub async fn barrier(
+        &self,
+        relids: &std::collections::BTreeSet<u32>,
+        timeout: std::time::Duration,
+    ) -> Result<(), BarrierError> {
+        let relids: Vec<u32> = self
+            .catalog
+            .borrow()
+            .tables
+            .iter()
+            .filter(|t| t.read_barrier && relids.contains(&t.relid))
+            .map(|t| t.relid)
+            .collect();
+        if relids.is_empty() {
+            return Ok(());
+        }
+        self.barrier.wait(&relids, timeout).await
+    }
+
     /// The read barrier over every write-behind table of the database that has one (tables
     /// enabled with `read_barrier => false` are shipped but not waited for).
     pub async fn barrier_all(&self, timeout: std::time::Duration) -> Result<(), BarrierError> {
@@ -465,7 +505,7 @@ impl WriteBehind {
         let (own, own_task) = open_own(&pg, note_tx.clone())
             .await
             .map_err(|e| StartError::Unreachable(e.to_string()))?;
-        let catalog = Catalog::load(&own)
+        let catalog = Catalog::load(&own, 1)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
         let _ = cat_tx.send(Arc::new(catalog));
@@ -548,6 +588,8 @@ impl WriteBehind {
         );
         let rt = Arc::new(DbRuntime {
             catalog: cat_rx,
+            catalog_tx: cat_tx,
+            loads: std::sync::atomic::AtomicU64::new(1),
             queue,
             barrier,
             own: Mutex::new(Arc::new(own)),
@@ -575,9 +617,8 @@ impl WriteBehind {
         let reloader = tokio::spawn(async move {
             while let Some(why) = note_rx.recv().await {
                 let Some(rt) = weak.upgrade() else { return };
-                match Catalog::load(&rt.own()).await {
-                    Ok(c) => {
-                        let _ = cat_tx.send(Arc::new(c));
+                match rt.reload_catalog().await {
+                    Ok(()) => {
                         // A registry change may change who may write what. A reconnection
                         // keeps the caches: clearing them would make every session's next
                         // write wait for the barrier behind the backlog of an outage.

@@ -1,0 +1,281 @@
+//! The read barrier's scope: a passed-through statement waits only for the write-behind tables
+//! it may read. With a one-hour flush interval only barriers ship, so a direct connection to
+//! PostgreSQL shows whether a statement through the proxy waited for the pending writes.
+
+use std::time::{Duration, Instant};
+use writebehind_tests::{Cluster, Proxy};
+
+const SCHEMA: &str = "
+    CREATE TABLE wb (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+    INSERT INTO wb SELECT g, 0 FROM generate_series(1, 20) g;
+    SELECT writebehind.enable('wb');
+    CREATE TABLE other (id int PRIMARY KEY, v text);
+    INSERT INTO other VALUES (1, 'x');
+    CREATE TABLE c (id int PRIMARY KEY, wb_id int NOT NULL REFERENCES wb (id));
+    CREATE FUNCTION wb_n(k int) RETURNS bigint LANGUAGE sql STABLE
+        AS 'SELECT n FROM wb WHERE id = k';
+    CREATE TABLE trig (id int PRIMARY KEY, seen bigint);
+    CREATE FUNCTION trig_fill() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.seen := (SELECT n FROM wb WHERE id = NEW.id); RETURN NEW; END $$;
+    CREATE TRIGGER trig_fill BEFORE INSERT ON trig FOR EACH ROW EXECUTE FUNCTION trig_fill();";
+
+/// A proxy whose flusher never ships on its own: only barriers do.
+fn lazy_proxy(cluster: &Cluster) -> anyhow::Result<Proxy> {
+    Proxy::spawn(
+        &cluster.url("postgres"),
+        &["--durability", "memory", "--flush-interval", "1h"],
+    )
+}
+
+async fn setup() -> anyhow::Result<(
+    Cluster,
+    tokio_postgres::Client,
+    Proxy,
+    tokio_postgres::Client,
+)> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let proxy = lazy_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    Ok((cluster, direct, proxy, c))
+}
+
+/// `wb.n` of key `id` as PostgreSQL has it (direct connection), if the row exists.
+async fn applied(direct: &tokio_postgres::Client, id: i32) -> anyhow::Result<Option<i64>> {
+    Ok(direct
+        .query_opt("SELECT n FROM wb WHERE id = $1", &[&id])
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// The first column of the first row of a simple-protocol query.
+async fn first(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Option<String>> {
+    Ok(c.simple_query(sql).await?.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    }))
+}
+
+/// An acknowledged increment of `wb.n` for key `id` (UPDATE 1 from memory).
+async fn bump(c: &tokio_postgres::Client, id: i32) -> anyhow::Result<()> {
+    let msgs = c
+        .simple_query(&format!("UPDATE wb SET n = n + 1 WHERE id = {id}"))
+        .await?;
+    anyhow::ensure!(
+        matches!(
+            msgs.first(),
+            Some(tokio_postgres::SimpleQueryMessage::CommandComplete(1))
+        ),
+        "UPDATE 1 expected"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn statements_that_cannot_read_a_write_behind_table_do_not_wait() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup().await?;
+    bump(&c, 1).await?;
+    assert_eq!(
+        applied(&direct, 1).await?,
+        Some(0),
+        "acknowledged, not shipped"
+    );
+
+    let unrelated = [
+        "SELECT v FROM other WHERE id = 1",
+        "SELECT 1",
+        "SHOW statement_timeout",
+        "SELECT 'wb', $$ SELECT n FROM wb $$ -- wb in a comment",
+        "BEGIN; SELECT v FROM other; COMMIT",
+        "SET application_name = 'scoped'",
+        "LISTEN wake; UNLISTEN wake",
+    ];
+    for sql in unrelated {
+        c.simple_query(sql).await?;
+        assert_eq!(
+            applied(&direct, 1).await?,
+            Some(0),
+            "{sql:?} passed through without a barrier"
+        );
+    }
+    // A transaction block, statement by statement.
+    for sql in ["BEGIN", "SELECT v FROM other", "SAVEPOINT s", "COMMIT"] {
+        c.simple_query(sql).await?;
+    }
+    // Extended protocol (tokio-postgres prepares, binds and executes).
+    let v: String = c
+        .query_one("SELECT v FROM other WHERE id = $1", &[&1i32])
+        .await?
+        .get(0);
+    assert_eq!(v, "x");
+    let one: i32 = c.query_one("SELECT 1", &[]).await?.get(0);
+    assert_eq!(one, 1);
+    assert_eq!(
+        applied(&direct, 1).await?,
+        Some(0),
+        "no statement above may read wb: nothing waited for its pending write"
+    );
+    let inbox: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.inbox", &[])
+        .await?
+        .get(0);
+    assert_eq!(inbox, 0, "nothing was shipped");
+
+    // Reading wb itself still waits.
+    assert_eq!(
+        first(&c, "SELECT n FROM wb WHERE id = 1").await?.as_deref(),
+        Some("1")
+    );
+    assert_eq!(applied(&direct, 1).await?, Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn reads_of_the_write_behind_table_see_acknowledged_writes() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup().await?;
+    let spellings = [
+        "SELECT n FROM wb WHERE id = 2",
+        "SELECT n FROM public.wb WHERE id = 2",
+        "SELECT n FROM public.\"wb\" WHERE id = 2",
+        "select N from PUBLIC.WB where ID = 2",
+        "SELECT x.n FROM other o JOIN /* comment */ \"public\" . \"wb\" x ON x.id = o.id + 1",
+        "SELECT 1; SELECT n FROM wb WHERE id = 2",
+        "WITH t AS (SELECT * FROM wb) SELECT n FROM t WHERE id = 2",
+    ];
+    let mut expected = 0;
+    for sql in spellings {
+        bump(&c, 2).await?;
+        expected += 1;
+        let rows = c.simple_query(sql).await?;
+        let seen: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some(expected.to_string().as_str()),
+            "{sql:?} reads its own writes"
+        );
+    }
+    // Extended protocol: named prepared statement, bound twice.
+    let stmt = c.prepare("SELECT n FROM wb WHERE id = $1").await?;
+    for _ in 0..2 {
+        bump(&c, 2).await?;
+        expected += 1;
+        let n: i64 = c.query_one(&stmt, &[&2i32]).await?.get(0);
+        assert_eq!(
+            n, expected,
+            "prepared read of wb sees the acknowledged write"
+        );
+    }
+    // Unnamed statement (query_raw / parameterless query).
+    bump(&c, 2).await?;
+    expected += 1;
+    let n: i64 = c
+        .query_one("SELECT n FROM \"wb\" WHERE id = 2", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, expected);
+    assert_eq!(applied(&direct, 2).await?, Some(expected));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_foreign_key_neighbour_waits_for_the_write_behind_table() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup().await?;
+    // A key that exists only as an acknowledged, unshipped write.
+    c.simple_query("INSERT INTO wb (id, n) VALUES (100, 7)")
+        .await?;
+    assert_eq!(applied(&direct, 100).await?, None, "not shipped yet");
+    c.simple_query("INSERT INTO c VALUES (1, 100)").await?;
+    assert_eq!(applied(&direct, 100).await?, Some(7));
+    // A read of the child waits too.
+    bump(&c, 100).await?;
+    let children: i64 = c
+        .query_one("SELECT count(*) FROM c WHERE wb_id = $1", &[&100i32])
+        .await?
+        .get(0);
+    assert_eq!(children, 1);
+    assert_eq!(
+        applied(&direct, 100).await?,
+        Some(8),
+        "SELECT FROM c barriers wb"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn views_functions_triggers_and_do_blocks_wait() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup().await?;
+
+    // A SQL function reading wb.
+    bump(&c, 3).await?;
+    assert_eq!(first(&c, "SELECT wb_n(3)").await?.as_deref(), Some("1"));
+    bump(&c, 3).await?;
+    let n: i64 = c.query_one("SELECT wb_n($1)", &[&3i32]).await?.get(0);
+    assert_eq!(n, 2, "extended protocol");
+
+    // A plain table whose trigger reads wb.
+    bump(&c, 4).await?;
+    assert_eq!(
+        first(&c, "INSERT INTO trig (id) VALUES (4) RETURNING seen")
+            .await?
+            .as_deref(),
+        Some("1")
+    );
+
+    // A DO block.
+    bump(&c, 5).await?;
+    c.simple_query("DO $$ BEGIN PERFORM 1; END $$").await?;
+    assert_eq!(
+        applied(&direct, 5).await?,
+        Some(1),
+        "DO waits for everything"
+    );
+
+    // A view created through the proxy, read at once by the same session.
+    c.simple_query("CREATE VIEW wb_view AS SELECT id, n FROM wb")
+        .await?;
+    bump(&c, 6).await?;
+    assert_eq!(
+        first(&c, "SELECT n FROM wb_view WHERE id = 6")
+            .await?
+            .as_deref(),
+        Some("1")
+    );
+
+    // A view created by another connection after the proxy started: the proxy learns of it
+    // from the `schema` notification. Until it arrives a read may miss the pending write.
+    direct
+        .batch_execute("CREATE VIEW wb_doubled AS SELECT id, 2 * n AS d FROM wb")
+        .await?;
+    let start = Instant::now();
+    let mut expected = 0;
+    loop {
+        bump(&c, 7).await?;
+        expected += 1;
+        let d = first(&c, "SELECT d FROM wb_doubled WHERE id = 7").await?;
+        if d == Some((2 * expected).to_string()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the view created after the proxy started never got a barrier (last {d:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // From then on, every read of it waits.
+    for _ in 0..3 {
+        bump(&c, 7).await?;
+        expected += 1;
+        assert_eq!(
+            first(&c, "SELECT d FROM wb_doubled WHERE id = 7").await?,
+            Some((2 * expected).to_string())
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The scope of the read barrier before messages pass through: what their statements may
+//! read of the write-behind tables (`writebehind::scope`), per Query, per prepared statement
+//! and per portal, with the catalog reloaded after this session's own schema changes.
+
+use super::{Intercept, Lexed};
+use crate::protocol::frontend::{self, Frontend};
+use crate::session::wire::Wire;
+use crate::writebehind::catalog::Catalog;
+use crate::writebehind::lexer;
+use crate::writebehind::scope::{self, Scope};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+impl Intercept {
+    /// What the statements of `msgs` (passing through) may read of the write-behind tables.
+    /// Notes statements that may change the schema, and reloads the catalog before the first
+    /// analysis after one, once it committed.
+    pub(super) async fn scope<W: Wire>(
+        &mut self,
+        msgs: &[Bytes],
+        lexed: Lexed<'_>,
+        wire: &mut W,
+    ) -> Scope {
+        // A session that changed search_path, its role, string syntax, or made temporary
+        // objects resolves names in ways the catalog does not know.
+        if !self.enabled {
+            return Scope::All;
+        }
+        if self.schema_stale {
+            if self.mid_group || wire.drained().await != b'I' {
+                return Scope::All; // not committed yet
+            }
+            if let Err(error) = self.rt.reload_catalog().await {
+                tracing::debug!(%error, "reloading the catalog after a schema change failed");
+                return Scope::All;
+            }
+            self.schema_stale = false;
+        }
+        let catalog = self.rt.catalog.borrow().clone();
+        let mut scope = Scope::default();
+        // Statements parsed by these messages, by name, in order.
+        let mut parsed: HashMap<&str, Scope> = HashMap::new();
+        for raw in msgs {
+            let part = match frontend::decode(raw) {
+                Ok(Frontend::Query(sql)) => match &lexed {
+                    Lexed::Ok(stmts) => self.analyse(&catalog, stmts),
+                    Lexed::Failed => Scope::All,
+                    Lexed::No => self.analyse_sql(&catalog, sql),
+                },
+                Ok(Frontend::Parse { name, sql, .. }) => {
+                    let s = self.analyse_sql(&catalog, sql);
+                    if let Some(stmt) = self.stmts.get_mut(name) {
+                        if stmt.parse == *raw {
+                            stmt.scope = Some((catalog.clone(), s.clone()));
+                        }
+                    }
+                    parsed.insert(name, s.clone());
+                    s
+                }
+                Ok(Frontend::Bind {
+                    portal, statement, ..
+                }) => {
+                    let s = match parsed.get(statement) {
+                        Some(s) => s.clone(),
+                        None => self.stmt_scope(&catalog, statement),
+                    };
+                    self.portals.insert(portal.to_string(), s.clone());
+                    s
+                }
+                Ok(Frontend::Execute { portal }) => {
+                    self.portals.get(portal).cloned().unwrap_or(Scope::All)
+                }
+                Ok(Frontend::Close { kind: b'P', name }) => {
+                    self.portals.remove(name);
+                    Scope::default()
+                }
+                // Describe, Close, Sync, Flush, COPY data: nothing is read.
+                Ok(
+                    Frontend::Describe { .. }
+                    | Frontend::Close { .. }
+                    | Frontend::Sync
+                    | Frontend::Other(b'H' | b'd' | b'c' | b'f'),
+                ) => Scope::default(),
+                // FunctionCall, anything else: anything.
+                _ => Scope::All,
+            };
+            scope.add(&part);
+        }
+        scope
+    }
+
+    /// The scope of lexed statements; notes a possible schema change.
+    pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token]]) -> Scope {
+        if scope::may_change_schema(stmts) {
+            self.schema_stale = true;
+        }
+        catalog.names.scope(stmts)
+    }
+
+    /// The scope of `sql` (all when it cannot be lexed with certainty).
+    pub(super) fn analyse_sql(&mut self, catalog: &Catalog, sql: &str) -> Scope {
+        match lexer::lex(sql, true) {
+            Ok(tokens) => self.analyse(catalog, &lexer::statements(&tokens)),
+            Err(_) => Scope::All,
+        }
+    }
+
+    /// The scope of the prepared statement `name`, computed once per catalog; all for a
+    /// statement the session does not know.
+    pub(super) fn stmt_scope(&mut self, catalog: &Arc<Catalog>, name: &str) -> Scope {
+        let Some(stmt) = self.stmts.get(name) else {
+            return Scope::All;
+        };
+        if let Some((c, s)) = &stmt.scope {
+            if Arc::ptr_eq(c, catalog) {
+                return s.clone();
+            }
+        }
+        let parse = stmt.parse.clone();
+        let s = match frontend::decode(&parse) {
+            Ok(Frontend::Parse { sql, .. }) => self.analyse_sql(catalog, sql),
+            _ => Scope::All,
+        };
+        if let Some(stmt) = self.stmts.get_mut(name) {
+            stmt.scope = Some((catalog.clone(), s.clone()));
+        }
+        s
+    }
+}

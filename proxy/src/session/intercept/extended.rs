@@ -1,0 +1,295 @@
+//! The extended protocol's groups: a Sync group of recognized writes is planned and answered
+//! locally (Parse/Bind/Describe/Execute/Close replies, tags, ReadyForQuery) and journaled as
+//! one record; a Flush answers what came so far and journals it at Sync; anything else makes
+//! the rest of the group pass through.
+
+use super::{recognize_all, tag, Intercept, Prepared, Stmt};
+use crate::error::ProxyError;
+use crate::protocol::frontend::{self, Frontend};
+use crate::protocol::messages;
+use crate::session::wire::Wire;
+use crate::writebehind::encode::Change;
+use crate::writebehind::runtime::Enqueued;
+use crate::writebehind::template::Template;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+/// What answering a group locally takes: the replies, the changes to journal, and the
+/// statements it creates or closes.
+pub(super) struct Plan {
+    /// Reply pieces in order; `true` marks an Execute's reply.
+    replies: Vec<(BytesMut, bool)>,
+    changes: Vec<Change>,
+    /// Statements parsed by the group: (index of the reply piece, name, statement).
+    parsed: Vec<(usize, String, Stmt)>,
+    closed: Vec<String>,
+}
+
+impl Intercept {
+    /// The rest of the current group goes to PostgreSQL as it arrives: what was answered
+    /// locally is journaled first (it precedes what follows), then `msgs` pass through.
+    pub(super) async fn pass_rest<W: Wire>(
+        &mut self,
+        msgs: Vec<Bytes>,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        self.streaming = true;
+        if self.open.is_some() && !self.journal_open(wire).await? {
+            return Ok(());
+        }
+        self.forward(msgs, wire).await
+    }
+
+    /// Journals the changes answered at a Flush. On failure the client gets the error and the
+    /// rest of the group is dropped up to Sync; returns whether it succeeded.
+    pub(super) async fn journal_open<W: Wire>(&mut self, wire: &mut W) -> Result<bool, ProxyError> {
+        let changes = self.open.take().unwrap_or_default();
+        if changes.is_empty() {
+            return Ok(true);
+        }
+        let refused = match self.rt.enqueue(changes.clone()).await {
+            Ok(Enqueued::Acked) => return Ok(true),
+            // At the bound with overflow = sync: journaling is the only way left for changes
+            // already answered; wait for room as `block` would.
+            Ok(Enqueued::PassThrough) => match self.rt.enqueue_waiting(changes).await {
+                Ok(()) => return Ok(true),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let mut out = BytesMut::with_capacity(128);
+        ProxyError::from(refused).write_to(&mut out);
+        wire.reply(out).await?;
+        self.skip_to_sync = true;
+        self.streaming = false;
+        Ok(false)
+    }
+
+    /// Answers the part of a group before a Flush: its replies now, its changes at Sync.
+    pub(super) async fn answer_partial<W: Wire>(
+        &mut self,
+        plan: Plan,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        let mut out = BytesMut::with_capacity(64);
+        for (piece, _) in &plan.replies {
+            out.extend_from_slice(piece);
+        }
+        for (_, name, stmt) in plan.parsed {
+            self.stmts.insert(name, stmt);
+        }
+        for name in plan.closed {
+            self.stmts.remove(&name);
+        }
+        self.open.get_or_insert_with(Vec::new).extend(plan.changes);
+        wire.reply(out).await
+    }
+
+    /// Prepares `sql` as a write the proxy may acknowledge, or `None`.
+    pub(super) async fn prepare(&self, sql: &str, declared: &[u32]) -> Option<Arc<Prepared>> {
+        let mut writes = recognize_all(sql)?;
+        if writes.len() != 1 {
+            return None;
+        }
+        let write = writes.pop()?;
+        let (index, catalog) = self.acceptable(&write).await?;
+        let table = catalog.tables.get(index)?;
+        let relid = table.relid;
+        let template = Template::prepare(write, table, declared)?;
+        Some(Arc::new(Prepared {
+            template,
+            relid,
+            catalog,
+            declared: declared.to_vec(),
+            sql: sql.to_string(),
+        }))
+    }
+
+    /// The statement `name` as the group sees it: parsed earlier in the group, or before.
+    pub(super) fn lookup<'a>(
+        &'a self,
+        parsed: &'a [(usize, String, Stmt)],
+        name: &str,
+    ) -> Option<&'a Stmt> {
+        parsed
+            .iter()
+            .rev()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, s)| s)
+            .or_else(|| self.stmts.get(name))
+    }
+
+    /// The plan to answer `group` locally, or `None` when any part of it must go to
+    /// PostgreSQL.
+    pub(super) async fn plan(&self, group: &[Bytes]) -> Option<Plan> {
+        let mut plan = Plan {
+            replies: Vec::with_capacity(group.len()),
+            changes: Vec::new(),
+            parsed: Vec::new(),
+            closed: Vec::new(),
+        };
+        // Bound portals of the group (only the unnamed one): changes and tag.
+        let mut portal: Option<(Vec<Change>, String)> = None;
+        for raw in group {
+            let mut out = BytesMut::with_capacity(16);
+            let mut is_execute = false;
+            match frontend::decode(raw).ok()? {
+                Frontend::Parse {
+                    name,
+                    sql,
+                    param_types,
+                } => {
+                    if !name.is_empty() && self.lookup(&plan.parsed, name).is_some() {
+                        return None; // PostgreSQL answers 42P05
+                    }
+                    let prepared = self.prepare(sql, &param_types).await?;
+                    plan.parsed.push((
+                        plan.replies.len(),
+                        name.to_string(),
+                        Stmt {
+                            parse: raw.clone(),
+                            prepared: Some(prepared),
+                            on_server: false,
+                            scope: None,
+                        },
+                    ));
+                    messages::parse_complete(&mut out);
+                }
+                Frontend::Bind {
+                    portal: p,
+                    statement,
+                    formats,
+                    params,
+                } => {
+                    if !p.is_empty() {
+                        return None;
+                    }
+                    let prepared = self.lookup(&plan.parsed, statement)?.prepared.clone()?;
+                    let prepared = self.current(prepared).await?;
+                    let table = prepared
+                        .catalog
+                        .tables
+                        .iter()
+                        .find(|t| t.relid == prepared.relid)?;
+                    let changes = prepared.template.bind(&params, &formats, table)?;
+                    portal = Some((changes, tag(prepared.template.write())));
+                    messages::bind_complete(&mut out);
+                }
+                Frontend::Describe { kind: b'S', name } => {
+                    let stmt = self.lookup(&plan.parsed, name)?;
+                    let prepared = stmt.prepared.as_ref()?;
+                    messages::parameter_description(&mut out, prepared.template.param_types());
+                    messages::no_data(&mut out);
+                }
+                Frontend::Describe { name: "", .. } if portal.is_some() => {
+                    messages::no_data(&mut out);
+                }
+                Frontend::Execute { portal: "" } => {
+                    let (changes, t) = portal.take()?;
+                    plan.changes.extend(changes);
+                    messages::complete(&mut out, &t);
+                    is_execute = true;
+                }
+                Frontend::Close { kind: b'S', name } => {
+                    if let Some(i) = plan.parsed.iter().rposition(|(_, n, _)| n == name) {
+                        plan.parsed.remove(i);
+                    } else {
+                        let stmt = self.stmts.get(name)?;
+                        if stmt.on_server {
+                            return None;
+                        }
+                        plan.closed.push(name.to_string());
+                    }
+                    messages::close_complete(&mut out);
+                }
+                Frontend::Close {
+                    kind: b'P',
+                    name: "",
+                } => {
+                    portal = None;
+                    messages::close_complete(&mut out);
+                }
+                Frontend::Sync => messages::ready(&mut out),
+                _ => return None,
+            }
+            plan.replies.push((out, is_execute));
+        }
+        Some(plan)
+    }
+
+    /// `prepared`, re-prepared if the catalog changed since (the same parameter types, or
+    /// `None`).
+    pub(super) async fn current(&self, prepared: Arc<Prepared>) -> Option<Arc<Prepared>> {
+        if Arc::ptr_eq(&prepared.catalog, &self.rt.catalog.borrow()) {
+            return Some(prepared);
+        }
+        let again = self.prepare(&prepared.sql, &prepared.declared).await?;
+        (again.template.param_types() == prepared.template.param_types()).then_some(again)
+    }
+
+    /// Carries out a local plan: journals its changes, then replies. At the bound with
+    /// `overflow = sync` the group passes through instead.
+    pub(super) async fn answer<W: Wire>(
+        &mut self,
+        plan: Plan,
+        group: Vec<Bytes>,
+        wire: &mut W,
+    ) -> Result<(), ProxyError> {
+        let earlier = self.open.take();
+        if earlier.is_none() && wire.drained().await != b'I' {
+            return self.forward(group, wire).await;
+        }
+        let mut failed = None;
+        let answered_before = earlier.as_ref().is_some_and(|c| !c.is_empty());
+        let mut changes = earlier.unwrap_or_default();
+        changes.extend(plan.changes);
+        if !changes.is_empty() {
+            let result = match self.rt.enqueue(changes.clone()).await {
+                Ok(Enqueued::PassThrough) if !answered_before => {
+                    return self.forward(group, wire).await
+                }
+                // Part of the group was answered already: it cannot pass through any more.
+                Ok(Enqueued::PassThrough) => self.rt.enqueue_waiting(changes).await,
+                Ok(Enqueued::Acked) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                failed = Some(ProxyError::from(e));
+            }
+        }
+        let mut out = BytesMut::with_capacity(64);
+        let mut cut = plan.replies.len();
+        match &failed {
+            None => {
+                for (piece, _) in &plan.replies {
+                    out.extend_from_slice(piece);
+                }
+            }
+            Some(e) => {
+                // Replies up to the first Execute, its error, then ReadyForQuery: PostgreSQL
+                // skips everything after an error up to Sync.
+                cut = plan
+                    .replies
+                    .iter()
+                    .position(|(_, exec)| *exec)
+                    .unwrap_or(plan.replies.len());
+                for (piece, _) in &plan.replies[..cut] {
+                    out.extend_from_slice(piece);
+                }
+                e.write_to(&mut out);
+                messages::ready(&mut out);
+            }
+        }
+        for (at, name, stmt) in plan.parsed {
+            if at < cut {
+                self.stmts.insert(name, stmt);
+            }
+        }
+        if failed.is_none() {
+            for name in plan.closed {
+                self.stmts.remove(&name);
+            }
+        }
+        wire.reply(out).await
+    }
+}

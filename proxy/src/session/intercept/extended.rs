@@ -23,6 +23,9 @@ pub(super) struct Plan {
     /// Statements parsed by the group: (index of the reply piece, name, statement).
     parsed: Vec<(usize, String, Stmt)>,
     closed: Vec<String>,
+    /// Earlier statements re-prepared against a newer catalog: kept, so later Binds need
+    /// not prepare them again.
+    refreshed: Vec<(String, Arc<Prepared>)>,
 }
 
 impl Intercept {
@@ -71,6 +74,7 @@ impl Intercept {
         plan: Plan,
         wire: &mut W,
     ) -> Result<(), ProxyError> {
+        self.keep_refreshed(&plan);
         let mut out = BytesMut::with_capacity(64);
         for (piece, _) in &plan.replies {
             out.extend_from_slice(piece);
@@ -127,6 +131,7 @@ impl Intercept {
             changes: Vec::new(),
             parsed: Vec::new(),
             closed: Vec::new(),
+            refreshed: Vec::new(),
         };
         // Bound portals of the group (only the unnamed one): changes and tag.
         let mut portal: Option<(Vec<Change>, String)> = None;
@@ -164,8 +169,12 @@ impl Intercept {
                     if !p.is_empty() {
                         return None;
                     }
-                    let prepared = self.lookup(&plan.parsed, statement)?.prepared.clone()?;
-                    let prepared = self.current(prepared).await?;
+                    let stored = self.lookup(&plan.parsed, statement)?.prepared.clone()?;
+                    let prepared = self.current(stored.clone()).await?;
+                    if !Arc::ptr_eq(&prepared, &stored) {
+                        plan.refreshed
+                            .push((statement.to_string(), prepared.clone()));
+                    }
                     let table = prepared
                         .catalog
                         .tables
@@ -217,6 +226,16 @@ impl Intercept {
         Some(plan)
     }
 
+    /// Stores the statements `plan` re-prepared (the same parameter types: replacing them is
+    /// invisible to the client).
+    fn keep_refreshed(&mut self, plan: &Plan) {
+        for (name, prepared) in &plan.refreshed {
+            if let Some(stmt) = self.stmts.get_mut(name) {
+                stmt.prepared = Some(prepared.clone());
+            }
+        }
+    }
+
     /// `prepared`, re-prepared if the catalog changed since (the same parameter types, or
     /// `None`).
     pub(super) async fn current(&self, prepared: Arc<Prepared>) -> Option<Arc<Prepared>> {
@@ -235,6 +254,7 @@ impl Intercept {
         group: Vec<Bytes>,
         wire: &mut W,
     ) -> Result<(), ProxyError> {
+        self.keep_refreshed(&plan);
         let earlier = self.open.take();
         if earlier.is_none() && wire.drained().await != b'I' {
             return self.forward(group, wire).await;

@@ -393,3 +393,39 @@ pub async fn settled_status(
 pub async fn query_i64(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
     Ok(client.query_one(sql, &[]).await?.try_get(0)?)
 }
+
+/// A value escaped for COPY's text format.
+pub fn copy_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+/// Ships one hand-made batch the way a proxy does (docs/inbox.md): `BEGIN; begin_batch(proxy,
+/// seq); COPY writebehind.inbox …; COMMIT`. `rows` makes the COPY text, and is called only
+/// when `begin_batch` says the batch is new. Returns that answer.
+pub async fn ship_batch(
+    client: &mut tokio_postgres::Client,
+    proxy: &str,
+    seq: i64,
+    rows: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<bool> {
+    use futures::SinkExt;
+    let tx = client.transaction().await?;
+    let fresh: bool = tx
+        .query_one("SELECT writebehind.begin_batch($1, $2)", &[&proxy, &seq])
+        .await?
+        .get(0);
+    if fresh {
+        let text = rows()?;
+        let sink = tx
+            .copy_in("COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN")
+            .await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(text)).await?;
+        sink.finish().await?;
+    }
+    tx.commit().await?;
+    Ok(fresh)
+}

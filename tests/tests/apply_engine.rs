@@ -2,12 +2,11 @@
 //! COMMIT), checked against an in-memory model: randomized sequences, replays, poisoned rows,
 //! foreign keys, triggers running as the owner, and a worker restart.
 
-use futures::SinkExt;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_postgres::Client;
-use writebehind_tests::Cluster;
+use writebehind_tests::{copy_escape, Cluster};
 
 /// One change in inbox form.
 #[derive(Clone, Debug)]
@@ -15,14 +14,6 @@ struct Change {
     op: char,
     key: Vec<String>,
     data: Option<String>,
-}
-
-/// Escapes a value for COPY text format.
-fn copy_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('\t', "\\t")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
 }
 
 /// Ships one batch of one table the way the proxy does; returns begin_batch's answer.
@@ -44,12 +35,7 @@ async fn ship_rows(
     seq: i64,
     rows: &[(u32, &Change)],
 ) -> anyhow::Result<bool> {
-    let tx = client.transaction().await?;
-    let fresh: bool = tx
-        .query_one("SELECT writebehind.begin_batch($1, $2)", &[&proxy, &seq])
-        .await?
-        .get(0);
-    if fresh {
+    writebehind_tests::ship_batch(client, proxy, seq, || {
         let mut text = String::new();
         for (relid, c) in rows {
             let key = serde_json::to_string(&c.key)?;
@@ -64,15 +50,9 @@ async fn ship_rows(
                 copy_escape(&key)
             ));
         }
-        let sink = tx
-            .copy_in("COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN")
-            .await?;
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(text)).await?;
-        sink.finish().await?;
-    }
-    tx.commit().await?;
-    Ok(fresh)
+        Ok(text)
+    })
+    .await
 }
 
 async fn relid(client: &Client, table: &str) -> anyhow::Result<u32> {

@@ -1,7 +1,6 @@
 //! Faults around the apply worker: repeated terminations while two proxies keep shipping,
 //! replays of already-shipped batches after each restart; counters must come out exact.
 
-use futures::SinkExt;
 use std::time::Duration;
 use tokio_postgres::Client;
 use writebehind_tests::Cluster;
@@ -14,12 +13,7 @@ async fn ship_adds(
     relid: u32,
     rows: usize,
 ) -> anyhow::Result<bool> {
-    let tx = client.transaction().await?;
-    let fresh: bool = tx
-        .query_one("SELECT writebehind.begin_batch($1, $2)", &[&proxy, &seq])
-        .await?
-        .get(0);
-    if fresh {
+    writebehind_tests::ship_batch(client, proxy, seq, || {
         let mut text = String::new();
         for i in 0..rows {
             text.push_str(&format!(
@@ -27,15 +21,9 @@ async fn ship_adds(
                 i % 50 + 1
             ));
         }
-        let sink = tx
-            .copy_in("COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN")
-            .await?;
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(text)).await?;
-        sink.finish().await?;
-    }
-    tx.commit().await?;
-    Ok(fresh)
+        Ok(text)
+    })
+    .await
 }
 
 async fn worker_pid(client: &Client) -> Option<i32> {

@@ -2,18 +2,10 @@
 //! increments, increments of NULL staying NULL, upserts listing only some columns, updates of
 //! missing keys doing nothing, delete-then-insert; batches shipped exactly as a proxy ships them.
 
-use futures::SinkExt;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
-use writebehind_tests::Cluster;
-
-fn copy_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('\t', "\\t")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-}
+use writebehind_tests::{copy_escape, Cluster};
 
 /// Ships one batch (BEGIN; begin_batch; COPY; COMMIT); rows are (op, key, data).
 async fn ship(
@@ -23,12 +15,7 @@ async fn ship(
     relid: u32,
     rows: &[(char, i32, Option<String>)],
 ) -> anyhow::Result<bool> {
-    let tx = client.transaction().await?;
-    let fresh: bool = tx
-        .query_one("SELECT writebehind.begin_batch($1, $2)", &[&proxy, &seq])
-        .await?
-        .get(0);
-    if fresh {
+    writebehind_tests::ship_batch(client, proxy, seq, || {
         let mut text = String::new();
         for (op, id, data) in rows {
             let key = serde_json::to_string(&[id.to_string()])?;
@@ -41,15 +28,9 @@ async fn ship(
                 copy_escape(&key)
             ));
         }
-        let sink = tx
-            .copy_in("COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN")
-            .await?;
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(text)).await?;
-        sink.finish().await?;
-    }
-    tx.commit().await?;
-    Ok(fresh)
+        Ok(text)
+    })
+    .await
 }
 
 /// Model row; x in thousandths.

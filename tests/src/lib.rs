@@ -120,6 +120,73 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started on a free port;
+    /// stopped and removed on drop like any cluster.
+    pub fn standby(&self) -> anyhow::Result<Cluster> {
+        use std::io::Write;
+        let dir = PathBuf::from(format!("{}-standby", self.dir.display()));
+        let port = free_port();
+        run_cmd(Command::new("install").args([
+            "-d",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            &dir.to_string_lossy(),
+        ]))?;
+        // From here the directory is cleaned up by the guard, whatever fails.
+        let standby = Cluster {
+            dir: dir.clone(),
+            port,
+        };
+        let data = dir.join("data");
+        let (ok, _, err) = run_cmd(Command::new("runuser").args([
+            "-u",
+            "postgres",
+            "--",
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            &data.to_string_lossy(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ]))?;
+        anyhow::ensure!(ok, "pg_basebackup: {err}");
+        let mut auto = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))?;
+        writeln!(auto, "unix_socket_directories = '{}'", dir.display())?;
+        drop(auto);
+        standby.restart()?;
+        Ok(standby)
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`).
+    pub fn promote(&self) -> anyhow::Result<()> {
+        let (ok, _, err) = run_cmd(Command::new("runuser").args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "-D",
+            &self.dir.join("data").to_string_lossy(),
+            "promote",
+            "-w",
+        ]))?;
+        anyhow::ensure!(ok, "promote: {err}");
+        Ok(())
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.stop("immediate");

@@ -11,11 +11,10 @@
 
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use writebehind_tests::{free_port, Cluster, Proxy};
+use writebehind_tests::{Cluster, Proxy};
 
 const SCHEMA: &str = "CREATE TABLE kv (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
     INSERT INTO kv SELECT g, 0 FROM generate_series(1, 10) g;
@@ -698,53 +697,6 @@ async fn postgres_down_backpressure_then_everything_applies() -> anyhow::Result<
     Ok(())
 }
 
-/// A streaming standby (pg_basebackup -R) of `primary`, started; stopped and removed on drop.
-fn start_standby(primary: &Cluster) -> anyhow::Result<Cluster> {
-    let dir = std::path::PathBuf::from(format!("{}-standby", primary.dir.display()));
-    let port = free_port();
-    writebehind_tests::run_cmd(std::process::Command::new("install").args([
-        "-d",
-        "-o",
-        "postgres",
-        "-g",
-        "postgres",
-        &dir.to_string_lossy(),
-    ]))?;
-    // From here the directory is cleaned up by the guard, whatever fails.
-    let standby = Cluster {
-        dir: dir.clone(),
-        port,
-    };
-    let data = dir.join("data");
-    let (ok, _, err) = writebehind_tests::run_cmd(std::process::Command::new("runuser").args([
-        "-u",
-        "postgres",
-        "--",
-        "pg_basebackup",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &primary.port.to_string(),
-        "-U",
-        "postgres",
-        "-D",
-        &data.to_string_lossy(),
-        "-R",
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-    ]))?;
-    anyhow::ensure!(ok, "pg_basebackup: {err}");
-    let mut auto = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.auto.conf"))?;
-    writeln!(auto, "unix_socket_directories = '{}'", dir.display())?;
-    drop(auto);
-    standby.restart()?;
-    Ok(standby)
-}
-
 /// A streaming standby is promoted in the middle of the load; the proxy's upstream is
 /// multi-host (`host1,host2 … target_session_attrs=read-write`). The old primary is stopped
 /// with `fast` (everything it committed has streamed), the standby promoted; the proxy (not
@@ -755,7 +707,7 @@ async fn promoted_standby_gets_everything_through_a_multi_host_upstream() -> any
     let primary = Cluster::start()?;
     let direct = primary.connect("postgres").await?;
     direct.batch_execute(SCHEMA).await?;
-    let standby = start_standby(&primary)?;
+    let standby = primary.standby()?;
     let url = format!(
         "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port, standby.port
@@ -783,17 +735,7 @@ async fn promoted_standby_gets_everything_through_a_multi_host_upstream() -> any
     load.down.store(true, Ordering::Relaxed);
     let t = Instant::now();
     primary.stop("fast")?;
-    let (ok, _, err) = writebehind_tests::run_cmd(std::process::Command::new("runuser").args([
-        "-u",
-        "postgres",
-        "--",
-        "/usr/lib/postgresql/15/bin/pg_ctl",
-        "-D",
-        &standby.dir.join("data").to_string_lossy(),
-        "promote",
-        "-w",
-    ]))?;
-    anyhow::ensure!(ok, "promote: {err}");
+    standby.promote()?;
     let failover = t.elapsed();
     load.down.store(false, Ordering::Relaxed);
     let at_promotion = load.acked.load(Ordering::Relaxed);

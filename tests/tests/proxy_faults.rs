@@ -240,55 +240,7 @@ async fn max_client_conn_and_idle_timeout_are_enforced() -> anyhow::Result<()> {
 #[tokio::test]
 async fn multi_host_upstream_follows_the_primary_after_promotion() -> anyhow::Result<()> {
     let primary = Cluster::start()?;
-    // A streaming standby made with pg_basebackup -R.
-    let dir = std::path::PathBuf::from(format!("{}-standby", primary.dir.display()));
-    let port = free_port();
-    writebehind_tests::run_cmd(std::process::Command::new("install").args([
-        "-d",
-        "-o",
-        "postgres",
-        "-g",
-        "postgres",
-        &dir.to_string_lossy(),
-    ]))?;
-    let data = dir.join("data");
-    let (ok, _, err) = writebehind_tests::run_cmd(std::process::Command::new("runuser").args([
-        "-u",
-        "postgres",
-        "--",
-        "pg_basebackup",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &primary.port.to_string(),
-        "-U",
-        "postgres",
-        "-D",
-        &data.to_string_lossy(),
-        "-R",
-        "-X",
-        "stream",
-    ]))?;
-    assert!(ok, "pg_basebackup: {err}");
-    let mut auto = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.auto.conf"))?;
-    writeln!(auto, "unix_socket_directories = '{}'", dir.display())?;
-    drop(auto);
-    let (ok, out, err) = writebehind_tests::run_cmd(
-        std::process::Command::new(writebehind_tests::repo_root().join("scripts/cluster")).args([
-            "start",
-            "--dir",
-            &dir.to_string_lossy(),
-            "--port",
-            &port.to_string(),
-        ]),
-    )?;
-    assert!(ok, "standby start: {out}{err}");
-    let standby = Cluster {
-        dir: dir.clone(),
-        port,
-    };
+    let standby = primary.standby()?;
 
     let url = format!(
         "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
@@ -310,17 +262,7 @@ async fn multi_host_upstream_follows_the_primary_after_promotion() -> anyhow::Re
 
     // Fail over: stop the primary, promote the standby; new sessions follow.
     primary.stop("immediate")?;
-    let (ok, _, err) = writebehind_tests::run_cmd(std::process::Command::new("runuser").args([
-        "-u",
-        "postgres",
-        "--",
-        "/usr/lib/postgresql/15/bin/pg_ctl",
-        "-D",
-        &data.to_string_lossy(),
-        "promote",
-        "-w",
-    ]))?;
-    assert!(ok, "promote: {err}");
+    standby.promote()?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     assert_eq!(server_port(c).await?, (i32::from(standby.port), false));
     Ok(())

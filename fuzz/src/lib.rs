@@ -13,13 +13,9 @@ fn col(name: &str, type_name: &str, typmod: i32) -> Column {
     let max_chars = (matches!(type_name, "character varying" | "character") && typmod >= 4)
         .then(|| (typmod - 4) as usize);
     Column {
-        name: name.into(),
-        type_name: type_name.into(),
         max_chars,
-        not_null: false,
-        has_default: false,
         typmod,
-        default_only: false,
+        ..Column::plain(name, type_name)
     }
 }
 

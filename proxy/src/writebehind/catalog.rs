@@ -34,7 +34,35 @@ pub struct Table {
     pub columns: Vec<Column>,
 }
 
+impl Column {
+    /// A nullable column of `type_name` with no default, length limit or typmod.
+    pub fn plain(name: &str, type_name: &str) -> Self {
+        Self {
+            name: name.into(),
+            type_name: type_name.into(),
+            max_chars: None,
+            not_null: false,
+            has_default: false,
+            typmod: -1,
+            default_only: false,
+        }
+    }
+}
+
 impl Table {
+    /// A keyed table `schema.name` (relid 1, read barrier on) with the key and columns given.
+    pub fn keyed(schema: &str, name: &str, key: &[&str], columns: Vec<Column>) -> Self {
+        Self {
+            relid: 1,
+            schema: schema.into(),
+            name: name.into(),
+            append: false,
+            read_barrier: true,
+            key: key.iter().map(|k| k.to_string()).collect(),
+            columns,
+        }
+    }
+
     /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)

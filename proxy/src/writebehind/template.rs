@@ -257,30 +257,19 @@ mod tests {
     use crate::writebehind::{lexer, recognize};
 
     fn table() -> Table {
-        let col = |name: &str, ty: &str| Column {
-            name: name.into(),
-            type_name: ty.into(),
-            max_chars: None,
-            not_null: false,
-            has_default: false,
-            typmod: -1,
-            default_only: false,
-        };
-        Table {
-            relid: 1,
-            schema: "public".into(),
-            name: "t".into(),
-            append: false,
-            read_barrier: true,
-            key: vec!["id".into()],
-            columns: vec![
+        let col = Column::plain;
+        Table::keyed(
+            "public",
+            "t",
+            &["id"],
+            vec![
                 col("id", "integer"),
                 col("n", "bigint"),
                 col("s", "text"),
                 col("u", "uuid"),
                 col("at", "timestamp with time zone"),
             ],
-        }
+        )
     }
 
     fn prepare(sql: &str, declared: &[u32]) -> Option<Template> {

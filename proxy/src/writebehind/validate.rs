@@ -333,22 +333,16 @@ mod tests {
     fn table() -> Table {
         let col =
             |name: &str, ty: &str, not_null: bool, has_default: bool, max: Option<usize>| Column {
-                name: name.into(),
-                type_name: ty.into(),
                 max_chars: max,
                 not_null,
                 has_default,
-                typmod: -1,
-                default_only: false,
+                ..Column::plain(name, ty)
             };
-        Table {
-            relid: 1,
-            schema: "public".into(),
-            name: "t".into(),
-            append: false,
-            read_barrier: true,
-            key: vec!["id".into()],
-            columns: vec![
+        Table::keyed(
+            "public",
+            "t",
+            &["id"],
+            vec![
                 col("id", "integer", true, false, None),
                 col("n", "bigint", true, true, None),
                 col("s", "character varying", false, false, Some(3)),
@@ -362,7 +356,7 @@ mod tests {
                     ..col("g", "integer", false, true, None)
                 },
             ],
-        }
+        )
     }
 
     fn check(sql: &str) -> Option<Vec<Change>> {

@@ -615,14 +615,20 @@ impl WriteBehind {
         // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);
         let reloader = tokio::spawn(async move {
-            while let Some(why) = note_rx.recv().await {
+            while let Some(first) = note_rx.recv().await {
+                // A burst of notifications (a migration's DDL) makes one reload: it starts
+                // after all of them arrived, so it sees what each one announced.
+                let mut registry = first == Reload::Registry;
+                while let Ok(more) = note_rx.try_recv() {
+                    registry |= more == Reload::Registry;
+                }
                 let Some(rt) = weak.upgrade() else { return };
                 match rt.reload_catalog().await {
                     Ok(()) => {
                         // A registry change may change who may write what. A reconnection
                         // keeps the caches: clearing them would make every session's next
                         // write wait for the barrier behind the backlog of an outage.
-                        if why == Reload::Registry {
+                        if registry {
                             rt.privileges.clear();
                             rt.user_schemas.clear();
                         }

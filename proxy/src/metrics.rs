@@ -297,10 +297,8 @@ fn tables(m: &mut Metrics, db: &str, rt: &DbRuntime) {
     let counts = rt.queue.table_counts();
     let name = |relid: u32| {
         catalog
-            .tables
-            .iter()
-            .find(|t| t.relid == relid)
-            .map(|t| format!("{}.{}", t.schema, t.name))
+            .table(relid)
+            .map(|t| t.qualified_name())
             .unwrap_or_else(|| relid.to_string())
     };
     for (relid, c) in &counts {
@@ -335,7 +333,7 @@ fn tables(m: &mut Metrics, db: &str, rt: &DbRuntime) {
         );
     }
     for (relid, a) in &applied {
-        if catalog.tables.iter().all(|t| t.relid != *relid) {
+        if catalog.table(*relid).is_none() {
             continue;
         }
         let table = name(*relid);

@@ -7,6 +7,7 @@ use crate::error::ProxyError;
 use crate::live_config::RELOADABLE;
 use crate::protocol::messages;
 use crate::session::Shared;
+use crate::writebehind::catalog::Table;
 use crate::writebehind::queue::TableCounts;
 use crate::writebehind::runtime::WriteBehind;
 use bytes::BytesMut;
@@ -29,10 +30,8 @@ pub fn show_tables(wb: Option<&WriteBehind>, out: &mut BytesMut) {
         );
         for relid in relids {
             let name = catalog
-                .tables
-                .iter()
-                .find(|t| t.relid == relid)
-                .map(|t| format!("{}.{}", t.schema, t.name))
+                .table(relid)
+                .map(Table::qualified_name)
                 .unwrap_or_else(|| format!("{relid} (not write-behind now)"));
             let c: TableCounts = counts.get(&relid).copied().unwrap_or_default();
             let a = applied.get(&relid).copied().unwrap_or_default();

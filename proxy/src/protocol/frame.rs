@@ -107,12 +107,7 @@ impl FrameTracker {
 mod tests {
     use super::*;
 
-    fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![ty];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::framed as msg;
 
     #[test]
     fn finds_headers_across_any_split() {

@@ -175,12 +175,7 @@ impl Assembler {
 mod tests {
     use super::*;
 
-    fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![ty];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::framed as msg;
 
     #[test]
     fn extended_messages_decode_and_reassemble() {

@@ -5,3 +5,13 @@ pub mod frame;
 pub mod frontend;
 pub mod messages;
 pub mod startup;
+
+/// A message of type `ty` with `body`, framed as on the wire (type, length, body): for the
+/// unit tests of the codecs.
+#[cfg(test)]
+pub(crate) fn framed(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![ty];
+    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}

@@ -63,6 +63,11 @@ impl Table {
         }
     }
 
+    /// `schema.name`, as the admin console and /metrics show it.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
     /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
@@ -245,6 +250,11 @@ impl Catalog {
         self.by_name
             .get(&(schema.to_string(), name.to_string()))
             .map(|&i| &self.tables[i])
+    }
+
+    /// The registered table with oid `relid`.
+    pub fn table(&self, relid: u32) -> Option<&Table> {
+        self.tables.iter().find(|t| t.relid == relid)
     }
 
     /// Whether the database has any write-behind table.

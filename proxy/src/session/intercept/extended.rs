@@ -175,11 +175,7 @@ impl Intercept {
                         plan.refreshed
                             .push((statement.to_string(), prepared.clone()));
                     }
-                    let table = prepared
-                        .catalog
-                        .tables
-                        .iter()
-                        .find(|t| t.relid == prepared.relid)?;
+                    let table = prepared.catalog.table(prepared.relid)?;
                     let changes = prepared.template.bind(&params, &formats, table)?;
                     portal = Some((changes, tag(prepared.template.write())));
                     messages::bind_complete(&mut out);

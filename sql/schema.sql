@@ -300,6 +300,10 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
+    -- Besides the registered tables concerned, any DDL that is not on a temporary object may
+    -- change which statements can read a write-behind table (a new view, function, trigger,
+    -- rule or foreign key): proxies refresh what they know of the schema ('schema').
+    -- Notifications of one transaction are merged by payload.
     IF tg_event = 'sql_drop' THEN
         FOR r IN SELECT DISTINCT d.objid FROM pg_event_trigger_dropped_objects() d
                  JOIN writebehind.tables t ON t.relid = d.objid
@@ -307,6 +311,9 @@ BEGIN
         LOOP
             PERFORM pg_notify('writebehind_registry', 'drop ' || r.objid);
         END LOOP;
+        IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary) THEN
+            PERFORM pg_notify('writebehind_registry', 'schema');
+        END IF;
     ELSE
         FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
                  JOIN writebehind.tables t ON t.relid = c.objid
@@ -314,18 +321,11 @@ BEGIN
         LOOP
             PERFORM pg_notify('writebehind_registry', 'ddl ' || r.objid);
         END LOOP;
-    END IF;
-    -- Any DDL that is not on a temporary object may change which statements can read a
-    -- write-behind table (a new view, function, trigger, rule or foreign key): proxies refresh
-    -- what they know of the schema. Notifications of one transaction are merged by payload.
-    IF tg_event = 'sql_drop' THEN
-        IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary) THEN
+        IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE NOT c.in_extension
+                   AND c.schema_name IS DISTINCT FROM 'pg_temp'
+                   AND NOT coalesce(c.schema_name LIKE 'pg\_temp\_%', false)) THEN
             PERFORM pg_notify('writebehind_registry', 'schema');
         END IF;
-    ELSIF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE NOT c.in_extension
-                  AND c.schema_name IS DISTINCT FROM 'pg_temp'
-                  AND NOT coalesce(c.schema_name LIKE 'pg\_temp\_%', false)) THEN
-        PERFORM pg_notify('writebehind_registry', 'schema');
     END IF;
 END $$;
 

@@ -9,6 +9,7 @@ use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
 use crate::session::wire::Wire;
 use crate::writebehind::encode::Change;
+use crate::writebehind::recognize::Write;
 use crate::writebehind::runtime::Enqueued;
 use crate::writebehind::template::Template;
 use bytes::{Bytes, BytesMut};
@@ -91,7 +92,17 @@ impl Intercept {
 
     /// Prepares `sql` as a write the proxy may acknowledge, or `None`.
     pub(super) async fn prepare(&self, sql: &str, declared: &[u32]) -> Option<Arc<Prepared>> {
-        let mut writes = recognize_all(sql)?;
+        self.prepare_writes(recognize_all(sql)?, sql, declared)
+            .await
+    }
+
+    /// As [`prepare`](Self::prepare), for `sql` already recognized as `writes`.
+    pub(super) async fn prepare_writes(
+        &self,
+        mut writes: Vec<Write>,
+        sql: &str,
+        declared: &[u32],
+    ) -> Option<Arc<Prepared>> {
         if writes.len() != 1 {
             return None;
         }

@@ -377,10 +377,13 @@ impl Intercept {
                     parsed_here.push(name.to_string());
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);
-                    let prepared = if self.enabled && !known {
-                        self.prepare(sql, &param_types).await
-                    } else {
-                        None
+                    // Lexed once, for the session-change check and recognition.
+                    let writes = stmts.as_ref().ok().and_then(|s| recognize_stmts(s));
+                    let prepared = match writes {
+                        Some(writes) if self.enabled && !known => {
+                            self.prepare_writes(writes, sql, &param_types).await
+                        }
+                        _ => None,
                     };
                     self.stmts.insert(
                         name.to_string(),

@@ -3,8 +3,8 @@
 
 use crate::config::{Config, Durability};
 use crate::wal::{self, Wal, WalDir};
+use crate::writebehind::databases::{Replay, WriteBehind};
 use crate::writebehind::journal;
-use crate::writebehind::runtime::{Replay, WriteBehind};
 use std::io;
 use std::sync::Arc;
 use tracing::info;

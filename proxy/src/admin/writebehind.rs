@@ -8,8 +8,8 @@ use crate::live_config::RELOADABLE;
 use crate::protocol::messages;
 use crate::session::Shared;
 use crate::writebehind::catalog::Table;
+use crate::writebehind::databases::WriteBehind;
 use crate::writebehind::queue::TableCounts;
-use crate::writebehind::runtime::WriteBehind;
 use bytes::BytesMut;
 use clap::Parser;
 

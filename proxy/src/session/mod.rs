@@ -36,7 +36,7 @@ pub struct Shared {
     /// TLS toward PostgreSQL (unless `sslmode=disable`).
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
     /// The write-behind path.
-    pub writebehind: Option<Arc<crate::writebehind::runtime::WriteBehind>>,
+    pub writebehind: Option<Arc<crate::writebehind::databases::WriteBehind>>,
 }
 
 /// Serves one accepted connection to its end.

@@ -1,23 +1,21 @@
 //! The per-database write-behind runtime: catalog, the queue of acknowledged changes, the
 //! flusher that ships them, the read barrier, and privilege checks for the session's user.
+//! `databases.rs` starts one per database and owns their tasks.
 
 use super::catalog::Catalog;
 use super::encode::Change;
-use super::queue::{Journal, Queue, QueueError};
-use super::report::{self, Applied, Reporter};
-use crate::config::{Config, Durability, Overflow};
+use super::queue::{Queue, QueueError};
+use super::report::Applied;
+use crate::config::Overflow;
 use crate::live_config::LiveConfig;
 use crate::session::own_tls::OwnTls;
-use crate::ship::{Barrier, BarrierError, FlushSettings, Flusher, InboxShipper};
-use crate::stats::Stats;
-use crate::wal::{Wal, WalDir, WalError};
+use crate::ship::{Barrier, BarrierError};
+use crate::wal::WalError;
 use dashmap::DashMap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, OnceCell};
-use tracing::{error, info, warn};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// What became of a write offered to the queue.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,26 +45,26 @@ pub enum EnqueueError {
 /// One database's runtime.
 pub struct DbRuntime {
     pub catalog: watch::Receiver<Arc<Catalog>>,
-    catalog_tx: watch::Sender<Arc<Catalog>>,
+    pub(super) catalog_tx: watch::Sender<Arc<Catalog>>,
     /// Numbers catalog loads in the order they start ([`Catalog::ticket`]).
-    loads: std::sync::atomic::AtomicU64,
+    pub(super) loads: std::sync::atomic::AtomicU64,
     pub queue: Arc<Queue>,
     pub barrier: Barrier,
     /// The runtime's own connection (catalog, privileges, registry notifications); replaced
     /// when it breaks.
-    own: Mutex<Arc<tokio_postgres::Client>>,
-    privileges: DashMap<(String, u32, &'static str), bool>,
-    user_schemas: DashMap<String, bool>,
+    pub(super) own: Mutex<Arc<tokio_postgres::Client>>,
+    pub(super) privileges: DashMap<(String, u32, &'static str), bool>,
+    pub(super) user_schemas: DashMap<String, bool>,
     /// The running configuration (pending bound and overflow policy are reloadable).
-    live: Arc<LiveConfig>,
+    pub(super) live: Arc<LiveConfig>,
     /// Acknowledgements wait for the group fsync (durability `fsync`).
-    fsync: bool,
+    pub(super) fsync: bool,
     /// Writes that met the pending bound (refused, waited, or sent through).
     pub overflows: std::sync::atomic::AtomicU64,
     /// Asks the catalog reloader for a reload.
-    notes: tokio::sync::mpsc::UnboundedSender<Reload>,
+    pub(super) notes: tokio::sync::mpsc::UnboundedSender<Reload>,
     /// The worker's per-table counters, as the last report returned them.
-    applied: Mutex<HashMap<u32, Applied>>,
+    pub(super) applied: Mutex<HashMap<u32, Applied>>,
 }
 
 /// The pending bound and what happens at it.
@@ -81,7 +79,7 @@ struct Limits {
 
 /// Why the catalog is reloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reload {
+pub(super) enum Reload {
     /// A `writebehind_registry` notification (enable, alter, disable, DDL, drop).
     Registry,
     /// Other DDL (`schema`): views, functions, triggers or keys may have changed.
@@ -92,7 +90,7 @@ enum Reload {
 
 /// Opens a runtime's own connection: its task forwards registry notifications to `notes`
 /// and ends when the connection does.
-async fn open_own(
+pub(super) async fn open_own(
     pg: &tokio_postgres::Config,
     notes: tokio::sync::mpsc::UnboundedSender<Reload>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
@@ -318,431 +316,5 @@ impl DbRuntime {
             return Ok(());
         }
         self.barrier.wait(&relids, timeout).await
-    }
-}
-
-/// Why a database's runtime could not start.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    /// PostgreSQL did not answer: worth retrying later.
-    #[error("cannot reach PostgreSQL: {0}")]
-    Unreachable(String),
-    /// The database cannot take write-behind (no extension, or a WAL that does not match it).
-    #[error("{0}")]
-    Unusable(String),
-}
-
-/// Statements read back from the WAL for one database: (lsn, changes), in lsn order.
-pub type Replay = Vec<(u64, Vec<Change>)>;
-
-/// The write-behind runtimes of every database, created on first use.
-pub struct WriteBehind {
-    config: Config,
-    proxy_id: String,
-    wal: Option<Arc<Wal>>,
-    /// The locked WAL directory: the lock lasts as long as this.
-    _wal_dir: Option<WalDir>,
-    dbs: DashMap<String, Arc<OnceCell<Option<Arc<DbRuntime>>>>>,
-    stop: watch::Sender<bool>,
-    /// Flusher tasks: they ship everything and end when `stop` flips.
-    flushers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Catalog, notification, report, fsync and segment-removal tasks: aborted at the end.
-    others: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Shipping paused by the admin console (`PAUSE`/`RESUME`).
-    paused: AtomicBool,
-    /// The running configuration, reloadable keys included (admin `RELOAD`).
-    live: Arc<LiveConfig>,
-    /// Sessions and counters, shared with the session layer (reported to PostgreSQL).
-    stats: Arc<Stats>,
-    started_at: SystemTime,
-}
-
-impl WriteBehind {
-    /// A registry for this proxy; runtimes start when a session of a database first needs one.
-    /// With a WAL (durability `wal`/`fsync`) the proxy id is the one stored in its directory;
-    /// without, the configured one or a random one.
-    pub fn new(config: Config, wal: Option<(WalDir, Arc<Wal>)>) -> Arc<Self> {
-        let proxy_id = match &wal {
-            Some((dir, _)) => dir.proxy_id().to_string(),
-            None => config
-                .proxy_id
-                .clone()
-                .unwrap_or_else(|| format!("proxy-{:016x}", rand::random::<u64>())),
-        };
-        let (wal_dir, wal) = wal.unzip();
-        let live = config.clone();
-        let wb = Arc::new(Self {
-            config,
-            proxy_id,
-            wal,
-            _wal_dir: wal_dir,
-            dbs: DashMap::new(),
-            stop: watch::channel(false).0,
-            flushers: Mutex::new(Vec::new()),
-            others: Mutex::new(Vec::new()),
-            paused: AtomicBool::new(false),
-            live: Arc::new(LiveConfig::new(live)),
-            stats: Arc::new(Stats::default()),
-            started_at: SystemTime::now(),
-        });
-        if let Some(wal) = &wb.wal {
-            let fsync = tokio::spawn(wal.clone().run_fsync(wb.config.wal_fsync_interval));
-            let janitor = tokio::spawn(Self::remove_old_segments(Arc::downgrade(&wb)));
-            wb.tasks().extend([fsync, janitor]);
-        }
-        wb
-    }
-
-    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
-        self.others.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// This proxy's id in `writebehind.progress`.
-    pub fn proxy_id(&self) -> &str {
-        &self.proxy_id
-    }
-
-    /// The process's session registry and counters.
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
-    }
-
-    /// The running configuration.
-    pub fn live(&self) -> &Arc<LiveConfig> {
-        &self.live
-    }
-
-    /// Applies the reloadable keys of `new` (admin `RELOAD`): the pending bound and overflow
-    /// policy at once, the flush interval and batch size from each flusher's next round.
-    pub fn reload_config(&self, new: &Config) {
-        let now = self.live.reload(new);
-        for rt in self.runtimes() {
-            rt.barrier
-                .flusher()
-                .retune(now.flush_interval, now.max_batch_rows);
-        }
-        info!("configuration reloaded");
-    }
-
-    /// Pauses (`true`) or resumes shipping in every database. While paused, writes are still
-    /// acknowledged up to the pending bound and barriers wait (up to `barrier_timeout`).
-    pub fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::SeqCst);
-        for rt in self.runtimes() {
-            rt.barrier.flusher().set_paused(paused);
-        }
-        info!(
-            paused,
-            "shipping {}",
-            if paused { "paused" } else { "resumed" }
-        );
-    }
-
-    /// Whether shipping is paused.
-    pub fn paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
-    }
-
-    /// The runtime of `database`, or `None` if the extension is not usable there. A database
-    /// that could not be reached is tried again by the next session.
-    pub async fn db(&self, database: &str) -> Option<Arc<DbRuntime>> {
-        let cell = self.dbs.entry(database.to_string()).or_default().clone();
-        let started = cell
-            .get_or_try_init(|| async {
-                match self.start(database, Vec::new()).await {
-                    Ok(rt) => Ok(Some(rt)),
-                    Err(StartError::Unusable(why)) => {
-                        info!(database, reason = %why, "write-behind off for this database");
-                        Ok(None)
-                    }
-                    Err(StartError::Unreachable(why)) => {
-                        warn!(database, reason = %why, "write-behind not started for this database yet");
-                        Err(())
-                    }
-                }
-            })
-            .await;
-        started.ok().and_then(|rt| rt.clone())
-    }
-
-    /// Start-up replay: starts `database`'s runtime with the statements read back from the
-    /// WAL (those above the database's committed batch are queued again, the rest skipped).
-    /// Retries while PostgreSQL is unreachable; an unusable database is an error, since the
-    /// WAL holds acknowledged writes for it.
-    pub async fn recover(&self, database: &str, replay: Replay) -> Result<(), String> {
-        let cell = self.dbs.entry(database.to_string()).or_default().clone();
-        let mut backoff =
-            crate::ship::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let attempt = cell
-                .get_or_try_init(|| async { self.start(database, replay.clone()).await.map(Some) })
-                .await;
-            match attempt {
-                Ok(_) => return Ok(()),
-                Err(StartError::Unusable(why)) => {
-                    return Err(format!(
-                        "the WAL holds {} acknowledged statements for database \"{database}\", which cannot take them: {why}",
-                        replay.len()
-                    ))
-                }
-                Err(StartError::Unreachable(why)) => {
-                    let delay = backoff.next_delay();
-                    warn!(database, reason = %why, ?delay, "replaying the WAL: PostgreSQL unreachable, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    async fn start(&self, database: &str, replay: Replay) -> Result<Arc<DbRuntime>, StartError> {
-        let pg = self
-            .config
-            .upstream
-            .pg_config(database, self.config.connect_timeout);
-        let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
-        // Registry notifications (and reconnections) make the catalog reload.
-        let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<Reload>();
-        let (own, own_task) = open_own(&pg, note_tx.clone())
-            .await
-            .map_err(|e| StartError::Unreachable(e.to_string()))?;
-        let catalog = Catalog::load(&own, 1)
-            .await
-            .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
-        let _ = cat_tx.send(Arc::new(catalog));
-        let mut shipper = InboxShipper::new(pg.clone(), self.proxy_id.clone());
-        // Claiming waits for a batch the previous process of this proxy id left in flight
-        // and fences off any it sent but PostgreSQL has not begun: the committed sequence
-        // read here is final, so replaying above it applies nothing twice.
-        let committed = shipper.claim().await.map_err(|e| {
-            StartError::Unreachable(format!("cannot read the proxy's progress: {e}"))
-        })?;
-        let committed_lsn = u64::try_from(committed).unwrap_or(0);
-        let journal = match &self.wal {
-            Some(wal) => {
-                let next = wal.stats().next_lsn;
-                if committed_lsn >= next {
-                    // The inbox has batches numbered beyond anything this WAL wrote: the
-                    // directory is not the one this proxy id shipped from (it was wiped or
-                    // replaced). New batches would be taken for replays and skipped.
-                    return Err(StartError::Unusable(format!(
-                        "writebehind.progress has batch {committed} for proxy id {:?}, but its WAL directory only reaches lsn {}; start this proxy with a new proxy_id (or its original wal_dir)",
-                        self.proxy_id,
-                        next.saturating_sub(1)
-                    )));
-                }
-                Some(Journal {
-                    wal: wal.clone(),
-                    database: database.to_string(),
-                })
-            }
-            None => None,
-        };
-        let queue = Arc::new(Queue::new(
-            self.proxy_id.clone(),
-            journal,
-            committed_lsn + 1,
-        ));
-        let (mut replayed, mut skipped) = (0usize, 0usize);
-        for (lsn, changes) in replay {
-            if lsn > committed_lsn {
-                queue.replay(lsn, changes);
-                replayed += 1;
-            } else {
-                skipped += 1;
-            }
-        }
-        if replayed + skipped > 0 {
-            info!(
-                database,
-                replayed,
-                skipped,
-                committed_seq = committed,
-                "replayed the WAL"
-            );
-        }
-        let tuned = self.live.get();
-        let settings = FlushSettings {
-            flush_interval: tuned.flush_interval,
-            max_batch_rows: tuned.max_batch_rows,
-            retry_initial: Duration::from_millis(50),
-            retry_max: Duration::from_secs(5),
-        };
-        let (flusher, task) = Flusher::spawn(
-            queue.clone(),
-            shipper,
-            settings,
-            committed,
-            self.stop.subscribe(),
-        );
-        if self.paused() {
-            flusher.set_paused(true);
-        }
-        self.flushers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
-        let barrier = Barrier::new(
-            queue.clone(),
-            flusher,
-            InboxShipper::new(pg.clone(), self.proxy_id.clone()),
-        );
-        let rt = Arc::new(DbRuntime {
-            catalog: cat_rx,
-            catalog_tx: cat_tx,
-            loads: std::sync::atomic::AtomicU64::new(1),
-            queue,
-            barrier,
-            own: Mutex::new(Arc::new(own)),
-            privileges: DashMap::new(),
-            user_schemas: DashMap::new(),
-            live: self.live.clone(),
-            fsync: self.config.durability == Durability::Fsync,
-            overflows: std::sync::atomic::AtomicU64::new(0),
-            notes: note_tx.clone(),
-            applied: Mutex::new(HashMap::new()),
-        });
-        // Report to writebehind.report once a second (writebehind.proxies and .status).
-        let reporter = Reporter {
-            proxy_id: self.proxy_id.clone(),
-            address: self.config.listen.clone(),
-            durability: format!("{:?}", self.config.durability).to_lowercase(),
-            started_at: self.started_at,
-            stats: self.stats.clone(),
-            wal: self.wal.clone(),
-        };
-        let reports = report::spawn(Arc::downgrade(&rt), reporter);
-        self.tasks().push(reports);
-        // Reload the catalog on every registry NOTIFY, and after a reconnection.
-        let weak = Arc::downgrade(&rt);
-        let reloader = tokio::spawn(async move {
-            while let Some(first) = note_rx.recv().await {
-                // A burst of notifications (a migration's DDL) makes one reload: it starts
-                // after all of them arrived, so it sees what each one announced.
-                let mut registry = first == Reload::Registry;
-                while let Ok(more) = note_rx.try_recv() {
-                    registry |= more == Reload::Registry;
-                }
-                let Some(rt) = weak.upgrade() else { return };
-                match rt.reload_catalog().await {
-                    Ok(()) => {
-                        // A registry change may change who may write what. A reconnection
-                        // keeps the caches: clearing them would make every session's next
-                        // write wait for the barrier behind the backlog of an outage.
-                        if registry {
-                            rt.privileges.clear();
-                            rt.user_schemas.clear();
-                        }
-                    }
-                    Err(error) => warn!(%error, "reloading the write-behind catalog failed"),
-                }
-            }
-        });
-        self.tasks().push(reloader);
-        // Keep the own connection: when it breaks (PostgreSQL restarted), open a new one.
-        let weak = Arc::downgrade(&rt);
-        let db = database.to_string();
-        let keeper = tokio::spawn(async move {
-            let mut ended = own_task;
-            loop {
-                let _ = (&mut ended).await;
-                let mut backoff =
-                    crate::ship::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                loop {
-                    if weak.strong_count() == 0 {
-                        return;
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    match open_own(&pg, note_tx.clone()).await {
-                        Ok((client, task)) => {
-                            let Some(rt) = weak.upgrade() else { return };
-                            *rt.own.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
-                            info!(database = %db, "write-behind connection re-established; reloading the catalog");
-                            let _ = note_tx.send(Reload::Reconnected);
-                            ended = task;
-                            break;
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, "reconnecting the write-behind connection")
-                        }
-                    }
-                }
-            }
-        });
-        self.tasks().push(keeper);
-        info!(database, proxy_id = %self.proxy_id, tables = rt.catalog.borrow().tables.len(), "write-behind on");
-        Ok(rt)
-    }
-
-    /// Every started runtime with its database's name.
-    pub fn databases(&self) -> Vec<(String, Arc<DbRuntime>)> {
-        self.dbs
-            .iter()
-            .filter_map(|e| Some((e.key().clone(), e.value().get().cloned().flatten()?)))
-            .collect()
-    }
-
-    /// The WAL, with durability `wal` and `fsync`.
-    pub fn wal(&self) -> Option<&Arc<Wal>> {
-        self.wal.as_ref()
-    }
-
-    /// Every started runtime.
-    pub fn runtimes(&self) -> Vec<Arc<DbRuntime>> {
-        self.dbs
-            .iter()
-            .filter_map(|e| e.value().get().cloned().flatten())
-            .collect()
-    }
-
-    /// Removes WAL segments below the oldest statement any database still needs, once a
-    /// second. The WAL's next lsn is read first, so a statement appended meanwhile is above it.
-    async fn remove_old_segments(me: std::sync::Weak<Self>) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let Some(wb) = me.upgrade() else { return };
-            let Some(wal) = &wb.wal else { return };
-            let next = wal.stats().next_lsn;
-            let keep = wb
-                .runtimes()
-                .iter()
-                .filter_map(|rt| rt.queue.oldest_needed())
-                .fold(next, u64::min);
-            match wal.remove_below(keep) {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(removed = n, below = keep, "removed WAL segments"),
-                Err(error) => warn!(%error, "removing WAL segments failed"),
-            }
-        }
-    }
-
-    /// After the sessions ended: tells the flushers to ship everything left, waits for them,
-    /// fsyncs the WAL, and stops the other tasks.
-    /// With a WAL, shipping is given `shutdown_timeout` (PostgreSQL may be down): what is
-    /// left stays in the WAL and ships at the next start. Without one, the proxy waits for as
-    /// long as shipping takes, since exiting would lose acknowledged writes.
-    pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let flushers: Vec<_> =
-            std::mem::take(&mut *self.flushers.lock().unwrap_or_else(|e| e.into_inner()));
-        let all = futures::future::join_all(flushers);
-        if self.wal.is_some() {
-            if tokio::time::timeout(self.live.get().shutdown_timeout, all)
-                .await
-                .is_err()
-            {
-                let left: usize = self.runtimes().iter().map(|rt| rt.queue.pending().0).sum();
-                warn!(left, "shipping did not finish within shutdown_timeout: the rest stays in the WAL and ships at the next start");
-            }
-        } else {
-            all.await;
-        }
-        for t in std::mem::take(&mut *self.tasks()) {
-            t.abort();
-        }
-        if let Some(wal) = &self.wal {
-            if let Err(error) = wal.sync() {
-                error!(%error, "final WAL fsync failed");
-            }
-        }
     }
 }

@@ -317,8 +317,26 @@ async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()
     assert!(!p.get::<_, bool>(4));
     assert_eq!(p.get::<_, i64>(5), 1);
 
-    let samples = parse(&get(mport, "/metrics")?.1)?;
+    // The applied and dead-letter families come from the answer to the proxy's last report
+    // (once a second), so they may trail the status just read by one report.
     let t = "database=\"postgres\",table=\"public.counters\"";
+    let applied_series = |k: &str| format!("writebehind_table_applied_total{{{t},kind=\"{k}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let samples = loop {
+        let samples = parse(&get(mport, "/metrics")?.1)?;
+        let reported: f64 = ["insert", "update", "delete"]
+            .iter()
+            .map(|k| value(&samples, &applied_series(k)).unwrap_or(0.0))
+            .sum();
+        let dead_reported = value(
+            &samples,
+            &format!("writebehind_table_dead_letters_total{{{t}}}"),
+        );
+        if (reported == applied as f64 && dead_reported == Some(1.0)) || Instant::now() > deadline {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for (kind, n) in [("insert", 22.0), ("update", 100.0), ("delete", 5.0)] {
         assert_eq!(
             value(
@@ -331,13 +349,7 @@ async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()
     }
     let applied_by_kind: Vec<f64> = ["insert", "update", "delete"]
         .iter()
-        .map(|k| {
-            value(
-                &samples,
-                &format!("writebehind_table_applied_total{{{t},kind=\"{k}\"}}"),
-            )
-            .unwrap_or(-1.0)
-        })
+        .map(|k| value(&samples, &applied_series(k)).unwrap_or(-1.0))
         .collect();
     assert_eq!(
         applied_by_kind.iter().sum::<f64>(),

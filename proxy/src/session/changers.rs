@@ -1,13 +1,27 @@
-//! Statements that change session state the write-behind path relies on — name resolution
-//! (search_path, temporary tables), identity (role), literal syntax, client encoding, the
-//! `writebehind.*` settings —, after which a session's writes are no longer acknowledged from
-//! memory. Decided on tokens, so a column named `role` or `temperature` changes nothing.
+//! Statements that change session state the write-behind path relies on. Name resolution
+//! (search_path, temporary tables) is followed: the session's table names are resolved again.
+//! Identity (role), literal syntax, client encoding and the `writebehind.*` settings are not:
+//! after such a statement a session's writes are no longer acknowledged from memory. Decided
+//! on tokens, so a column named `role` or `temperature` changes nothing.
 
 use crate::writebehind::lexer::Token::{self, Punct, QuotedIdent, Word};
 
+/// What a statement does to the write-behind path of its session, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Effect {
+    /// Nothing it relies on.
+    None,
+    /// Table names may resolve differently: resolve them again.
+    Resolution,
+    /// Acknowledging is uncertain from now on: the session passes through.
+    Disable,
+}
+
+/// The setting that decides name resolution (followed, not disabling).
+const SEARCH_PATH: &str = "search_path";
+
 /// Settings whose change (SET, SET LOCAL, RESET) ends acknowledging for the session.
 const SETTINGS: &[&str] = &[
-    "search_path",
     "role",
     "session_authorization",
     "standard_conforming_strings",
@@ -36,21 +50,30 @@ const FALLBACK_WORDS: &[&str] = &[
     "do",
 ];
 
-/// Whether `sql` changes session state the write-behind path relies on. `stmts` are its
-/// statements' tokens, or `None` when it could not be lexed (then any suspicious word counts).
-pub fn changes_session(stmts: Option<&[&[Token]]>, sql: &str) -> bool {
+/// What `sql` does to session state the write-behind path relies on. `stmts` are its
+/// statements' tokens, or `None` when it could not be lexed (then any suspicious word
+/// disables).
+pub fn effect(stmts: Option<&[&[Token]]>, sql: &str) -> Effect {
     match stmts {
-        Some(stmts) => stmts.iter().any(|s| statement_changes(s)),
+        Some(stmts) => stmts
+            .iter()
+            .map(|s| statement_effect(s))
+            .max()
+            .unwrap_or(Effect::None),
         None => {
             let lower = sql.to_ascii_lowercase();
-            FALLBACK_WORDS.iter().any(|w| lower.contains(w))
+            if FALLBACK_WORDS.iter().any(|w| lower.contains(w)) {
+                Effect::Disable
+            } else {
+                Effect::None
+            }
         }
     }
 }
 
-/// Whether the startup packet's parameters set what the write-behind path relies on: a
-/// setting of [`SETTINGS`] given directly or inside `options` (`-c search_path=…`), or a
-/// client encoding other than UTF-8.
+/// Whether the startup packet's parameters set what the write-behind path relies on and does
+/// not follow: a setting of [`SETTINGS`] given directly or inside `options` (`-c role=…`), or
+/// a client encoding other than UTF-8. A startup search_path is followed like any other.
 pub fn startup_changes(params: &[(String, String)]) -> bool {
     params.iter().any(|(name, value)| {
         let name = name.to_ascii_lowercase();
@@ -72,22 +95,19 @@ pub fn startup_changes(params: &[(String, String)]) -> bool {
     })
 }
 
-fn statement_changes(t: &[Token]) -> bool {
+fn statement_effect(t: &[Token]) -> Effect {
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
-    // Anywhere: set_config(…) changes any setting; pg_temp names a temporary schema that can
-    // shadow a write-behind table.
-    let anywhere = t.iter().enumerate().any(|(i, tok)| match tok {
-        Word(w) if w == "set_config" => t.get(i + 1) == Some(&Punct('(')),
-        Word(w) | QuotedIdent(w) => w == "pg_temp" || w.starts_with("pg_temp_"),
-        _ => false,
+    // Anywhere: set_config(…) changes any setting.
+    let set_config = t.iter().enumerate().any(|(i, tok)| {
+        matches!(tok, Word(w) if w == "set_config") && t.get(i + 1) == Some(&Punct('('))
     });
-    if anywhere {
-        return true;
+    if set_config {
+        return Effect::Disable;
     }
-    match t.first() {
+    let own = match t.first() {
         Some(Word(w)) if w == "set" || w == "reset" => {
             if word(1, "session") && word(2, "authorization") {
-                return true;
+                return Effect::Disable;
             }
             let at = if word(1, "local") || word(1, "session") {
                 2
@@ -95,16 +115,43 @@ fn statement_changes(t: &[Token]) -> bool {
                 1
             };
             match t.get(at) {
-                Some(Word(name)) => SETTINGS.contains(&name.as_str()),
+                Some(Word(name)) if name == SEARCH_PATH => Effect::Resolution,
+                Some(Word(name)) if SETTINGS.contains(&name.as_str()) => Effect::Disable,
+                Some(Word(_)) => Effect::None,
                 // A quoted or unexpected setting name: be conservative.
-                _ => true,
+                _ => Effect::Disable,
             }
         }
-        // DISCARD ALL/TEMP/PLANS/SEQUENCES, and DO blocks (their body may SET anything).
-        Some(Word(w)) if w == "discard" || w == "do" => true,
-        // CREATE [GLOBAL | LOCAL] TEMP[ORARY] …, CREATE OR REPLACE TEMP VIEW …
-        Some(Word(w)) if w == "create" => (1..=4).any(|i| word(i, "temp") || word(i, "temporary")),
+        // DISCARD TEMP drops temporary tables; DISCARD ALL resets every setting and the role.
+        Some(Word(w)) if w == "discard" => {
+            if word(1, "temp") || word(1, "temporary") {
+                Effect::Resolution
+            } else if word(1, "plans") || word(1, "sequences") {
+                Effect::None
+            } else {
+                Effect::Disable
+            }
+        }
+        // DO blocks: their body may SET anything.
+        Some(Word(w)) if w == "do" => Effect::Disable,
+        // CREATE [GLOBAL | LOCAL] TEMP[ORARY] …, CREATE OR REPLACE TEMP VIEW …: a temporary
+        // relation shadows a table of the same name.
+        Some(Word(w))
+            if w == "create" && (1..=4).any(|i| word(i, "temp") || word(i, "temporary")) =>
+        {
+            Effect::Resolution
+        }
+        _ => Effect::None,
+    };
+    // pg_temp names the temporary schema: a relation made there shadows one of the same name.
+    let temp_schema = t.iter().any(|tok| match tok {
+        Word(w) | QuotedIdent(w) => w == "pg_temp" || w.starts_with("pg_temp_"),
         _ => false,
+    });
+    if temp_schema {
+        own.max(Effect::Resolution)
+    } else {
+        own
     }
 }
 
@@ -113,21 +160,35 @@ mod tests {
     use super::*;
     use crate::writebehind::lexer;
 
-    fn changes(sql: &str) -> bool {
+    fn effect_of(sql: &str) -> Effect {
         match lexer::lex(sql, true) {
-            Ok(tokens) => changes_session(Some(&lexer::statements(&tokens)), sql),
-            Err(_) => changes_session(None, sql),
+            Ok(tokens) => effect(Some(&lexer::statements(&tokens)), sql),
+            Err(_) => effect(None, sql),
         }
     }
 
     #[test]
-    fn session_changes_are_recognized() {
+    fn name_resolution_changes_are_followed() {
         for sql in [
             "SET search_path = other, public",
             "set search_path to \"$user\"",
             "SET LOCAL search_path = x",
             "SET SESSION search_path = x",
             "RESET search_path",
+            "DISCARD TEMP",
+            "CREATE TEMP TABLE counters (id int)",
+            "CREATE LOCAL TEMPORARY TABLE t (id int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "CREATE TABLE pg_temp.counters (id int)",
+            "SELECT 1; SET search_path = x",
+        ] {
+            assert_eq!(effect_of(sql), Effect::Resolution, "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_changes_are_recognized() {
+        for sql in [
             "RESET ALL",
             "SET ROLE reader",
             "RESET ROLE",
@@ -137,28 +198,25 @@ mod tests {
             "SET NAMES 'LATIN1'",
             "SET writebehind.sync = on",
             "DISCARD ALL",
-            "DISCARD TEMP",
-            "CREATE TEMP TABLE counters (id int)",
-            "CREATE LOCAL TEMPORARY TABLE t (id int)",
-            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
-            "CREATE TABLE pg_temp.counters (id int)",
+            "DISCARD",
             "SELECT set_config('search_path', 'x', false)",
             "SELECT pg_catalog.set_config('role', 'x', false)",
             "DO $$ BEGIN PERFORM 1; END $$",
-            "SELECT 1; SET search_path = x",
+            "SET search_path = x; SET ROLE y",
             "SET \"search_path\" = x",
             "SET ROLE x; SELECT 'unterminated",
         ] {
-            assert!(changes(sql), "{sql}");
+            assert_eq!(effect_of(sql), Effect::Disable, "{sql}");
         }
     }
 
     #[test]
     fn startup_parameters_that_change_resolution_or_encoding() {
         let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        assert!(startup_changes(&p("options", "-c search_path=app")));
-        assert!(startup_changes(&p("options", "--search-path=app")));
-        assert!(startup_changes(&p("search_path", "app")));
+        assert!(!startup_changes(&p("options", "-c search_path=app")));
+        assert!(!startup_changes(&p("options", "--search-path=app")));
+        assert!(!startup_changes(&p("search_path", "app")));
+        assert!(startup_changes(&p("options", "-c role=app")));
         assert!(startup_changes(&p("client_encoding", "LATIN1")));
         assert!(startup_changes(&p("writebehind.sync", "on")));
         assert!(!startup_changes(&p("client_encoding", "UTF8")));
@@ -177,12 +235,13 @@ mod tests {
             "SET TIME ZONE 'UTC'",
             "SET statement_timeout = '5s'",
             "SET application_name = 'app'",
+            "DISCARD PLANS",
             "CREATE TABLE temperatures (id int)",
             "SELECT * FROM \"do\"",
             "BEGIN",
             "COMMIT",
         ] {
-            assert!(!changes(sql), "{sql}");
+            assert_eq!(effect_of(sql), Effect::None, "{sql}");
         }
     }
 }

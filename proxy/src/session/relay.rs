@@ -386,6 +386,22 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             held.clear();
             let mut readies = Vec::new();
             while let Some(msg) = assembler.next_message() {
+                if state.private.load(Ordering::Acquire) {
+                    // Replies to the proxy's own query; notifications and parameter changes
+                    // are the client's all the same.
+                    match msg.first() {
+                        Some(b'A' | b'S') => {}
+                        Some(b'Z') => {
+                            state.private.store(false, Ordering::Release);
+                            readies.push(msg.get(5).copied().unwrap_or(b'?'));
+                            continue;
+                        }
+                        _ => {
+                            state.on_private_reply(msg);
+                            continue;
+                        }
+                    }
+                }
                 let idle = readies.is_empty() && state.owed.load(Ordering::Acquire) == 0;
                 match msg.first() {
                     Some(b'E' | b'N') if idle && assembler.is_empty() => {

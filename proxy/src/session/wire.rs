@@ -1,10 +1,10 @@
 //! The two directions of a relayed session as the write-behind hook sees them: send upstream
-//! (counting the ReadyForQuery replies owed), wait until every owed reply has arrived, and
-//! answer the client locally.
+//! (counting the ReadyForQuery replies owed), wait until every owed reply has arrived, answer
+//! the client locally, and ask the session's own connection a question of the proxy's.
 
 use crate::error::ProxyError;
-use bytes::BytesMut;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -21,7 +21,12 @@ pub struct Shared {
     pub ready: Notify,
     /// PostgreSQL closed the connection while the session was idle: the session goes on
     /// acknowledging writes; anything that must pass through ends it (08006).
-    pub lost: std::sync::atomic::AtomicBool,
+    pub lost: AtomicBool,
+    /// A query of the proxy's own is running on the connection: its replies, up to its
+    /// ReadyForQuery, go to `private_replies` instead of the client.
+    pub private: AtomicBool,
+    /// The replies of the proxy's own query (ReadyForQuery excluded).
+    pub private_replies: std::sync::Mutex<Vec<Bytes>>,
 }
 
 impl Default for Shared {
@@ -31,12 +36,23 @@ impl Default for Shared {
             status: AtomicU8::new(b'I'),
             swallow: AtomicUsize::new(0),
             ready: Notify::new(),
-            lost: std::sync::atomic::AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            private: AtomicBool::new(false),
+            private_replies: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
 
 impl Shared {
+    /// Called by the upstream reader for a reply to the proxy's own query (not
+    /// ReadyForQuery).
+    pub fn on_private_reply(&self, msg: Bytes) {
+        self.private_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+    }
+
     /// Called by the upstream reader for each ReadyForQuery.
     pub fn on_ready(&self, status: u8) {
         self.status.store(status, Ordering::Release);
@@ -106,6 +122,11 @@ pub trait Wire {
         &mut self,
         bytes: BytesMut,
     ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
+    /// Runs `sql` (one simple Query of the proxy's own) on the session's connection once it is
+    /// idle outside a transaction block, and returns PostgreSQL's replies up to (not
+    /// including) ReadyForQuery; the client sees none of them. `None` when the session is in
+    /// a transaction block or its connection is gone.
+    fn ask(&mut self, sql: &str) -> impl std::future::Future<Output = Option<Vec<Bytes>>>;
 }
 
 /// The relay's implementation: the upstream writer and the shared client writer.
@@ -153,5 +174,44 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             self.client_gone = true;
         }
         Ok(())
+    }
+
+    async fn ask(&mut self, sql: &str) -> Option<Vec<Bytes>> {
+        if self.drained().await != b'I' || self.shared.lost.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut msg = BytesMut::with_capacity(sql.len() + 6);
+        msg.put_u8(b'Q');
+        msg.put_u32((sql.len() + 5) as u32);
+        msg.put_slice(sql.as_bytes());
+        msg.put_u8(0);
+        self.shared
+            .private_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.shared.private.store(true, Ordering::Release);
+        self.counter.note(b'Q', &self.shared.owed);
+        if self.upstream.write_all(&msg).await.is_err() {
+            return None;
+        }
+        loop {
+            let ready = self.shared.ready.notified();
+            if self.shared.lost.load(Ordering::Acquire) {
+                return None;
+            }
+            if !self.shared.private.load(Ordering::Acquire) {
+                break;
+            }
+            ready.await;
+        }
+        let replies = std::mem::take(
+            &mut *self
+                .shared
+                .private_replies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        Some(replies)
     }
 }

@@ -243,8 +243,9 @@ impl Catalog {
         }
     }
 
-    /// Resolves a name as written: qualified names directly; unqualified ones only in `public`
-    /// (the proxy intercepts only sessions that never changed `search_path`).
+    /// Resolves a name as written the way a session with the default search_path and no
+    /// `$user` schema would: qualified names directly, unqualified ones in `public`. For tools
+    /// and tests: sessions ask PostgreSQL (`session/intercept/resolve.rs`).
     pub fn resolve(&self, schema: Option<&str>, name: &str) -> Option<&Table> {
         let schema = schema.unwrap_or("public");
         self.by_name

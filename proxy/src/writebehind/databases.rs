@@ -293,7 +293,6 @@ impl WriteBehind {
             barrier,
             own: Mutex::new(Arc::new(own)),
             privileges: DashMap::new(),
-            user_schemas: DashMap::new(),
             live: self.live.clone(),
             fsync: self.config.durability == Durability::Fsync,
             overflows: std::sync::atomic::AtomicU64::new(0),
@@ -329,7 +328,6 @@ impl WriteBehind {
                         // write wait for the barrier behind the backlog of an outage.
                         if registry {
                             rt.privileges.clear();
-                            rt.user_schemas.clear();
                         }
                     }
                     Err(error) => warn!(%error, "reloading the write-behind catalog failed"),

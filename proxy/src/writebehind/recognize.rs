@@ -5,7 +5,7 @@
 use super::lexer::Token;
 
 /// A possibly schema-qualified table name, as written (unquoted parts already folded).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableName {
     pub schema: Option<String>,
     pub name: String,

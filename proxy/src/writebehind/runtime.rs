@@ -54,7 +54,6 @@ pub struct DbRuntime {
     /// when it breaks.
     pub(super) own: Mutex<Arc<tokio_postgres::Client>>,
     pub(super) privileges: DashMap<(String, u32, &'static str), bool>,
-    pub(super) user_schemas: DashMap<String, bool>,
     /// The running configuration (pending bound and overflow policy are reloadable).
     pub(super) live: Arc<LiveConfig>,
     /// Acknowledgements wait for the group fsync (durability `fsync`).
@@ -208,29 +207,6 @@ impl DbRuntime {
             }
             // Not known (PostgreSQL unreachable): not acknowledged, and asked again next time.
             Err(_) => false,
-        }
-    }
-
-    /// Whether a schema named like `user` exists ("$user" in the default search_path would
-    /// then shadow `public` for unqualified names).
-    pub async fn user_schema_exists(&self, user: &str) -> bool {
-        if let Some(v) = self.user_schemas.get(user) {
-            return *v;
-        }
-        let exists = self
-            .own()
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-                &[&user],
-            )
-            .await
-            .and_then(|r| r.try_get::<_, bool>(0));
-        match exists {
-            Ok(exists) => {
-                self.user_schemas.insert(user.to_string(), exists);
-                exists
-            }
-            Err(_) => true,
         }
     }
 

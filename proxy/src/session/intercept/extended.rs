@@ -90,24 +90,33 @@ impl Intercept {
         wire.reply(out).await
     }
 
-    /// Prepares `sql` as a write the proxy may acknowledge, or `None`.
-    pub(super) async fn prepare(&self, sql: &str, declared: &[u32]) -> Option<Arc<Prepared>> {
-        self.prepare_writes(recognize_all(sql)?, sql, declared)
+    /// Prepares `sql` as a write the proxy may acknowledge, or `None`; its table name is
+    /// resolved through `wire` if need be.
+    pub(super) async fn prepare<W: Wire>(
+        &self,
+        sql: &str,
+        declared: &[u32],
+        wire: &mut W,
+    ) -> Option<Arc<Prepared>> {
+        self.prepare_writes(recognize_all(sql)?, sql, declared, Some(wire))
             .await
     }
 
-    /// As [`prepare`](Self::prepare), for `sql` already recognized as `writes`.
-    pub(super) async fn prepare_writes(
+    /// As [`prepare`](Self::prepare), for `sql` already recognized as `writes`; without a
+    /// wire, only names resolved before count.
+    pub(super) async fn prepare_writes<W: Wire>(
         &self,
         mut writes: Vec<Write>,
         sql: &str,
         declared: &[u32],
+        wire: Option<&mut W>,
     ) -> Option<Arc<Prepared>> {
         if writes.len() != 1 {
             return None;
         }
         let write = writes.pop()?;
-        let (index, catalog) = self.acceptable(&write).await?;
+        let epoch = self.resolver.epoch();
+        let (index, catalog) = self.acceptable(&write, wire).await?;
         let table = catalog.tables.get(index)?;
         let relid = table.relid;
         let template = Template::prepare(write, table, declared)?;
@@ -117,6 +126,7 @@ impl Intercept {
             catalog,
             declared: declared.to_vec(),
             sql: sql.to_string(),
+            epoch,
         }))
     }
 
@@ -136,7 +146,7 @@ impl Intercept {
 
     /// The plan to answer `group` locally, or `None` when any part of it must go to
     /// PostgreSQL.
-    pub(super) async fn plan(&self, group: &[Bytes]) -> Option<Plan> {
+    pub(super) async fn plan<W: Wire>(&self, group: &[Bytes], wire: &mut W) -> Option<Plan> {
         let mut plan = Plan {
             replies: Vec::with_capacity(group.len()),
             changes: Vec::new(),
@@ -158,7 +168,7 @@ impl Intercept {
                     if !name.is_empty() && self.lookup(&plan.parsed, name).is_some() {
                         return None; // PostgreSQL answers 42P05
                     }
-                    let prepared = self.prepare(sql, &param_types).await?;
+                    let prepared = self.prepare(sql, &param_types, wire).await?;
                     plan.parsed.push((
                         plan.replies.len(),
                         name.to_string(),
@@ -167,6 +177,7 @@ impl Intercept {
                             prepared: Some(prepared),
                             on_server: false,
                             scope: None,
+                            resolution: false,
                         },
                     ));
                     messages::parse_complete(&mut out);
@@ -181,7 +192,7 @@ impl Intercept {
                         return None;
                     }
                     let stored = self.lookup(&plan.parsed, statement)?.prepared.clone()?;
-                    let prepared = self.current(stored.clone()).await?;
+                    let prepared = self.current(stored.clone(), wire).await?;
                     if !Arc::ptr_eq(&prepared, &stored) {
                         plan.refreshed
                             .push((statement.to_string(), prepared.clone()));
@@ -243,13 +254,21 @@ impl Intercept {
         }
     }
 
-    /// `prepared`, re-prepared if the catalog changed since (the same parameter types, or
-    /// `None`).
-    pub(super) async fn current(&self, prepared: Arc<Prepared>) -> Option<Arc<Prepared>> {
-        if Arc::ptr_eq(&prepared.catalog, &self.rt.catalog.borrow()) {
+    /// `prepared`, re-prepared if the catalog or the session's name resolution changed since
+    /// (the same parameter types, or `None`).
+    pub(super) async fn current<W: Wire>(
+        &self,
+        prepared: Arc<Prepared>,
+        wire: &mut W,
+    ) -> Option<Arc<Prepared>> {
+        if Arc::ptr_eq(&prepared.catalog, &self.rt.catalog.borrow())
+            && prepared.epoch == self.resolver.epoch()
+        {
             return Some(prepared);
         }
-        let again = self.prepare(&prepared.sql, &prepared.declared).await?;
+        let again = self
+            .prepare(&prepared.sql, &prepared.declared, wire)
+            .await?;
         (again.template.param_types() == prepared.template.param_types()).then_some(again)
     }
 

@@ -16,15 +16,20 @@
 //! through refers to one, its Parse is sent first ("materialized") and the ParseComplete that
 //! PostgreSQL answers it with is swallowed by the upstream reader.
 //!
+//! A write is acknowledged only for the table its name denotes in this very session
+//! (`resolve.rs`: asked of the session's connection, followed through SET search_path and
+//! temporary tables).
+//!
 //! This file holds the session state, simple Queries and passing through; `extended.rs` the
 //! extended protocol's groups; `barrier_scope.rs` the barrier's scope; `sync_setting.rs` the
-//! `writebehind.sync` switch.
+//! `writebehind.sync` switch; `resolve.rs` name resolution.
 
 mod barrier_scope;
 mod extended;
+mod resolve;
 mod sync_setting;
 
-use super::changers;
+use super::changers::{self, Effect};
 use super::wire::Wire;
 use crate::error::ProxyError;
 use crate::protocol::frontend::{self, Frontend};
@@ -55,6 +60,8 @@ struct Stmt {
     on_server: bool,
     /// What it may read, against which catalog (computed when first needed).
     scope: Option<(Arc<Catalog>, Scope)>,
+    /// Running it may change name resolution (SET search_path, temporary tables).
+    resolution: bool,
 }
 
 /// A recognized write prepared against one catalog.
@@ -65,6 +72,8 @@ struct Prepared {
     /// The Parse message's declared parameter types.
     declared: Vec<u32>,
     sql: String,
+    /// The session's resolution epoch its table name was resolved in.
+    epoch: u64,
 }
 
 /// One session's interception state.
@@ -96,6 +105,8 @@ pub struct Intercept {
     /// The last messages that passed through did not end with a Sync or Query: what they did
     /// is not committed yet.
     mid_group: bool,
+    /// What the session's table names denote.
+    resolver: resolve::Resolver,
 }
 
 /// A Query's tokens, when it was lexed already.
@@ -125,6 +136,7 @@ impl Intercept {
             portals: HashMap::new(),
             schema_stale: false,
             mid_group: false,
+            resolver: resolve::Resolver::default(),
         }
     }
 
@@ -162,7 +174,7 @@ impl Intercept {
                 self.group.push(msg);
                 let group = self.take_group();
                 if !streaming && self.acking() && (group.len() > 1 || self.open.is_some()) {
-                    if let Some(plan) = self.plan(&group).await {
+                    if let Some(plan) = self.plan(&group, wire).await {
                         return self.answer(plan, group, wire).await;
                     }
                 }
@@ -180,7 +192,7 @@ impl Intercept {
                 // wait for the Sync); otherwise the group goes to PostgreSQL.
                 let mut group = self.take_group();
                 if !self.streaming && self.acking() {
-                    if let Some(plan) = self.plan(&group).await {
+                    if let Some(plan) = self.plan(&group, wire).await {
                         if self.open.is_some() || wire.drained().await == b'I' {
                             return self.answer_partial(plan, wire).await;
                         }
@@ -216,13 +228,29 @@ impl Intercept {
         std::mem::take(&mut self.group)
     }
 
-    /// Turns interception off for good when `sql` (lexed into `stmts`, or `None` when it
-    /// could not be) changes session state it relies on (see `changers`).
-    fn watch_session_changes(&mut self, stmts: Option<&[&[lexer::Token]]>, sql: &str) {
-        if self.enabled && changers::changes_session(stmts, sql) {
-            tracing::debug!("a statement changed session state: writes of this session pass through from now on");
-            self.enabled = false;
+    /// Follows what `sql` (lexed into `stmts`, or `None` when it could not be) does to
+    /// session state interception relies on (see `changers`): table names are resolved again
+    /// after it, or interception ends for good. Returns its effect.
+    fn watch_session_changes(&mut self, stmts: Option<&[&[lexer::Token]]>, sql: &str) -> Effect {
+        if !self.enabled {
+            return Effect::None;
         }
+        let effect = changers::effect(stmts, sql);
+        match effect {
+            Effect::None => {}
+            Effect::Resolution => self.name_resolution_changes(),
+            Effect::Disable => {
+                tracing::debug!("a statement changed session state: writes of this session pass through from now on");
+                self.enabled = false;
+            }
+        }
+        effect
+    }
+
+    /// A statement that may change what the session's table names denote is being run.
+    fn name_resolution_changes(&mut self) {
+        tracing::debug!("name resolution may change: table names are resolved again");
+        self.resolver.forget();
     }
 
     async fn on_query<W: Wire>(&mut self, msg: Bytes, wire: &mut W) -> Result<(), ProxyError> {
@@ -264,7 +292,7 @@ impl Intercept {
                 let mut tags = Vec::with_capacity(writes.len());
                 let mut all = true;
                 for w in &writes {
-                    match self.acceptable(w).await {
+                    match self.acceptable(w, Some(&mut *wire)).await {
                         Some((table, catalog)) => {
                             match catalog
                                 .tables
@@ -310,17 +338,24 @@ impl Intercept {
         self.forward_with(vec![msg], known, wire).await
     }
 
-    /// Whether `write` may be acknowledged in this session: its table is write-behind and the
-    /// user holds the privileges. Returns the table's index in the catalog.
-    async fn acceptable(&self, write: &Write) -> Option<(usize, Arc<Catalog>)> {
+    /// Whether `write` may be acknowledged in this session: its table name denotes a
+    /// write-behind table here (asked through `wire` when not known yet, see `resolve.rs`)
+    /// and the user holds the privileges. Returns the table's index in the catalog.
+    async fn acceptable<W: Wire>(
+        &self,
+        write: &Write,
+        wire: Option<&mut W>,
+    ) -> Option<(usize, Arc<Catalog>)> {
         let name = write_table(write);
-        if name.schema.is_none()
-            && (name.name.starts_with("pg_") || self.rt.user_schema_exists(&self.user).await)
-        {
+        let catalog = self.rt.catalog.borrow().clone();
+        // A name no write-behind table has cannot denote one: not worth asking.
+        if !catalog.tables.iter().any(|t| t.name == name.name) {
             return None;
         }
-        let catalog = self.rt.catalog.borrow().clone();
-        let relid = catalog.resolve(name.schema.as_deref(), &name.name)?.relid;
+        // Never in the middle of an extended-protocol group that went upstream unsynced: a
+        // Query there would end the group's implicit transaction.
+        let wire = wire.filter(|_| !self.mid_group);
+        let relid = self.resolver.resolve(name, catalog.ticket, wire).await?;
         let index = catalog.tables.iter().position(|t| t.relid == relid)?;
         for p in privileges(write) {
             if !self.rt.allowed(&self.user, relid, p).await {
@@ -348,6 +383,9 @@ impl Intercept {
         }
         let mut inject: Vec<Bytes> = Vec::new();
         let mut parsed_here: Vec<String> = Vec::new();
+        // Names are resolved by asking the session only while what it says is what the
+        // messages before the one at hand leave behind.
+        let mut may_ask = true;
         for raw in &msgs {
             let m = frontend::decode(raw);
             let used = match &m {
@@ -355,6 +393,12 @@ impl Intercept {
                 Ok(Frontend::Describe { kind: b'S', name }) => Some(*name),
                 _ => None,
             };
+            if let Ok(Frontend::Bind { statement, .. }) = &m {
+                if self.enabled && self.stmts.get(*statement).is_some_and(|s| s.resolution) {
+                    self.name_resolution_changes();
+                    may_ask = false;
+                }
+            }
             if let Some(name) = used {
                 if !parsed_here.iter().any(|n| n == name) {
                     if let Some(stmt) = self.stmts.get_mut(name) {
@@ -373,7 +417,7 @@ impl Intercept {
                 }) => {
                     let lexed = lexer::lex(sql, true);
                     let stmts = lexed.as_deref().map(lexer::statements);
-                    self.watch_session_changes(stmts.as_deref().ok(), sql);
+                    let effect = self.watch_session_changes(stmts.as_deref().ok(), sql);
                     parsed_here.push(name.to_string());
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);
@@ -381,10 +425,15 @@ impl Intercept {
                     let writes = stmts.as_ref().ok().and_then(|s| recognize_stmts(s));
                     let prepared = match writes {
                         Some(writes) if self.enabled && !known => {
-                            self.prepare_writes(writes, sql, &param_types).await
+                            let asking = may_ask.then_some(&mut *wire);
+                            self.prepare_writes(writes, sql, &param_types, asking).await
                         }
                         _ => None,
                     };
+                    // A statement that changes name resolution changes it when it runs,
+                    // again at every execution.
+                    let resolution = effect == Effect::Resolution;
+                    may_ask &= !resolution;
                     self.stmts.insert(
                         name.to_string(),
                         Stmt {
@@ -392,6 +441,7 @@ impl Intercept {
                             prepared,
                             on_server: true,
                             scope: None,
+                            resolution,
                         },
                     );
                 }

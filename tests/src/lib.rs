@@ -5,6 +5,9 @@
 //! - [`Cluster`]: a throw-away PostgreSQL 15 cluster with pg_writebehind preloaded.
 //! - [`Proxy`]: the release proxy binary as a child process, killed on drop.
 //! - [`free_port`], [`repo_root`], [`wait_until`].
+//! - [`fault_load`]: the write load and model check of the PostgreSQL fault tests.
+
+pub mod fault_load;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -73,6 +73,19 @@ fn segments(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// (offset, total length) of every record in a segment (framing of proxy/src/wal/record.rs:
+/// A WAL segment: its path, its bytes, and the (offset, length) of each record.
+type Segment = (PathBuf, Vec<u8>, Vec<(usize, usize)>);
+
+/// The only WAL segment of `wal` after `n` acknowledged statements (one record each).
+fn the_segment(wal: &Path, n: usize) -> anyhow::Result<Segment> {
+    let segs = segments(wal)?;
+    anyhow::ensure!(segs.len() == 1, "one segment expected: {segs:?}");
+    let data = std::fs::read(&segs[0])?;
+    let spans = record_spans(&data);
+    assert_eq!(spans.len(), n, "one WAL record per acknowledged statement");
+    Ok((segs[0].clone(), data, spans))
+}
+
 /// `len: u32 LE` of what follows the checksum, `crc: u32 LE`, kind, lsn, payload).
 fn record_spans(data: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -186,12 +199,8 @@ async fn torn_last_record_is_cut_and_everything_before_it_applies() -> anyhow::R
     ];
     let direct = acked_then_killed(&cluster, &args, N).await?;
 
-    let segs = segments(&wal)?;
-    anyhow::ensure!(segs.len() == 1, "one segment expected: {segs:?}");
-    let seg = &segs[0];
-    let data = std::fs::read(seg)?;
-    let spans = record_spans(&data);
-    assert_eq!(spans.len(), N, "one WAL record per acknowledged statement");
+    let (seg, data, spans) = the_segment(&wal, N)?;
+    let seg = &seg;
     let (last_off, last_len) = spans[N - 1];
     assert_eq!(
         last_off + last_len,
@@ -271,12 +280,8 @@ async fn damaged_record_in_the_middle_stops_start_up_and_skips_nothing() -> anyh
     ];
     let direct = acked_then_killed(&cluster, &args, N).await?;
 
-    let segs = segments(&wal)?;
-    anyhow::ensure!(segs.len() == 1, "one segment expected: {segs:?}");
-    let seg = &segs[0];
-    let mut data = std::fs::read(seg)?;
-    let spans = record_spans(&data);
-    assert_eq!(spans.len(), N);
+    let (seg, mut data, spans) = the_segment(&wal, N)?;
+    let seg = &seg;
     let (off, len) = spans[N / 2];
     // A byte of the payload (after length, checksum, kind and lsn).
     let at = off + 8 + 9 + (len - 17) / 2;

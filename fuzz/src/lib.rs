@@ -3,7 +3,9 @@
 //! of Parse/Bind bodies for driving the extended-protocol templates.
 
 use std::collections::HashMap;
-use writebehind_proxy::writebehind::catalog::{Catalog, Column, Table};
+use writebehind_proxy::writebehind::catalog::{
+    Catalog, Column, Table, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BATCH_ROWS,
+};
 use writebehind_proxy::writebehind::encode::{self, Change, ColumnChange};
 use writebehind_proxy::writebehind::recognize::Write;
 use writebehind_proxy::writebehind::template::Template;
@@ -35,6 +37,8 @@ pub fn catalog() -> Catalog {
         name: "t".into(),
         append: false,
         read_barrier: true,
+        flush_interval: DEFAULT_FLUSH_INTERVAL,
+        max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         key: vec!["id".into()],
         columns: vec![
             id,
@@ -61,6 +65,8 @@ pub fn catalog() -> Catalog {
         name: "Pair".into(),
         append: false,
         read_barrier: true,
+        flush_interval: DEFAULT_FLUSH_INTERVAL,
+        max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         key: vec!["a".into(), "b".into()],
         columns: vec![
             k1,
@@ -75,6 +81,8 @@ pub fn catalog() -> Catalog {
         name: "log".into(),
         append: true,
         read_barrier: true,
+        flush_interval: DEFAULT_FLUSH_INTERVAL,
+        max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         key: vec![],
         columns: vec![col("at", "bigint", -1), col("msg", "text", -1)],
     };

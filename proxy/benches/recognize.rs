@@ -2,7 +2,9 @@
 //! the inbox row (bench/recognize prints both).
 
 use std::time::Instant;
-use writebehind_proxy::writebehind::catalog::{Catalog, Column, Table};
+use writebehind_proxy::writebehind::catalog::{
+    Catalog, Column, Table, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BATCH_ROWS,
+};
 use writebehind_proxy::writebehind::template::Template;
 use writebehind_proxy::writebehind::{encode, lexer, queue, recognize, validate};
 
@@ -143,6 +145,8 @@ fn catalog() -> Catalog {
         name: name.into(),
         append: false,
         read_barrier: true,
+        flush_interval: DEFAULT_FLUSH_INTERVAL,
+        max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         key: vec!["id".into()],
         columns,
     };

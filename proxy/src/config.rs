@@ -72,7 +72,8 @@ pub struct Settings {
     /// This proxy's id in `writebehind.progress` (default: generated and kept in the WAL dir).
     #[arg(long, env = "WRITEBEHIND_PROXY_ID")]
     pub proxy_id: Option<String>,
-    /// How often pending writes are shipped (default 100ms).
+    /// The shortest a pending write waits before it ships, unless a barrier asks: a table
+    /// waits its own registry flush_interval or this, whichever is longer (default 100ms).
     #[arg(long, env = "WRITEBEHIND_FLUSH_INTERVAL")]
     pub flush_interval: Option<String>,
     /// The most rows in one shipped batch (default 10000).

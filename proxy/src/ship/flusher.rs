@@ -1,8 +1,14 @@
 //! The per-database flusher: drains pending changes into batches, ships them in order, retries.
 //!
-//! One flusher task runs per upstream database. It wakes every `flush_interval`, or at once when
-//! a barrier or a full batch asks for it, takes batches from its [`BatchSource`] (the
-//! coalescer) and ships each with [`InboxShipper`] until the source is empty. A batch that fails
+//! One flusher task runs per upstream database. It sleeps until the oldest pending change of
+//! some table has waited that table's flush interval (its deadline; the intervals come from
+//! the [`FlushSchedule`], i.e. `writebehind.tables.flush_interval`, never shorter than the
+//! proxy-wide `flush_interval`), then takes batches from its
+//! [`BatchSource`] (the coalescer) up to the last pending change of every table that is due,
+//! and ships each with [`InboxShipper`]. Batches are prefixes of the queue, so changes of other
+//! tables queued before that point ship with them: a table may ship earlier than its interval,
+//! never later. A barrier, a full queue or shutdown wakes it to ship everything acknowledged
+//! so far, whatever the deadlines. A batch that fails
 //! is resent, with the same sequence number and bytes, after a capped exponential backoff, so
 //! the inbox receives it exactly once and a key's changes are never reordered. Progress is
 //! published on a watch channel that barriers wait on.
@@ -15,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// One batch taken from the pending changes, already encoded as inbox COPY rows.
@@ -49,20 +56,102 @@ pub struct BatchTable {
 /// Where a flusher takes its batches from: the coalescer of one database.
 pub trait BatchSource: Send + Sync + 'static {
     /// Takes about `max_rows` pending changes as the next batch, numbered by the source, or
-    /// `None` when nothing is pending.
-    fn take_batch(&self, max_rows: usize) -> Option<EncodedBatch>;
+    /// `None` when nothing is pending. The batch holds no more than the changes acknowledged
+    /// up to the count `through` ([`acked`](Self::acked)), except to finish a statement: at
+    /// least the oldest pending statement.
+    fn take_batch(&self, max_rows: usize, through: u64) -> Option<EncodedBatch>;
     /// Called once the batch is committed in the inbox (its changes are safe upstream).
     fn committed(&self, _batch: &EncodedBatch) {}
     /// How many writes were acknowledged so far (monotonic). A write is counted only after it
     /// is in the source, so every write counted before a `take_batch` loop began is drained by
     /// the time that loop sees `None`.
     fn acked(&self) -> u64;
+    /// Every table with pending changes (not taken yet). A source that tells nothing is
+    /// shipped whole every proxy-wide `flush_interval`.
+    fn pending_tables(&self) -> Vec<PendingTable> {
+        Vec::new()
+    }
+    /// Signalled when a table with nothing pending gets a change, so that the flusher can
+    /// move its deadline earlier.
+    fn arrivals(&self) -> Option<&Notify> {
+        None
+    }
+}
+
+/// A table with pending changes, as the flusher's deadlines see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingTable {
+    /// The table (pg_class oid).
+    pub relid: u32,
+    /// When its oldest pending change was queued.
+    pub oldest: Instant,
+    /// The acknowledged-writes count ([`BatchSource::acked`]) of its last pending change.
+    pub last_ack: u64,
+}
+
+/// Each table's flush interval, for the flusher's deadlines (the database's catalog).
+pub trait FlushSchedule: Send + Sync + 'static {
+    /// How long a change of table `relid` may wait before it ships; `None` when the table is
+    /// not registered (any more): the proxy-wide `flush_interval` applies.
+    fn flush_interval(&self, relid: u32) -> Option<Duration>;
+    /// Completes when the intervals may have changed (a catalog reload); never, if they
+    /// cannot.
+    fn changed(&mut self) -> futures::future::BoxFuture<'_, ()>;
+}
+
+/// The schedule with no per-table intervals: every change waits the proxy-wide
+/// `flush_interval` at most.
+pub struct Uniform;
+
+impl FlushSchedule for Uniform {
+    fn flush_interval(&self, _relid: u32) -> Option<Duration> {
+        None
+    }
+
+    fn changed(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(futures::future::pending())
+    }
+}
+
+/// What the deadlines ask of the flusher at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The earliest deadline: over the tables with pending changes, the time the table's
+    /// oldest pending change was queued plus the table's interval. `None` when nothing is
+    /// pending.
+    pub next: Option<Instant>,
+    /// Ship up to this acknowledged-writes count now: the last pending change of every table
+    /// whose deadline has come (`None` when none has).
+    pub due_through: Option<u64>,
+}
+
+/// The deadlines of the `pending` tables, each with its interval from `interval_for`.
+pub fn plan(
+    pending: &[PendingTable],
+    now: Instant,
+    interval_for: impl Fn(u32) -> Duration,
+) -> Plan {
+    let mut out = Plan {
+        next: None,
+        due_through: None,
+    };
+    for t in pending {
+        let deadline = t.oldest + interval_for(t.relid);
+        out.next = Some(out.next.map_or(deadline, |n| n.min(deadline)));
+        if deadline <= now {
+            out.due_through = Some(out.due_through.map_or(t.last_ack, |d| d.max(t.last_ack)));
+        }
+    }
+    out
 }
 
 /// Settings of one flusher.
 #[derive(Debug, Clone)]
 pub struct FlushSettings {
-    /// How often pending changes are shipped when nobody asks sooner.
+    /// The proxy-wide `flush_interval`: the shortest a change waits unless a barrier asks
+    /// for it (a table's own interval counts when it is longer), the wait of changes whose
+    /// table has no interval in the schedule (disabled meanwhile, or no schedule), and the
+    /// longest the flusher sleeps when nothing is pending.
     pub flush_interval: Duration,
     /// The most inbox rows in one batch.
     pub max_batch_rows: usize,
@@ -102,13 +191,33 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the flusher task. `committed_seq` is the last batch sequence number the inbox
-    /// has (`writebehind.committed_seq()`). The task ends when `shutdown` flips to true,
-    /// after shipping everything still pending.
+    /// Starts the flusher task with the proxy-wide interval for every table ([`Uniform`]).
+    /// `committed_seq` is the last batch sequence number the inbox has
+    /// (`writebehind.committed_seq()`). The task ends when `shutdown` flips to true, after
+    /// shipping everything still pending.
     pub fn spawn(
         source: Arc<dyn BatchSource>,
         shipper: InboxShipper,
         settings: FlushSettings,
+        committed_seq: i64,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::spawn_scheduled(
+            source,
+            shipper,
+            settings,
+            Box::new(Uniform),
+            committed_seq,
+            shutdown,
+        )
+    }
+
+    /// As [`spawn`](Self::spawn), with each table's interval from `schedule`.
+    pub fn spawn_scheduled(
+        source: Arc<dyn BatchSource>,
+        shipper: InboxShipper,
+        settings: FlushSettings,
+        schedule: Box<dyn FlushSchedule>,
         committed_seq: i64,
         shutdown: watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -125,6 +234,7 @@ impl Flusher {
             source,
             shipper,
             settings,
+            schedule,
             wake: wake.clone(),
             progress: tx,
             shutdown,
@@ -143,7 +253,7 @@ impl Flusher {
         (flusher, handle)
     }
 
-    /// Asks the flusher to ship now instead of at the next interval.
+    /// Asks the flusher to ship now, whatever the deadlines.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
@@ -154,7 +264,7 @@ impl Flusher {
         self.paused.send_replace(paused);
     }
 
-    /// Changes the flush interval and the batch size (admin `RELOAD`).
+    /// Changes the proxy-wide flush interval and the batch size (admin `RELOAD`).
     pub fn retune(&self, flush_interval: Duration, max_batch_rows: usize) {
         self.tune.send_replace((flush_interval, max_batch_rows));
     }
@@ -179,6 +289,7 @@ struct FlushTask {
     source: Arc<dyn BatchSource>,
     shipper: InboxShipper,
     settings: FlushSettings,
+    schedule: Box<dyn FlushSchedule>,
     wake: Arc<Notify>,
     progress: watch::Sender<ShipProgress>,
     shutdown: watch::Receiver<bool>,
@@ -189,15 +300,21 @@ struct FlushTask {
 
 impl FlushTask {
     async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.settings.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let source = self.source.clone();
+        // The first round ships what start-up replay queued.
+        let mut ship_now = true;
         loop {
             let stopping = *self.shutdown.borrow();
-            if stopping && *self.paused.borrow() {
+            let paused = *self.paused.borrow();
+            if stopping && paused {
                 info!("shutting down: shipping resumes");
             }
-            if stopping || !*self.paused.borrow() {
-                self.ship_all().await;
+            if stopping || (!paused && ship_now) {
+                self.ship_through(self.source.acked()).await;
+            } else if !paused {
+                if let Some(through) = self.plan().due_through {
+                    self.ship_through(through).await;
+                }
             }
             if stopping {
                 info!(
@@ -206,32 +323,70 @@ impl FlushTask {
                 );
                 return;
             }
+            ship_now = false;
+            // Sleep until the earliest deadline (past already if changes became due while
+            // shipping); with nothing pending, or while paused, for the proxy-wide interval
+            // at most. Every wake-up plans again.
+            let until = match self.plan().next {
+                Some(next) if !paused => next,
+                _ => Instant::now() + self.settings.flush_interval,
+            };
+            let arrived = async {
+                match source.arrivals() {
+                    Some(n) => n.notified().await,
+                    None => futures::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = self.wake.notified() => ship_now = true,
                 _ = self.shutdown.changed() => {}
                 _ = self.paused.changed() => {}
+                _ = arrived => {}
+                _ = self.schedule.changed() => {}
                 _ = self.tune.changed() => {
                     let (interval, rows) = *self.tune.borrow();
                     self.settings.flush_interval = interval;
                     self.settings.max_batch_rows = rows;
-                    tick = tokio::time::interval(interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    tick.reset();
                 }
             }
         }
     }
 
-    /// Ships what was acknowledged before the call, in batches, then publishes
-    /// `shipped_through`. What arrives meanwhile waits for the next round, so that under a
-    /// steady load batches span a whole `flush_interval` (and coalesce that much).
-    async fn ship_all(&mut self) {
-        let start = self.source.acked();
-        if self.progress.borrow().shipped_through >= start {
+    /// The deadlines now (see [`plan`]). A table waits its own interval or the proxy-wide
+    /// one, whichever is longer (the proxy-wide one alone when the schedule has none for
+    /// it). A source that tells no tables is shipped whole at each interval.
+    fn plan(&self) -> Plan {
+        let now = Instant::now();
+        let fallback = self.settings.flush_interval;
+        let pending = self.source.pending_tables();
+        if pending.is_empty() && self.source.arrivals().is_none() {
+            let target = self.source.acked();
+            let waiting = self.progress.borrow().shipped_through < target;
+            return Plan {
+                next: None,
+                due_through: waiting.then_some(target),
+            };
+        }
+        plan(&pending, now, |relid| {
+            self.schedule
+                .flush_interval(relid)
+                .map_or(fallback, |own| own.max(fallback))
+        })
+    }
+
+    /// Ships the changes acknowledged up to the count `through` (everything acknowledged
+    /// before the call, when woken; the due tables' changes, at a deadline), in batches, then
+    /// publishes `shipped_through`. What arrives meanwhile waits for its own deadline, so
+    /// that under a steady load batches span a whole flush interval (and coalesce that much).
+    async fn ship_through(&mut self, through: u64) {
+        if self.progress.borrow().shipped_through >= through {
             return;
         }
-        while let Some(batch) = self.source.take_batch(self.settings.max_batch_rows) {
+        while let Some(batch) = self
+            .source
+            .take_batch(self.settings.max_batch_rows, through)
+        {
             let seq = batch.seq;
             let started = std::time::Instant::now();
             self.ship_until_delivered(seq, &batch).await;
@@ -245,14 +400,16 @@ impl FlushTask {
                 for relid in &batch.relids {
                     *p.table_generation.entry(*relid).or_insert(0) += 1;
                 }
+                // Batches are prefixes: everything acknowledged up to its last change is in.
+                p.shipped_through = p.shipped_through.max(batch.acked_through);
             });
-            if batch.acked_through >= start {
+            if batch.acked_through >= through {
                 break;
             }
         }
         self.progress.send_if_modified(|p| {
-            let advanced = p.shipped_through < start;
-            p.shipped_through = p.shipped_through.max(start);
+            let advanced = p.shipped_through < through;
+            p.shipped_through = p.shipped_through.max(through);
             advanced
         });
     }
@@ -287,5 +444,56 @@ impl FlushTask {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(relid: u32, oldest: Instant, last_ack: u64) -> PendingTable {
+        PendingTable {
+            relid,
+            oldest,
+            last_ack,
+        }
+    }
+
+    #[test]
+    fn the_deadline_is_the_earliest_oldest_change_plus_its_tables_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let interval = |relid: u32| match relid {
+            1 => ms(3000),
+            2 => ms(100),
+            _ => ms(500),
+        };
+        let none = Plan {
+            next: None,
+            due_through: None,
+        };
+        assert_eq!(plan(&[], t0, interval), none);
+        // One table: its oldest change plus its interval; due from then on, through its
+        // last pending change.
+        let slow = [table(1, t0, 7)];
+        assert_eq!(
+            plan(&slow, t0 + ms(2999), interval).next,
+            Some(t0 + ms(3000))
+        );
+        assert_eq!(plan(&slow, t0 + ms(2999), interval).due_through, None);
+        assert_eq!(plan(&slow, t0 + ms(3000), interval).due_through, Some(7));
+        // A slow table queued first does not hold back a fast one queued later; the fast
+        // one's round goes up to its own last change (the slow changes before it go along).
+        let both = [table(1, t0, 9), table(2, t0 + ms(50), 5)];
+        let p = plan(&both, t0 + ms(150), interval);
+        assert_eq!((p.next, p.due_through), (Some(t0 + ms(150)), Some(5)));
+        // Both due: up to the later of their last changes.
+        assert_eq!(plan(&both, t0 + ms(3000), interval).due_through, Some(9));
+        // A fast table queued late does not make the deadline earlier than its own.
+        let late = [table(2, t0 + ms(2950), 5), table(1, t0, 4)];
+        assert_eq!(plan(&late, t0, interval).next, Some(t0 + ms(3000)));
+        // A table without an interval of its own (9 here) gets the fallback.
+        let gone = [table(9, t0 + ms(10), 3), table(1, t0, 4)];
+        assert_eq!(plan(&gone, t0, interval).next, Some(t0 + ms(510)));
     }
 }

@@ -7,5 +7,8 @@ pub mod inbox;
 
 pub use backoff::Backoff;
 pub use barrier::{Barrier, BarrierError};
-pub use flusher::{BatchSource, BatchTable, EncodedBatch, FlushSettings, Flusher, ShipProgress};
+pub use flusher::{
+    plan, BatchSource, BatchTable, EncodedBatch, FlushSchedule, FlushSettings, Flusher,
+    PendingTable, Plan, ShipProgress, Uniform,
+};
 pub use inbox::{Delivery, InboxShipper, ShipError};

@@ -3,7 +3,11 @@
 //! database's names that scopes the read barrier.
 
 use super::scope::{Names, Relation};
+use crate::ship::FlushSchedule;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// One column of a write-behind table.
 #[derive(Debug, Clone)]
@@ -32,6 +36,12 @@ pub struct Table {
     pub read_barrier: bool,
     pub key: Vec<String>,
     pub columns: Vec<Column>,
+    /// The longest an acknowledged change of the table waits before it ships
+    /// (`writebehind.tables.flush_interval`; the flusher's deadline, see `ship::flusher`).
+    pub flush_interval: Duration,
+    /// `writebehind.tables.max_batch_rows`: loaded for the admin console, not used by the
+    /// proxy (its own `max_batch_rows` caps every batch; docs/operations.md).
+    pub max_batch_rows: usize,
 }
 
 impl Column {
@@ -60,6 +70,8 @@ impl Table {
             read_barrier: true,
             key: key.iter().map(|k| k.to_string()).collect(),
             columns,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         }
     }
 
@@ -73,6 +85,12 @@ impl Table {
         self.columns.iter().find(|c| c.name == name)
     }
 }
+
+/// `writebehind.enable`'s default `flush_interval`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `writebehind.enable`'s default `max_batch_rows`.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 10_000;
 
 /// The registered tables of a database.
 #[derive(Debug, Clone, Default)]
@@ -91,7 +109,8 @@ pub const LOAD_SQL: &str = "
     SELECT c.oid::int8, n.nspname::text, c.relname::text, t.mode, t.key_columns,
            a.attname::text, format_type(a.atttypid, NULL), a.atttypmod,
            a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-           a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier
+           a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier,
+           (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -175,6 +194,11 @@ impl Catalog {
                     read_barrier: r.try_get(11)?,
                     key: r.try_get(4)?,
                     columns: Vec::new(),
+                    // enable() and alter() refuse intervals <= 0 and batch sizes < 1.
+                    flush_interval: Duration::from_micros(
+                        u64::try_from(r.try_get::<_, i64>(12)?).unwrap_or(0),
+                    ),
+                    max_batch_rows: usize::try_from(r.try_get::<_, i32>(13)?).unwrap_or(1),
                 });
             }
             let type_name: String = r.try_get(6)?;
@@ -258,8 +282,30 @@ impl Catalog {
         self.tables.iter().find(|t| t.relid == relid)
     }
 
+    /// The flush interval of the registered table `relid`, if it is registered.
+    pub fn flush_interval(&self, relid: u32) -> Option<Duration> {
+        self.table(relid).map(|t| t.flush_interval)
+    }
+
     /// Whether the database has any write-behind table.
     pub fn is_empty(&self) -> bool {
         self.tables.is_empty()
+    }
+}
+
+/// The flusher reads each table's `flush_interval` from the current catalog, and recomputes
+/// its deadline whenever a reload publishes a new one.
+impl FlushSchedule for watch::Receiver<Arc<Catalog>> {
+    fn flush_interval(&self, relid: u32) -> Option<Duration> {
+        self.borrow().flush_interval(relid)
+    }
+
+    fn changed(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if watch::Receiver::changed(self).await.is_err() {
+                // The runtime is gone: no more reloads.
+                futures::future::pending::<()>().await;
+            }
+        })
     }
 }

@@ -266,10 +266,12 @@ impl WriteBehind {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
         };
-        let (flusher, task) = Flusher::spawn(
+        // Each table's flush_interval comes from the current catalog (reloaded on NOTIFY).
+        let (flusher, task) = Flusher::spawn_scheduled(
             queue.clone(),
             shipper,
             settings,
+            Box::new(cat_rx.clone()),
             committed,
             self.stop.subscribe(),
         );

@@ -8,15 +8,23 @@
 //! lsn of its last statement. Because batches ship one at a time in queue order, "batch `s`
 //! committed" means "every statement with lsn ≤ `s` committed", which is what start-up replay
 //! relies on: it re-queues exactly the WAL records above `writebehind.committed_seq()`.
+//!
+//! Deadlines. The queue also remembers, per table, when each statement's changes of that
+//! table were queued, until they are taken ([`BatchSource::pending_tables`]): the flusher
+//! ships once the oldest pending change of some table has waited that table's
+//! `flush_interval`, and then takes batches up to that table's last pending change
+//! ([`BatchSource::take_batch`]'s `through`). Taking still takes a prefix, so the prefix
+//! property above holds; a table's deadline only decides when, and how far.
 
 use super::encode::{copy_row, Change, ColumnChange};
 use super::journal;
-use crate::ship::{BatchSource, BatchTable, EncodedBatch};
+use crate::ship::{BatchSource, BatchTable, EncodedBatch, PendingTable};
 use crate::wal::{Wal, WalError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// One queued change and the lsn of the statement it came from.
 struct Entry {
@@ -38,6 +46,20 @@ struct Pending {
     next_local_lsn: u64,
     /// Per table: what this process acknowledged, coalesced and shipped.
     tables: HashMap<u32, TableCounts>,
+    /// Per table with queued (not in-flight) changes: each statement that has changes of
+    /// the table, oldest first.
+    queued_at: HashMap<u32, VecDeque<Queued>>,
+}
+
+/// One statement's changes of one table, as far as deadlines go.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    /// The statement's lsn.
+    lsn: u64,
+    /// When it was queued.
+    at: Instant,
+    /// The acknowledged-writes count of the statement's last change of the table.
+    ack: u64,
 }
 
 /// The statement kinds changes are counted by, in [`TableCounts`] index order.
@@ -89,6 +111,9 @@ pub struct Queue {
     acked: AtomicU64,
     /// Signalled whenever a batch committed and space freed up.
     space: Notify,
+    /// Signalled when a table with nothing queued gets a change (a new, maybe earlier,
+    /// deadline for the flusher).
+    arrived: Notify,
 }
 
 impl Queue {
@@ -103,6 +128,7 @@ impl Queue {
             }),
             acked: AtomicU64::new(0),
             space: Notify::new(),
+            arrived: Notify::new(),
         }
     }
 
@@ -144,6 +170,8 @@ impl Queue {
     fn enqueue_locked(&self, p: &mut Pending, lsn: u64, changes: Vec<Change>, fresh: bool) {
         // Counted only once queued (see BatchSource::acked); the lock orders the counts.
         let mut ack = self.acked.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut first_of_table = false;
         for change in changes {
             let bytes = change_size(&change);
             p.bytes += bytes;
@@ -153,6 +181,12 @@ impl Queue {
                 counts.acked[kind(&change)] += 1;
             }
             ack += 1;
+            let times = p.queued_at.entry(change.relid()).or_default();
+            first_of_table |= times.is_empty();
+            match times.back_mut() {
+                Some(q) if q.lsn == lsn => q.ack = ack,
+                _ => times.push_back(Queued { lsn, at: now, ack }),
+            }
             p.entries.push_back(Entry {
                 lsn,
                 change,
@@ -161,6 +195,9 @@ impl Queue {
             });
         }
         self.acked.store(ack, Ordering::SeqCst);
+        if first_of_table {
+            self.arrived.notify_one();
+        }
     }
 
     /// Rows and bytes not yet committed upstream (queued and in flight).
@@ -201,11 +238,15 @@ impl Queue {
 }
 
 impl BatchSource for Queue {
-    fn take_batch(&self, max_rows: usize) -> Option<EncodedBatch> {
+    fn take_batch(&self, max_rows: usize, through: u64) -> Option<EncodedBatch> {
         let mut p = self.lock();
         let first = p.entries.front()?.lsn;
-        // Whole statements only: extend past max_rows to the end of the last statement.
-        let mut n = p.entries.len().min(max_rows.max(1));
+        // Changes acknowledged up to `through` (at least the first statement's first change:
+        // the caller asks for a change that is pending).
+        let wanted = p.entries.partition_point(|e| e.ack <= through).max(1);
+        // Whole statements only: extend past max_rows (or `through`) to the end of the last
+        // statement.
+        let mut n = p.entries.len().min(max_rows.max(1)).min(wanted);
         let last = p.entries[n - 1].lsn;
         while n < p.entries.len() && p.entries[n].lsn == last {
             n += 1;
@@ -223,6 +264,13 @@ impl BatchSource for Queue {
             .collect();
         p.bytes -= bytes;
         p.inflight = Some((first, n, bytes));
+        // Statements up to `last` are taken: they no longer hold their tables' deadlines.
+        p.queued_at.retain(|_, times| {
+            while times.front().is_some_and(|q| q.lsn <= last) {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
         drop(p);
         let seq = last as i64;
         let mut tables: Vec<BatchTable> = Vec::new();
@@ -278,6 +326,24 @@ impl BatchSource for Queue {
 
     fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
+    }
+
+    fn pending_tables(&self) -> Vec<PendingTable> {
+        self.lock()
+            .queued_at
+            .iter()
+            .filter_map(|(&relid, times)| {
+                Some(PendingTable {
+                    relid,
+                    oldest: times.front()?.at,
+                    last_ack: times.back()?.ack,
+                })
+            })
+            .collect()
+    }
+
+    fn arrivals(&self) -> Option<&Notify> {
+        Some(&self.arrived)
     }
 }
 
@@ -417,7 +483,7 @@ mod tests {
         assert_eq!(q.push(vec![inc("b", "1"), inc("c", "1")]).ok(), Some(11));
         assert_eq!(q.push(vec![inc("d", "1")]).ok(), Some(12));
         assert_eq!(q.pending().0, 4);
-        let b = q.take_batch(2).expect("a batch");
+        let b = q.take_batch(2, u64::MAX).expect("a batch");
         // Two rows asked, three taken: statement 11 is not split.
         assert_eq!((b.seq, b.changes), (11, 3));
         assert_eq!(q.oldest_needed(), Some(10));
@@ -425,12 +491,78 @@ mod tests {
         q.committed(&b);
         assert_eq!(q.oldest_needed(), Some(12));
         assert_eq!(q.pending().0, 1);
-        let b = q.take_batch(100).expect("a batch");
+        let b = q.take_batch(100, u64::MAX).expect("a batch");
         assert_eq!((b.seq, b.changes), (12, 1));
         q.committed(&b);
-        assert!(q.take_batch(100).is_none());
+        assert!(q.take_batch(100, u64::MAX).is_none());
         assert_eq!(q.oldest_needed(), None);
         assert_eq!(q.acked(), 4);
+    }
+
+    fn upd(relid: u32, id: &str) -> Change {
+        Change::Update {
+            relid,
+            key: vec![id.into()],
+            columns: vec![("n".into(), ColumnChange::Add("1".into()))],
+        }
+    }
+
+    #[test]
+    fn each_table_keeps_the_time_of_its_oldest_queued_change_until_taken() {
+        let q = Queue::new("p".into(), None, 1);
+        assert!(q.pending_tables().is_empty());
+        let before = Instant::now();
+        q.push(vec![upd(1, "a")]).ok();
+        let t1 = q.pending_tables();
+        assert_eq!(t1.len(), 1);
+        assert!(t1[0].oldest >= before);
+        assert_eq!(t1[0].last_ack, 1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        q.push(vec![upd(2, "a"), upd(1, "b")]).ok();
+        q.push(vec![upd(1, "c")]).ok();
+        let mut all = q.pending_tables();
+        all.sort_by_key(|t| t.relid);
+        // Table 1 keeps its first statement's time and ends at the fourth change; table 2
+        // has a later time and ends at the second.
+        assert_eq!(all[0].relid, 1);
+        assert_eq!((all[0].oldest, all[0].last_ack), (t1[0].oldest, 4));
+        assert_eq!(all[1].relid, 2);
+        assert!(all[1].oldest > t1[0].oldest);
+        assert_eq!(all[1].last_ack, 2);
+        // Through table 2's last change: the whole second statement, nothing more.
+        let b = q.take_batch(100, all[1].last_ack).expect("a batch");
+        assert_eq!((b.seq, b.changes, b.acked_through), (2, 3, 3));
+        let left = q.pending_tables();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].relid, left[0].last_ack), (1, 4));
+        assert!(left[0].oldest >= all[1].oldest);
+        // In flight or committed, a change no longer holds a deadline.
+        q.committed(&b);
+        let b = q.take_batch(100, u64::MAX).expect("a batch");
+        assert!(q.pending_tables().is_empty());
+        q.committed(&b);
+    }
+
+    #[tokio::test]
+    async fn a_table_with_nothing_queued_signals_its_first_change() {
+        let q = Queue::new("p".into(), None, 1);
+        let arrived = q.arrivals().expect("the queue signals arrivals");
+        q.push(vec![upd(1, "a")]).ok();
+        // The permit is stored: a flusher that was busy sees it on its next wait.
+        tokio::time::timeout(std::time::Duration::from_secs(1), arrived.notified())
+            .await
+            .expect("signalled");
+        // A second change of the same table moves no deadline: no signal.
+        q.push(vec![upd(1, "b")]).ok();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), arrived.notified())
+                .await
+                .is_err()
+        );
+        q.push(vec![upd(2, "a")]).ok();
+        tokio::time::timeout(std::time::Duration::from_secs(1), arrived.notified())
+            .await
+            .expect("signalled");
     }
 
     #[test]
@@ -447,7 +579,7 @@ mod tests {
         q.replay(3, vec![inc("c", "1")]);
         let c = q.table_counts()[&1];
         assert_eq!((c.acked, c.pending, c.shipped), ([0, 3, 1], 5, [0; 3]));
-        let b = q.take_batch(100).expect("a batch");
+        let b = q.take_batch(100, u64::MAX).expect("a batch");
         assert_eq!(
             b.tables,
             vec![BatchTable {

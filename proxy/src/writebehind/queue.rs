@@ -20,7 +20,7 @@ use super::encode::{copy_row, Change, ColumnChange};
 use super::journal;
 use crate::ship::{BatchSource, BatchTable, EncodedBatch, PendingTable};
 use crate::wal::{Wal, WalError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -244,9 +244,9 @@ impl BatchSource for Queue {
         // Changes acknowledged up to `through` (at least the first statement's first change:
         // the caller asks for a change that is pending).
         let wanted = p.entries.partition_point(|e| e.ack <= through).max(1);
-        // Whole statements only: extend past max_rows (or `through`) to the end of the last
-        // statement.
-        let mut n = p.entries.len().min(max_rows.max(1)).min(wanted);
+        // About `max_rows` inbox rows once coalesced; whole statements only: extend past
+        // max_rows (or `through`) to the end of the last statement.
+        let mut n = rows_prefix(p.entries.iter().take(wanted).map(|e| &e.change), max_rows);
         let last = p.entries[n - 1].lsn;
         while n < p.entries.len() && p.entries[n].lsn == last {
             n += 1;
@@ -376,6 +376,37 @@ fn change_size(c: &Change) -> usize {
     }
 }
 
+/// How many of `changes` (at least one) make at most `max_rows` inbox rows once [`fold`]ed:
+/// an UPDATE of a key whose previous change in the run was an UPDATE counts as merged. (A SET
+/// followed by an increment does not merge, so the batch may come out a little larger.)
+fn rows_prefix<'a>(changes: impl Iterator<Item = &'a Change>, max_rows: usize) -> usize {
+    let mut updating: HashSet<(u32, &[String])> = HashSet::new();
+    let (mut rows, mut n) = (0usize, 0usize);
+    for c in changes {
+        let new_row = match c {
+            Change::Update { relid, key, .. } => updating.insert((*relid, key.as_slice())),
+            Change::Insert {
+                relid,
+                key: Some(key),
+                ..
+            }
+            | Change::Delete { relid, key } => {
+                updating.remove(&(*relid, key.as_slice()));
+                true
+            }
+            Change::Insert { .. } => true,
+        };
+        if new_row {
+            if rows == max_rows.max(1) {
+                break;
+            }
+            rows += 1;
+        }
+        n += 1;
+    }
+    n.max(1)
+}
+
 /// Coalesces a batch per key before it ships: an UPDATE directly following another UPDATE of
 /// the same key merges into it (a later value wins; integer increments add up). Every other
 /// change stays where it is, so each key's changes keep their order.
@@ -497,6 +528,33 @@ mod tests {
         assert!(q.take_batch(100, u64::MAX).is_none());
         assert_eq!(q.oldest_needed(), None);
         assert_eq!(q.acked(), 4);
+    }
+
+    #[test]
+    fn batches_are_capped_in_inbox_rows_after_coalescing() {
+        let q = Queue::new("p".into(), None, 1);
+        // 1,000 increments of 3 keys coalesce into 3 rows: one batch of 2 rows' worth takes
+        // every increment of a and b up to the first change of c.
+        for i in 0..1000 {
+            let key = ["a", "b", "c"][usize::from(i >= 10) + usize::from(i >= 500)];
+            assert!(q.push(vec![inc(key, "1")]).is_ok());
+        }
+        let b = q.take_batch(2, u64::MAX).expect("a batch");
+        assert_eq!((b.tables[0].changes, b.changes), (500, 2));
+        q.committed(&b);
+        let b = q.take_batch(2, u64::MAX).expect("a batch");
+        assert_eq!((b.tables[0].changes, b.changes), (500, 1));
+        q.committed(&b);
+        // A delete between two increments of one key: three rows, as fold makes them.
+        let del = Change::Delete {
+            relid: 1,
+            key: vec!["a".into()],
+        };
+        for c in [inc("a", "1"), del, inc("a", "1"), inc("b", "1")] {
+            assert!(q.push(vec![c]).is_ok());
+        }
+        let b = q.take_batch(3, u64::MAX).expect("a batch");
+        assert_eq!((b.tables[0].changes, b.changes), (3, 3));
     }
 
     fn upd(relid: u32, id: &str) -> Change {

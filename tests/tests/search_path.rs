@@ -1,7 +1,8 @@
 //! Name resolution per session: a write is acknowledged only when its table name denotes a
 //! write-behind table in that very session — through SET search_path (session, local, rolled
-//! back), per-role defaults, startup options, temporary tables and schema privileges — and a
-//! prepared write follows the path as PostgreSQL re-plans it.
+//! back), per-role defaults, startup options, the session's own DDL and schema privileges —
+//! and a prepared write follows the path as PostgreSQL re-plans it; temporary tables end
+//! acknowledging for the session.
 //!
 //! `public.counters` is write-behind; `app.counters` has the same shape and is not. With an
 //! hour-long flush interval an acknowledged write stays out of the table, so reading directly
@@ -181,35 +182,208 @@ async fn prepared_writes_follow_the_path_like_postgresql() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Temporary objects shadow tables and are unknown to the proxy's catalog: a session that
+/// makes one (CREATE TEMP, SELECT … INTO TEMP) is no longer intercepted.
 #[tokio::test]
-async fn temporary_tables_shadow_the_write_behind_table() -> anyhow::Result<()> {
+async fn temporary_tables_end_acknowledging() -> anyhow::Result<()> {
+    let (_cluster, direct, proxy) = setup().await?;
+    for create in [
+        "CREATE TEMP TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+         INSERT INTO counters VALUES (1, 0)",
+        "SELECT 1 AS id, 0::int8 AS n INTO TEMP counters",
+    ] {
+        let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+        c.simple_query(INCREMENT).await?;
+        c.batch_execute(create).await?;
+        // pg_temp comes first: the increment is the temporary table's, run by PostgreSQL.
+        let public = where_now(&direct).await?.0;
+        c.simple_query(INCREMENT).await?;
+        let rows = c
+            .simple_query("SELECT n FROM counters WHERE id = 1")
+            .await?;
+        let temp_n = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(
+            temp_n.as_deref(),
+            Some("1"),
+            "{create}: the temporary table's row"
+        );
+        assert_eq!(
+            where_now(&direct).await?.0,
+            public,
+            "{create}: public untouched"
+        );
+        // Dropped again: public.counters is back, written by PostgreSQL from now on.
+        c.simple_query("DISCARD TEMP").await?;
+        c.simple_query(INCREMENT).await?;
+        assert_eq!(
+            where_now(&direct).await?.0,
+            public + 1,
+            "{create}: written through"
+        );
+    }
+    Ok(())
+}
+
+/// A table this very session creates earlier in its search_path shadows the write-behind one
+/// at once, before the catalog reload that the DDL's notification brings.
+#[tokio::test]
+async fn the_sessions_own_ddl_is_followed_at_once() -> anyhow::Result<()> {
     let (_cluster, direct, proxy) = setup().await?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     c.simple_query(INCREMENT).await?;
+    assert_eq!(
+        where_now(&direct).await?,
+        (0, 0),
+        "acknowledged from memory"
+    );
+    // "$user" comes first in the default search_path.
     c.batch_execute(
-        "CREATE TEMP TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
-         INSERT INTO counters VALUES (1, 0)",
+        "CREATE SCHEMA postgres; CREATE TABLE postgres.counters AS SELECT 1 AS id, 0::int8 AS n",
     )
     .await?;
-    // pg_temp comes first: the increment is the temporary table's, run by PostgreSQL.
     c.simple_query(INCREMENT).await?;
-    let rows = c
-        .simple_query("SELECT n FROM counters WHERE id = 1")
-        .await?;
-    let temp_n = rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(temp_n.as_deref(), Some("1"), "the temporary table's row");
-    // Dropped again: public.counters is back, written from memory.
-    c.simple_query("DISCARD TEMP").await?;
-    let shipped = where_now(&direct).await?.0;
+    assert_eq!(
+        query_i64(&direct, "SELECT n FROM postgres.counters WHERE id = 1").await?,
+        1,
+        "postgres.counters, run by PostgreSQL"
+    );
+    Ok(())
+}
+
+/// A statement prepared inside a transaction block cannot be resolved there (the session is
+/// asked only between transactions); after another session's DDL shadows the table, its
+/// later executions must not reuse what the name meant before.
+#[tokio::test]
+async fn nothing_is_acknowledged_on_an_answer_from_before_a_schema_change() -> anyhow::Result<()> {
+    let (_cluster, direct, proxy) = setup().await?;
+    direct.batch_execute("CREATE SCHEMA postgres").await?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     c.simple_query(INCREMENT).await?;
-    assert_eq!(where_now(&direct).await?.0, shipped, "from memory again");
-    let rows = c
-        .query("SELECT n FROM public.counters WHERE id = 1", &[])
+    direct
+        .batch_execute(
+            "CREATE TABLE postgres.counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO postgres.counters VALUES (1, 0)",
+        )
         .await?;
-    assert_eq!(rows[0].get::<_, i64>(0), 2);
+    // The DDL's notification reloads the proxy's catalog.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.batch_execute("BEGIN").await?;
+    let inc = c.prepare(INCREMENT).await?;
+    c.batch_execute("COMMIT").await?;
+    c.execute(&inc, &[]).await?;
+    assert_eq!(
+        query_i64(&direct, "SELECT n FROM postgres.counters WHERE id = 1").await?,
+        1,
+        "postgres.counters, run by PostgreSQL"
+    );
+    Ok(())
+}
+
+/// The proxy's question cannot be answered by a function of the session's search_path.
+#[tokio::test]
+async fn the_question_is_not_answered_by_a_users_function() -> anyhow::Result<()> {
+    let (_cluster, direct, proxy) = setup().await?;
+    direct
+        .batch_execute(
+            "CREATE SCHEMA evil;
+             CREATE FUNCTION evil.to_regclass(text) RETURNS regclass
+               LANGUAGE sql AS $$ SELECT 'public.counters'::regclass $$;
+             CREATE TABLE evil.counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO evil.counters VALUES (1, 0);",
+        )
+        .await?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.simple_query("SET search_path = evil, pg_catalog, public")
+        .await?;
+    c.simple_query(INCREMENT).await?;
+    assert_eq!(
+        query_i64(&direct, "SELECT n FROM evil.counters WHERE id = 1").await?,
+        1,
+        "evil.counters, run by PostgreSQL"
+    );
+    Ok(())
+}
+
+/// Asking replaces the session's unnamed statement upstream (a Query does): the proxy parses
+/// it again before the client uses it.
+#[tokio::test]
+async fn the_clients_unnamed_statement_survives_the_question() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (_cluster, _direct, proxy) = setup().await?;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let msg = |ty: u8, body: &[u8]| {
+        let mut m = vec![ty];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let cstr = |parts: &[&str]| {
+        let mut b = Vec::new();
+        for p in parts {
+            b.extend_from_slice(p.as_bytes());
+            b.push(0);
+        }
+        b
+    };
+    let read_to_ready = |s: &mut std::net::TcpStream| -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+        let mut out = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head)?;
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body)?;
+            let done = head[0] == b'Z';
+            out.push((head[0], body));
+            if done {
+                return Ok(out);
+            }
+        }
+    };
+    let mut startup = 196608i32.to_be_bytes().to_vec();
+    startup.extend(cstr(&["user", "postgres", "database", "postgres", ""]));
+    let mut first = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    first.extend(startup);
+    s.write_all(&first)?;
+    read_to_ready(&mut s)?;
+    let parse = |name: &str, sql: &str| {
+        let mut b = cstr(&[name, sql]);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'P', &b)
+    };
+    let bind_execute_sync = |stmt: &str| {
+        let mut b = cstr(&["", stmt]);
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut m = msg(b'B', &b);
+        let mut e = cstr(&[""]);
+        e.extend_from_slice(&0i32.to_be_bytes());
+        m.extend(msg(b'E', &e));
+        m.extend(msg(b'S', &[]));
+        m
+    };
+    // The client's unnamed statement, on the server.
+    let mut m = parse("", "SELECT 42");
+    m.extend(msg(b'S', &[]));
+    s.write_all(&m)?;
+    read_to_ready(&mut s)?;
+    // A write-behind write: its table name is asked about.
+    let mut m = parse("w", INCREMENT);
+    m.extend(bind_execute_sync("w"));
+    s.write_all(&m)?;
+    let replies = read_to_ready(&mut s)?;
+    assert!(replies.iter().all(|(t, _)| *t != b'E'), "the write failed");
+    // The unnamed statement is still there.
+    s.write_all(&bind_execute_sync(""))?;
+    let replies = read_to_ready(&mut s)?;
+    let row = replies.iter().find(|(t, _)| *t == b'D');
+    assert!(
+        row.is_some_and(|(_, body)| body.ends_with(b"42")),
+        "SELECT 42 through the unnamed statement: {replies:?}"
+    );
     Ok(())
 }
 

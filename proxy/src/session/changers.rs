@@ -1,7 +1,8 @@
 //! Statements that change session state the write-behind path relies on. Name resolution
-//! (search_path, temporary tables) is followed: the session's table names are resolved again.
-//! Identity (role), literal syntax, client encoding and the `writebehind.*` settings are not:
-//! after such a statement a session's writes are no longer acknowledged from memory. Decided
+//! (search_path, SELECT … INTO) is followed: the session's table names are resolved again.
+//! Identity (role), literal syntax, client encoding, temporary objects and the `writebehind.*`
+//! settings are not: after such a statement a session's writes are no longer acknowledged
+//! from memory. Decided
 //! on tokens, so a column named `role` or `temperature` changes nothing.
 
 use crate::writebehind::lexer::Token::{self, Punct, QuotedIdent, Word};
@@ -134,22 +135,35 @@ fn statement_effect(t: &[Token]) -> Effect {
         }
         // DO blocks: their body may SET anything.
         Some(Word(w)) if w == "do" => Effect::Disable,
-        // CREATE [GLOBAL | LOCAL] TEMP[ORARY] …, CREATE OR REPLACE TEMP VIEW …: a temporary
-        // relation shadows a table of the same name.
+        // CREATE [GLOBAL | LOCAL] TEMP[ORARY] …, CREATE OR REPLACE TEMP VIEW …: temporary
+        // objects shadow tables and are unknown to the catalog the barrier's scope is read
+        // from (a temporary view may read a write-behind table).
         Some(Word(w))
             if w == "create" && (1..=4).any(|i| word(i, "temp") || word(i, "temporary")) =>
         {
-            Effect::Resolution
+            Effect::Disable
         }
+        // SELECT … INTO [TEMP] t: creates a table (a temporary one as above; a plain one may
+        // shadow a table of the same name further down the search_path).
+        Some(Word(w)) if ["select", "with", "table", "values"].contains(&w.as_str()) => match t
+            .iter()
+            .position(|tok| matches!(tok, Word(x) if x == "into"))
+        {
+            Some(at) if (1..=2).any(|i| word(at + i, "temp") || word(at + i, "temporary")) => {
+                Effect::Disable
+            }
+            Some(_) => Effect::Resolution,
+            None => Effect::None,
+        },
         _ => Effect::None,
     };
-    // pg_temp names the temporary schema: a relation made there shadows one of the same name.
+    // pg_temp names the temporary schema: what is made there is temporary (as above).
     let temp_schema = t.iter().any(|tok| match tok {
         Word(w) | QuotedIdent(w) => w == "pg_temp" || w.starts_with("pg_temp_"),
         _ => false,
     });
     if temp_schema {
-        own.max(Effect::Resolution)
+        Effect::Disable
     } else {
         own
     }
@@ -176,10 +190,8 @@ mod tests {
             "SET SESSION search_path = x",
             "RESET search_path",
             "DISCARD TEMP",
-            "CREATE TEMP TABLE counters (id int)",
-            "CREATE LOCAL TEMPORARY TABLE t (id int)",
-            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
-            "CREATE TABLE pg_temp.counters (id int)",
+            "SELECT 1 AS id INTO counters",
+            "WITH x AS (SELECT 1) SELECT * INTO app.counters FROM x",
             "SELECT 1; SET search_path = x",
         ] {
             assert_eq!(effect_of(sql), Effect::Resolution, "{sql}");
@@ -199,6 +211,12 @@ mod tests {
             "SET writebehind.sync = on",
             "DISCARD ALL",
             "DISCARD",
+            "CREATE TEMP TABLE counters (id int)",
+            "CREATE LOCAL TEMPORARY TABLE t (id int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "CREATE TABLE pg_temp.counters (id int)",
+            "SELECT 1 AS id, 0 AS n INTO TEMP counters",
+            "SELECT 1 AS id INTO TEMPORARY TABLE counters",
             "SELECT set_config('search_path', 'x', false)",
             "SELECT pg_catalog.set_config('role', 'x', false)",
             "DO $$ BEGIN PERFORM 1; END $$",

@@ -387,10 +387,12 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             let mut readies = Vec::new();
             while let Some(msg) = assembler.next_message() {
                 if state.private.load(Ordering::Acquire) {
-                    // Replies to the proxy's own query; notifications and parameter changes
-                    // are the client's all the same.
+                    // Replies to the proxy's own query. Notifications, parameter changes,
+                    // notices and FATAL errors (the server ends the session) are the client's
+                    // all the same.
                     match msg.first() {
-                        Some(b'A' | b'S') => {}
+                        Some(b'A' | b'S' | b'N') => {}
+                        Some(b'E') if is_fatal(&msg) => {}
                         Some(b'Z') => {
                             state.private.store(false, Ordering::Release);
                             readies.push(msg.get(5).copied().unwrap_or(b'?'));
@@ -452,5 +454,50 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         for st in readies {
             state.on_ready(st);
         }
+    }
+}
+
+/// Whether an ErrorResponse (whole message) has severity FATAL or PANIC: the server ends the
+/// session after it.
+fn is_fatal(msg: &[u8]) -> bool {
+    // Fields after the 5-byte header: a type byte, a NUL-terminated value; a 0 ends them.
+    let mut fields = msg.get(5..).unwrap_or_default();
+    while let Some((&ty, rest)) = fields.split_first() {
+        if ty == 0 {
+            break;
+        }
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        if ty == b'V' || ty == b'S' {
+            return matches!(&rest[..end], b"FATAL" | b"PANIC");
+        }
+        fields = rest.get(end + 1..).unwrap_or_default();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_fatal;
+
+    fn error(severity: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, v) in [(b'S', severity), (b'V', severity), (b'C', "57P01")] {
+            body.push(t);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut m = vec![b'E'];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn fatal_errors_are_told_from_errors() {
+        assert!(is_fatal(&error("FATAL")));
+        assert!(is_fatal(&error("PANIC")));
+        assert!(!is_fatal(&error("ERROR")));
+        assert!(!is_fatal(b"E\0\0\0\x04"));
     }
 }

@@ -124,9 +124,19 @@ pub trait Wire {
     ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
     /// Runs `sql` (one simple Query of the proxy's own) on the session's connection once it is
     /// idle outside a transaction block, and returns PostgreSQL's replies up to (not
-    /// including) ReadyForQuery; the client sees none of them. `None` when the session is in
-    /// a transaction block or its connection is gone.
-    fn ask(&mut self, sql: &str) -> impl std::future::Future<Output = Option<Vec<Bytes>>>;
+    /// including) ReadyForQuery; the client sees none of them (but for notices and FATAL
+    /// errors). It replaces the client's unnamed prepared statement, as any Query does.
+    fn ask(&mut self, sql: &str)
+        -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
+}
+
+/// Why the proxy's own query could not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAsked {
+    /// The session is inside a transaction block.
+    Busy,
+    /// The connection to PostgreSQL is gone.
+    Lost,
 }
 
 /// The relay's implementation: the upstream writer and the shared client writer.
@@ -176,9 +186,13 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         Ok(())
     }
 
-    async fn ask(&mut self, sql: &str) -> Option<Vec<Bytes>> {
-        if self.drained().await != b'I' || self.shared.lost.load(Ordering::Acquire) {
-            return None;
+    async fn ask(&mut self, sql: &str) -> Result<Vec<Bytes>, NotAsked> {
+        let status = self.drained().await;
+        if self.shared.lost.load(Ordering::Acquire) {
+            return Err(NotAsked::Lost);
+        }
+        if status != b'I' {
+            return Err(NotAsked::Busy);
         }
         let mut msg = BytesMut::with_capacity(sql.len() + 6);
         msg.put_u8(b'Q');
@@ -193,12 +207,12 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.shared.private.store(true, Ordering::Release);
         self.counter.note(b'Q', &self.shared.owed);
         if self.upstream.write_all(&msg).await.is_err() {
-            return None;
+            return Err(NotAsked::Lost);
         }
         loop {
             let ready = self.shared.ready.notified();
             if self.shared.lost.load(Ordering::Acquire) {
-                return None;
+                return Err(NotAsked::Lost);
             }
             if !self.shared.private.load(Ordering::Acquire) {
                 break;
@@ -212,6 +226,6 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        Some(replies)
+        Ok(replies)
     }
 }

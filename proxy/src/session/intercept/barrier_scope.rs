@@ -94,6 +94,9 @@ impl Intercept {
     pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token]]) -> Scope {
         if scope::may_change_schema(stmts) {
             self.schema_stale = true;
+            // It may create, rename or drop a relation that a table name of this session
+            // denotes: asked again (once it committed), not waiting for the catalog reload.
+            self.resolver.forget();
         }
         catalog.names.scope(stmts)
     }

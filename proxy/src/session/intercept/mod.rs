@@ -17,8 +17,8 @@
 //! PostgreSQL answers it with is swallowed by the upstream reader.
 //!
 //! A write is acknowledged only for the table its name denotes in this very session
-//! (`resolve.rs`: asked of the session's connection, followed through SET search_path and
-//! temporary tables).
+//! (`resolve.rs`: asked of the session's connection, followed through SET search_path and the
+//! session's own DDL).
 //!
 //! This file holds the session state, simple Queries and passing through; `extended.rs` the
 //! extended protocol's groups; `barrier_scope.rs` the barrier's scope; `sync_setting.rs` the
@@ -387,6 +387,17 @@ impl Intercept {
         // messages before the one at hand leave behind.
         let mut may_ask = true;
         for raw in &msgs {
+            if self.resolver.take_asked() {
+                // The proxy's own Query replaced the session's unnamed statement upstream.
+                if let Some(stmt) = self.stmts.get_mut("") {
+                    stmt.on_server = false;
+                }
+            }
+            // A FunctionCall may call anything by oid, set_config included.
+            if raw.first() == Some(&b'F') && self.enabled {
+                tracing::debug!("a FunctionCall: writes of this session pass through from now on");
+                self.enabled = false;
+            }
             let m = frontend::decode(raw);
             let used = match &m {
                 Ok(Frontend::Bind { statement, .. }) => Some(*statement),
@@ -461,7 +472,10 @@ impl Intercept {
             };
             waited.map_err(|e| ProxyError::Barrier(e.to_string()))?;
         }
-        self.mid_group = !matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
+        self.mid_group = !matches!(
+            msgs.last().and_then(|m| m.first()),
+            Some(b'S' | b'Q' | b'F')
+        );
         if !inject.is_empty() {
             // The swallowed ParseCompletes must be the first replies that follow.
             wire.drained().await;

@@ -1,18 +1,19 @@
 //! Which relation a table name denotes in this session: asked of the session's own connection
-//! (`to_regclass`, so search_path, `$user`, temporary tables, per-role and per-database
-//! defaults and schema privileges count exactly as for the session's own statements), then
-//! cached until something may resolve it differently.
+//! (`to_regclass`, so search_path, `$user`, per-role and per-database defaults and schema
+//! privileges count exactly as for the session's own statements), then cached until something
+//! may resolve it differently.
 //!
 //! The cache holds one answer per name as written. An answer is good for the catalog it was
 //! given under (a reload follows DDL, which may create a table that shadows another); a
-//! statement that may change name resolution (SET search_path, temporary tables) forgets
+//! statement that may change name resolution (SET search_path, the session's own DDL) forgets
 //! every answer and raises the session's resolution epoch, so statements prepared earlier are
 //! resolved again before their next write is acknowledged, as PostgreSQL re-plans them.
 
-use crate::session::wire::Wire;
+use crate::session::wire::{NotAsked, Wire};
 use crate::writebehind::recognize::TableName;
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// One session's answers.
@@ -23,6 +24,9 @@ pub struct Resolver {
     answers: Mutex<HashMap<TableName, (u64, Option<u32>)>>,
     /// Raised whenever the answers are forgotten.
     epoch: u64,
+    /// The session was asked since [`Resolver::take_asked`] was last called (the question
+    /// replaced its unnamed prepared statement).
+    asked: AtomicBool,
 }
 
 impl Resolver {
@@ -40,10 +44,16 @@ impl Resolver {
         self.epoch += 1;
     }
 
-    /// The relation `name` denotes now, under the catalog numbered `ticket`. Asked of the
-    /// session through `wire` when there is no answer for this catalog yet; without a wire, or
-    /// when the session cannot be asked (inside a transaction block, its connection lost), an
-    /// answer given under an earlier catalog is used, if there is one.
+    /// Whether the session was asked since the last call.
+    pub fn take_asked(&self) -> bool {
+        self.asked.swap(false, Ordering::AcqRel)
+    }
+
+    /// The relation `name` denotes now, under the catalog numbered `ticket`: an answer given
+    /// under this catalog, or asked of the session through `wire`. `None` (not acknowledged)
+    /// when there is neither: without a wire, or inside a transaction block. Only when the
+    /// session's connection is gone (PostgreSQL restarted while it was idle; nothing can
+    /// have changed its resolution since) is an answer given under an earlier catalog used.
     pub async fn resolve<W: Wire>(
         &self,
         name: &TableName,
@@ -56,17 +66,18 @@ impl Resolver {
                 return relid;
             }
         }
-        let asked = match wire {
-            Some(wire) => wire.ask(&regclass_query(name)).await,
-            None => None,
-        };
-        match asked {
-            Some(replies) => {
-                let relid = first_oid(&replies);
-                self.lock().insert(name.clone(), (ticket, relid));
-                relid
+        let wire = wire?;
+        match wire.ask(&regclass_query(name)).await {
+            Ok(replies) => {
+                self.asked.store(true, Ordering::Release);
+                let answer = answer(&replies);
+                if let Answer::Known(relid) = answer {
+                    self.lock().insert(name.clone(), (ticket, relid));
+                }
+                answer.relid()
             }
-            None => known.and_then(|(_, relid)| relid),
+            Err(NotAsked::Lost) => known.and_then(|(_, relid)| relid),
+            Err(NotAsked::Busy) => None,
         }
     }
 
@@ -75,9 +86,10 @@ impl Resolver {
     }
 }
 
-/// `SELECT to_regclass(…)::oid::int8` for `name` written as quoted identifiers (folded
+/// `SELECT pg_catalog.to_regclass(…)` for `name` written as quoted identifiers (folded
 /// already), in an escape string literal so that it reads the same whatever
-/// `standard_conforming_strings` says.
+/// `standard_conforming_strings` says; the function and the types are qualified, so the
+/// session's search_path cannot put another `to_regclass` in their place.
 pub fn regclass_query(name: &TableName) -> String {
     let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let qualified = match &name.schema {
@@ -85,15 +97,61 @@ pub fn regclass_query(name: &TableName) -> String {
         None => ident(&name.name),
     };
     let literal = qualified.replace('\\', "\\\\").replace('\'', "''");
-    format!("SELECT to_regclass(E'{literal}')::oid::int8")
+    format!("SELECT pg_catalog.to_regclass(E'{literal}')::pg_catalog.oid::pg_catalog.int8")
 }
 
-/// The first column of the first DataRow in `replies` as an oid; `None` for NULL, an error
-/// (e.g. no USAGE on the schema), or anything unexpected.
-pub fn first_oid(replies: &[Bytes]) -> Option<u32> {
-    if replies.iter().any(|m| m.first() == Some(&b'E')) {
-        return None;
+/// What the session said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The relation (`None`: there is none, or the role may not use its schema): good until
+    /// resolution may change.
+    Known(Option<u32>),
+    /// Any other error (a cancel, a timeout): not an answer, not kept.
+    Failed,
+}
+
+impl Answer {
+    /// The relation, if the answer names one.
+    pub fn relid(self) -> Option<u32> {
+        match self {
+            Answer::Known(relid) => relid,
+            Answer::Failed => None,
+        }
     }
+}
+
+/// Reads the replies to [`regclass_query`].
+pub fn answer(replies: &[Bytes]) -> Answer {
+    if let Some(error) = replies.iter().find(|m| m.first() == Some(&b'E')) {
+        // 42501: no USAGE on the schema, which only a GRANT (DDL: a catalog reload) changes.
+        return if error_code(error) == Some(b"42501".as_slice()) {
+            Answer::Known(None)
+        } else {
+            Answer::Failed
+        };
+    }
+    Answer::Known(first_oid(replies))
+}
+
+/// The SQLSTATE of an ErrorResponse.
+fn error_code(msg: &[u8]) -> Option<&[u8]> {
+    let mut fields = msg.get(5..)?;
+    while let Some((&ty, rest)) = fields.split_first() {
+        if ty == 0 {
+            return None;
+        }
+        let end = rest.iter().position(|&b| b == 0)?;
+        if ty == b'C' {
+            return Some(&rest[..end]);
+        }
+        fields = rest.get(end + 1..)?;
+    }
+    None
+}
+
+/// The first column of the first DataRow in `replies` as an oid; `None` for NULL or anything
+/// unexpected.
+fn first_oid(replies: &[Bytes]) -> Option<u32> {
     let row = replies.iter().find(|m| m.first() == Some(&b'D'))?;
     // 'D', length (4), column count (2), first column's length (4), its text.
     let len = i32::from_be_bytes(row.get(7..11)?.try_into().ok()?);
@@ -118,11 +176,11 @@ mod tests {
     fn names_are_quoted_as_written() {
         assert_eq!(
             regclass_query(&name(None, "counters")),
-            "SELECT to_regclass(E'\"counters\"')::oid::int8"
+            "SELECT pg_catalog.to_regclass(E'\"counters\"')::pg_catalog.oid::pg_catalog.int8"
         );
         assert_eq!(
             regclass_query(&name(Some("App"), "we\"ird'\\")),
-            "SELECT to_regclass(E'\"App\".\"we\"\"ird''\\\\\"')::oid::int8"
+            "SELECT pg_catalog.to_regclass(E'\"App\".\"we\"\"ird''\\\\\"')::pg_catalog.oid::pg_catalog.int8"
         );
     }
 
@@ -143,16 +201,35 @@ mod tests {
         m.freeze()
     }
 
+    fn error(code: &str) -> Bytes {
+        let mut body = BytesMut::new();
+        body.put_u8(b'S');
+        body.put_slice(b"ERROR\0");
+        body.put_u8(b'C');
+        body.put_slice(code.as_bytes());
+        body.put_u8(0);
+        body.put_u8(0);
+        let mut m = BytesMut::new();
+        m.put_u8(b'E');
+        m.put_u32(body.len() as u32 + 4);
+        m.put_slice(&body);
+        m.freeze()
+    }
+
     #[test]
     fn answers_are_read_from_the_first_row() {
         let t = Bytes::from_static(b"T\0\0\0\x06\0\0");
         assert_eq!(
-            first_oid(&[t.clone(), data_row(Some("16384"))]),
-            Some(16384)
+            answer(&[t.clone(), data_row(Some("16384"))]),
+            Answer::Known(Some(16384))
         );
-        assert_eq!(first_oid(&[t.clone(), data_row(None)]), None);
-        assert_eq!(first_oid(&[Bytes::from_static(b"E\0\0\0\x04")]), None);
-        assert_eq!(first_oid(&[t, data_row(Some("x"))]), None);
-        assert_eq!(first_oid(&[]), None);
+        assert_eq!(answer(&[t.clone(), data_row(None)]), Answer::Known(None));
+        assert_eq!(answer(&[t, data_row(Some("x"))]), Answer::Known(None));
+        assert_eq!(answer(&[error("42501")]), Answer::Known(None));
+        assert_eq!(answer(&[error("57014")]), Answer::Failed);
+        assert_eq!(
+            answer(&[Bytes::from_static(b"E\0\0\0\x04")]),
+            Answer::Failed
+        );
     }
 }

@@ -51,6 +51,13 @@ async fn pending(direct: &tokio_postgres::Client) -> anyhow::Result<i64> {
     .await
 }
 
+/// `counters.n` of key 1 in `schema`, read through the proxy (the barrier ships what is
+/// pending first).
+async fn read_through(c: &tokio_postgres::Client, schema: &str) -> anyhow::Result<i64> {
+    let sql = format!("SELECT n FROM {schema}.counters WHERE id = 1");
+    Ok(c.query_one(&sql, &[]).await?.get(0))
+}
+
 async fn setup() -> anyhow::Result<(Cluster, tokio_postgres::Client, Proxy)> {
     let cluster = Cluster::start()?;
     let direct = cluster.connect("postgres").await?;
@@ -119,14 +126,8 @@ async fn set_search_path_is_followed() -> anyhow::Result<()> {
     );
 
     // A read through the proxy sees every write of the session, wherever it went.
-    let rows = c
-        .query("SELECT n FROM public.counters WHERE id = 1", &[])
-        .await?;
-    assert_eq!(rows[0].get::<_, i64>(0), 4);
-    let rows = c
-        .query("SELECT n FROM app.counters WHERE id = 1", &[])
-        .await?;
-    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert_eq!(read_through(&c, "public").await?, 4);
+    assert_eq!(read_through(&c, "app").await?, 1);
     Ok(())
 }
 
@@ -175,10 +176,7 @@ async fn prepared_writes_follow_the_path_like_postgresql() -> anyhow::Result<()>
         "public again: from memory"
     );
 
-    let rows = c
-        .query("SELECT n FROM public.counters WHERE id = 1", &[])
-        .await?;
-    assert_eq!(rows[0].get::<_, i64>(0), 10101);
+    assert_eq!(read_through(&c, "public").await?, 10101);
     Ok(())
 }
 

@@ -376,6 +376,29 @@ fn change_size(c: &Change) -> usize {
     }
 }
 
+/// What a change is to the coalescing of its key.
+enum KeyRole<'a> {
+    /// An UPDATE of (table, key): may merge into the key's previous UPDATE.
+    Update((u32, &'a [String])),
+    /// An INSERT or DELETE of (table, key): the key's later UPDATEs start afresh.
+    Resets((u32, &'a [String])),
+    /// An INSERT into an append table.
+    Keyless,
+}
+
+fn key_role(c: &Change) -> KeyRole<'_> {
+    match c {
+        Change::Update { relid, key, .. } => KeyRole::Update((*relid, key)),
+        Change::Insert {
+            relid,
+            key: Some(key),
+            ..
+        }
+        | Change::Delete { relid, key } => KeyRole::Resets((*relid, key)),
+        Change::Insert { .. } => KeyRole::Keyless,
+    }
+}
+
 /// How many of `changes` (at least one) make at most `max_rows` inbox rows once [`fold`]ed:
 /// an UPDATE of a key whose previous change in the run was an UPDATE counts as merged. (A SET
 /// followed by an increment does not merge, so the batch may come out a little larger.)
@@ -383,18 +406,13 @@ fn rows_prefix<'a>(changes: impl Iterator<Item = &'a Change>, max_rows: usize) -
     let mut updating: HashSet<(u32, &[String])> = HashSet::new();
     let (mut rows, mut n) = (0usize, 0usize);
     for c in changes {
-        let new_row = match c {
-            Change::Update { relid, key, .. } => updating.insert((*relid, key.as_slice())),
-            Change::Insert {
-                relid,
-                key: Some(key),
-                ..
-            }
-            | Change::Delete { relid, key } => {
-                updating.remove(&(*relid, key.as_slice()));
+        let new_row = match key_role(c) {
+            KeyRole::Update(k) => updating.insert(k),
+            KeyRole::Resets(k) => {
+                updating.remove(&k);
                 true
             }
-            Change::Insert { .. } => true,
+            KeyRole::Keyless => true,
         };
         if new_row {
             if rows == max_rows.max(1) {
@@ -414,18 +432,13 @@ pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
     let mut out: Vec<Change> = Vec::new();
     let mut last: HashMap<(u32, Vec<String>), usize> = HashMap::new();
     for c in changes {
-        let slot = match &c {
-            Change::Update { relid, key, .. } => Some((*relid, key.clone())),
-            Change::Insert {
-                relid,
-                key: Some(key),
-                ..
-            }
-            | Change::Delete { relid, key } => {
-                last.remove(&(*relid, key.clone()));
+        let slot = match key_role(&c) {
+            KeyRole::Update((relid, key)) => Some((relid, key.to_vec())),
+            KeyRole::Resets((relid, key)) => {
+                last.remove(&(relid, key.to_vec()));
                 None
             }
-            Change::Insert { .. } => None,
+            KeyRole::Keyless => None,
         };
         if let (Some(k), Change::Update { columns: next, .. }) = (&slot, &c) {
             if let Some(&i) = last.get(k) {

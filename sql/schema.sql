@@ -76,7 +76,9 @@ CREATE TABLE writebehind.table_stats (
     -- `applied` by the kind of statement that applied the change.
     applied_inserts  bigint NOT NULL DEFAULT 0,
     applied_updates  bigint NOT NULL DEFAULT 0,
-    applied_deletes  bigint NOT NULL DEFAULT 0
+    applied_deletes  bigint NOT NULL DEFAULT 0,
+    -- rounds that took the uniform fast path (one statement, no row handled in the worker).
+    uniform_rounds   bigint NOT NULL DEFAULT 0
 );
 
 -- Per proxy and table: changes acknowledged and coalesced in the proxy, counted by

@@ -13,6 +13,9 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// The most inbox rows one table's apply round takes.
 pub static MAX_APPLY_ROWS: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 
+/// Whether rounds of one shape are applied by one statement (`apply/uniform.rs`).
+pub static UNIFORM_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Per session: make writes through the proxy synchronous. The proxy tracks it (SET, SET
 /// LOCAL, RESET); the extension only defines it so that `SET writebehind.sync` is valid.
 pub static SYNC: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -44,6 +47,14 @@ pub fn init() {
         &MAX_APPLY_ROWS,
         1,
         10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"writebehind.uniform_apply",
+        c"Apply rounds whose rows all have one shape with one statement.",
+        c"Uniform INSERT and increment rounds are decoded and applied by PostgreSQL in one statement; off sends every round through the general path (same result, slower).",
+        &UNIFORM_APPLY,
         GucContext::Sighup,
         GucFlags::default(),
     );

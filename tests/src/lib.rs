@@ -6,8 +6,10 @@
 //! - [`Proxy`]: the release proxy binary as a child process, killed on drop.
 //! - [`free_port`], [`repo_root`], [`wait_until`].
 //! - [`fault_load`]: the write load and model check of the PostgreSQL fault tests.
+//! - [`inbox`]: hand-made inbox batches for the apply-engine tests.
 
 pub mod fault_load;
+pub mod inbox;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -5,69 +5,8 @@
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio_postgres::Client;
-use writebehind_tests::{copy_escape, Cluster};
-
-/// One change in inbox form.
-#[derive(Clone, Debug)]
-struct Change {
-    op: char,
-    key: Vec<String>,
-    data: Option<String>,
-}
-
-/// Ships one batch of one table the way the proxy does; returns begin_batch's answer.
-async fn ship(
-    client: &mut Client,
-    proxy: &str,
-    seq: i64,
-    relid: u32,
-    changes: &[Change],
-) -> anyhow::Result<bool> {
-    let rows: Vec<(u32, &Change)> = changes.iter().map(|c| (relid, c)).collect();
-    ship_rows(client, proxy, seq, &rows).await
-}
-
-/// Ships one batch whose rows may belong to several tables.
-async fn ship_rows(
-    client: &mut Client,
-    proxy: &str,
-    seq: i64,
-    rows: &[(u32, &Change)],
-) -> anyhow::Result<bool> {
-    writebehind_tests::ship_batch(client, proxy, seq, || {
-        let mut text = String::new();
-        for (relid, c) in rows {
-            let key = serde_json::to_string(&c.key)?;
-            let data = c
-                .data
-                .as_deref()
-                .map(copy_escape)
-                .unwrap_or_else(|| "\\N".into());
-            text.push_str(&format!(
-                "{proxy}\t{seq}\t{relid}\t{}\t{}\t{data}\t\\N\n",
-                c.op,
-                copy_escape(&key)
-            ));
-        }
-        Ok(text)
-    })
-    .await
-}
-
-async fn relid(client: &Client, table: &str) -> anyhow::Result<u32> {
-    Ok(client
-        .query_one("SELECT $1::text::regclass::oid", &[&table])
-        .await?
-        .get(0))
-}
-
-async fn flush(client: &Client) -> anyhow::Result<()> {
-    client
-        .execute("SELECT writebehind.flush(NULL, '60 s')", &[])
-        .await?;
-    Ok(())
-}
+use writebehind_tests::inbox::{flush, relid, ship, ship_rows, Change};
+use writebehind_tests::Cluster;
 
 /// Row of the model table `m (id int PK, n bigint NOT NULL DEFAULT 0, s text)`.
 #[derive(Clone, Debug, PartialEq, Eq)]

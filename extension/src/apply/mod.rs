@@ -6,6 +6,7 @@ pub mod fold;
 pub mod isolate;
 pub mod statements;
 pub mod table;
+pub mod uniform;
 
 use fold::{Change, ColOp, Conflict, InboxRow, Origin, Step, TableShape};
 use pgrx::prelude::*;
@@ -70,6 +71,13 @@ struct DeadLetter {
 pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
     Spi::connect_mut(|client| {
         let started = Instant::now();
+        let meta = table::load(client, relid)?;
+        if let Some(meta) = &meta {
+            if let Some(done) = uniform::try_apply(client, meta, relid, max_rows)? {
+                record_round(client, relid, &done.outcome, done.batches, true, started)?;
+                return Ok(done.outcome);
+            }
+        }
         // Taking the rows deletes them; the deletion commits with the apply (exactly once).
         let rows = take_rows(client, relid, max_rows)?;
         if rows.is_empty() {
@@ -82,7 +90,7 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
         let mut dead = Vec::new();
         let mut applied_by_kind = [0usize; 3];
         let mut table_name = format!("{}", u32::from(relid));
-        match table::load(client, relid)? {
+        match meta {
             None => {
                 for (i, r) in rows.iter().enumerate() {
                     dead.push(DeadLetter {
@@ -129,12 +137,26 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
             applied_by_kind,
             dead: dead.len(),
         };
-        let coalesced = out.rows.saturating_sub(out.applied + out.dead) as i64;
-        client.update(
+        record_round(client, relid, &out, batches.len() as i64, false, started)?;
+        Ok(out)
+    })
+}
+
+/// Adds a round's counts to the table's statistics.
+fn record_round(
+    client: &mut SpiClient<'_>,
+    relid: pg_sys::Oid,
+    out: &Outcome,
+    batches: i64,
+    uniform: bool,
+    started: Instant,
+) -> SpiResult<()> {
+    let coalesced = out.rows.saturating_sub(out.applied + out.dead) as i64;
+    client.update(
             "INSERT INTO writebehind.table_stats AS s
                  (relid, applied, coalesced, batches, dead_letters, rounds, last_round_rows, last_round_secs, last_apply_at,
-                  applied_inserts, applied_updates, applied_deletes)
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, now(), $8, $9, $10)
+                  applied_inserts, applied_updates, applied_deletes, uniform_rounds)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, now(), $8, $9, $10, $11)
              ON CONFLICT (relid) DO UPDATE SET
                  applied = s.applied + EXCLUDED.applied,
                  applied_inserts = s.applied_inserts + EXCLUDED.applied_inserts,
@@ -144,6 +166,7 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                  batches = s.batches + EXCLUDED.batches,
                  dead_letters = s.dead_letters + EXCLUDED.dead_letters,
                  rounds = s.rounds + 1,
+                 uniform_rounds = s.uniform_rounds + EXCLUDED.uniform_rounds,
                  last_round_rows = EXCLUDED.last_round_rows,
                  last_round_secs = EXCLUDED.last_round_secs,
                  last_apply_at = now()",
@@ -152,17 +175,17 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                 relid.into(),
                 (out.applied as i64).into(),
                 coalesced.into(),
-                (batches.len() as i64).into(),
+                batches.into(),
                 (out.dead as i64).into(),
                 (out.rows as i64).into(),
                 started.elapsed().as_secs_f64().into(),
                 (out.applied_by_kind[0] as i64).into(),
                 (out.applied_by_kind[1] as i64).into(),
                 (out.applied_by_kind[2] as i64).into(),
+                i64::from(uniform).into(),
             ],
         )?;
-        Ok(out)
-    })
+    Ok(())
 }
 
 /// Records a failed round's error on the table's statistics.
@@ -215,7 +238,7 @@ fn take_rows(
 }
 
 /// Runs `f` with the current user switched to `owner` (never a superuser's implicit rights).
-fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_uid = pg_sys::InvalidOid;
     let mut saved_ctx = 0;
     // SAFETY: plain calls into the user-id machinery; an ERROR inside `f` aborts the

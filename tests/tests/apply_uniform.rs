@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 use writebehind_tests::inbox::{flush, relid, ship, Change};
-use writebehind_tests::{query_i64, Cluster};
+use writebehind_tests::{copy_escape, query_i64, ship_batch, Cluster};
 
 fn insert(id: i64, data: &str) -> Change {
     Change {
@@ -21,6 +21,28 @@ fn add(id: i64, delta: &str) -> Change {
         key: vec![id.to_string()],
         data: Some(format!(r#"{{"n": {{"add": "{delta}"}}}}"#)),
     }
+}
+
+/// Ships `INSERT … ON CONFLICT (id) DO UPDATE SET <set>` rows (op `X`) of keys with their data.
+async fn ship_upserts(
+    client: &mut Client,
+    seq: i64,
+    relid: u32,
+    rows: &[(i64, String)],
+    set: &str,
+) -> anyhow::Result<bool> {
+    ship_batch(client, "x", seq, || {
+        Ok(rows
+            .iter()
+            .map(|(id, data)| {
+                format!(
+                    "x\t{seq}\t{relid}\tX\t[\"{id}\"]\t{}\t{set}\n",
+                    copy_escape(data)
+                )
+            })
+            .collect())
+    })
+    .await
 }
 
 async fn uniform_rounds(client: &Client, table: &str) -> anyhow::Result<i64> {
@@ -117,6 +139,35 @@ async fn uniform_inserts_and_increments_take_one_statement_and_match_the_model(
         got, model,
         "increments folded exactly; absent keys created nothing"
     );
+    // Upserts (op X) that update only `s` on a conflict: n keeps its value for existing keys.
+    let before = uniform_rounds(&client, "u").await?;
+    let upserts: Vec<(i64, String)> = (991..=1010)
+        .map(|i| (i, format!(r#"{{"n": "-1", "s": "x{i}"}}"#)))
+        .collect();
+    assert!(ship_upserts(&mut client, 1, rel, &upserts, "{s}").await?);
+    flush(&client).await?;
+    assert!(
+        uniform_rounds(&client, "u").await? > before,
+        "a round of upserts takes the fast path"
+    );
+    for (id, n, s) in client
+        .query(
+            "SELECT id::int8, n, s FROM u WHERE id > 990 ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i64>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, String>(2),
+            )
+        })
+    {
+        assert_eq!(s, format!("x{id}"));
+        assert_eq!(n, if id <= 1000 { model[&id] } else { -1 }, "id {id}");
+    }
     let (applied, coalesced): (i64, i64) = {
         let r = client
             .query_one(
@@ -128,7 +179,7 @@ async fn uniform_inserts_and_increments_take_one_statement_and_match_the_model(
     };
     assert_eq!(
         applied + coalesced,
-        21_000,
+        21_020,
         "every inbox row is accounted for"
     );
     assert!(dead_letters(&client).await?.is_empty());
@@ -200,6 +251,38 @@ async fn rounds_that_do_not_fit_or_fail_fall_back_to_the_general_path() -> anyho
             .sum::<i64>()
     );
     assert_eq!(query_i64(&client, "SELECT n FROM f WHERE id = 7").await?, 7);
+    // INSERT … ON CONFLICT DO NOTHING (op N) of an existing key among INSERTs of the same
+    // columns (its own table, so that no earlier decline makes the worker skip the attempt):
+    // its data fits the round's shape, its op does not, and it must not update the row.
+    client
+        .batch_execute(
+            "CREATE TABLE o (id int PRIMARY KEY, n bigint, s text);
+             INSERT INTO o VALUES (1, 1, 'first');
+             SELECT writebehind.enable('o');",
+        )
+        .await?;
+    let o = relid(&client, "o").await?;
+    let mut rows: Vec<Change> = (2..=20)
+        .map(|i| insert(i, &format!(r#"{{"n": "{i}", "s": "r{i}"}}"#)))
+        .collect();
+    rows.insert(
+        5,
+        Change {
+            op: 'N',
+            key: vec!["1".into()],
+            data: Some(r#"{"n": "-5", "s": "nothing"}"#.into()),
+        },
+    );
+    assert!(ship(&mut client, "o", 1, o, &rows).await?);
+    flush(&client).await?;
+    assert_eq!(
+        query_i64(
+            &client,
+            "SELECT count(*) FROM o WHERE n = id AND s IN ('first', 'r' || id)"
+        )
+        .await?,
+        20
+    );
     let dead = dead_letters(&client).await?;
     assert_eq!(
         dead,

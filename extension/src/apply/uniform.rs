@@ -32,8 +32,12 @@ thread_local! {
 /// The one shape every row of a round must have.
 #[derive(Debug, PartialEq, Eq)]
 enum Uniform {
-    /// `I` rows listing exactly these non-key columns (key columns may be repeated).
-    Insert { columns: Vec<String> },
+    /// `I` rows (or `X` rows with one `conflict_set`) listing exactly these non-key columns
+    /// (key columns may be repeated), with what a conflict on the key does.
+    Insert {
+        columns: Vec<String>,
+        conflict: Conflict,
+    },
     /// `U` rows whose every column is `{"add": k}`, on exactly these columns.
     Increment { columns: Vec<String> },
 }
@@ -59,17 +63,28 @@ pub fn try_apply(
         return Ok(None);
     };
     let sql = match &shape {
-        Uniform::Insert { columns } => insert_sql(meta, columns),
+        Uniform::Insert { columns, conflict } => insert_sql(meta, columns, conflict),
         Uniform::Increment { columns } => increment_sql(meta, columns),
     };
     let columns = match &shape {
-        Uniform::Insert { columns } | Uniform::Increment { columns } => columns.clone(),
+        Uniform::Insert { columns, .. } | Uniform::Increment { columns } => columns.clone(),
     };
     let mut all_columns = meta.key_columns.clone();
     all_columns.extend(columns.iter().cloned());
     let increments = matches!(shape, Uniform::Increment { .. });
+    // Every row must also have the first row's op (and conflict_set): the data alone does not
+    // tell an upsert from an INSERT … ON CONFLICT DO NOTHING.
+    let (op, conflict_set) = match &shape {
+        Uniform::Increment { .. } => ("U", None),
+        Uniform::Insert {
+            conflict: Conflict::UpdateSet(cols),
+            ..
+        } => ("X", Some(cols.clone())),
+        Uniform::Insert { .. } => ("I", None),
+    };
     let run = in_subtransaction(|| {
-        let taken = take(client, relid, cut, meta.append).unwrap_or_else(|e| pgrx::error!("{e}"));
+        let taken = take(client, relid, cut, meta.append, op, conflict_set)
+            .unwrap_or_else(|e| pgrx::error!("{e}"));
         // SAFETY: the arrays are datums of the take's SPI tuple table, which lives until this
         // SPI connection ends (or the subtransaction aborts), so past the statement below.
         let args = unsafe {
@@ -159,7 +174,7 @@ fn probe(
     max_rows: i64,
 ) -> SpiResult<Option<(Uniform, i64)>> {
     let rows = client.select(
-        "SELECT i.op::text, i.data,
+        "SELECT i.op::text, i.data, i.conflict_set,
                 (SELECT max(c.id) FROM
                    (SELECT j.id FROM writebehind.inbox j WHERE j.relid = $1 ORDER BY j.id LIMIT $2) c)
            FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT 1",
@@ -171,26 +186,37 @@ fn probe(
     };
     let op: Option<String> = row.get(1)?;
     let data: Option<String> = row.get(2)?;
-    let cut: Option<i64> = row.get(3)?;
+    let conflict_set: Option<Vec<String>> = row.get(3)?;
+    let cut: Option<i64> = row.get(4)?;
     let (Some(op), Some(data), Some(cut)) = (op, data, cut) else {
         return Ok(None);
     };
-    Ok(classify(meta, &op, &data).map(|s| (s, cut)))
+    Ok(classify(meta, &op, &data, conflict_set).map(|s| (s, cut)))
 }
 
 /// The uniform shape a row of `op` with `data` stands for, if the fast path can take it.
-fn classify(meta: &TableMeta, op: &str, data: &str) -> Option<Uniform> {
+fn classify(
+    meta: &TableMeta,
+    op: &str,
+    data: &str,
+    conflict_set: Option<Vec<String>>,
+) -> Option<Uniform> {
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(data).ok()?;
     let known = |c: &String| meta.types.contains_key(c);
     match op {
-        "I" => {
-            if !matches!(
-                meta.policy,
-                Conflict::Upsert | Conflict::Fail | Conflict::Append
-            ) && !meta.append
-            {
-                return None;
-            }
+        "I" | "X" => {
+            let conflict = match (op, meta.append, &meta.policy) {
+                ("I", true, _) => Conflict::Append,
+                ("I", false, p @ (Conflict::Upsert | Conflict::Fail)) => p.clone(),
+                ("X", false, _) => {
+                    let cols = conflict_set?;
+                    if !cols.iter().all(|c| meta.types.contains_key(c)) {
+                        return None;
+                    }
+                    Conflict::UpdateSet(cols)
+                }
+                _ => return None,
+            };
             let strings = object.values().all(|v| v.is_string() || v.is_null());
             let columns: Vec<String> = object
                 .keys()
@@ -198,7 +224,7 @@ fn classify(meta: &TableMeta, op: &str, data: &str) -> Option<Uniform> {
                 .cloned()
                 .collect();
             (strings && object.keys().all(known) && !(meta.append && columns.is_empty()))
-                .then_some(Uniform::Insert { columns })
+                .then_some(Uniform::Insert { columns, conflict })
         }
         "U" if !meta.append => {
             let adds = object.iter().all(|(c, v)| {
@@ -232,6 +258,8 @@ fn take(
     relid: pg_sys::Oid,
     cut: i64,
     ordered: bool,
+    op: &str,
+    conflict_set: Option<Vec<String>>,
 ) -> SpiResult<Taken> {
     // Order matters only where rows are inserted without a key (serial defaults, triggers);
     // a keyed round that fits has each key once and the same result in any order.
@@ -240,17 +268,22 @@ fn take(
         &format!(
             "WITH taken AS (
                  DELETE FROM writebehind.inbox WHERE relid = $1 AND id <= $2
-                 RETURNING id, key, data, proxy_id, batch_seq)
+                 RETURNING id, key, data, proxy_id, batch_seq, op, conflict_set)
              SELECT count(*),
                     (SELECT count(*) FROM (SELECT DISTINCT proxy_id, batch_seq FROM taken) b),
-                    array_agg(key), array_agg(data)
-               FROM (SELECT key, data FROM taken{order}) s"
+                    array_agg(key), array_agg(data),
+                    count(*) FILTER (WHERE op <> $3 OR conflict_set IS DISTINCT FROM $4)
+               FROM (SELECT key, data, op::text, conflict_set FROM taken{order}) s"
         ),
         None,
-        &[relid.into(), cut.into()],
+        &[relid.into(), cut.into(), op.into(), conflict_set.into()],
     )?;
     let r = t.first();
     let rows = r.get::<i64>(1)?.unwrap_or(0);
+    let misfits = r.get::<i64>(5)?.unwrap_or(0);
+    if misfits > 0 {
+        pgrx::error!("uniform apply declined: {misfits} rows of another op or conflict_set");
+    }
     let (Some(keys), Some(data)) = (r.get_datum_by_ordinal(3)?, r.get_datum_by_ordinal(4)?) else {
         pgrx::error!("uniform apply declined: no rows to take");
     };
@@ -292,7 +325,7 @@ fn key_exprs(meta: &TableMeta) -> Vec<String> {
 
 /// `$3` the non-key columns, `$4` every column a row may list; its row count is the rows that
 /// fit and applied.
-fn insert_sql(meta: &TableMeta, columns: &[String]) -> String {
+fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> String {
     let mut targets: Vec<String> = meta.key_columns.iter().map(quote_identifier).collect();
     targets.extend(columns.iter().map(quote_identifier));
     let mut values = key_exprs(meta);
@@ -318,13 +351,19 @@ fn insert_sql(meta: &TableMeta, columns: &[String]) -> String {
             .map(quote_identifier)
             .collect::<Vec<_>>()
             .join(", ");
-        match meta.policy {
-            Conflict::Fail => String::new(),
-            _ if columns.is_empty() => format!(" ON CONFLICT ({keys}) DO NOTHING"),
-            _ => format!(
+        // As the general path: an upsert updates the listed non-key columns, an `X` row its
+        // conflict_set; with nothing to update, a conflict does nothing.
+        let update = match conflict {
+            Conflict::Fail | Conflict::Append | Conflict::Ignore => None,
+            Conflict::Upsert => Some(columns),
+            Conflict::UpdateSet(cols) => Some(cols.as_slice()),
+        };
+        match update {
+            None => String::new(),
+            Some([]) => format!(" ON CONFLICT ({keys}) DO NOTHING"),
+            Some(cols) => format!(
                 " ON CONFLICT ({keys}) DO UPDATE SET {}",
-                columns
-                    .iter()
+                cols.iter()
                     .map(|c| format!("{0} = EXCLUDED.{0}", quote_identifier(c)))
                     .collect::<Vec<_>>()
                     .join(", ")

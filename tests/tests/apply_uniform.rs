@@ -183,6 +183,30 @@ async fn uniform_inserts_and_increments_take_one_statement_and_match_the_model(
         "every inbox row is accounted for"
     );
     assert!(dead_letters(&client).await?.is_empty());
+
+    // A column whose name needs quoting in a string literal and as an identifier.
+    client
+        .batch_execute(
+            r#"CREATE TABLE q (id int PRIMARY KEY, "it's\x" int NOT NULL DEFAULT 0);
+               INSERT INTO q VALUES (1), (2);
+               SELECT writebehind.enable('q');"#,
+        )
+        .await?;
+    let q = relid(&client, "q").await?;
+    let incs: Vec<Change> = (0..100)
+        .map(|j| Change {
+            op: 'U',
+            key: vec![(j % 2 + 1).to_string()],
+            data: Some(r#"{"it's\\x": {"add": "2"}}"#.into()),
+        })
+        .collect();
+    assert!(ship(&mut client, "q", 1, q, &incs).await?);
+    flush(&client).await?;
+    assert_eq!(uniform_rounds(&client, "q").await?, 1);
+    assert_eq!(
+        query_i64(&client, r#"SELECT sum("it's\x")::int8 FROM q"#).await?,
+        200
+    );
     Ok(())
 }
 

@@ -295,9 +295,14 @@ fn take(
     })
 }
 
-/// A SQL string literal (standard_conforming_strings is on in the worker).
+/// A SQL string literal of `s`, whatever standard_conforming_strings says (as quote_literal).
 fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let quoted = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 fn type_of<'a>(meta: &'a TableMeta, column: &str) -> &'a str {

@@ -42,6 +42,39 @@ enum Uniform {
     Increment { columns: Vec<String> },
 }
 
+/// One statement of the fast path and how to read what it did.
+struct Statement {
+    sql: String,
+    /// True: its row count is both the rows that fit and those applied. False: it returns
+    /// (rows that fit, rows applied, rows it should have applied).
+    counted_by_rows: bool,
+}
+
+/// The statement for a round, and the one to try when a key came twice (if there is one).
+struct Statements {
+    first: Statement,
+    last_per_key: Option<Statement>,
+}
+
+/// Runs `st`; returns (rows that fit, applied, what applied must be). Errors are raised.
+fn execute(
+    client: &mut SpiClient<'_>,
+    st: &Statement,
+    args: &[DatumWithOid<'_>],
+    rows: i64,
+) -> (i64, i64, i64) {
+    let t = client
+        .update(&st.sql, None, args)
+        .unwrap_or_else(|e| pgrx::error!("{e}"));
+    if st.counted_by_rows {
+        (t.len() as i64, t.len() as i64, rows)
+    } else {
+        let r = t.first();
+        let n = |i| r.get::<i64>(i).ok().flatten().unwrap_or(-1);
+        (n(1), n(2), n(3))
+    }
+}
+
 /// What the fast path did: the round's outcome and how many batches it covered.
 pub struct Done {
     pub outcome: Outcome,
@@ -62,7 +95,7 @@ pub fn try_apply(
     let Some((shape, cut)) = probe(client, meta, relid, max_rows)? else {
         return Ok(None);
     };
-    let sql = match &shape {
+    let statements = match &shape {
         Uniform::Insert { columns, conflict } => insert_sql(meta, columns, conflict),
         Uniform::Increment { columns } => increment_sql(meta, columns),
     };
@@ -95,24 +128,23 @@ pub fn try_apply(
                 DatumWithOid::from(all_columns),
             ]
         };
-        let (accounted, applied) = as_owner(meta.owner, || {
-            let t = client
-                .update(&sql, None, &args)
-                .unwrap_or_else(|e| pgrx::error!("{e}"));
-            if increments {
-                let r = t.first();
-                let n = |i| r.get::<i64>(i).ok().flatten().unwrap_or(0);
-                (n(1), n(2))
-            } else {
-                (t.len() as i64, t.len() as i64)
+        let rows = taken.rows;
+        let (accounted, applied, expected) = as_owner(meta.owner, || {
+            let first = in_subtransaction(|| execute(client, &statements.first, &args, rows));
+            match (first, &statements.last_per_key) {
+                (Ok(counts), _) => counts,
+                // 21000: ON CONFLICT DO UPDATE met a key twice; keep the last row of each.
+                (Err((state, _)), Some(again)) if state == "21000" => {
+                    execute(client, again, &args, rows)
+                }
+                (Err((state, message)), _) => pgrx::error!("{message} ({state})"),
             }
         });
-        if accounted != taken.rows || (!increments && applied != taken.rows) {
+        if accounted != rows || applied != expected {
             // Rows of another shape, or rows a BEFORE trigger skipped: the general path
             // decides them. Raising rolls the subtransaction (and the take) back.
             pgrx::error!(
-                "uniform apply declined: {accounted} of {} rows fit, {applied} applied",
-                taken.rows
+                "uniform apply declined: {accounted} of {rows} rows fit, {applied} of {expected} applied"
             );
         }
         (taken.rows, applied, taken.batches)
@@ -313,6 +345,11 @@ fn type_of<'a>(meta: &'a TableMeta, column: &str) -> &'a str {
 const DECODED: &str = "(SELECT u.k::jsonb AS k, u.d::jsonb AS d
                           FROM unnest($1::text[], $2::text[]) AS u(k, d) OFFSET 0) v";
 
+/// The same with each row's position `o` in the round.
+const ORDERED_DECODED: &str = "(SELECT u.k::jsonb AS k, u.d::jsonb AS d, u.o
+                                  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k, d, o)
+                                OFFSET 0) v";
+
 /// The same, one row per distinct (key, data) text with its count `c`: a hot key's repeated
 /// increments are decoded once, not once each.
 const DISTINCT_DECODED: &str = "(SELECT u.k::jsonb AS k, u.d::jsonb AS d, u.c
@@ -330,7 +367,7 @@ fn key_exprs(meta: &TableMeta) -> Vec<String> {
 
 /// `$3` the non-key columns, `$4` every column a row may list; its row count is the rows that
 /// fit and applied.
-fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> String {
+fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> Statements {
     let mut targets: Vec<String> = meta.key_columns.iter().map(quote_identifier).collect();
     targets.extend(columns.iter().map(quote_identifier));
     let mut values = key_exprs(meta);
@@ -375,17 +412,54 @@ fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> Stri
             ),
         }
     };
-    format!(
-        "INSERT INTO {} ({}) SELECT {} FROM {DECODED} WHERE {}{on_conflict}",
-        meta.qualified,
-        targets.join(", "),
-        values.join(", "),
-        fits.join(" AND "),
-    )
+    let first = Statement {
+        sql: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {DECODED} WHERE {}{on_conflict}",
+            meta.qualified,
+            targets.join(", "),
+            values.join(", "),
+            fits.join(" AND "),
+        ),
+        counted_by_rows: true,
+    };
+    // A key inserted twice makes ON CONFLICT DO UPDATE fail (21000). Where the later row's
+    // values are exactly what folding both gives (an upsert of the same columns, or an `X`
+    // row whose conflict_set is every listed column), keep the last row of each key.
+    let updates_all = match conflict {
+        Conflict::Upsert => true,
+        Conflict::UpdateSet(cols) => {
+            let mut a = cols.clone();
+            let mut b = columns.to_vec();
+            a.sort();
+            b.sort();
+            a == b
+        }
+        _ => false,
+    };
+    let last_per_key = (!meta.append && !columns.is_empty() && updates_all).then(|| {
+        let keys = key_exprs(meta).join(", ");
+        Statement {
+            sql: format!(
+                "WITH v AS (SELECT v.* FROM {ORDERED_DECODED} WHERE {}),
+                      x AS (SELECT DISTINCT ON ({keys}) v.k, v.d FROM v ORDER BY {keys}, v.o DESC),
+                      ins AS (INSERT INTO {} ({}) SELECT {} FROM x AS v{on_conflict} RETURNING 1)
+                 SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM ins), (SELECT count(*) FROM x)",
+                fits.join(" AND "),
+                meta.qualified,
+                targets.join(", "),
+                values.join(", "),
+            ),
+            counted_by_rows: false,
+        }
+    });
+    Statements {
+        first,
+        last_per_key,
+    }
 }
 
 /// `$3` the increment columns (`$4` unused). Returns (rows that fit, keys applied).
-fn increment_sql(meta: &TableMeta, columns: &[String]) -> String {
+fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
     let nk = meta.key_columns.len();
     let mut select = key_exprs(meta)
         .into_iter()
@@ -422,14 +496,22 @@ fn increment_sql(meta: &TableMeta, columns: &[String]) -> String {
         .map(|(i, c)| format!("t.{} = g.k{i}", quote_identifier(c)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    format!(
+    let sql = format!(
         "WITH g AS (SELECT {} FROM {DISTINCT_DECODED} WHERE {} GROUP BY {group}),
               upd AS (UPDATE {} AS t SET {} FROM g WHERE {matches} RETURNING 1)
-         SELECT (SELECT coalesce(sum(n), 0)::int8 FROM g), (SELECT count(*) FROM g)
+         SELECT (SELECT coalesce(sum(n), 0)::int8 FROM g), (SELECT count(*) FROM g),
+                (SELECT count(*) FROM g)
           WHERE (SELECT count(*) FROM upd) >= 0",
         select.join(", "),
         fits.join(" AND "),
         meta.qualified,
         sets.join(", "),
-    )
+    );
+    Statements {
+        first: Statement {
+            sql,
+            counted_by_rows: false,
+        },
+        last_per_key: None,
+    }
 }

@@ -7,6 +7,7 @@ pub mod isolate;
 pub mod statements;
 pub mod table;
 pub mod uniform;
+pub mod uniform_sql;
 
 use fold::{Change, ColOp, Conflict, InboxRow, Origin, Step, TableShape};
 use pgrx::prelude::*;

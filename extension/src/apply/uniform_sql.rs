@@ -1,0 +1,233 @@
+//! The statements of the uniform fast path ([`super::uniform`]): one INSERT or UPDATE over a
+//! whole round, which decodes the rows' JSON in PostgreSQL, checks that each row has the round's
+//! shape, and reports what it did so that the caller can tell whether every row was accounted for.
+//!
+//! Parameters: `$1` the rows' keys and `$2` their data (`text[]`, in inbox order), `$3` the
+//! round's non-key (or increment) columns, `$4` every column a row may list.
+
+use super::fold::Conflict;
+use super::table::TableMeta;
+use pgrx::datum::DatumWithOid;
+use pgrx::spi::{quote_identifier, SpiClient};
+
+/// One statement of the fast path and how to read what it did.
+pub struct Statement {
+    pub sql: String,
+    /// True: its row count is both the rows that fit and those applied. False: it returns
+    /// (rows that fit, rows applied, rows it should have applied).
+    pub counted_by_rows: bool,
+}
+
+/// The statement for a round, and the one to try when a key came twice (if there is one).
+pub struct Statements {
+    pub first: Statement,
+    pub last_per_key: Option<Statement>,
+}
+
+/// Runs `st`; returns (rows that fit, applied, what applied must be). Errors are raised.
+pub fn execute(
+    client: &mut SpiClient<'_>,
+    st: &Statement,
+    args: &[DatumWithOid<'_>],
+    rows: i64,
+) -> (i64, i64, i64) {
+    let t = client
+        .update(&st.sql, None, args)
+        .unwrap_or_else(|e| pgrx::error!("{e}"));
+    if st.counted_by_rows {
+        (t.len() as i64, t.len() as i64, rows)
+    } else {
+        let r = t.first();
+        let n = |i| r.get::<i64>(i).ok().flatten().unwrap_or(-1);
+        (n(1), n(2), n(3))
+    }
+}
+
+/// A SQL string literal of `s`, whatever standard_conforming_strings says (as quote_literal).
+fn literal(s: &str) -> String {
+    let quoted = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+fn type_of<'a>(meta: &'a TableMeta, column: &str) -> &'a str {
+    meta.types.get(column).map_or("text", String::as_str)
+}
+
+/// The rows as (k jsonb, d jsonb), each decoded once; `$1` keys, `$2` data.
+const DECODED: &str = "(SELECT u.k::jsonb AS k, u.d::jsonb AS d
+                          FROM unnest($1::text[], $2::text[]) AS u(k, d) OFFSET 0) v";
+
+/// The same with each row's position `o` in the round.
+const ORDERED_DECODED: &str = "(SELECT u.k::jsonb AS k, u.d::jsonb AS d, u.o
+                                  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k, d, o)
+                                OFFSET 0) v";
+
+/// The same, one row per distinct (key, data) text with its count `c`: a hot key's repeated
+/// increments are decoded once, not once each.
+const DISTINCT_DECODED: &str = "(SELECT u.k::jsonb AS k, u.d::jsonb AS d, u.c
+                                   FROM (SELECT k, d, count(*) AS c
+                                           FROM unnest($1::text[], $2::text[]) AS r(k, d)
+                                          GROUP BY k, d) u OFFSET 0) v";
+
+fn key_exprs(meta: &TableMeta) -> Vec<String> {
+    meta.key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("(v.k->>{i})::{}", type_of(meta, c)))
+        .collect()
+}
+
+/// `$3` the non-key columns, `$4` every column a row may list; its row count is the rows that
+/// fit and applied.
+pub fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> Statements {
+    let mut targets: Vec<String> = meta.key_columns.iter().map(quote_identifier).collect();
+    targets.extend(columns.iter().map(quote_identifier));
+    let mut values = key_exprs(meta);
+    values.extend(
+        columns
+            .iter()
+            .map(|c| format!("(v.d->>{})::{}", literal(c), type_of(meta, c))),
+    );
+    let mut fits = vec![
+        "v.d ?& $3::text[]".to_string(),
+        "(v.d - $4::text[]) = '{}'::jsonb".to_string(),
+    ];
+    let on_conflict = if meta.append {
+        String::new()
+    } else {
+        fits.push(format!(
+            "jsonb_array_length(v.k) = {}",
+            meta.key_columns.len()
+        ));
+        let keys = meta
+            .key_columns
+            .iter()
+            .map(quote_identifier)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // As the general path: an upsert updates the listed non-key columns, an `X` row its
+        // conflict_set; with nothing to update, a conflict does nothing.
+        let update = match conflict {
+            Conflict::Fail | Conflict::Append | Conflict::Ignore => None,
+            Conflict::Upsert => Some(columns),
+            Conflict::UpdateSet(cols) => Some(cols.as_slice()),
+        };
+        match update {
+            None => String::new(),
+            Some([]) => format!(" ON CONFLICT ({keys}) DO NOTHING"),
+            Some(cols) => format!(
+                " ON CONFLICT ({keys}) DO UPDATE SET {}",
+                cols.iter()
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_identifier(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    };
+    let first = Statement {
+        sql: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {DECODED} WHERE {}{on_conflict}",
+            meta.qualified,
+            targets.join(", "),
+            values.join(", "),
+            fits.join(" AND "),
+        ),
+        counted_by_rows: true,
+    };
+    // A key inserted twice makes ON CONFLICT DO UPDATE fail (21000). Where the later row's
+    // values are exactly what folding both gives (an upsert of the same columns, or an `X`
+    // row whose conflict_set is every listed column), keep the last row of each key.
+    let updates_all = match conflict {
+        Conflict::Upsert => true,
+        Conflict::UpdateSet(cols) => {
+            let mut a = cols.clone();
+            let mut b = columns.to_vec();
+            a.sort();
+            b.sort();
+            a == b
+        }
+        _ => false,
+    };
+    let last_per_key = (!meta.append && !columns.is_empty() && updates_all).then(|| {
+        let keys = key_exprs(meta).join(", ");
+        Statement {
+            sql: format!(
+                "WITH v AS (SELECT v.* FROM {ORDERED_DECODED} WHERE {}),
+                      x AS (SELECT DISTINCT ON ({keys}) v.k, v.d FROM v ORDER BY {keys}, v.o DESC),
+                      ins AS (INSERT INTO {} ({}) SELECT {} FROM x AS v{on_conflict} RETURNING 1)
+                 SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM ins), (SELECT count(*) FROM x)",
+                fits.join(" AND "),
+                meta.qualified,
+                targets.join(", "),
+                values.join(", "),
+            ),
+            counted_by_rows: false,
+        }
+    });
+    Statements {
+        first,
+        last_per_key,
+    }
+}
+
+/// `$3` the increment columns (`$4` unused). Returns (rows that fit, keys applied).
+pub fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
+    let nk = meta.key_columns.len();
+    let mut select = key_exprs(meta)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| format!("{e} AS k{i}"))
+        .collect::<Vec<_>>();
+    // Each listed column holds exactly {"add": k} (so it is there), and nothing else is listed.
+    let mut fits = vec![
+        format!("jsonb_array_length(v.k) = {nk}"),
+        "(v.d - $3::text[]) = '{}'::jsonb".to_string(),
+    ];
+    let mut sets = Vec::new();
+    for (j, c) in columns.iter().enumerate() {
+        let ty = type_of(meta, c);
+        let lit = literal(c);
+        // Each distinct row text is decoded once and weighted by how often it came; sum() of
+        // an integer type is a wider integer or numeric: exact (an overflow is an error).
+        select.push(format!("sum((v.d->{lit}->>'add')::{ty} * v.c) AS s{j}"));
+        fits.push(format!(
+            "(v.d->{lit}->>'add') IS NOT NULL AND ((v.d->{lit}) - 'add'::text) = '{{}}'::jsonb"
+        ));
+        let q = quote_identifier(c);
+        sets.push(format!("{q} = t.{q} + g.s{j}::text::{ty}"));
+    }
+    select.push("sum(v.c) AS n".into());
+    let group = (1..=nk)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let matches = meta
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = g.k{i}", quote_identifier(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "WITH g AS (SELECT {} FROM {DISTINCT_DECODED} WHERE {} GROUP BY {group}),
+              upd AS (UPDATE {} AS t SET {} FROM g WHERE {matches} RETURNING 1)
+         SELECT (SELECT coalesce(sum(n), 0)::int8 FROM g), (SELECT count(*) FROM g),
+                (SELECT count(*) FROM g)
+          WHERE (SELECT count(*) FROM upd) >= 0",
+        select.join(", "),
+        fits.join(" AND "),
+        meta.qualified,
+        sets.join(", "),
+    );
+    Statements {
+        first: Statement {
+            sql,
+            counted_by_rows: false,
+        },
+        last_per_key: None,
+    }
+}

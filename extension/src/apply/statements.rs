@@ -128,23 +128,7 @@ pub fn build(meta: &TableMeta, shape: &Shape, changes: &[(&[String], &Step)]) ->
                 .map(|(i, c)| cast(meta, c, &format!("a{}", i + 1)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let set_of = |names: &mut dyn Iterator<Item = &String>| {
-                names
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_identifier(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let on_conflict = match conflict {
-                Conflict::Upsert => {
-                    let set = set_of(&mut cols.iter().filter(|c| !meta.key_columns.contains(c)));
-                    conflict_clause(meta, &set)
-                }
-                Conflict::UpdateSet(set_cols) => {
-                    conflict_clause(meta, &set_of(&mut set_cols.iter()))
-                }
-                Conflict::Ignore => conflict_clause(meta, ""),
-                Conflict::Fail | Conflict::Append => String::new(),
-            };
+            let on_conflict = on_conflict(meta, conflict, cols);
             Statement {
                 sql: format!(
                     "INSERT INTO {} ({targets}) SELECT {select} FROM unnest({params}) AS v({aliases}){on_conflict}",
@@ -220,10 +204,31 @@ pub fn build(meta: &TableMeta, shape: &Shape, changes: &[(&[String], &Step)]) ->
     }
 }
 
-fn conflict_clause(meta: &TableMeta, set: &str) -> String {
+/// The `ON CONFLICT` clause of an INSERT of the `listed` columns under `conflict`: an upsert
+/// updates the listed non-key columns, an `X` row its conflict_set, `ignore` nothing; with
+/// nothing to update a conflict does nothing. Empty where a conflict must fail (or there is
+/// no key).
+pub(super) fn on_conflict(meta: &TableMeta, conflict: &Conflict, listed: &[String]) -> String {
+    let set: Vec<String> = match conflict {
+        Conflict::Upsert => listed
+            .iter()
+            .filter(|c| !meta.key_columns.contains(c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_identifier(c)))
+            .collect(),
+        Conflict::UpdateSet(cols) => cols
+            .iter()
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_identifier(c)))
+            .collect(),
+        Conflict::Ignore => Vec::new(),
+        Conflict::Fail | Conflict::Append => return String::new(),
+    };
     if set.is_empty() {
         format!(" ON CONFLICT ({}) DO NOTHING", key_list(meta))
     } else {
-        format!(" ON CONFLICT ({}) DO UPDATE SET {set}", key_list(meta))
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            key_list(meta),
+            set.join(", ")
+        )
     }
 }

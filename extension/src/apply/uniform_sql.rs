@@ -6,6 +6,7 @@
 //! round's non-key (or increment) columns, `$4` every column a row may list.
 
 use super::fold::Conflict;
+use super::statements::on_conflict;
 use super::table::TableMeta;
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::{quote_identifier, SpiClient};
@@ -103,30 +104,7 @@ pub fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> 
             "jsonb_array_length(v.k) = {}",
             meta.key_columns.len()
         ));
-        let keys = meta
-            .key_columns
-            .iter()
-            .map(quote_identifier)
-            .collect::<Vec<_>>()
-            .join(", ");
-        // As the general path: an upsert updates the listed non-key columns, an `X` row its
-        // conflict_set; with nothing to update, a conflict does nothing.
-        let update = match conflict {
-            Conflict::Fail | Conflict::Append | Conflict::Ignore => None,
-            Conflict::Upsert => Some(columns),
-            Conflict::UpdateSet(cols) => Some(cols.as_slice()),
-        };
-        match update {
-            None => String::new(),
-            Some([]) => format!(" ON CONFLICT ({keys}) DO NOTHING"),
-            Some(cols) => format!(
-                " ON CONFLICT ({keys}) DO UPDATE SET {}",
-                cols.iter()
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_identifier(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+        on_conflict(meta, conflict, columns)
     };
     let first = Statement {
         sql: format!(

@@ -51,6 +51,79 @@ pub async fn ship_rows(
     .await
 }
 
+/// One packed inbox row (docs/inbox.md): changes of one op over the same columns.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pub op: char,
+    pub columns: Vec<String>,
+    /// One entry per change: its values in `columns` order (`None` is NULL).
+    pub rows: Vec<Vec<Option<String>>>,
+    pub conflict_set: Option<Vec<String>>,
+}
+
+impl Packed {
+    /// Changes of `op` over `columns`, with values given as text (`"NULL"` is not special).
+    pub fn new(op: char, columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Self {
+        Packed {
+            op,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows,
+            conflict_set: None,
+        }
+    }
+}
+
+/// A PostgreSQL array literal: `items` quoted, `None` as NULL.
+fn array_literal<'a>(items: impl Iterator<Item = Option<&'a str>>) -> String {
+    let inner: Vec<String> = items
+        .map(|v| match v {
+            None => "NULL".to_string(),
+            Some(s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// The COPY statement for rows in either form.
+pub const COPY_ALL: &str = "COPY writebehind.inbox \
+     (proxy_id, batch_seq, relid, op, key, data, conflict_set, columns, vals) FROM STDIN";
+
+/// The COPY text of one packed row: `vals[c][r]`, column by column.
+pub fn packed_row(proxy: &str, seq: i64, relid: u32, p: &Packed) -> String {
+    let columns = array_literal(p.columns.iter().map(|c| Some(c.as_str())));
+    let vals: Vec<String> = (0..p.columns.len())
+        .map(|c| array_literal(p.rows.iter().map(|r| r.get(c).and_then(|v| v.as_deref()))))
+        .collect();
+    let set = p
+        .conflict_set
+        .as_ref()
+        .map(|s| copy_escape(&array_literal(s.iter().map(|c| Some(c.as_str())))))
+        .unwrap_or_else(|| "\\N".into());
+    format!(
+        "{proxy}\t{seq}\t{relid}\t{}\t\\N\t\\N\t{set}\t{}\t{}\n",
+        p.op,
+        copy_escape(&columns),
+        copy_escape(&format!("{{{}}}", vals.join(",")))
+    )
+}
+
+/// Ships one batch of packed rows of one table; returns begin_batch's answer.
+pub async fn ship_packed(
+    client: &mut Client,
+    proxy: &str,
+    seq: i64,
+    relid: u32,
+    packed: &[Packed],
+) -> anyhow::Result<bool> {
+    crate::ship_batch_as(client, proxy, seq, COPY_ALL, || {
+        Ok(packed
+            .iter()
+            .map(|p| packed_row(proxy, seq, relid, p))
+            .collect())
+    })
+    .await
+}
+
 /// The table's oid, as the inbox's `relid`.
 pub async fn relid(client: &Client, table: &str) -> anyhow::Result<u32> {
     Ok(client

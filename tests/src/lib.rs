@@ -483,6 +483,18 @@ pub async fn ship_batch(
     seq: i64,
     rows: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<bool> {
+    let copy = "COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN";
+    ship_batch_as(client, proxy, seq, copy, rows).await
+}
+
+/// As [`ship_batch`], with the COPY statement given (its column list decides the rows' form).
+pub async fn ship_batch_as(
+    client: &mut tokio_postgres::Client,
+    proxy: &str,
+    seq: i64,
+    copy: &str,
+    rows: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<bool> {
     use futures::SinkExt;
     let tx = client.transaction().await?;
     let fresh: bool = tx
@@ -491,9 +503,7 @@ pub async fn ship_batch(
         .get(0);
     if fresh {
         let text = rows()?;
-        let sink = tx
-            .copy_in("COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN")
-            .await?;
+        let sink = tx.copy_in(copy).await?;
         futures::pin_mut!(sink);
         sink.send(bytes::Bytes::from(text)).await?;
         sink.finish().await?;

@@ -284,6 +284,11 @@ fn update_into_insert(
 
 /// Reads one inbox row: its key values and its step.
 fn parse_row(row: &InboxRow, shape: &TableShape<'_>) -> Result<(Vec<String>, Step), String> {
+    if row.op == b'?' {
+        return Err(
+            "packed row: vals is not a two-dimensional array with one value row per column".into(),
+        );
+    }
     let key: Vec<String> = if shape.append {
         Vec::new()
     } else {

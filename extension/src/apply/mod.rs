@@ -4,10 +4,13 @@
 pub mod decimal;
 pub mod fold;
 pub mod isolate;
+pub mod packed;
+pub mod packed_sql;
 pub mod statements;
 pub mod table;
 pub mod uniform;
 pub mod uniform_sql;
+pub mod unpack;
 
 use fold::{Change, ColOp, Conflict, InboxRow, Origin, Step, TableShape};
 use pgrx::prelude::*;
@@ -80,7 +83,12 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
             }
         }
         // Taking the rows deletes them; the deletion commits with the apply (exactly once).
-        let rows = take_rows(client, relid, max_rows)?;
+        let rows = take_rows(
+            client,
+            relid,
+            max_rows,
+            meta.as_ref().map(|m| (m.key_columns.as_slice(), m.append)),
+        )?;
         if rows.is_empty() {
             return Ok(Outcome::default());
         }
@@ -206,23 +214,26 @@ fn take_rows(
     client: &mut SpiClient<'_>,
     relid: pg_sys::Oid,
     max_rows: i64,
+    table: Option<(&[String], bool)>,
 ) -> SpiResult<Vec<InboxRow>> {
     let mut out = Vec::new();
+    let mut taken = Vec::new();
     for r in client.update(
         // The cut-off is a scalar subquery (run once), so the delete is one range of the
         // (relid, id) index whatever the planner thinks of the inbox's size: the `id IN
         // (SELECT … LIMIT n)` form could get a nested-loop plan from stale statistics (an
         // inbox analyzed while nearly empty) and take minutes for 100k rows.
-        "DELETE FROM writebehind.inbox
-         WHERE relid = $1
-           AND id <= (SELECT max(c.id) FROM
-                        (SELECT i.id FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT $2) c)
-         RETURNING id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at",
+        &format!(
+            "DELETE FROM writebehind.inbox
+              WHERE relid = $1 AND id <= ({CUT})
+             RETURNING id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at,
+                       columns, vals, array_ndims(vals), array_length(vals, 1), array_length(vals, 2)"
+        ),
         None,
         &[relid.into(), max_rows.into()],
     )? {
         let op: Option<String> = r.get(4)?;
-        out.push(InboxRow {
+        let head = InboxRow {
             id: r.get(1)?.unwrap_or_default(),
             proxy_id: r.get(2)?.unwrap_or_default(),
             batch_seq: r.get(3)?.unwrap_or_default(),
@@ -231,12 +242,48 @@ fn take_rows(
             data: r.get(6)?,
             conflict_set: r.get(7)?,
             enqueued_at: r.get(8)?,
-        });
+        };
+        let flat: Option<Vec<Option<String>>> = r.get(10)?;
+        match flat {
+            None => taken.push((head, None)),
+            Some(flat) => {
+                let dims = (
+                    r.get::<i32>(11)?.unwrap_or(0),
+                    r.get::<i32>(12)?.unwrap_or(0),
+                    r.get::<i32>(13)?.unwrap_or(0),
+                );
+                let columns: Vec<String> = r.get(9)?.unwrap_or_default();
+                taken.push((head, Some((columns, flat, dims))));
+            }
+        }
     }
-    // RETURNING gives no order; the apply order is the id order.
-    out.sort_unstable_by_key(|r| r.id);
+    // RETURNING gives no order; the apply order is the id order, then a packed row's own.
+    taken.sort_unstable_by_key(|(h, _)| h.id);
+    for (head, packed) in taken {
+        match packed {
+            None => out.push(head),
+            Some((columns, flat, dims)) => unpack::unpack(
+                unpack::Packed {
+                    head,
+                    columns,
+                    flat,
+                    dims,
+                },
+                table.map(|t| t.0),
+                table.is_some_and(|t| t.1),
+                &mut out,
+            ),
+        }
+    }
     Ok(out)
 }
+
+/// The last inbox id of a table's next round (`$1` the table, `$2` the most changes): the
+/// first `$2` rows, cut where their changes (a packed row holds many) pass `$2`, but at least
+/// one row.
+pub(crate) const CUT: &str = "SELECT coalesce(max(c.id) FILTER (WHERE c.total <= $2), min(c.id))
+       FROM (SELECT i.id, sum(i.n) OVER (ORDER BY i.id) AS total
+               FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT $2) c";
 
 /// Runs `f` with the current user switched to `owner` (never a superuser's implicit rights).
 pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {

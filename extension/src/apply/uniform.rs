@@ -10,9 +10,10 @@
 
 use super::fold::Conflict;
 use super::isolate::in_subtransaction;
+use super::packed::{self, Attempt};
 use super::table::TableMeta;
 use super::uniform_sql::{execute, increment_sql, insert_sql};
-use super::{as_owner, Outcome};
+use super::{as_owner, Outcome, CUT};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult};
@@ -20,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// Column types whose increments sum exactly (`sum()` of them is a wider integer or numeric).
-const EXACT_TYPES: [&str; 4] = ["smallint", "integer", "bigint", "numeric"];
+pub(super) const EXACT_TYPES: [&str; 4] = ["smallint", "integer", "bigint", "numeric"];
 
 /// Rounds a table skips the fast path after it was declined (doubling, up to this).
 const MAX_SKIP: u32 = 64;
@@ -60,8 +61,23 @@ pub fn try_apply(
     if !crate::gucs::UNIFORM_APPLY.get() || skipping(relid) {
         return Ok(None);
     }
-    let Some((shape, cut)) = probe(client, meta, relid, max_rows)? else {
-        return Ok(None);
+    let (shape, cut) = match probe(client, meta, relid, max_rows)? {
+        Probe::Empty => return Ok(None),
+        Probe::Json(Some(found)) => found,
+        Probe::Json(None) => return Ok(None),
+        Probe::Packed => {
+            return Ok(match packed::try_apply(client, meta, relid, max_rows)? {
+                Attempt::Applied(done) => {
+                    settle(relid, true);
+                    Some(done)
+                }
+                Attempt::NotEligible => None,
+                Attempt::Declined => {
+                    settle(relid, false);
+                    None
+                }
+            })
+        }
     };
     let statements = match &shape {
         Uniform::Insert { columns, conflict } => insert_sql(meta, columns, conflict),
@@ -166,32 +182,47 @@ fn settle(relid: pg_sys::Oid, fitted: bool) {
     });
 }
 
+/// What the head of a table's queue looks like.
+enum Probe {
+    /// Nothing queued.
+    Empty,
+    /// A row in JSON form: the round's shape (if uniform-able) and its last inbox id.
+    Json(Option<(Uniform, i64)>),
+    /// A packed row: [`packed`] decides.
+    Packed,
+}
+
 /// The round's shape, read from its first row, and its last inbox id.
 fn probe(
     client: &SpiClient<'_>,
     meta: &TableMeta,
     relid: pg_sys::Oid,
     max_rows: i64,
-) -> SpiResult<Option<(Uniform, i64)>> {
+) -> SpiResult<Probe> {
     let rows = client.select(
-        "SELECT i.op::text, i.data, i.conflict_set,
-                (SELECT max(c.id) FROM
-                   (SELECT j.id FROM writebehind.inbox j WHERE j.relid = $1 ORDER BY j.id LIMIT $2) c)
-           FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT 1",
+        &format!(
+            "SELECT i.op::text, i.data, i.conflict_set, ({CUT}), i.vals IS NOT NULL
+               FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT 1"
+        ),
         None,
         &[relid.into(), max_rows.into()],
     )?;
     let Some(row) = rows.into_iter().next() else {
-        return Ok(None);
+        return Ok(Probe::Empty);
     };
+    if row.get::<bool>(5)?.unwrap_or(false) {
+        return Ok(Probe::Packed);
+    }
     let op: Option<String> = row.get(1)?;
     let data: Option<String> = row.get(2)?;
     let conflict_set: Option<Vec<String>> = row.get(3)?;
     let cut: Option<i64> = row.get(4)?;
     let (Some(op), Some(data), Some(cut)) = (op, data, cut) else {
-        return Ok(None);
+        return Ok(Probe::Json(None));
     };
-    Ok(classify(meta, &op, &data, conflict_set).map(|s| (s, cut)))
+    Ok(Probe::Json(
+        classify(meta, &op, &data, conflict_set).map(|s| (s, cut)),
+    ))
 }
 
 /// The uniform shape a row of `op` with `data` stands for, if the fast path can take it.
@@ -268,12 +299,12 @@ fn take(
         &format!(
             "WITH taken AS (
                  DELETE FROM writebehind.inbox WHERE relid = $1 AND id <= $2
-                 RETURNING id, key, data, proxy_id, batch_seq, op, conflict_set)
+                 RETURNING id, key, data, proxy_id, batch_seq, op, conflict_set, vals IS NOT NULL AS packed)
              SELECT count(*),
                     (SELECT count(*) FROM (SELECT DISTINCT proxy_id, batch_seq FROM taken) b),
                     array_agg(key), array_agg(data),
-                    count(*) FILTER (WHERE op <> $3 OR conflict_set IS DISTINCT FROM $4)
-               FROM (SELECT key, data, op::text, conflict_set FROM taken{order}) s"
+                    count(*) FILTER (WHERE op <> $3 OR conflict_set IS DISTINCT FROM $4 OR packed)
+               FROM (SELECT key, data, op::text, conflict_set, packed FROM taken{order}) s"
         ),
         None,
         &[relid.into(), cut.into(), op.into(), conflict_set.into()],

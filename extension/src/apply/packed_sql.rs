@@ -1,0 +1,176 @@
+//! The statements of the packed fast path ([`super::packed`]): one INSERT or UPDATE over up to
+//! [`super::packed::MAX_CHUNKS`] packed rows, which reads each value straight out of the rows'
+//! two-dimensional `text[]` arrays and casts it to its column's type: no JSON, no row per change.
+//!
+//! Parameters: `$1` … `$k`, the packed rows' `vals` in inbox order. Every statement reports
+//! (rows it read, rows applied, rows it should have applied), as [`super::uniform_sql`]'s do.
+
+use super::fold::Conflict;
+use super::statements::on_conflict;
+use super::table::TableMeta;
+use super::uniform_sql::{Statement, Statements};
+use pgrx::spi::quote_identifier;
+
+/// The changes of `k` packed rows of `width` columns, as rows `v(ck, c1 … c<width>, o)`:
+/// `ck` the packed row's place in the round, `o` the change's place in it.
+fn source(k: usize, width: usize) -> String {
+    let parts: Vec<String> = (1..=k)
+        .map(|p| {
+            let slices: Vec<String> = (1..=width).map(|c| format!("${p}[{c}:{c}][:]")).collect();
+            let names: Vec<String> = (1..=width).map(|c| format!("c{c}")).collect();
+            format!(
+                "SELECT {p} AS ck, u.* FROM unnest({}) WITH ORDINALITY AS u({}, o)",
+                slices.join(", "),
+                names.join(", ")
+            )
+        })
+        .collect();
+    parts.join(" UNION ALL ")
+}
+
+/// The value of `column` in a change, cast to the column's type.
+fn value(meta: &TableMeta, packed: &[String], column: &str) -> String {
+    let at = packed.iter().position(|c| c == column).map_or(0, |i| i + 1);
+    let ty = meta.types.get(column).map_or("text", String::as_str);
+    format!("v.c{at}::{ty}")
+}
+
+/// INSERT of the packed rows' changes; `columns` are the non-key columns they list.
+pub fn insert_sql(
+    meta: &TableMeta,
+    packed: &[String],
+    columns: &[String],
+    conflict: &Conflict,
+    k: usize,
+) -> Statements {
+    let src = source(k, packed.len());
+    let mut targets: Vec<String> = meta.key_columns.iter().map(quote_identifier).collect();
+    targets.extend(columns.iter().map(quote_identifier));
+    let mut values: Vec<String> = meta
+        .key_columns
+        .iter()
+        .map(|c| value(meta, packed, c))
+        .collect();
+    values.extend(columns.iter().map(|c| value(meta, packed, c)));
+    let (order, clause) = if meta.append {
+        // Serial defaults and triggers see the changes in the order they were acknowledged.
+        (" ORDER BY v.ck, v.o", String::new())
+    } else {
+        ("", on_conflict(meta, conflict, columns))
+    };
+    let first = Statement {
+        sql: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM ({src}) v{order}{clause}",
+            meta.qualified,
+            targets.join(", "),
+            values.join(", "),
+        ),
+        counted_by_rows: true,
+    };
+    // A key inserted twice: as in the JSON form, keep each key's last change where that is
+    // exactly what folding gives.
+    let updates_all = match conflict {
+        Conflict::Upsert => true,
+        Conflict::UpdateSet(cols) => {
+            let mut a = cols.clone();
+            let mut b = columns.to_vec();
+            a.sort();
+            b.sort();
+            a == b
+        }
+        _ => false,
+    };
+    let last_per_key = (!meta.append && !columns.is_empty() && updates_all).then(|| {
+        let keys: Vec<String> = meta
+            .key_columns
+            .iter()
+            .map(|c| value(meta, packed, c))
+            .collect();
+        let keys = keys.join(", ");
+        Statement {
+            sql: format!(
+                "WITH v AS ({src}),
+                      x AS (SELECT DISTINCT ON ({keys}) v.* FROM v ORDER BY {keys}, v.ck DESC, v.o DESC),
+                      ins AS (INSERT INTO {} ({}) SELECT {} FROM x AS v{clause} RETURNING 1)
+                 SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM ins), (SELECT count(*) FROM x)",
+                meta.qualified,
+                targets.join(", "),
+                values.join(", "),
+            ),
+            counted_by_rows: false,
+        }
+    });
+    Statements {
+        first,
+        last_per_key,
+    }
+}
+
+/// The increments of the packed rows, summed per key and added in one UPDATE; `columns` are
+/// the incremented columns. A change with a NULL key or delta is not counted as read, so the
+/// round goes the general way (where it is a dead letter).
+pub fn increment_sql(
+    meta: &TableMeta,
+    packed: &[String],
+    columns: &[String],
+    k: usize,
+) -> Statements {
+    let src = source(k, packed.len());
+    let nk = meta.key_columns.len();
+    let mut select: Vec<String> = meta
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} AS k{i}", value(meta, packed, c)))
+        .collect();
+    let mut complete: Vec<String> = meta
+        .key_columns
+        .iter()
+        .chain(columns)
+        .map(|c| {
+            let at = packed.iter().position(|p| p == c).map_or(0, |i| i + 1);
+            format!("v.c{at} IS NOT NULL")
+        })
+        .collect();
+    complete.dedup();
+    let mut sets = Vec::new();
+    for (j, c) in columns.iter().enumerate() {
+        // sum() of an integer type is a wider integer or numeric: exact (an overflow is an error).
+        select.push(format!("sum({}) AS s{j}", value(meta, packed, c)));
+        let q = quote_identifier(c);
+        let ty = meta.types.get(c).map_or("numeric", String::as_str);
+        sets.push(format!("{q} = t.{q} + g.s{j}::text::{ty}"));
+    }
+    select.push(format!(
+        "count(*) FILTER (WHERE {}) AS n",
+        complete.join(" AND ")
+    ));
+    let group = (1..=nk)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let matches = meta
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = g.k{i}", quote_identifier(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "WITH g AS (SELECT {} FROM ({src}) v GROUP BY {group}),
+              upd AS (UPDATE {} AS t SET {} FROM g WHERE {matches} RETURNING 1)
+         SELECT (SELECT coalesce(sum(n), 0)::int8 FROM g), (SELECT count(*) FROM g),
+                (SELECT count(*) FROM g)
+          WHERE (SELECT count(*) FROM upd) >= 0",
+        select.join(", "),
+        meta.qualified,
+        sets.join(", "),
+    );
+    Statements {
+        first: Statement {
+            sql,
+            counted_by_rows: false,
+        },
+        last_per_key: None,
+    }
+}

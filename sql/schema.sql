@@ -40,9 +40,10 @@ CREATE TABLE writebehind.inbox (
     data         text,
     conflict_set text[],
     enqueued_at  timestamptz NOT NULL DEFAULT now(),
-    -- A packed row (docs/inbox.md): many changes of one shape, column-wise. `columns` names
-    -- them; `vals` is a two-dimensional array, vals[c][r] the value of columns[c] in change r.
-    -- key and data are then NULL. lz4: a fraction of pglz's CPU on the way in and out.
+    -- A packed row (docs/inbox.md): many changes of one shape, column-wise; key and data are
+    -- then NULL. `vals` is two-dimensional: one value row per key column (as `key`), then one
+    -- per name in `columns` (as `data`); vals[c][r] is that value of change r. lz4: a
+    -- fraction of pglz's CPU on the way in and out.
     columns      text[],
     vals         text[] COMPRESSION lz4,
     -- The changes this row holds: 1, or a packed row's count (its number of value rows).

@@ -55,20 +55,31 @@ pub async fn ship_rows(
 #[derive(Clone, Debug)]
 pub struct Packed {
     pub op: char,
+    /// The first `key_len` are the table's key columns (sent as the key, not as columns).
     pub columns: Vec<String>,
+    pub key_len: usize,
     /// One entry per change: its values in `columns` order (`None` is NULL).
     pub rows: Vec<Vec<Option<String>>>,
     pub conflict_set: Option<Vec<String>>,
 }
 
 impl Packed {
-    /// Changes of `op` over `columns`, with values given as text (`"NULL"` is not special).
+    /// Changes of `op` to a table keyed by `columns[0]`.
     pub fn new(op: char, columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Self {
         Packed {
             op,
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            key_len: 1,
             rows,
             conflict_set: None,
+        }
+    }
+
+    /// Inserts into an append table (no key).
+    pub fn append(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Self {
+        Packed {
+            key_len: 0,
+            ..Packed::new('I', columns, rows)
         }
     }
 }
@@ -88,9 +99,9 @@ fn array_literal<'a>(items: impl Iterator<Item = Option<&'a str>>) -> String {
 pub const COPY_ALL: &str = "COPY writebehind.inbox \
      (proxy_id, batch_seq, relid, op, key, data, conflict_set, columns, vals) FROM STDIN";
 
-/// The COPY text of one packed row: `vals[c][r]`, column by column.
+/// The COPY text of one packed row: `vals[c][r]`, the key's values and then each column's.
 pub fn packed_row(proxy: &str, seq: i64, relid: u32, p: &Packed) -> String {
-    let columns = array_literal(p.columns.iter().map(|c| Some(c.as_str())));
+    let columns = array_literal(p.columns[p.key_len..].iter().map(|c| Some(c.as_str())));
     let vals: Vec<String> = (0..p.columns.len())
         .map(|c| array_literal(p.rows.iter().map(|r| r.get(c).and_then(|v| v.as_deref()))))
         .collect();

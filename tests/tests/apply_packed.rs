@@ -12,22 +12,17 @@ fn text(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
-/// The JSON form of a packed row's changes (docs/inbox.md, "op and data").
-fn as_json(p: &Packed, key: &str) -> Vec<Change> {
-    let at = |c: &str| p.columns.iter().position(|x| x == c);
+/// The JSON form of a packed row's changes (docs/inbox.md, "op and data"); key first.
+fn as_json(p: &Packed) -> Vec<Change> {
     p.rows
         .iter()
         .map(|r| {
-            let k = at(key).and_then(|i| r[i].clone()).unwrap_or_default();
             let mut obj = serde_json::Map::new();
-            for (c, v) in p.columns.iter().zip(r) {
+            for (c, v) in p.columns.iter().zip(r).skip(p.key_len) {
                 let v = v
                     .clone()
                     .map_or(serde_json::Value::Null, serde_json::Value::String);
                 let v = if p.op == 'U' {
-                    if c == key {
-                        continue;
-                    }
                     serde_json::json!({ "add": v })
                 } else {
                     v
@@ -36,7 +31,10 @@ fn as_json(p: &Packed, key: &str) -> Vec<Change> {
             }
             Change {
                 op: p.op,
-                key: vec![k],
+                key: r[..p.key_len]
+                    .iter()
+                    .map(|k| k.clone().unwrap_or_default())
+                    .collect(),
                 data: (p.op != 'D').then(|| serde_json::Value::Object(obj).to_string()),
             }
         })
@@ -103,10 +101,10 @@ async fn packed_rounds_take_one_statement_and_equal_the_json_form() -> anyhow::R
         let rows = (0..2000i64)
             .map(|j| {
                 let id = (j * 11 + b) % 120 + 1 + if j % 6 == 0 { 1000 } else { 0 };
-                vec![text((j % 9) - 3), text(id), text(format!("{}.25", j % 5))]
+                vec![text(id), text((j % 9) - 3), text(format!("{}.25", j % 5))]
             })
             .collect();
-        batches.push(vec![Packed::new('U', &["n", "id", "d"], rows)]);
+        batches.push(vec![Packed::new('U', &["id", "n", "d"], rows)]);
     }
     // Upserts of existing and new keys, one key twice (the later one wins).
     let mut x = Packed::new(
@@ -123,7 +121,7 @@ async fn packed_rounds_take_one_statement_and_equal_the_json_form() -> anyhow::R
     for (seq, batch) in batches.iter().enumerate() {
         let seq = seq as i64 + 1;
         assert!(ship_packed(&mut client, "p", seq, rp, batch).await?);
-        let json: Vec<Change> = batch.iter().flat_map(|p| as_json(p, "id")).collect();
+        let json: Vec<Change> = batch.iter().flat_map(as_json).collect();
         assert!(ship(&mut client, "j", seq, rj, &json).await?);
     }
     flush(&client).await?;
@@ -352,8 +350,7 @@ async fn packed_rounds_that_do_not_fit_are_unpacked_for_the_general_path() -> an
     // Append: packed rows keep their order across rows and within them.
     let rev = relid(&client, "ev").await?;
     let chunk = |from: i64| {
-        Packed::new(
-            'I',
+        Packed::append(
             &["id", "note"],
             (from..from + 50)
                 .map(|i| vec![text(i), text(format!("e{i}"))])

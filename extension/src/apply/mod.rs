@@ -269,8 +269,7 @@ fn take_rows(
                     flat,
                     dims,
                 },
-                table.map(|t| t.0),
-                table.is_some_and(|t| t.1),
+                table.map(|(key, append)| if append { 0 } else { key.len() }),
                 &mut out,
             ),
         }

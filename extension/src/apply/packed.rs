@@ -90,7 +90,7 @@ pub fn try_apply(
         Shape::Increment { columns } => increment_sql(meta, &packed_columns, columns, k),
     };
     let increments = matches!(shape, Shape::Increment { .. });
-    let width = packed_columns.len() as i32;
+    let width = (meta.key_columns.len() + packed_columns.len()) as i32;
     let run = in_subtransaction(|| {
         let taken = take(client, relid, &ids, width).unwrap_or_else(|e| pgrx::error!("{e}"));
         if taken.rows != expected {
@@ -180,8 +180,7 @@ fn classify(
 ) -> Option<Shape> {
     let distinct: HashSet<&String> = columns.iter().collect();
     let known = columns.iter().all(|c| meta.types.contains_key(c));
-    let keyed = meta.key_columns.iter().all(|k| columns.contains(k));
-    if distinct.len() != columns.len() || !known || !keyed {
+    if distinct.len() != columns.len() || !known {
         return None;
     }
     let non_key: Vec<String> = columns
@@ -208,7 +207,7 @@ fn classify(
                 conflict,
             })
         }
-        "U" if !meta.append => {
+        "U" if !meta.append && non_key.len() == columns.len() => {
             let exact = non_key.iter().all(|c| {
                 meta.types
                     .get(c)

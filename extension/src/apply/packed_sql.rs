@@ -2,7 +2,7 @@
 //! [`super::packed::MAX_CHUNKS`] packed rows, which reads each value straight out of the rows'
 //! two-dimensional `text[]` arrays and casts it to its column's type: no JSON, no row per change.
 //!
-//! Parameters: `$1` … `$k`, the packed rows' `vals` in inbox order. Every statement reports
+//! Parameters: `$1` … `$k`, the packed rows' `vals` in inbox order (key values first). Every statement reports
 //! (rows it read, rows applied, rows it should have applied), as [`super::uniform_sql`]'s do.
 
 use super::fold::Conflict;
@@ -28,11 +28,23 @@ fn source(k: usize, width: usize) -> String {
     parts.join(" UNION ALL ")
 }
 
+/// Where `column`'s values are in a packed row: the key columns first (the key, as in the JSON
+/// form's `key`), then the listed columns; a key column listed again is read from the key.
+fn slot(meta: &TableMeta, packed: &[String], column: &str) -> usize {
+    let nk = meta.key_columns.len();
+    match meta.key_columns.iter().position(|k| k == column) {
+        Some(i) => i + 1,
+        None => packed
+            .iter()
+            .position(|c| c == column)
+            .map_or(0, |i| nk + i + 1),
+    }
+}
+
 /// The value of `column` in a change, cast to the column's type.
 fn value(meta: &TableMeta, packed: &[String], column: &str) -> String {
-    let at = packed.iter().position(|c| c == column).map_or(0, |i| i + 1);
     let ty = meta.types.get(column).map_or("text", String::as_str);
-    format!("v.c{at}::{ty}")
+    format!("v.c{}::{ty}", slot(meta, packed, column))
 }
 
 /// INSERT of the packed rows' changes; `columns` are the non-key columns they list.
@@ -43,7 +55,7 @@ pub fn insert_sql(
     conflict: &Conflict,
     k: usize,
 ) -> Statements {
-    let src = source(k, packed.len());
+    let src = source(k, meta.key_columns.len() + packed.len());
     let mut targets: Vec<String> = meta.key_columns.iter().map(quote_identifier).collect();
     targets.extend(columns.iter().map(quote_identifier));
     let mut values: Vec<String> = meta
@@ -115,7 +127,7 @@ pub fn increment_sql(
     columns: &[String],
     k: usize,
 ) -> Statements {
-    let src = source(k, packed.len());
+    let src = source(k, meta.key_columns.len() + packed.len());
     let nk = meta.key_columns.len();
     let mut select: Vec<String> = meta
         .key_columns
@@ -127,10 +139,7 @@ pub fn increment_sql(
         .key_columns
         .iter()
         .chain(columns)
-        .map(|c| {
-            let at = packed.iter().position(|p| p == c).map_or(0, |i| i + 1);
-            format!("v.c{at} IS NOT NULL")
-        })
+        .map(|c| format!("v.c{} IS NOT NULL", slot(meta, packed, c)))
         .collect();
     complete.dedup();
     let mut sets = Vec::new();

@@ -15,13 +15,18 @@ pub struct Packed {
     pub dims: (i32, i32, i32),
 }
 
-/// Appends `p`'s changes to `out`. `key_columns` is `None` when the table is gone (the rows
-/// then carry every column in `data` and go to the dead letters anyway). A row whose arrays do
-/// not match (not two-dimensional, not one value row per column) becomes one change with op
-/// `?`, which the fold dead-letters as malformed, with the payload in `data`.
-pub fn unpack(p: Packed, key_columns: Option<&[String]>, append: bool, out: &mut Vec<InboxRow>) {
+/// Appends `p`'s changes to `out`. `key_len` is the table's number of key columns (0 for an
+/// append table), `None` when the table is gone (its rows go to the dead letters anyway). A row
+/// whose arrays do not match (not two-dimensional, not one value row per key column and per
+/// listed column) becomes one change with op `?`, which the fold dead-letters as malformed,
+/// with the payload in `data`.
+pub fn unpack(p: Packed, key_len: Option<usize>, out: &mut Vec<InboxRow>) {
     let (ndims, ncols, nrows) = p.dims;
-    let width = p.columns.len();
+    let Some(nk) = key_len else {
+        out.push(malformed(p));
+        return;
+    };
+    let width = nk + p.columns.len();
     if ndims != 2 || ncols < 0 || ncols as usize != width || nrows <= 0 {
         out.push(malformed(p));
         return;
@@ -31,45 +36,32 @@ pub fn unpack(p: Packed, key_columns: Option<&[String]>, append: bool, out: &mut
         out.push(malformed(p));
         return;
     }
-    let at = |c: usize, r: usize| p.flat[c * nrows + r].clone();
-    let key_at: Option<Vec<usize>> = match key_columns {
-        Some(k) if !append => k
-            .iter()
-            .map(|kc| p.columns.iter().position(|c| c == kc))
-            .collect(),
-        _ => None,
+    let at = |c: usize, r: usize| {
+        p.flat[c * nrows + r]
+            .clone()
+            .map_or(Value::Null, Value::String)
     };
     for r in 0..nrows {
-        let key = key_at.as_ref().map(|ix| {
-            let vals: Vec<Value> = ix
-                .iter()
-                .map(|&c| at(c, r).map_or(Value::Null, Value::String))
-                .collect();
-            Value::Array(vals).to_string()
-        });
+        let key = (nk > 0).then(|| Value::Array((0..nk).map(|c| at(c, r)).collect()).to_string());
+        let listed = p
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c, at(nk + i, r)));
         let data = match p.head.op {
             b'D' => None,
             b'U' => {
-                let obj: Map<String, Value> = p
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| !key_columns.is_some_and(|k| k.contains(c)))
-                    .map(|(i, c)| {
+                let obj: Map<String, Value> = listed
+                    .map(|(c, v)| {
                         let mut add = Map::new();
-                        add.insert("add".into(), at(i, r).map_or(Value::Null, Value::String));
+                        add.insert("add".into(), v);
                         (c.clone(), Value::Object(add))
                     })
                     .collect();
                 Some(Value::Object(obj).to_string())
             }
             _ => {
-                let obj: Map<String, Value> = p
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.clone(), at(i, r).map_or(Value::Null, Value::String)))
-                    .collect();
+                let obj: Map<String, Value> = listed.map(|(c, v)| (c.clone(), v)).collect();
                 Some(Value::Object(obj).to_string())
             }
         };
@@ -126,15 +118,15 @@ mod tests {
     }
 
     #[test]
-    fn increments_become_add_objects_keyed_by_the_key_columns() {
+    fn increments_become_add_objects_keyed_by_the_key_values() {
         let mut out = Vec::new();
         let p = Packed {
             head: head(b'U'),
-            columns: vec!["n".into(), "id".into()],
-            flat: flat(&[Some("1"), Some("-2"), Some("a"), Some("b")]),
+            columns: vec!["n".into()],
+            flat: flat(&[Some("a"), Some("b"), Some("1"), Some("-2")]),
             dims: (2, 2, 2),
         };
-        unpack(p, Some(&["id".to_string()]), false, &mut out);
+        unpack(p, Some(1), &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].key.as_deref(), Some(r#"["a"]"#));
         assert_eq!(out[0].data.as_deref(), Some(r#"{"n":{"add":"1"}}"#));
@@ -144,17 +136,17 @@ mod tests {
     }
 
     #[test]
-    fn inserts_list_every_column_and_nulls_stay_null() {
+    fn inserts_list_their_columns_and_nulls_stay_null() {
         let mut out = Vec::new();
         let p = Packed {
             head: head(b'I'),
-            columns: vec!["id".into(), "v".into()],
+            columns: vec!["v".into()],
             flat: flat(&[Some("1"), None]),
             dims: (2, 2, 1),
         };
-        unpack(p, Some(&["id".to_string()]), false, &mut out);
+        unpack(p, Some(1), &mut out);
         assert_eq!(out[0].key.as_deref(), Some(r#"["1"]"#));
-        assert_eq!(out[0].data.as_deref(), Some(r#"{"id":"1","v":null}"#));
+        assert_eq!(out[0].data.as_deref(), Some(r#"{"v":null}"#));
     }
 
     #[test]
@@ -162,11 +154,11 @@ mod tests {
         let mut out = Vec::new();
         let p = Packed {
             head: head(b'I'),
-            columns: vec!["id".into(), "v".into()],
+            columns: vec!["v".into()],
             flat: flat(&[Some("1"), Some("2"), Some("3")]),
             dims: (1, 3, 0),
         };
-        unpack(p, Some(&["id".to_string()]), false, &mut out);
+        unpack(p, Some(1), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].op, b'?');
         assert!(out[0].data.as_deref().is_some_and(|d| d.contains("\"3\"")));

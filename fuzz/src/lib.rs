@@ -9,7 +9,7 @@ use writebehind_proxy::writebehind::catalog::{
 use writebehind_proxy::writebehind::encode::{self, Change, ColumnChange};
 use writebehind_proxy::writebehind::recognize::Write;
 use writebehind_proxy::writebehind::template::Template;
-use writebehind_proxy::writebehind::{journal, lexer, queue, recognize, validate};
+use writebehind_proxy::writebehind::{journal, lexer, pack, queue, recognize, validate};
 
 fn col(name: &str, type_name: &str, typmod: i32) -> Column {
     let max_chars = (matches!(type_name, "character varying" | "character") && typmod >= 4)
@@ -106,12 +106,20 @@ pub fn check_changes(changes: &[Change]) {
     for (seq, c) in changes.iter().enumerate() {
         out.clear();
         encode::copy_row(&mut out, "fuzz-proxy", seq as i64, c);
-        // One COPY text row: 7 fields, every tab / newline / CR inside a value escaped.
+        // One COPY text row: 9 fields, every tab / newline / CR inside a value escaped.
         let count = |b: u8| out.iter().filter(|&&x| x == b).count();
         assert_eq!(out.last(), Some(&b'\n'), "COPY row not newline-terminated");
         assert_eq!(count(b'\n'), 1, "raw newline inside a COPY row for {c:?}");
-        assert_eq!(count(b'\t'), 6, "raw tab inside a COPY row for {c:?}");
+        assert_eq!(count(b'\t'), 8, "raw tab inside a COPY row for {c:?}");
         assert_eq!(count(b'\r'), 0, "raw CR inside a COPY row for {c:?}");
+    }
+    // The whole batch, packed where it can be: every row still has 9 fields.
+    out.clear();
+    pack::encode_batch(&mut out, "fuzz-proxy", 1, changes);
+    for row in out.split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
+        let tabs = row.iter().filter(|&&x| x == b'\t').count();
+        assert_eq!(tabs, 8, "a packed batch row without 9 fields");
+        assert!(!row.contains(&b'\r'), "raw CR inside a packed batch row");
     }
     let bytes = journal::encode("db", changes);
     match journal::decode(&bytes) {

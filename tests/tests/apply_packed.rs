@@ -429,3 +429,67 @@ async fn packed_rounds_that_do_not_fit_are_unpacked_for_the_general_path() -> an
     assert_eq!(query_i64(&client, "SELECT count(*) FROM ev").await?, 100);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_queue_of_alternating_packed_shapes_is_applied_in_one_round() -> anyhow::Result<()> {
+    // The worker polls only once an hour: everything queued must go in the round a commit or
+    // a flush wakes it for, however many runs of one shape the queue holds (one packed row per
+    // shape and batch, as a proxy ships inserts and increments of different keys).
+    let cluster = Cluster::start_with(&["writebehind.naptime = '1h'"])?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE c (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO c SELECT g, 0 FROM generate_series(1, 10) g;
+             SELECT writebehind.enable('c');",
+        )
+        .await?;
+    let rc = relid(&client, "c").await?;
+    let mut rows = String::new();
+    for b in 0..40i64 {
+        let p = if b % 2 == 0 {
+            Packed::new(
+                'U',
+                &["id", "n"],
+                (1..=10).map(|k| vec![text(k), text(1)]).collect(),
+            )
+        } else {
+            Packed::new(
+                'I',
+                &["id", "n"],
+                (0..5)
+                    .map(|j| vec![text(100 + b * 5 + j), text(7)])
+                    .collect(),
+            )
+        };
+        rows.push_str(&packed_row("alt", 1, rc, &p));
+    }
+    assert!(
+        ship_batch_as(
+            &mut client,
+            "alt",
+            1,
+            writebehind_tests::inbox::COPY_ALL,
+            || Ok(rows)
+        )
+        .await?
+    );
+    client
+        .execute("SELECT writebehind.flush('c', '20 s')", &[])
+        .await?;
+    assert_eq!(
+        query_i64(&client, "SELECT sum(n)::int8 FROM c WHERE id <= 10").await?,
+        200
+    );
+    assert_eq!(
+        query_i64(&client, "SELECT count(*) FROM c WHERE id > 10 AND n = 7").await?,
+        100
+    );
+    let (segments, one_statement) = rounds(&client, "c").await?;
+    assert_eq!(
+        (segments, one_statement),
+        (40, 40),
+        "each run of one shape is one statement"
+    );
+    Ok(())
+}

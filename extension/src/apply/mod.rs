@@ -71,84 +71,122 @@ struct DeadLetter {
     message: String,
 }
 
-/// Applies up to `max_rows` of `relid`'s inbox rows in the current transaction.
+/// Applies up to `max_rows` of `relid`'s inbox changes in the current transaction: runs of
+/// one shape by the fast paths, one statement each (a packed row holds one shape, so a queue of
+/// packed rows of alternating shapes is several runs), and the rest of the round by the general
+/// path.
 pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
     Spi::connect_mut(|client| {
-        let started = Instant::now();
         let meta = table::load(client, relid)?;
-        if let Some(meta) = &meta {
-            if let Some(done) = uniform::try_apply(client, meta, relid, max_rows)? {
-                record_round(client, relid, &done.outcome, done.batches, true, started)?;
-                return Ok(done.outcome);
-            }
-        }
-        // Taking the rows deletes them; the deletion commits with the apply (exactly once).
-        let rows = take_rows(
-            client,
-            relid,
-            max_rows,
-            meta.as_ref().map(|m| (m.key_columns.as_slice(), m.append)),
-        )?;
-        if rows.is_empty() {
-            return Ok(Outcome::default());
-        }
-        let batches: HashSet<(&str, i64)> = rows
-            .iter()
-            .map(|r| (r.proxy_id.as_str(), r.batch_seq))
-            .collect();
-        let mut dead = Vec::new();
-        let mut applied_by_kind = [0usize; 3];
-        let mut table_name = format!("{}", u32::from(relid));
-        match meta {
-            None => {
-                for (i, r) in rows.iter().enumerate() {
-                    dead.push(DeadLetter {
-                        origin: i,
-                        op: r.op,
-                        key: r.key.clone(),
-                        data: r.data.clone(),
-                        conflict_set: r.conflict_set.clone(),
-                        sqlstate: "42P01".into(),
-                        message: format!("relation with OID {} does not exist", u32::from(relid)),
-                    });
+        let mut total = Outcome::default();
+        while (total.rows as i64) < max_rows {
+            let left = max_rows - total.rows as i64;
+            let started = Instant::now();
+            let fast = match &meta {
+                Some(meta) => uniform::try_apply(client, meta, relid, left)?,
+                None => None,
+            };
+            match fast {
+                Some(done) if done.outcome.rows > 0 => {
+                    record_round(client, relid, &done.outcome, done.batches, true, started)?;
+                    total.add(&done.outcome);
+                }
+                _ => {
+                    let out = apply_general(client, meta.as_ref(), relid, left, started)?;
+                    total.add(&out);
+                    break;
                 }
             }
-            Some(meta) => {
-                table_name = meta.qualified.clone();
-                let plan = fold::fold(
-                    &rows,
-                    &TableShape {
-                        key_columns: &meta.key_columns,
-                        append: meta.append,
-                        policy: meta.policy.clone(),
-                    },
-                );
-                for m in plan.malformed.iter() {
-                    let r = &rows[m.origin];
-                    dead.push(DeadLetter {
-                        op: r.op,
-                        key: r.key.clone(),
-                        data: r.data.clone(),
-                        conflict_set: r.conflict_set.clone(),
-                        origin: m.origin,
-                        sqlstate: "22P02".into(),
-                        message: format!("malformed inbox row: {}", m.message),
-                    });
-                }
-                applied_by_kind =
-                    as_owner(meta.owner, || apply_plan(client, &meta, &plan, &mut dead));
-            }
         }
-        write_dead_letters(client, relid, &table_name, &rows, &dead)?;
-        let out = Outcome {
-            rows: rows.len(),
-            applied: applied_by_kind.iter().sum(),
-            applied_by_kind,
-            dead: dead.len(),
-        };
-        record_round(client, relid, &out, batches.len() as i64, false, started)?;
-        Ok(out)
+        Ok(total)
     })
+}
+
+impl Outcome {
+    fn add(&mut self, o: &Outcome) {
+        self.rows += o.rows;
+        self.applied += o.applied;
+        self.dead += o.dead;
+        for (a, b) in self.applied_by_kind.iter_mut().zip(o.applied_by_kind) {
+            *a += b;
+        }
+    }
+}
+
+/// The general path for up to `max_rows` changes: take, fold in Rust, apply step by step as
+/// the owner with failures isolated, dead letters, counters.
+fn apply_general(
+    client: &mut SpiClient<'_>,
+    meta: Option<&TableMeta>,
+    relid: pg_sys::Oid,
+    max_rows: i64,
+    started: Instant,
+) -> SpiResult<Outcome> {
+    // Taking the rows deletes them; the deletion commits with the apply (exactly once).
+    let rows = take_rows(
+        client,
+        relid,
+        max_rows,
+        meta.map(|m| (m.key_columns.as_slice(), m.append)),
+    )?;
+    if rows.is_empty() {
+        return Ok(Outcome::default());
+    }
+    let batches: HashSet<(&str, i64)> = rows
+        .iter()
+        .map(|r| (r.proxy_id.as_str(), r.batch_seq))
+        .collect();
+    let mut dead = Vec::new();
+    let mut applied_by_kind = [0usize; 3];
+    let mut table_name = format!("{}", u32::from(relid));
+    match meta {
+        None => {
+            for (i, r) in rows.iter().enumerate() {
+                dead.push(DeadLetter {
+                    origin: i,
+                    op: r.op,
+                    key: r.key.clone(),
+                    data: r.data.clone(),
+                    conflict_set: r.conflict_set.clone(),
+                    sqlstate: "42P01".into(),
+                    message: format!("relation with OID {} does not exist", u32::from(relid)),
+                });
+            }
+        }
+        Some(meta) => {
+            table_name = meta.qualified.clone();
+            let plan = fold::fold(
+                &rows,
+                &TableShape {
+                    key_columns: &meta.key_columns,
+                    append: meta.append,
+                    policy: meta.policy.clone(),
+                },
+            );
+            for m in plan.malformed.iter() {
+                let r = &rows[m.origin];
+                dead.push(DeadLetter {
+                    op: r.op,
+                    key: r.key.clone(),
+                    data: r.data.clone(),
+                    conflict_set: r.conflict_set.clone(),
+                    origin: m.origin,
+                    sqlstate: "22P02".into(),
+                    message: format!("malformed inbox row: {}", m.message),
+                });
+            }
+            applied_by_kind = as_owner(meta.owner, || apply_plan(client, meta, &plan, &mut dead));
+        }
+    }
+    write_dead_letters(client, relid, &table_name, &rows, &dead)?;
+    let out = Outcome {
+        rows: rows.len(),
+        applied: applied_by_kind.iter().sum(),
+        applied_by_kind,
+        dead: dead.len(),
+    };
+    record_round(client, relid, &out, batches.len() as i64, false, started)?;
+    Ok(out)
 }
 
 /// Adds a round's counts to the table's statistics.

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Config};
 
 /// The COPY statement of the inbox contract; the column order is the order of encoded rows.
 pub const COPY_INBOX: &str =
-    "COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set) FROM STDIN";
+    "COPY writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set, columns, vals) FROM STDIN";
 
 /// What became of a batch that was shipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Encoding acknowledged changes as inbox rows in COPY text format (docs/inbox.md).
+//! Encoding one acknowledged change as an inbox row in COPY text format (docs/inbox.md).
 
 use serde_json::{Map, Value};
 
@@ -116,11 +116,12 @@ pub fn copy_row(out: &mut Vec<u8>, proxy_id: &str, seq: i64, change: &Change) {
         format!("{{{}}}", quoted.join(","))
     });
     field(out, set.as_deref());
-    out.push(b'\n');
+    // columns, vals: a packed row's (writebehind/pack.rs); NULL in a row of one change.
+    out.extend_from_slice(b"\t\\N\t\\N\n");
 }
 
 /// One COPY text field: `\N` for NULL; backslash, tab, newline and carriage return escaped.
-fn field(out: &mut Vec<u8>, v: Option<&str>) {
+pub(super) fn field(out: &mut Vec<u8>, v: Option<&str>) {
     let Some(v) = v else {
         out.extend_from_slice(b"\\N");
         return;
@@ -181,13 +182,13 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "p1\t7\t16384\tU\t[\"a\\\\tb\"]\t{\"n\":{\"add\":\"-2\"},\"s\":{\"set\":null}}\t\\N"
+            "p1\t7\t16384\tU\t[\"a\\\\tb\"]\t{\"n\":{\"add\":\"-2\"},\"s\":{\"set\":null}}\t\\N\t\\N\t\\N"
         );
         assert_eq!(
             lines[1],
-            "p1\t7\t16384\tX\t[\"1\"]\t{\"v\":\"line\\\\nbreak \\\\\\\\ \\\\\"q\\\\\"\"}\t{\"v\"}"
+            "p1\t7\t16384\tX\t[\"1\"]\t{\"v\":\"line\\\\nbreak \\\\\\\\ \\\\\"q\\\\\"\"}\t{\"v\"}\t\\N\t\\N"
         );
-        assert_eq!(lines[2], "p1\t7\t16384\tD\t[\"1\"]\t\\N\t\\N");
+        assert_eq!(lines[2], "p1\t7\t16384\tD\t[\"1\"]\t\\N\t\\N\t\\N\t\\N");
         assert_eq!(negate("-2.5"), "2.5");
         assert_eq!(negate("+3"), "-3");
     }

@@ -1,6 +1,6 @@
 //! The write-behind path (DESIGN §2): the PostgreSQL-exact lexer, the recognizer of the
 //! acknowledged statement forms, the catalog of registered tables, validation into changes,
-//! the encoding of changes as inbox rows, the read barrier's scope analysis, and the
+//! the encoding of changes as inbox rows (one JSON row each, or packed), the read barrier's scope analysis, and the
 //! per-database runtime sessions use.
 
 pub mod catalog;
@@ -8,6 +8,7 @@ pub mod databases;
 pub mod encode;
 pub mod journal;
 pub mod lexer;
+pub mod pack;
 pub mod queue;
 pub mod recognize;
 pub mod report;

@@ -16,8 +16,9 @@
 //! ([`BatchSource::take_batch`]'s `through`). Taking still takes a prefix, so the prefix
 //! property above holds; a table's deadline only decides when, and how far.
 
-use super::encode::{copy_row, Change, ColumnChange};
+use super::encode::{Change, ColumnChange};
 use super::journal;
+use super::pack;
 use crate::ship::{BatchSource, BatchTable, EncodedBatch, PendingTable};
 use crate::wal::{Wal, WalError};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -293,8 +294,8 @@ impl BatchSource for Queue {
         }
         let folded = fold(taken.into_iter());
         let mut rows = Vec::with_capacity(folded.len() * 64);
+        pack::encode_batch(&mut rows, &self.proxy_id, seq, &folded);
         for c in &folded {
-            copy_row(&mut rows, &self.proxy_id, seq, c);
             let i = table(&mut tables, c.relid());
             tables[i].rows[kind(c)] += 1;
         }

@@ -10,7 +10,7 @@ pub static DATABASES: GucSetting<Option<CString>> =
 /// How long a worker sleeps when nobody wakes it, in milliseconds.
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
-/// The most inbox rows one table's apply round takes.
+/// The most inbox changes one table's apply round takes (a packed row counts its changes).
 pub static MAX_APPLY_ROWS: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 
 /// Whether rounds of one shape are applied by one statement (`apply/uniform.rs`).
@@ -42,7 +42,7 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"writebehind.max_apply_rows",
-        c"The most inbox rows one apply round takes per table.",
+        c"The most inbox changes one apply round takes per table (a packed row counts its changes).",
         c"Larger rounds amortise statement overhead; smaller rounds hold locks for less time.",
         &MAX_APPLY_ROWS,
         1,

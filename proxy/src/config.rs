@@ -124,6 +124,9 @@ pub struct Settings {
     /// `text` (default) or `json`.
     #[arg(long, env = "WRITEBEHIND_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Threads that run the sessions: 0 (default) one per core, 1 a single thread.
+    #[arg(long, env = "WRITEBEHIND_THREADS")]
+    pub threads: Option<usize>,
 }
 
 /// A configuration error, reported before the proxy starts.
@@ -173,6 +176,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// 0: one runtime thread per core; 1: a current-thread runtime; N: N threads.
+    pub threads: usize,
 }
 
 macro_rules! merge {
@@ -223,7 +228,8 @@ impl Settings {
             connect_timeout,
             idle_timeout,
             shutdown_timeout,
-            log_format
+            log_format,
+            threads
         ))
     }
 
@@ -293,6 +299,15 @@ impl Settings {
             idle_timeout: (!idle.is_zero()).then_some(idle),
             shutdown_timeout: duration("shutdown_timeout", self.shutdown_timeout, "30s")?,
             log_format: self.log_format.unwrap_or(LogFormat::Text),
+            threads: match self.threads.unwrap_or(0) {
+                n @ 0..=1024 => n,
+                n => {
+                    return Err(ConfigError::Invalid {
+                        key: "threads",
+                        message: format!("{n} threads: at most 1024"),
+                    })
+                }
+            },
         })
     }
 }

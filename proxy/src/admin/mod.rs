@@ -231,6 +231,7 @@ pub fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
             c.idle_timeout.map(d).unwrap_or_else(|| "0s".into()),
         ),
         ("shutdown_timeout", d(c.shutdown_timeout)),
+        ("threads", c.threads.to_string()),
     ];
     rows
 }

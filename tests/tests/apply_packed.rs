@@ -493,3 +493,79 @@ async fn a_queue_of_alternating_packed_shapes_is_applied_in_one_round() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn json_rows_before_packed_rows_leave_them_the_fast_path() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE m (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO m SELECT g, 0 FROM generate_series(1, 20) g;
+             SELECT writebehind.enable('m');",
+        )
+        .await?;
+    let rm = relid(&client, "m").await?;
+    // As the proxy ships a batch: a key with two changes as JSON rows (an insert and an
+    // increment: not one shape), then the packed increments of keys with one change each.
+    let json = |op: char, id: i64, data: Option<&str>| -> String {
+        let data = data.map_or("\\N".to_string(), writebehind_tests::copy_escape);
+        format!("mix\t1\t{rm}\t{op}\t[\"{id}\"]\t{data}\t\\N\t\\N\t\\N\n")
+    };
+    let mut rows = json('I', 500, Some(r#"{"n": "1"}"#));
+    rows.push_str(&json('U', 500, Some(r#"{"n": {"add": "2"}}"#)));
+    let adds = Packed::new(
+        'U',
+        &["id", "n"],
+        (5..=20).map(|k| vec![text(k), text(k)]).collect(),
+    );
+    rows.push_str(&packed_row("mix", 1, rm, &adds));
+    // A JSON row between the two packed rows: they are not one run.
+    rows.push_str(&json('D', 1, None));
+    // A packed row with array bounds other than 1 (a writer may send them): value row 0 is the
+    // key, value row 1 the delta. Read in storage order, by the general path.
+    rows.push_str(&format!(
+        "mix\t1\t{rm}\tU\t\\N\t\\N\t\\N\t{{n}}\t[0:1][1:2]={{{{3,4}},{{30,40}}}}\n"
+    ));
+    assert!(
+        ship_batch_as(
+            &mut client,
+            "mix",
+            1,
+            writebehind_tests::inbox::COPY_ALL,
+            || Ok(rows)
+        )
+        .await?
+    );
+    flush(&client).await?;
+    assert_eq!(
+        query_i64(&client, "SELECT n FROM m WHERE id = 500").await?,
+        3
+    );
+    assert_eq!(
+        query_i64(
+            &client,
+            "SELECT count(*) FROM m WHERE id BETWEEN 5 AND 20 AND n <> id"
+        )
+        .await?,
+        0
+    );
+    assert_eq!(
+        query_i64(&client, "SELECT n FROM m WHERE id = 3").await?,
+        30
+    );
+    assert_eq!(
+        query_i64(&client, "SELECT n FROM m WHERE id = 4").await?,
+        40
+    );
+    assert_eq!(
+        query_i64(&client, "SELECT count(*) FROM writebehind.dead_letters").await?,
+        0
+    );
+    let (_, one_statement) = rounds(&client, "m").await?;
+    assert!(
+        one_statement >= 1,
+        "the packed increments took the fast path after the JSON rows went the general way"
+    );
+    Ok(())
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use writebehind_proxy::ship::{Barrier, Delivery, FlushSettings, Flusher, InboxShipper};
 use writebehind_proxy::writebehind::encode::{copy_row, Change, ColumnChange};
+use writebehind_proxy::writebehind::pack::encode_batch;
 use writebehind_proxy::writebehind::queue::Queue;
 use writebehind_tests::Cluster;
 
@@ -21,6 +22,131 @@ fn increment(relid: u32, id: i32) -> Change {
         key: vec![id.to_string()],
         columns: vec![("n".into(), ColumnChange::Add("1".into()))],
     }
+}
+
+/// Values that COPY text and an array literal inside it both have to escape, and NULL.
+const AWKWARD: [Option<&str>; 9] = [
+    Some("quote \" and back\\slash"),
+    Some("tab\there\nnewline\rreturn"),
+    Some("{braces},comma"),
+    Some("NULL"),
+    Some(""),
+    Some("  spaces  "),
+    Some("ünïcødé ✓"),
+    Some("\\N"),
+    None,
+];
+
+#[tokio::test]
+async fn packed_batches_arrive_as_they_were_acknowledged() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE k (id text PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note text);
+             INSERT INTO k SELECT 'hot' || g, 0, NULL FROM generate_series(1, 4) g;
+             CREATE TABLE e (seq serial, note text, d int DEFAULT 7);
+             SELECT writebehind.enable('k');
+             SELECT writebehind.enable('e', mode => 'append');",
+        )
+        .await?;
+    let oid = |t: &str| format!("SELECT '{t}'::regclass::oid");
+    let k: u32 = client.query_one(&oid("k"), &[]).await?.get(0);
+    let e: u32 = client.query_one(&oid("e"), &[]).await?.get(0);
+    let mut changes = Vec::new();
+    for (i, v) in AWKWARD.iter().enumerate() {
+        // The key is awkward too (never NULL): the i-th string, or "null-key".
+        let key = v.map_or("null-key".to_string(), |s| format!("k{i}:{s}"));
+        changes.push(Change::Insert {
+            relid: k,
+            key: Some(vec![key.clone()]),
+            values: vec![
+                ("id".into(), Some(key)),
+                ("note".into(), v.map(str::to_string)),
+            ],
+            op: b'I',
+            conflict_set: None,
+        });
+        changes.push(Change::Insert {
+            relid: e,
+            key: None,
+            values: vec![("note".into(), v.map(str::to_string))],
+            op: b'I',
+            conflict_set: None,
+        });
+    }
+    for h in 1..=4 {
+        changes.push(Change::Update {
+            relid: k,
+            key: vec![format!("hot{h}")],
+            columns: vec![("n".into(), ColumnChange::Add(format!("{}", h * 10)))],
+        });
+    }
+    // All-default inserts into the append table cannot be packed (no value at all): rows.
+    for _ in 0..2 {
+        changes.push(Change::Insert {
+            relid: e,
+            key: None,
+            values: vec![],
+            op: b'I',
+            conflict_set: None,
+        });
+    }
+    changes.push(Change::Delete {
+        relid: k,
+        key: vec!["hot3".into()],
+    });
+    changes.push(Change::Delete {
+        relid: k,
+        key: vec!["hot2".into()],
+    });
+    let mut rows = Vec::new();
+    let packed = encode_batch(&mut rows, "packer", 1, &changes);
+    // k's inserts, the increments of hot1 and hot4 (hot2 and hot3 have two changes each: rows),
+    // e's run of inserts.
+    assert_eq!(packed, 3);
+    let mut shipper = InboxShipper::new(pg_config(&cluster), "packer");
+    assert_eq!(
+        shipper.ship(1, bytes::Bytes::from(rows)).await?,
+        Delivery::Committed
+    );
+    shipper.flush(None, Duration::from_secs(30)).await?;
+    for (i, v) in AWKWARD.iter().enumerate() {
+        let key = v.map_or("null-key".to_string(), |s| format!("k{i}:{s}"));
+        let note: Option<String> = client
+            .query_one("SELECT note FROM k WHERE id = $1", &[&key])
+            .await?
+            .get(0);
+        assert_eq!(note.as_deref(), *v, "k's note for {key:?}");
+    }
+    let notes: Vec<Option<String>> = client
+        .query("SELECT note FROM e WHERE d = 7 ORDER BY seq", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected: Vec<Option<String>> = AWKWARD.iter().map(|v| v.map(str::to_string)).collect();
+    expected.extend([None, None]);
+    assert_eq!(
+        notes, expected,
+        "append rows in order, then the two all-default rows"
+    );
+    let hot: Vec<(String, i64)> = client
+        .query("SELECT id, n FROM k WHERE id LIKE 'hot%' ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        hot,
+        vec![("hot1".to_string(), 10), ("hot4".to_string(), 40)]
+    );
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!(dead, 0);
+    Ok(())
 }
 
 #[tokio::test]

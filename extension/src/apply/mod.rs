@@ -79,6 +79,8 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
     Spi::connect_mut(|client| {
         let meta = table::load(client, relid)?;
         let mut total = Outcome::default();
+        // Batches already counted in this round (a batch may span several runs).
+        let mut seen: HashSet<String> = HashSet::new();
         while (total.rows as i64) < max_rows {
             let left = max_rows - total.rows as i64;
             let started = Instant::now();
@@ -86,20 +88,31 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                 Some(meta) => uniform::try_apply(client, meta, relid, left)?,
                 None => None,
             };
-            match fast {
+            let out = match fast {
                 Some(done) if done.outcome.rows > 0 => {
-                    record_round(client, relid, &done.outcome, done.batches, true, started)?;
-                    total.add(&done.outcome);
+                    let batches = newly_seen(&mut seen, done.batches);
+                    record_round(client, relid, &done.outcome, batches, true, started)?;
+                    done.outcome
                 }
-                _ => {
-                    let out = apply_general(client, meta.as_ref(), relid, left, started)?;
-                    total.add(&out);
-                    break;
-                }
+                // The general path stops before the next packed row, which may fit the fast
+                // path again.
+                _ => apply_general(client, meta.as_ref(), relid, left, started, &mut seen)?,
+            };
+            if out.rows == 0 {
+                break;
             }
+            total.add(&out);
         }
         Ok(total)
     })
+}
+
+/// How many of `batches` were not in `seen` yet (they are now).
+fn newly_seen(seen: &mut HashSet<String>, batches: impl IntoIterator<Item = String>) -> i64 {
+    batches
+        .into_iter()
+        .filter(|b| seen.insert(b.clone()))
+        .count() as i64
 }
 
 impl Outcome {
@@ -121,21 +134,21 @@ fn apply_general(
     relid: pg_sys::Oid,
     max_rows: i64,
     started: Instant,
+    seen: &mut HashSet<String>,
 ) -> SpiResult<Outcome> {
     // Taking the rows deletes them; the deletion commits with the apply (exactly once).
-    let rows = take_rows(
-        client,
-        relid,
-        max_rows,
-        meta.map(|m| (m.key_columns.as_slice(), m.append)),
-    )?;
+    let rows = take_rows(client, relid, max_rows)?;
     if rows.is_empty() {
         return Ok(Outcome::default());
     }
-    let batches: HashSet<(&str, i64)> = rows
+    let distinct: HashSet<(i64, &str)> = rows
         .iter()
-        .map(|r| (r.proxy_id.as_str(), r.batch_seq))
+        .map(|r| (r.batch_seq, r.proxy_id.as_str()))
         .collect();
+    let batches = newly_seen(
+        seen,
+        distinct.into_iter().map(|(seq, p)| format!("{seq}/{p}")),
+    );
     let mut dead = Vec::new();
     let mut applied_by_kind = [0usize; 3];
     let mut table_name = format!("{}", u32::from(relid));
@@ -185,7 +198,7 @@ fn apply_general(
         applied_by_kind,
         dead: dead.len(),
     };
-    record_round(client, relid, &out, batches.len() as i64, false, started)?;
+    record_round(client, relid, &out, batches, false, started)?;
     Ok(out)
 }
 
@@ -252,7 +265,6 @@ fn take_rows(
     client: &mut SpiClient<'_>,
     relid: pg_sys::Oid,
     max_rows: i64,
-    table: Option<(&[String], bool)>,
 ) -> SpiResult<Vec<InboxRow>> {
     let mut out = Vec::new();
     let mut taken = Vec::new();
@@ -263,7 +275,7 @@ fn take_rows(
         // inbox analyzed while nearly empty) and take minutes for 100k rows.
         &format!(
             "DELETE FROM writebehind.inbox
-              WHERE relid = $1 AND id <= ({CUT})
+              WHERE relid = $1 AND id <= ({CUT_BEFORE_PACKED})
              RETURNING id, proxy_id, batch_seq, op::text, key, data, conflict_set, enqueued_at,
                        columns, vals, array_ndims(vals), array_length(vals, 1), array_length(vals, 2)"
         ),
@@ -307,7 +319,6 @@ fn take_rows(
                     flat,
                     dims,
                 },
-                table.map(|(key, append)| if append { 0 } else { key.len() }),
                 &mut out,
             ),
         }
@@ -317,9 +328,13 @@ fn take_rows(
 
 /// The last inbox id of a table's next round (`$1` the table, `$2` the most changes): the
 /// first `$2` rows, cut where their changes (a packed row holds many) pass `$2`, but at least
-/// one row.
-pub(crate) const CUT: &str = "SELECT coalesce(max(c.id) FILTER (WHERE c.total <= $2), min(c.id))
-       FROM (SELECT i.id, sum(i.n) OVER (ORDER BY i.id) AS total
+/// one row; and never past the first packed row after the first row, which the packed fast
+/// path may take (the JSON paths then stop there, and go on after it).
+pub(crate) const CUT_BEFORE_PACKED: &str =
+    "SELECT least(coalesce(max(c.id) FILTER (WHERE c.total <= $2), min(c.id)),
+                  min(c.id) FILTER (WHERE c.packed AND c.rn > 1) - 1)
+       FROM (SELECT i.id, sum(i.n) OVER (ORDER BY i.id) AS total,
+                    row_number() OVER (ORDER BY i.id) AS rn, i.vals IS NOT NULL AS packed
                FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT $2) c";
 
 /// Runs `f` with the current user switched to `owner` (never a superuser's implicit rights).

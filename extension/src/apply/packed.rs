@@ -222,7 +222,7 @@ fn classify(
 /// The taken rows' arrays (in inbox order), their changes and batches.
 struct Taken {
     rows: i64,
-    batches: i64,
+    batches: Vec<String>,
     vals: Vec<pg_sys::Datum>,
 }
 
@@ -235,7 +235,8 @@ fn take(
     let mut t = client.update(
         "DELETE FROM writebehind.inbox WHERE relid = $1 AND id = ANY ($2)
          RETURNING id, vals, proxy_id, batch_seq, n::int8,
-                   coalesce(array_ndims(vals) = 2 AND array_length(vals, 1) = $3, false)",
+                   coalesce(array_ndims(vals) = 2 AND array_length(vals, 1) = $3
+                            AND array_lower(vals, 1) = 1 AND array_lower(vals, 2) = 1, false)",
         None,
         &[relid.into(), ids.to_vec().into(), width.into()],
     )?;
@@ -254,7 +255,7 @@ fn take(
         }
         let proxy: String = r.get(3)?.unwrap_or_default();
         let seq: i64 = r.get(4)?.unwrap_or_default();
-        batches.insert((proxy, seq));
+        batches.insert(format!("{seq}/{proxy}"));
         changes += r.get::<i64>(5)?.unwrap_or(0);
         rows.push((id, vals));
     }
@@ -268,7 +269,7 @@ fn take(
     rows.sort_unstable_by_key(|(id, _)| *id);
     Ok(Taken {
         rows: changes,
-        batches: batches.len() as i64,
+        batches: batches.into_iter().collect(),
         vals: rows.into_iter().map(|(_, v)| v).collect(),
     })
 }

@@ -129,6 +129,18 @@ pub fn build(meta: &TableMeta, shape: &Shape, changes: &[(&[String], &Step)]) ->
                 .collect::<Vec<_>>()
                 .join(", ");
             let on_conflict = on_conflict(meta, conflict, cols);
+            if cols.is_empty() {
+                // Rows of defaults only (`INSERT … DEFAULT VALUES` into an append table): a
+                // query of no columns fills none of the table's, one row per change.
+                return Statement {
+                    sql: format!(
+                        "INSERT INTO {} SELECT FROM generate_series(1, {}){on_conflict}",
+                        meta.qualified,
+                        changes.len()
+                    ),
+                    columns: Vec::new(),
+                };
+            }
             Statement {
                 sql: format!(
                     "INSERT INTO {} ({targets}) SELECT {select} FROM unnest({params}) AS v({aliases}){on_conflict}",

@@ -13,7 +13,7 @@ use super::isolate::in_subtransaction;
 use super::packed::{self, Attempt};
 use super::table::TableMeta;
 use super::uniform_sql::{execute, increment_sql, insert_sql};
-use super::{as_owner, Outcome, CUT};
+use super::{as_owner, Outcome, CUT_BEFORE_PACKED};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult};
@@ -27,8 +27,8 @@ pub(super) const EXACT_TYPES: [&str; 4] = ["smallint", "integer", "bigint", "num
 const MAX_SKIP: u32 = 64;
 
 thread_local! {
-    /// Per table: (rounds still to skip, the next skip length).
-    static BACKOFF: RefCell<HashMap<u32, (u32, u32)>> = RefCell::new(HashMap::new());
+    /// Per table and form (packed or not): (rounds still to skip, the next skip length).
+    static BACKOFF: RefCell<HashMap<(u32, bool), (u32, u32)>> = RefCell::new(HashMap::new());
 }
 
 /// The one shape every row of a round must have.
@@ -44,10 +44,10 @@ enum Uniform {
     Increment { columns: Vec<String> },
 }
 
-/// What the fast path did: the round's outcome and how many batches it covered.
+/// What the fast path did: the round's outcome and the batches it covered (`seq/proxy_id`).
 pub struct Done {
     pub outcome: Outcome,
-    pub batches: i64,
+    pub batches: Vec<String>,
 }
 
 /// Applies `relid`'s next round (up to `max_rows` inbox rows) in one statement if it has one
@@ -58,22 +58,25 @@ pub fn try_apply(
     relid: pg_sys::Oid,
     max_rows: i64,
 ) -> SpiResult<Option<Done>> {
-    if !crate::gucs::UNIFORM_APPLY.get() || skipping(relid) {
+    if !crate::gucs::UNIFORM_APPLY.get() {
         return Ok(None);
     }
+    // The JSON and the packed path back off separately: rows of one form that do not fit say
+    // nothing about the other's.
     let (shape, cut) = match probe(client, meta, relid, max_rows)? {
-        Probe::Empty => return Ok(None),
+        Probe::Empty | Probe::Json(None) => return Ok(None),
+        Probe::Json(Some(_)) if skipping(relid, false) => return Ok(None),
         Probe::Json(Some(found)) => found,
-        Probe::Json(None) => return Ok(None),
+        Probe::Packed if skipping(relid, true) => return Ok(None),
         Probe::Packed => {
             return Ok(match packed::try_apply(client, meta, relid, max_rows)? {
                 Attempt::Applied(done) => {
-                    settle(relid, true);
+                    settle(relid, true, true);
                     Some(done)
                 }
                 Attempt::NotEligible => None,
                 Attempt::Declined => {
-                    settle(relid, false);
+                    settle(relid, true, false);
                     None
                 }
             })
@@ -135,7 +138,7 @@ pub fn try_apply(
     });
     match run {
         Ok((rows, applied, batches)) => {
-            settle(relid, true);
+            settle(relid, false, true);
             let rows = rows as usize;
             let applied = applied as usize;
             let mut applied_by_kind = [0; 3];
@@ -151,7 +154,7 @@ pub fn try_apply(
             }))
         }
         Err((sqlstate, message)) => {
-            settle(relid, false);
+            settle(relid, false, false);
             pgrx::debug1!(
                 "pg_writebehind: uniform apply of {relid:?} declined ({sqlstate}): {message}"
             );
@@ -160,24 +163,27 @@ pub fn try_apply(
     }
 }
 
-fn skipping(relid: pg_sys::Oid) -> bool {
-    BACKOFF.with(|b| match b.borrow_mut().get_mut(&u32::from(relid)) {
-        Some((left, _)) if *left > 0 => {
-            *left -= 1;
-            true
-        }
-        _ => false,
-    })
+fn skipping(relid: pg_sys::Oid, packed: bool) -> bool {
+    BACKOFF.with(
+        |b| match b.borrow_mut().get_mut(&(u32::from(relid), packed)) {
+            Some((left, _)) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        },
+    )
 }
 
-fn settle(relid: pg_sys::Oid, fitted: bool) {
+fn settle(relid: pg_sys::Oid, packed: bool, fitted: bool) {
+    let key = (u32::from(relid), packed);
     BACKOFF.with(|b| {
         let mut b = b.borrow_mut();
         if fitted {
-            b.remove(&u32::from(relid));
+            b.remove(&key);
         } else {
-            let next = b.get(&u32::from(relid)).map_or(1, |(_, n)| *n);
-            b.insert(u32::from(relid), (next, (next * 2).min(MAX_SKIP)));
+            let next = b.get(&key).map_or(1, |(_, n)| *n);
+            b.insert(key, (next, (next * 2).min(MAX_SKIP)));
         }
     });
 }
@@ -201,7 +207,7 @@ fn probe(
 ) -> SpiResult<Probe> {
     let rows = client.select(
         &format!(
-            "SELECT i.op::text, i.data, i.conflict_set, ({CUT}), i.vals IS NOT NULL
+            "SELECT i.op::text, i.data, i.conflict_set, ({CUT_BEFORE_PACKED}), i.vals IS NOT NULL
                FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT 1"
         ),
         None,
@@ -279,7 +285,7 @@ fn classify(
 /// keys and data as two `text[]` datums in inbox order, never copied into Rust.
 struct Taken {
     rows: i64,
-    batches: i64,
+    batches: Vec<String>,
     keys: pg_sys::Datum,
     data: pg_sys::Datum,
 }
@@ -301,7 +307,7 @@ fn take(
                  DELETE FROM writebehind.inbox WHERE relid = $1 AND id <= $2
                  RETURNING id, key, data, proxy_id, batch_seq, op, conflict_set, vals IS NOT NULL AS packed)
              SELECT count(*),
-                    (SELECT count(*) FROM (SELECT DISTINCT proxy_id, batch_seq FROM taken) b),
+                    (SELECT array_agg(b.k) FROM (SELECT DISTINCT batch_seq || '/' || proxy_id AS k FROM taken) b),
                     array_agg(key), array_agg(data),
                     count(*) FILTER (WHERE op <> $3 OR conflict_set IS DISTINCT FROM $4 OR packed)
                FROM (SELECT key, data, op::text, conflict_set, packed FROM taken{order}) s"
@@ -320,7 +326,7 @@ fn take(
     };
     Ok(Taken {
         rows,
-        batches: r.get::<i64>(2)?.unwrap_or(0),
+        batches: r.get::<Vec<String>>(2)?.unwrap_or_default(),
         keys,
         data,
     })

@@ -15,23 +15,21 @@ pub struct Packed {
     pub dims: (i32, i32, i32),
 }
 
-/// Appends `p`'s changes to `out`. `key_len` is the table's number of key columns (0 for an
-/// append table), `None` when the table is gone (its rows go to the dead letters anyway). A row
-/// whose arrays do not match (not two-dimensional, not one value row per key column and per
-/// listed column) becomes one change with op `?`, which the fold dead-letters as malformed,
-/// with the payload in `data`.
-pub fn unpack(p: Packed, key_len: Option<usize>, out: &mut Vec<InboxRow>) {
+/// Appends `p`'s changes to `out`. The value rows before the listed columns' are the key's
+/// (none for an append table); how many there are is read from the row itself, so that a row
+/// whose key does not match the table's (a table gone or re-keyed since) still becomes one
+/// change per value row, each dead-lettered with its own reason. A row whose arrays have no
+/// such shape (not two-dimensional, fewer value rows than listed columns) becomes one change
+/// with op `?`, which the fold dead-letters as malformed, with the payload in `data`.
+pub fn unpack(p: Packed, out: &mut Vec<InboxRow>) {
     let (ndims, ncols, nrows) = p.dims;
-    let Some(nk) = key_len else {
-        out.push(malformed(p));
-        return;
-    };
-    let width = nk + p.columns.len();
-    if ndims != 2 || ncols < 0 || ncols as usize != width || nrows <= 0 {
+    let listed = p.columns.len();
+    if ndims != 2 || ncols < 0 || (ncols as usize) < listed || nrows <= 0 {
         out.push(malformed(p));
         return;
     }
-    let nrows = nrows as usize;
+    let (width, nrows) = (ncols as usize, nrows as usize);
+    let nk = width - listed;
     if p.flat.len() != width * nrows {
         out.push(malformed(p));
         return;
@@ -126,7 +124,7 @@ mod tests {
             flat: flat(&[Some("a"), Some("b"), Some("1"), Some("-2")]),
             dims: (2, 2, 2),
         };
-        unpack(p, Some(1), &mut out);
+        unpack(p, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].key.as_deref(), Some(r#"["a"]"#));
         assert_eq!(out[0].data.as_deref(), Some(r#"{"n":{"add":"1"}}"#));
@@ -144,7 +142,7 @@ mod tests {
             flat: flat(&[Some("1"), None]),
             dims: (2, 2, 1),
         };
-        unpack(p, Some(1), &mut out);
+        unpack(p, &mut out);
         assert_eq!(out[0].key.as_deref(), Some(r#"["1"]"#));
         assert_eq!(out[0].data.as_deref(), Some(r#"{"v":null}"#));
     }
@@ -158,7 +156,7 @@ mod tests {
             flat: flat(&[Some("1"), Some("2"), Some("3")]),
             dims: (1, 3, 0),
         };
-        unpack(p, Some(1), &mut out);
+        unpack(p, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].op, b'?');
         assert!(out[0].data.as_deref().is_some_and(|d| d.contains("\"3\"")));

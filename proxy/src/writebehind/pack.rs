@@ -25,8 +25,15 @@ struct Shape<'a> {
     run: usize,
 }
 
-/// The packed shape of `c`, if it can be packed at all (an UPDATE only when it only adds).
+/// The packed shape of `c`, if it can be packed at all: an UPDATE only when it only adds, and
+/// never a change without a single value (an append table's all-default insert: a packed row
+/// needs one value row at least).
 fn shape(c: &Change, run: usize) -> Option<Shape<'_>> {
+    let s = shape_of(c, run)?;
+    (s.key_len + s.columns.len() > 0).then_some(s)
+}
+
+fn shape_of(c: &Change, run: usize) -> Option<Shape<'_>> {
     match c {
         Change::Insert {
             relid,

@@ -41,6 +41,12 @@ fn as_json(p: &Packed) -> Vec<Change> {
         .collect()
 }
 
+/// One hand-made batch: a JSON row, or a packed row.
+enum Batch {
+    Json(Change),
+    Packed(Packed),
+}
+
 /// (rounds, rounds applied by one statement) of a table.
 async fn rounds(client: &Client, table: &str) -> anyhow::Result<(i64, i64)> {
     let r = client
@@ -215,11 +221,6 @@ async fn packed_rounds_that_do_not_fit_are_unpacked_for_the_general_path() -> an
         )
         .await?;
     let rq = relid(&client, "q").await?;
-    let mut seq = 0i64;
-    let mut next = || {
-        seq += 1;
-        seq
-    };
     // A bad value (22P02) and an overflowing varchar (22001) among good inserts.
     let rows = (1..=100)
         .map(|i| {
@@ -232,108 +233,52 @@ async fn packed_rounds_that_do_not_fit_are_unpacked_for_the_general_path() -> an
             vec![text(i), Some(n), text(v)]
         })
         .collect();
-    assert!(
-        ship_packed(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[Packed::new('I', &["id", "n", "v"], rows)]
-        )
-        .await?
-    );
     // A NULL delta: malformed (dead letter); the other increments apply.
     let adds = (1..=100)
         .map(|i| vec![text(i), if i == 50 { None } else { text(2) }])
         .collect();
-    assert!(
-        ship_packed(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[Packed::new('U', &["id", "n"], adds)]
-        )
-        .await?
-    );
     // Deletes and DO NOTHING inserts are packed too, and go the general way.
     let dels = (91..=100).map(|i| vec![text(i)]).collect();
-    assert!(
-        ship_packed(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[Packed::new('D', &["id"], dels)]
-        )
-        .await?
-    );
     let nothing = (89..=92).map(|i| vec![text(i), text(-1)]).collect();
-    assert!(
-        ship_packed(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[Packed::new('N', &["id", "n"], nothing)]
-        )
-        .await?
-    );
     // Per key, JSON and packed rows apply in the order they were shipped.
-    let j = |op: char, data: Option<&str>| Change {
-        op,
-        key: vec!["500".into()],
-        data: data.map(str::to_string),
+    let j = |op: char, data: Option<&str>| {
+        Batch::Json(Change {
+            op,
+            key: vec!["500".into()],
+            data: data.map(str::to_string),
+        })
     };
-    assert!(
-        ship(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[j('I', Some(r#"{"n": "1"}"#))]
-        )
-        .await?
-    );
-    assert!(
-        ship_packed(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[Packed::new(
-                'U',
-                &["id", "n"],
-                vec![vec![text(500), text(5)]]
-            )]
-        )
-        .await?
-    );
-    assert!(ship(&mut client, "q", next(), rq, &[j('D', None)]).await?);
-    assert!(
-        ship_packed(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[Packed::new(
-                'I',
-                &["id", "n"],
-                vec![vec![text(500), text(7)]]
-            )]
-        )
-        .await?
-    );
-    assert!(
-        ship(
-            &mut client,
-            "q",
-            next(),
-            rq,
-            &[j('U', Some(r#"{"n": {"add": "3"}}"#))]
-        )
-        .await?
-    );
+    let one = |op: char, n: i64| {
+        Batch::Packed(Packed::new(
+            op,
+            &["id", "n"],
+            vec![vec![text(500), text(n)]],
+        ))
+    };
+    let batches = vec![
+        Batch::Packed(Packed::new('I', &["id", "n", "v"], rows)),
+        Batch::Packed(Packed::new('U', &["id", "n"], adds)),
+        Batch::Packed(Packed::new('D', &["id"], dels)),
+        Batch::Packed(Packed::new('N', &["id", "n"], nothing)),
+        j('I', Some(r#"{"n": "1"}"#)),
+        one('U', 5),
+        j('D', None),
+        one('I', 7),
+        j('U', Some(r#"{"n": {"add": "3"}}"#)),
+    ];
+    let mut seq = 0i64;
+    for batch in batches {
+        seq += 1;
+        let fresh = match batch {
+            Batch::Json(c) => ship(&mut client, "q", seq, rq, &[c]).await?,
+            Batch::Packed(p) => ship_packed(&mut client, "q", seq, rq, &[p]).await?,
+        };
+        assert!(fresh);
+    }
+    let mut next = || {
+        seq += 1;
+        seq
+    };
     // A packed row whose arrays do not match its columns.
     let s = next();
     let bad = format!("q\t{s}\t{rq}\tI\t\\N\t\\N\t\\N\t{{id,n}}\t{{1,2,3}}\n");

@@ -9,8 +9,8 @@ use super::isolate::in_subtransaction;
 use super::packed_sql::{increment_sql, insert_sql};
 use super::table::TableMeta;
 use super::uniform::{Done, EXACT_TYPES};
-use super::uniform_sql::execute;
-use super::{as_owner, Outcome};
+use super::uniform_sql::run_as_owner;
+use super::Outcome;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult};
@@ -107,17 +107,8 @@ pub fn try_apply(
             .map(|&d| unsafe { DatumWithOid::new(d, pg_sys::TEXTARRAYOID) })
             .collect();
         let rows = taken.rows;
-        let (accounted, applied, should) = as_owner(meta.owner, || {
-            let first = in_subtransaction(|| execute(client, &statements.first, &args, rows));
-            match (first, &statements.last_per_key) {
-                (Ok(counts), _) => counts,
-                // 21000: ON CONFLICT DO UPDATE met a key twice; keep the last change of each.
-                (Err((state, _)), Some(again)) if state == "21000" => {
-                    execute(client, again, &args, rows)
-                }
-                (Err((state, message)), _) => pgrx::error!("{message} ({state})"),
-            }
-        });
+        let (accounted, applied, should) =
+            run_as_owner(client, meta.owner, &statements, &args, rows);
         if accounted != rows || applied != should {
             pgrx::error!(
                 "packed apply declined: {accounted} of {rows} changes fit, {applied} of {should} applied"

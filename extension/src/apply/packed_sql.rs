@@ -8,7 +8,7 @@
 use super::fold::Conflict;
 use super::statements::on_conflict;
 use super::table::TableMeta;
-use super::uniform_sql::{Statement, Statements};
+use super::uniform_sql::{last_change_wins, Statement, Statements};
 use pgrx::spi::quote_identifier;
 
 /// The changes of `k` packed rows of `width` columns, as rows `v(ck, c1 … c<width>, o)`:
@@ -81,18 +81,8 @@ pub fn insert_sql(
     };
     // A key inserted twice: as in the JSON form, keep each key's last change where that is
     // exactly what folding gives.
-    let updates_all = match conflict {
-        Conflict::Upsert => true,
-        Conflict::UpdateSet(cols) => {
-            let mut a = cols.clone();
-            let mut b = columns.to_vec();
-            a.sort();
-            b.sort();
-            a == b
-        }
-        _ => false,
-    };
-    let last_per_key = (!meta.append && !columns.is_empty() && updates_all).then(|| {
+    let last_per_key = (!meta.append && !columns.is_empty() && last_change_wins(conflict, columns))
+        .then(|| {
         let keys: Vec<String> = meta
             .key_columns
             .iter()

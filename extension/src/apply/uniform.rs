@@ -12,8 +12,8 @@ use super::fold::Conflict;
 use super::isolate::in_subtransaction;
 use super::packed::{self, Attempt};
 use super::table::TableMeta;
-use super::uniform_sql::{execute, increment_sql, insert_sql};
-use super::{as_owner, Outcome, CUT_BEFORE_PACKED};
+use super::uniform_sql::{increment_sql, insert_sql, run_as_owner};
+use super::{Outcome, CUT_BEFORE_PACKED};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult};
@@ -116,17 +116,8 @@ pub fn try_apply(
             ]
         };
         let rows = taken.rows;
-        let (accounted, applied, expected) = as_owner(meta.owner, || {
-            let first = in_subtransaction(|| execute(client, &statements.first, &args, rows));
-            match (first, &statements.last_per_key) {
-                (Ok(counts), _) => counts,
-                // 21000: ON CONFLICT DO UPDATE met a key twice; keep the last row of each.
-                (Err((state, _)), Some(again)) if state == "21000" => {
-                    execute(client, again, &args, rows)
-                }
-                (Err((state, message)), _) => pgrx::error!("{message} ({state})"),
-            }
-        });
+        let (accounted, applied, expected) =
+            run_as_owner(client, meta.owner, &statements, &args, rows);
         if accounted != rows || applied != expected {
             // Rows of another shape, or rows a BEFORE trigger skipped: the general path
             // decides them. Raising rolls the subtransaction (and the take) back.

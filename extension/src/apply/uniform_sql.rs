@@ -5,10 +5,13 @@
 //! Parameters: `$1` the rows' keys and `$2` their data (`text[]`, in inbox order), `$3` the
 //! round's non-key (or increment) columns, `$4` every column a row may list.
 
+use super::as_owner;
 use super::fold::Conflict;
+use super::isolate::in_subtransaction;
 use super::statements::on_conflict;
 use super::table::TableMeta;
 use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 
 /// One statement of the fast path and how to read what it did.
@@ -41,6 +44,44 @@ pub fn execute(
         let r = t.first();
         let n = |i| r.get::<i64>(i).ok().flatten().unwrap_or(-1);
         (n(1), n(2), n(3))
+    }
+}
+
+/// Runs a round's statements as `owner`: the first in a subtransaction, and if it met a key
+/// twice under `ON CONFLICT DO UPDATE` (21000) the one that keeps each key's last change, where
+/// there is one. Returns (rows that fit, applied, what applied must be); errors are raised.
+pub fn run_as_owner(
+    client: &mut SpiClient<'_>,
+    owner: pg_sys::Oid,
+    statements: &Statements,
+    args: &[DatumWithOid<'_>],
+    rows: i64,
+) -> (i64, i64, i64) {
+    as_owner(owner, || {
+        let first = in_subtransaction(|| execute(client, &statements.first, args, rows));
+        match (first, &statements.last_per_key) {
+            (Ok(counts), _) => counts,
+            (Err((state, _)), Some(again)) if state == "21000" => {
+                execute(client, again, args, rows)
+            }
+            (Err((state, message)), _) => pgrx::error!("{message} ({state})"),
+        }
+    })
+}
+
+/// Whether keeping each key's last INSERT is exactly what folding a key inserted twice gives:
+/// an upsert of the listed columns, or `X` rows whose conflict_set is every listed column.
+pub fn last_change_wins(conflict: &Conflict, columns: &[String]) -> bool {
+    match conflict {
+        Conflict::Upsert => true,
+        Conflict::UpdateSet(cols) => {
+            let mut a = cols.clone();
+            let mut b = columns.to_vec();
+            a.sort();
+            b.sort();
+            a == b
+        }
+        _ => false,
     }
 }
 
@@ -119,18 +160,8 @@ pub fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> 
     // A key inserted twice makes ON CONFLICT DO UPDATE fail (21000). Where the later row's
     // values are exactly what folding both gives (an upsert of the same columns, or an `X`
     // row whose conflict_set is every listed column), keep the last row of each key.
-    let updates_all = match conflict {
-        Conflict::Upsert => true,
-        Conflict::UpdateSet(cols) => {
-            let mut a = cols.clone();
-            let mut b = columns.to_vec();
-            a.sort();
-            b.sort();
-            a == b
-        }
-        _ => false,
-    };
-    let last_per_key = (!meta.append && !columns.is_empty() && updates_all).then(|| {
+    let last_per_key = (!meta.append && !columns.is_empty() && last_change_wins(conflict, columns))
+        .then(|| {
         let keys = key_exprs(meta).join(", ");
         Statement {
             sql: format!(

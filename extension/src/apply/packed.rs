@@ -8,7 +8,7 @@ use super::fold::Conflict;
 use super::isolate::in_subtransaction;
 use super::packed_sql::{increment_sql, insert_sql};
 use super::table::TableMeta;
-use super::uniform::{Done, EXACT_TYPES};
+use super::uniform::{insert_conflict, Done, EXACT_TYPES};
 use super::uniform_sql::run_as_owner;
 use super::Outcome;
 use pgrx::datum::DatumWithOid;
@@ -181,18 +181,7 @@ fn classify(
         .collect();
     match op {
         "I" | "X" => {
-            let conflict = match (op, meta.append, &meta.policy) {
-                ("I", true, _) => Conflict::Append,
-                ("I", false, p @ (Conflict::Upsert | Conflict::Fail)) => p.clone(),
-                ("X", false, _) => {
-                    let cols = conflict_set?;
-                    if !cols.iter().all(|c| meta.types.contains_key(c)) {
-                        return None;
-                    }
-                    Conflict::UpdateSet(cols)
-                }
-                _ => return None,
-            };
+            let conflict = insert_conflict(meta, op, conflict_set)?;
             (!(meta.append && non_key.is_empty())).then_some(Shape::Insert {
                 columns: non_key,
                 conflict,

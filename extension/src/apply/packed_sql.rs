@@ -8,7 +8,7 @@
 use super::fold::Conflict;
 use super::statements::on_conflict;
 use super::table::TableMeta;
-use super::uniform_sql::{last_change_wins, Statement, Statements};
+use super::uniform_sql::{increment_update, key_groups, last_change_wins, Statement, Statements};
 use pgrx::spi::quote_identifier;
 
 /// The changes of `k` packed rows of `width` columns, as rows `v(ck, c1 … c<width>, o)`:
@@ -118,7 +118,6 @@ pub fn increment_sql(
     k: usize,
 ) -> Statements {
     let src = source(k, meta.key_columns.len() + packed.len());
-    let nk = meta.key_columns.len();
     let mut select: Vec<String> = meta
         .key_columns
         .iter()
@@ -132,44 +131,21 @@ pub fn increment_sql(
         .map(|c| format!("v.c{} IS NOT NULL", slot(meta, packed, c)))
         .collect();
     complete.dedup();
-    let mut sets = Vec::new();
     for (j, c) in columns.iter().enumerate() {
         // sum() of an integer type is a wider integer or numeric: exact (an overflow is an error).
         select.push(format!("sum({}) AS s{j}", value(meta, packed, c)));
-        let q = quote_identifier(c);
-        let ty = meta.types.get(c).map_or("numeric", String::as_str);
-        sets.push(format!("{q} = t.{q} + g.s{j}::text::{ty}"));
     }
     select.push(format!(
         "count(*) FILTER (WHERE {}) AS n",
         complete.join(" AND ")
     ));
-    let group = (1..=nk)
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let matches = meta
-        .key_columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("t.{} = g.k{i}", quote_identifier(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let sql = format!(
-        "WITH g AS (SELECT {} FROM ({src}) v GROUP BY {group}),
-              upd AS (UPDATE {} AS t SET {} FROM g WHERE {matches} RETURNING 1)
-         SELECT (SELECT coalesce(sum(n), 0)::int8 FROM g), (SELECT count(*) FROM g),
-                (SELECT count(*) FROM g)
-          WHERE (SELECT count(*) FROM upd) >= 0",
-        select.join(", "),
-        meta.qualified,
-        sets.join(", "),
-    );
-    Statements {
-        first: Statement {
-            sql,
-            counted_by_rows: false,
-        },
-        last_per_key: None,
-    }
+    increment_update(
+        meta,
+        &format!(
+            "SELECT {} FROM ({src}) v GROUP BY {}",
+            select.join(", "),
+            key_groups(meta)
+        ),
+        columns,
+    )
 }

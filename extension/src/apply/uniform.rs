@@ -222,6 +222,28 @@ fn probe(
     ))
 }
 
+/// What a conflict on the key does for fast-path INSERTs of `op` (`I` or `X`), if a fast
+/// path takes them: the table's policy for `I` (upsert or dead_letter; ignore goes the general
+/// way), the `conflict_set` of `X` rows (columns of the table only), none on append tables.
+pub(super) fn insert_conflict(
+    meta: &TableMeta,
+    op: &str,
+    conflict_set: Option<Vec<String>>,
+) -> Option<Conflict> {
+    Some(match (op, meta.append, &meta.policy) {
+        ("I", true, _) => Conflict::Append,
+        ("I", false, p @ (Conflict::Upsert | Conflict::Fail)) => p.clone(),
+        ("X", false, _) => {
+            let cols = conflict_set?;
+            if !cols.iter().all(|c| meta.types.contains_key(c)) {
+                return None;
+            }
+            Conflict::UpdateSet(cols)
+        }
+        _ => return None,
+    })
+}
+
 /// The uniform shape a row of `op` with `data` stands for, if the fast path can take it.
 fn classify(
     meta: &TableMeta,
@@ -233,18 +255,7 @@ fn classify(
     let known = |c: &String| meta.types.contains_key(c);
     match op {
         "I" | "X" => {
-            let conflict = match (op, meta.append, &meta.policy) {
-                ("I", true, _) => Conflict::Append,
-                ("I", false, p @ (Conflict::Upsert | Conflict::Fail)) => p.clone(),
-                ("X", false, _) => {
-                    let cols = conflict_set?;
-                    if !cols.iter().all(|c| meta.types.contains_key(c)) {
-                        return None;
-                    }
-                    Conflict::UpdateSet(cols)
-                }
-                _ => return None,
-            };
+            let conflict = insert_conflict(meta, op, conflict_set)?;
             let strings = object.values().all(|v| v.is_string() || v.is_null());
             let columns: Vec<String> = object
                 .keys()

@@ -196,7 +196,6 @@ pub fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
         format!("jsonb_array_length(v.k) = {nk}"),
         "(v.d - $3::text[]) = '{}'::jsonb".to_string(),
     ];
-    let mut sets = Vec::new();
     for (j, c) in columns.iter().enumerate() {
         let ty = type_of(meta, c);
         let lit = literal(c);
@@ -206,14 +205,41 @@ pub fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
         fits.push(format!(
             "(v.d->{lit}->>'add') IS NOT NULL AND ((v.d->{lit}) - 'add'::text) = '{{}}'::jsonb"
         ));
-        let q = quote_identifier(c);
-        sets.push(format!("{q} = t.{q} + g.s{j}::text::{ty}"));
     }
     select.push("sum(v.c) AS n".into());
-    let group = (1..=nk)
+    increment_update(
+        meta,
+        &format!(
+            "SELECT {} FROM {DISTINCT_DECODED} WHERE {} GROUP BY {}",
+            select.join(", "),
+            fits.join(" AND "),
+            key_groups(meta)
+        ),
+        columns,
+    )
+}
+
+/// `GROUP BY` positions of the key columns (the first ones of the grouped select).
+pub fn key_groups(meta: &TableMeta) -> String {
+    (1..=meta.key_columns.len())
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+/// The statement of a round of increments: `grouped` selects per key `k0…`, each column's
+/// summed deltas `s0…` (in `columns` order) and the rows it counted `n`; each key's columns
+/// get their sums added. Returns (rows counted, keys, keys): an absent key is applied as zero
+/// rows, as the UPDATE it stands for.
+pub fn increment_update(meta: &TableMeta, grouped: &str, columns: &[String]) -> Statements {
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let q = quote_identifier(c);
+            format!("{q} = t.{q} + g.s{j}::text::{}", type_of(meta, c))
+        })
+        .collect();
     let matches = meta
         .key_columns
         .iter()
@@ -222,13 +248,11 @@ pub fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "WITH g AS (SELECT {} FROM {DISTINCT_DECODED} WHERE {} GROUP BY {group}),
+        "WITH g AS ({grouped}),
               upd AS (UPDATE {} AS t SET {} FROM g WHERE {matches} RETURNING 1)
          SELECT (SELECT coalesce(sum(n), 0)::int8 FROM g), (SELECT count(*) FROM g),
                 (SELECT count(*) FROM g)
           WHERE (SELECT count(*) FROM upd) >= 0",
-        select.join(", "),
-        fits.join(" AND "),
         meta.qualified,
         sets.join(", "),
     );

@@ -103,8 +103,8 @@ pub fn try_apply(
         Uniform::Insert { .. } => ("I", None),
     };
     let run = in_subtransaction(|| {
-        let taken = take(client, relid, cut, meta.append, op, conflict_set)
-            .unwrap_or_else(|e| pgrx::error!("{e}"));
+        let taken =
+            take(client, relid, cut, op, conflict_set).unwrap_or_else(|e| pgrx::error!("{e}"));
         // SAFETY: the arrays are datums of the take's SPI tuple table, which lives until this
         // SPI connection ends (or the subtransaction aborts), so past the statement below.
         let args = unsafe {
@@ -296,24 +296,20 @@ fn take(
     client: &mut SpiClient<'_>,
     relid: pg_sys::Oid,
     cut: i64,
-    ordered: bool,
     op: &str,
     conflict_set: Option<Vec<String>>,
 ) -> SpiResult<Taken> {
-    // Order matters only where rows are inserted without a key (serial defaults, triggers);
-    // a keyed round that fits has each key once and the same result in any order.
-    let order = if ordered { " ORDER BY id" } else { "" };
+    // The arrays are in inbox order: append tables insert in it (serial defaults, triggers),
+    // and a key inserted twice keeps its last row (the 21000 retry) by its place in them.
     let t = client.update(
-        &format!(
-            "WITH taken AS (
-                 DELETE FROM writebehind.inbox WHERE relid = $1 AND id <= $2
-                 RETURNING id, key, data, proxy_id, batch_seq, op, conflict_set, vals IS NOT NULL AS packed)
-             SELECT count(*),
-                    (SELECT array_agg(b.k) FROM (SELECT DISTINCT batch_seq || '/' || proxy_id AS k FROM taken) b),
-                    array_agg(key), array_agg(data),
-                    count(*) FILTER (WHERE op <> $3 OR conflict_set IS DISTINCT FROM $4 OR packed)
-               FROM (SELECT key, data, op::text, conflict_set, packed FROM taken{order}) s"
-        ),
+        "WITH taken AS (
+             DELETE FROM writebehind.inbox WHERE relid = $1 AND id <= $2
+             RETURNING id, key, data, proxy_id, batch_seq, op, conflict_set, vals IS NOT NULL AS packed)
+         SELECT count(*),
+                (SELECT array_agg(b.k) FROM (SELECT DISTINCT batch_seq || '/' || proxy_id AS k FROM taken) b),
+                array_agg(key ORDER BY id), array_agg(data ORDER BY id),
+                count(*) FILTER (WHERE op::text <> $3 OR conflict_set IS DISTINCT FROM $4 OR packed)
+           FROM taken",
         None,
         &[relid.into(), cut.into(), op.into(), conflict_set.into()],
     )?;

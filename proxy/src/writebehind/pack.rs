@@ -13,6 +13,12 @@ use std::collections::HashMap;
 /// The fewest changes worth a packed row.
 const MIN_PACKED: usize = 2;
 
+/// Whether the proxy ships packed rows. Off: with packing on, the proxy kill test
+/// (tests/tests/crash_safety.rs, 20 kills) failed in about one run in three (a read through the
+/// restarted proxy saw an older state of a key) and the cause is not found yet; with one JSON
+/// row per change it passed 12 runs of 12. [`encode_batch`] with `pack` stays tested.
+pub const ENABLED: bool = false;
+
 /// What changes must share to go in one packed row.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Shape<'a> {
@@ -82,9 +88,22 @@ fn key_of(c: &Change) -> Option<(u32, &[String])> {
     }
 }
 
-/// Appends batch (`proxy_id`, `seq`)'s COPY text for `changes` (folded, in order) to `out`;
-/// returns how many packed rows it wrote.
-pub fn encode_batch(out: &mut Vec<u8>, proxy_id: &str, seq: i64, changes: &[Change]) -> usize {
+/// Appends batch (`proxy_id`, `seq`)'s COPY text for `changes` (folded, in order) to `out`,
+/// packed where it can be when `pack`, else one JSON row each; returns how many packed rows
+/// it wrote.
+pub fn encode_batch(
+    out: &mut Vec<u8>,
+    proxy_id: &str,
+    seq: i64,
+    changes: &[Change],
+    pack: bool,
+) -> usize {
+    if !pack {
+        for c in changes {
+            copy_row(out, proxy_id, seq, c);
+        }
+        return 0;
+    }
     let mut per_key: HashMap<(u32, &[String]), usize> = HashMap::new();
     for c in changes {
         if let Some(k) = key_of(c) {
@@ -249,7 +268,7 @@ mod tests {
             add(1, "d\\t", "-3"),
         ];
         let mut out = Vec::new();
-        assert_eq!(encode_batch(&mut out, "p", 9, &changes), 1);
+        assert_eq!(encode_batch(&mut out, "p", 9, &changes, true), 1);
         let l = lines(&out);
         assert_eq!(l.len(), 3);
         assert_eq!(
@@ -280,7 +299,7 @@ mod tests {
             ins(&["a"], Some("3")),
         ];
         let mut out = Vec::new();
-        assert_eq!(encode_batch(&mut out, "p", 1, &changes), 2);
+        assert_eq!(encode_batch(&mut out, "p", 1, &changes, true), 2);
         let l = lines(&out);
         assert_eq!(l.len(), 3);
         assert!(l[0].ends_with("\t{\"a\"}\t{{\"1\",NULL}}"));

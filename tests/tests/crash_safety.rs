@@ -452,3 +452,67 @@ async fn wal_mode_keeps_unshipped_writes_and_locks_its_directory() -> anyhow::Re
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A restarted proxy reads its predecessor's writes: what the killed process had already
+/// committed to the inbox, but the worker had not applied yet, is waited for by the new
+/// process's first read of the table. The worker is held back by a lock, so a read that does
+/// not wait sees the old row at once.
+#[tokio::test]
+async fn a_restarted_proxy_waits_for_what_its_predecessor_shipped() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let dir = wal_dir("predecessor");
+    let dir_s = dir.to_string_lossy().to_string();
+    let args = [
+        "--durability",
+        "wal",
+        "--wal-dir",
+        &dir_s,
+        "--flush-interval",
+        "10ms",
+    ];
+    let url = cluster.url("postgres");
+    let mut proxy = Proxy::spawn(&url, &args)?;
+    // The worker cannot apply kv while this transaction holds SHARE (its UPDATE waits).
+    let mut locker = cluster.connect("postgres").await?;
+    let lock = locker.transaction().await?;
+    lock.batch_execute("LOCK TABLE kv IN SHARE MODE").await?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.simple_query("UPDATE kv SET n = n + 5, s = 'new' WHERE id = 3")
+        .await?;
+    // Shipped: the change is committed in the inbox (and taken by the blocked worker, which
+    // cannot commit).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shipped: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM writebehind.progress WHERE batch_seq > 0",
+                &[],
+            )
+            .await?
+            .get(0);
+        if shipped > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the change was never shipped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.signal("KILL")?;
+    proxy.wait_exit(Duration::from_secs(10)).await?;
+    let proxy = Proxy::spawn(&url, &args)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let read = tokio::spawn(async move { read_row(&c, 3).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !read.is_finished(),
+        "the read did not wait for the predecessor's shipped change: {:?}",
+        read.await?
+    );
+    lock.rollback().await?;
+    let seen = tokio::time::timeout(Duration::from_secs(30), read).await???;
+    assert_eq!(seen, Some((5, Some("new".into()))), "read your writes");
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -27,7 +27,8 @@ pub enum BarrierError {
 pub struct Barrier {
     source: Arc<dyn BatchSource>,
     flusher: Flusher,
-    /// Per table: the batch generation known to be applied.
+    /// Per table: the batch generation known to be applied (1 + the flusher's count of batches
+    /// touching it; absent: not even what earlier processes of this proxy id left).
     applied: Mutex<(InboxShipper, HashMap<u32, u64>)>,
     /// How long barriers that had to ship or wait took.
     latency: Histogram,
@@ -97,7 +98,10 @@ impl Barrier {
             relids
                 .iter()
                 .filter_map(|r| {
-                    let shipped = snapshot.table_generation.get(r).copied().unwrap_or(0);
+                    // Generation 0 stands for the rows an earlier process of this proxy id
+                    // committed and the worker may not have applied yet (a restart, a crash):
+                    // this process's first barrier on each table flushes them too.
+                    let shipped = snapshot.table_generation.get(r).copied().unwrap_or(0) + 1;
                     let applied = guard.1.get(r).copied().unwrap_or(0);
                     (shipped > applied).then_some((*r, shipped))
                 })

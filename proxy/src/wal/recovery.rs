@@ -1,4 +1,5 @@
-//! Reading the WAL back at start-up: every valid record in order, a torn tail cut, corruption refused.
+//! Reading the WAL back at start-up: every valid record in order, a torn tail cut, the
+//! writer's unwritten reserve (zeros) trimmed, corruption refused.
 
 use super::record::{decode, Decoded, Record};
 use super::{segment_paths, WalError};
@@ -57,6 +58,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 Decoded::Incomplete => "incomplete record",
                 Decoded::Corrupt { .. } => "checksum or length mismatch",
             };
+            if data[off..].iter().all(|&b| b == 0) {
+                // Disk reserved ahead of the appends and never written (the writer maps its
+                // segments): the segment ends here.
+                trim(path, off as u64)?;
+                break;
+            }
             let at_tail = i == last && !valid_record_follows(&data, off, out.next_lsn);
             if !at_tail {
                 return Err(WalError::Corrupt {
@@ -66,18 +73,23 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 });
             }
             let cut = (data.len() - off) as u64;
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| WalError::io(path, e))?;
-            f.set_len(off as u64).map_err(|e| WalError::io(path, e))?;
-            f.sync_all().map_err(|e| WalError::io(path, e))?;
+            trim(path, off as u64)?;
             tracing::warn!(segment = %path.display(), offset = off, bytes = cut, reason = damage, "cut a torn WAL tail");
             out.cut_tail = Some((path.clone(), off as u64, cut));
             break;
         }
     }
     Ok(out)
+}
+
+/// Cuts the segment at `path` to `len` bytes, durably.
+fn trim(path: &Path, len: u64) -> Result<(), WalError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::io(path, e))?;
+    f.set_len(len).map_err(|e| WalError::io(path, e))?;
+    f.sync_all().map_err(|e| WalError::io(path, e))
 }
 
 /// Whether a valid record with an lsn at or after `lsn` starts anywhere after `from`.

@@ -149,3 +149,39 @@ async fn fsync_mode_waits_for_group_sync() {
         .expect("fsync succeeded");
     assert!(wal.stats().synced_lsn >= lsn);
 }
+
+#[test]
+fn a_killed_writer_leaves_zeros_that_recovery_trims() {
+    let dir = tempdir("zeros");
+    let written = write_n(&dir, 30, 1 << 20);
+    let (_, seg) = segment_paths(&dir)
+        .expect("list")
+        .pop()
+        .expect("one segment");
+    // What a killed writer leaves: its records, then the zeros reserved ahead.
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    let f = OpenOptions::new().write(true).open(&seg).expect("open");
+    f.set_len(len + 70_000).expect("extend with zeros");
+    let rec = recover(&dir).expect("zeros are the end of the log, not damage");
+    assert!(rec.cut_tail.is_none(), "zeros are not a torn tail");
+    assert_eq!(rec.records.len(), 30);
+    assert_eq!(rec.records[29].payload, written[29]);
+    assert_eq!(std::fs::metadata(&seg).expect("meta").len(), len, "trimmed");
+    write_n(&dir, 1, 1 << 20);
+    assert_eq!(recover(&dir).expect("again").records.len(), 31);
+}
+
+#[test]
+fn records_of_a_writer_that_never_closed_are_recovered() {
+    let dir = tempdir("forgotten");
+    let wal = Wal::open(&dir, 1, 1 << 20).expect("open");
+    for i in 0..100u64 {
+        wal.append(1, format!("r{i}").as_bytes()).expect("append");
+    }
+    // As if killed: no trim, the mapping never unmapped; the pages are the kernel's.
+    std::mem::forget(wal);
+    let rec = recover(&dir).expect("recover");
+    assert!(rec.cut_tail.is_none());
+    assert_eq!(rec.records.len(), 100);
+    assert_eq!(rec.records[99].payload, b"r99".to_vec());
+}

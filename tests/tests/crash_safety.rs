@@ -34,6 +34,29 @@ fn wal_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A cluster with [`SCHEMA`], a direct connection to it, and a fresh WAL directory `name`.
+async fn wal_test(name: &str) -> anyhow::Result<(Cluster, tokio_postgres::Client, PathBuf)> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    Ok((cluster, direct, wal_dir(name)))
+}
+
+/// The proxy's arguments for durability `wal` in `dir`, shipping every `interval`.
+fn wal_args(dir: &std::path::Path, interval: &str) -> Vec<String> {
+    let dir = dir.to_string_lossy().to_string();
+    [
+        "--durability",
+        "wal",
+        "--wal-dir",
+        &dir,
+        "--flush-interval",
+        interval,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// The model of one key a session owns: `None` = no row.
 type Row = Option<(i64, Option<String>)>;
 
@@ -398,19 +421,9 @@ async fn memory_mode_loses_only_what_was_unshipped() -> anyhow::Result<()> {
 /// directory while the first holds it.
 #[tokio::test]
 async fn wal_mode_keeps_unshipped_writes_and_locks_its_directory() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct.batch_execute(SCHEMA).await?;
-    let dir = wal_dir("lock");
-    let dir_s = dir.to_string_lossy().to_string();
-    let args = [
-        "--durability",
-        "wal",
-        "--wal-dir",
-        &dir_s,
-        "--flush-interval",
-        "1h",
-    ];
+    let (cluster, direct, dir) = wal_test("lock").await?;
+    let args = wal_args(&dir, "1h");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proxy = Proxy::spawn(&cluster.url("postgres"), &args)?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     for _ in 0..200 {
@@ -424,7 +437,7 @@ async fn wal_mode_keeps_unshipped_writes_and_locks_its_directory() -> anyhow::Re
             "--upstream",
             &cluster.url("postgres"),
         ])
-        .args(args)
+        .args(&args)
         .output()?;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -459,19 +472,9 @@ async fn wal_mode_keeps_unshipped_writes_and_locks_its_directory() -> anyhow::Re
 /// not wait sees the old row at once.
 #[tokio::test]
 async fn a_restarted_proxy_waits_for_what_its_predecessor_shipped() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct.batch_execute(SCHEMA).await?;
-    let dir = wal_dir("predecessor");
-    let dir_s = dir.to_string_lossy().to_string();
-    let args = [
-        "--durability",
-        "wal",
-        "--wal-dir",
-        &dir_s,
-        "--flush-interval",
-        "10ms",
-    ];
+    let (cluster, direct, dir) = wal_test("predecessor").await?;
+    let args = wal_args(&dir, "10ms");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let url = cluster.url("postgres");
     let mut proxy = Proxy::spawn(&url, &args)?;
     // The worker cannot apply kv while this transaction holds SHARE (its UPDATE waits).

@@ -26,6 +26,21 @@ fn write_n(dir: &Path, n: u64, segment_size: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The path of the last segment in `dir`.
+fn last_segment(dir: &Path) -> PathBuf {
+    segment_paths(dir)
+        .expect("list")
+        .pop()
+        .expect("one segment")
+        .1
+}
+
+/// Cuts (or extends with zeros) the file at `path` to `len` bytes.
+fn set_len(path: &Path, len: u64) {
+    let f = OpenOptions::new().write(true).open(path).expect("open");
+    f.set_len(len).expect("set_len");
+}
+
 #[test]
 fn appends_survive_reopen_in_order_across_segments() {
     let dir = tempdir("reopen");
@@ -67,13 +82,9 @@ fn remove_below_keeps_everything_not_yet_committed() {
 fn torn_tail_is_cut_and_appending_resumes() {
     let dir = tempdir("torn");
     let written = write_n(&dir, 50, 1 << 20);
-    let (_, seg) = segment_paths(&dir)
-        .expect("list")
-        .pop()
-        .expect("one segment");
+    let seg = last_segment(&dir);
     let len = std::fs::metadata(&seg).expect("meta").len();
-    let f = OpenOptions::new().write(true).open(&seg).expect("open");
-    f.set_len(len - 5).expect("truncate mid-record");
+    set_len(&seg, len - 5);
     let rec = recover(&dir).expect("torn tail is not an error");
     assert_eq!(rec.records.len(), 49);
     assert!(rec.cut_tail.is_some());
@@ -94,10 +105,7 @@ fn torn_tail_is_cut_and_appending_resumes() {
 fn flipped_byte_in_the_middle_stops_recovery() {
     let dir = tempdir("flip");
     write_n(&dir, 50, 1 << 20);
-    let (_, seg) = segment_paths(&dir)
-        .expect("list")
-        .pop()
-        .expect("one segment");
+    let seg = last_segment(&dir);
     let mut data = std::fs::read(&seg).expect("read");
     data[100] ^= 0x01;
     std::fs::write(&seg, &data).expect("write");
@@ -109,10 +117,7 @@ fn flipped_byte_in_the_middle_stops_recovery() {
 fn flipped_byte_in_the_last_record_is_a_torn_tail() {
     let dir = tempdir("fliplast");
     write_n(&dir, 20, 1 << 20);
-    let (_, seg) = segment_paths(&dir)
-        .expect("list")
-        .pop()
-        .expect("one segment");
+    let seg = last_segment(&dir);
     let mut data = std::fs::read(&seg).expect("read");
     let n = data.len();
     data[n - 2] ^= 0x01;
@@ -154,14 +159,10 @@ async fn fsync_mode_waits_for_group_sync() {
 fn a_killed_writer_leaves_zeros_that_recovery_trims() {
     let dir = tempdir("zeros");
     let written = write_n(&dir, 30, 1 << 20);
-    let (_, seg) = segment_paths(&dir)
-        .expect("list")
-        .pop()
-        .expect("one segment");
+    let seg = last_segment(&dir);
     // What a killed writer leaves: its records, then the zeros reserved ahead.
     let len = std::fs::metadata(&seg).expect("meta").len();
-    let f = OpenOptions::new().write(true).open(&seg).expect("open");
-    f.set_len(len + 70_000).expect("extend with zeros");
+    set_len(&seg, len + 70_000);
     let rec = recover(&dir).expect("zeros are the end of the log, not damage");
     assert!(rec.cut_tail.is_none(), "zeros are not a torn tail");
     assert_eq!(rec.records.len(), 30);

@@ -8,7 +8,9 @@
 use super::fold::Conflict;
 use super::statements::on_conflict;
 use super::table::TableMeta;
-use super::uniform_sql::{increment_update, key_groups, last_change_wins, Statement, Statements};
+use super::uniform_sql::{
+    increment_update, key_groups, last_change_wins, LastPerKey, Statement, Statements,
+};
 use pgrx::spi::quote_identifier;
 
 /// The changes of `k` packed rows of `width` columns, as rows `v(ck, c1 … c<width>, o)`:
@@ -83,25 +85,18 @@ pub fn insert_sql(
     // exactly what folding gives.
     let last_per_key = (!meta.append && !columns.is_empty() && last_change_wins(conflict, columns))
         .then(|| {
-        let keys: Vec<String> = meta
-            .key_columns
-            .iter()
-            .map(|c| value(meta, packed, c))
-            .collect();
-        let keys = keys.join(", ");
-        Statement {
-            sql: format!(
-                "WITH v AS ({src}),
-                      x AS (SELECT DISTINCT ON ({keys}) v.* FROM v ORDER BY {keys}, v.ck DESC, v.o DESC),
-                      ins AS (INSERT INTO {} ({}) SELECT {} FROM x AS v{clause} RETURNING 1)
-                 SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM ins), (SELECT count(*) FROM x)",
-                meta.qualified,
-                targets.join(", "),
-                values.join(", "),
-            ),
-            counted_by_rows: false,
-        }
-    });
+            let keys: Vec<String> = meta
+                .key_columns
+                .iter()
+                .map(|c| value(meta, packed, c))
+                .collect();
+            LastPerKey {
+                source: &src,
+                keys: &keys.join(", "),
+                newest_first: "v.ck DESC, v.o DESC",
+            }
+            .insert(meta, &targets, &values, &clause)
+        });
     Statements {
         first,
         last_per_key,

@@ -162,24 +162,55 @@ pub fn insert_sql(meta: &TableMeta, columns: &[String], conflict: &Conflict) -> 
     // row whose conflict_set is every listed column), keep the last row of each key.
     let last_per_key = (!meta.append && !columns.is_empty() && last_change_wins(conflict, columns))
         .then(|| {
-        let keys = key_exprs(meta).join(", ");
+            LastPerKey {
+                source: &format!(
+                    "SELECT v.* FROM {ORDERED_DECODED} WHERE {}",
+                    fits.join(" AND ")
+                ),
+                keys: &key_exprs(meta).join(", "),
+                newest_first: "v.o DESC",
+            }
+            .insert(meta, &targets, &values, &on_conflict)
+        });
+    Statements {
+        first,
+        last_per_key,
+    }
+}
+
+/// The retry of an insert round that had a key twice (21000): each key's newest change only.
+pub struct LastPerKey<'a> {
+    /// The round's changes, as a query whose rows are `v`.
+    pub source: &'a str,
+    /// The key expressions over `v`, comma-separated.
+    pub keys: &'a str,
+    /// ORDER BY terms over `v` that put a key's newest change first.
+    pub newest_first: &'a str,
+}
+
+impl LastPerKey<'_> {
+    /// Inserts each key's newest change as `values` into `targets`, with the ON CONFLICT
+    /// `clause`; returns (changes, rows inserted, distinct keys).
+    pub fn insert(
+        &self,
+        meta: &TableMeta,
+        targets: &[String],
+        values: &[String],
+        clause: &str,
+    ) -> Statement {
+        let (source, keys, newest_first) = (self.source, self.keys, self.newest_first);
         Statement {
             sql: format!(
-                "WITH v AS (SELECT v.* FROM {ORDERED_DECODED} WHERE {}),
-                      x AS (SELECT DISTINCT ON ({keys}) v.k, v.d FROM v ORDER BY {keys}, v.o DESC),
-                      ins AS (INSERT INTO {} ({}) SELECT {} FROM x AS v{on_conflict} RETURNING 1)
+                "WITH v AS ({source}),
+                      x AS (SELECT DISTINCT ON ({keys}) v.* FROM v ORDER BY {keys}, {newest_first}),
+                      ins AS (INSERT INTO {} ({}) SELECT {} FROM x AS v{clause} RETURNING 1)
                  SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM ins), (SELECT count(*) FROM x)",
-                fits.join(" AND "),
                 meta.qualified,
                 targets.join(", "),
                 values.join(", "),
             ),
             counted_by_rows: false,
         }
-    });
-    Statements {
-        first,
-        last_per_key,
     }
 }
 

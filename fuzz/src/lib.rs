@@ -115,7 +115,7 @@ pub fn check_changes(changes: &[Change]) {
     }
     // The whole batch, packed where it can be: every row still has 9 fields.
     out.clear();
-    pack::encode_batch(&mut out, "fuzz-proxy", 1, changes, true);
+    pack::encode_batch(&mut out, "fuzz-proxy", 1, changes);
     for row in out.split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
         let tabs = row.iter().filter(|&&x| x == b'\t').count();
         assert_eq!(tabs, 8, "a packed batch row without 9 fields");

@@ -101,7 +101,7 @@ async fn packed_batches_arrive_as_they_were_acknowledged() -> anyhow::Result<()>
         key: vec!["hot2".into()],
     });
     let mut rows = Vec::new();
-    let packed = encode_batch(&mut rows, "packer", 1, &changes, true);
+    let packed = encode_batch(&mut rows, "packer", 1, &changes);
     // k's inserts, the increments of hot1 and hot4 (hot2 and hot3 have two changes each: rows),
     // e's run of inserts.
     assert_eq!(packed, 3);

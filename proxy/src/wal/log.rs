@@ -178,11 +178,7 @@ impl Wal {
         let (file, old, upto, path) = {
             let mut w = self.lock();
             let upto = w.next_lsn.saturating_sub(1);
-            let path = w
-                .segments
-                .back()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
+            let path = w.current_path();
             (
                 w.file.clone(),
                 std::mem::take(&mut w.unsynced_old),

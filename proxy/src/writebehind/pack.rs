@@ -13,10 +13,6 @@ use std::collections::HashMap;
 /// The fewest changes worth a packed row.
 const MIN_PACKED: usize = 2;
 
-/// Whether the proxy ships packed rows. [`encode_batch`] also takes it per call, so tests
-/// compare both encodings of the same changes.
-pub const ENABLED: bool = true;
-
 /// What changes must share to go in one packed row.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Shape<'a> {
@@ -86,22 +82,9 @@ fn key_of(c: &Change) -> Option<(u32, &[String])> {
     }
 }
 
-/// Appends batch (`proxy_id`, `seq`)'s COPY text for `changes` (folded, in order) to `out`,
-/// packed where it can be when `pack`, else one JSON row each; returns how many packed rows
-/// it wrote.
-pub fn encode_batch(
-    out: &mut Vec<u8>,
-    proxy_id: &str,
-    seq: i64,
-    changes: &[Change],
-    pack: bool,
-) -> usize {
-    if !pack {
-        for c in changes {
-            copy_row(out, proxy_id, seq, c);
-        }
-        return 0;
-    }
+/// Appends batch (`proxy_id`, `seq`)'s COPY text for `changes` (folded, in order) to `out`;
+/// returns how many packed rows it wrote.
+pub fn encode_batch(out: &mut Vec<u8>, proxy_id: &str, seq: i64, changes: &[Change]) -> usize {
     let mut per_key: HashMap<(u32, &[String]), usize> = HashMap::new();
     for c in changes {
         if let Some(k) = key_of(c) {
@@ -266,7 +249,7 @@ mod tests {
             add(1, "d\\t", "-3"),
         ];
         let mut out = Vec::new();
-        assert_eq!(encode_batch(&mut out, "p", 9, &changes, true), 1);
+        assert_eq!(encode_batch(&mut out, "p", 9, &changes), 1);
         let l = lines(&out);
         assert_eq!(l.len(), 3);
         assert_eq!(
@@ -297,7 +280,7 @@ mod tests {
             ins(&["a"], Some("3")),
         ];
         let mut out = Vec::new();
-        assert_eq!(encode_batch(&mut out, "p", 1, &changes, true), 2);
+        assert_eq!(encode_batch(&mut out, "p", 1, &changes), 2);
         let l = lines(&out);
         assert_eq!(l.len(), 3);
         assert!(l[0].ends_with("\t{\"a\"}\t{{\"1\",NULL}}"));

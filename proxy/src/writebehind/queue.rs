@@ -294,7 +294,7 @@ impl BatchSource for Queue {
         }
         let folded = fold(taken.into_iter());
         let mut rows = Vec::with_capacity(folded.len() * 64);
-        pack::encode_batch(&mut rows, &self.proxy_id, seq, &folded, pack::ENABLED);
+        pack::encode_batch(&mut rows, &self.proxy_id, seq, &folded);
         for c in &folded {
             let i = table(&mut tables, c.relid());
             tables[i].rows[kind(c)] += 1;

@@ -131,13 +131,8 @@ fn prepared(catalog: &Catalog) {
 
 fn catalog() -> Catalog {
     let col = |name: &str, ty: &str, not_null: bool| Column {
-        name: name.into(),
-        type_name: ty.into(),
-        max_chars: None,
         not_null,
-        has_default: false,
-        typmod: -1,
-        default_only: false,
+        ..Column::plain(name, ty)
     };
     let table = |relid: u32, name: &str, columns: Vec<Column>| Table {
         relid,

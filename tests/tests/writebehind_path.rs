@@ -517,3 +517,45 @@ async fn only_real_session_changes_end_acknowledging() -> anyhow::Result<()> {
     assert_eq!(n_direct().await?, 4, "written through: role set at startup");
     Ok(())
 }
+
+#[tokio::test]
+async fn one_key_spelled_two_ways_keeps_its_order() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE nk (id numeric PRIMARY KEY, v int);
+             CREATE TABLE ck (id text COLLATE ci PRIMARY KEY, v int);
+             INSERT INTO nk VALUES (5, 0);
+             INSERT INTO ck VALUES ('a', 0);
+             SELECT writebehind.enable('nk');
+             SELECT writebehind.enable('ck');",
+        )
+        .await?;
+    // Only barriers ship: without them all four updates would be one batch.
+    let proxy = wb_proxy(&cluster, &["--flush-interval", "1h"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // 5.0 = 5 = 5.00 for PostgreSQL, and 'A' = 'a' in a case-insensitive collation. Whatever
+    // the proxy acknowledges, the last update must be the one that stays.
+    c.batch_execute(
+        "UPDATE nk SET v = 11 WHERE id = 5.0;
+         UPDATE nk SET v = 12 WHERE id = 5;
+         UPDATE nk SET v = 13 WHERE id = 5.00;
+         UPDATE nk SET v = 14 WHERE id = 5;
+         UPDATE ck SET v = 11 WHERE id = 'A';
+         UPDATE ck SET v = 12 WHERE id = 'a';
+         UPDATE ck SET v = 13 WHERE id = 'A';
+         UPDATE ck SET v = 14 WHERE id = 'a';",
+    )
+    .await?;
+    // Read through the proxy: the barrier ships what is pending and waits until it applied.
+    for table in ["nk", "ck"] {
+        let v: i32 = c
+            .query_one(&format!("SELECT v FROM {table}"), &[])
+            .await?
+            .get(0);
+        assert_eq!(v, 14, "{table}: the last acknowledged update wins");
+    }
+    Ok(())
+}

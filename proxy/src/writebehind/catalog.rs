@@ -23,6 +23,9 @@ pub struct Column {
     pub typmod: i32,
     /// A generated or `GENERATED ALWAYS AS IDENTITY` column: only `DEFAULT` may be written.
     pub default_only: bool,
+    /// Its collation is nondeterministic (e.g. case-insensitive ICU): values with different
+    /// text may be equal, so the text cannot identify a key.
+    pub nondeterministic: bool,
 }
 
 /// One registered table.
@@ -55,6 +58,7 @@ impl Column {
             has_default: false,
             typmod: -1,
             default_only: false,
+            nondeterministic: false,
         }
     }
 }
@@ -110,7 +114,9 @@ pub const LOAD_SQL: &str = "
            a.attname::text, format_type(a.atttypid, NULL), a.atttypmod,
            a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
            a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier,
-           (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows
+           (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows,
+           COALESCE((SELECT NOT co.collisdeterministic FROM pg_collation co
+                      WHERE co.oid = a.attcollation), false)
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -216,6 +222,7 @@ impl Catalog {
                     has_default: r.try_get(9)?,
                     typmod,
                     default_only: r.try_get(10)?,
+                    nondeterministic: r.try_get(14)?,
                 });
             }
         }

@@ -93,7 +93,7 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
                     let mut k = Vec::new();
                     for name in &table.key {
                         let (_, v) = values.iter().find(|(n, _)| n == name)?;
-                        k.push(canonical_key(v.clone()?, table.column(name)?));
+                        k.push(canonical_key(v.clone()?, table.column(name)?)?);
                     }
                     Some(k)
                 };
@@ -171,7 +171,7 @@ fn key_values(key: &[(String, Value)], table: &Table) -> Option<Vec<String>> {
         .map(|k| {
             let (_, v) = key.iter().find(|(n, _)| n == k)?;
             let col = table.column(k)?;
-            Some(canonical_key(constant(v, col)??, col))
+            canonical_key(constant(v, col)??, col)
         })
         .collect()
 }
@@ -239,11 +239,20 @@ fn canonical_number(text: &str) -> bool {
     int_ok && frac_ok && !(negative && zero)
 }
 
-/// The key text that identifies a row for coalescing: integer, boolean and uuid keys written
-/// differently (`007`/`7`, `t`/`true`, upper/lower-case uuid) denote the same row, and the
-/// normalized text is the same value for PostgreSQL. Other types keep their text as written.
-fn canonical_key(text: String, col: &Column) -> String {
-    match col.type_name.as_str() {
+/// The key text that identifies a row for coalescing, or `None` when the text cannot: two
+/// values PostgreSQL finds equal must get the same key text, or the coalescer and the worker
+/// would order their changes differently. Integer, boolean and uuid keys written differently
+/// (`007`/`7`, `t`/`true`, upper/lower-case uuid) are normalized; the normalized text is the
+/// same value for PostgreSQL. A numeric key is taken only in the one spelling PostgreSQL's
+/// equality allows for its value (`5`, `5.5`; not `5.0`, `05`, `.5`, `-0`, nor more decimals
+/// than a `numeric(p,s)` keeps): normalizing it would change the display scale an INSERT
+/// stores. A key in a nondeterministic collation
+/// (`'A'` may equal `'a'`) is never taken. Those statements pass through.
+fn canonical_key(text: String, col: &Column) -> Option<String> {
+    if col.nondeterministic {
+        return None;
+    }
+    Some(match col.type_name.as_str() {
         "smallint" | "integer" | "bigint" => {
             text.parse::<i64>().map(|v| v.to_string()).unwrap_or(text)
         }
@@ -253,8 +262,18 @@ fn canonical_key(text: String, col: &Column) -> String {
             _ => text,
         },
         "uuid" => text.to_ascii_lowercase(),
+        "numeric" => {
+            let frac = text.split_once('.').map_or("", |(_, f)| f);
+            // numeric(p,s) rounds to s digits on input: 5.555 and 5.556 would be one key.
+            let scale = (col.typmod >= 4).then(|| ((col.typmod - 4) & 0xffff) as usize);
+            let rounds = scale.is_some_and(|s| frac.len() > s);
+            if !canonical_number(&text) || frac.ends_with('0') || rounds {
+                return None;
+            }
+            text
+        }
         _ => text,
-    }
+    })
 }
 
 /// Whether a decimal fits `numeric(p,s)` without overflow (22003), with no rounding able to
@@ -420,6 +439,67 @@ mod tests {
         assert_eq!(key("DELETE FROM t WHERE id = '+7'"), seven);
         assert_eq!(key("UPDATE t SET n = 1 WHERE id = '07'"), seven);
         assert_eq!(key("INSERT INTO t (id) VALUES (0007)"), seven);
+    }
+
+    #[test]
+    fn equal_keys_spelled_differently_are_one_key_or_pass_through() {
+        let numeric_key = |typmod: i32, nondeterministic: bool, ty: &str| {
+            Table::keyed(
+                "public",
+                "m",
+                &["id"],
+                vec![
+                    Column {
+                        typmod,
+                        nondeterministic,
+                        not_null: true,
+                        ..Column::plain("id", ty)
+                    },
+                    Column::plain("v", "integer"),
+                ],
+            )
+        };
+        let key = |sql: &str, table: &Table| {
+            let toks = lexer::lex(sql, true).ok()?;
+            match changes(&recognize::recognize(&toks)?, table)?.as_slice() {
+                [Change::Update { key, .. }] => Some(key.clone()),
+                [Change::Insert { key, .. }] => key.clone(),
+                _ => None,
+            }
+        };
+        let free = numeric_key(-1, false, "numeric");
+        let scaled = numeric_key((10 << 16 | 2) + 4, false, "numeric");
+        for (sql, table) in [
+            ("UPDATE m SET v = 1 WHERE id = 5", &free),
+            ("UPDATE m SET v = 1 WHERE id = -5.25", &free),
+            ("INSERT INTO m (id, v) VALUES (0.5, 1)", &free),
+            ("UPDATE m SET v = 1 WHERE id = 5.25", &scaled),
+        ] {
+            assert!(key(sql, table).is_some(), "{sql} is acknowledged");
+        }
+        // PostgreSQL finds each of these equal to a key spelled otherwise (5.0 = 5; 5.555 and
+        // 5.556 are both 5.56 in numeric(10,2)): their changes would be ordered apart.
+        for (sql, table) in [
+            ("UPDATE m SET v = 1 WHERE id = 5.0", &free),
+            ("UPDATE m SET v = 1 WHERE id = 05", &free),
+            ("UPDATE m SET v = 1 WHERE id = .5", &free),
+            ("UPDATE m SET v = 1 WHERE id = -0", &free),
+            ("INSERT INTO m (id, v) VALUES (5.50, 1)", &free),
+            ("UPDATE m SET v = 1 WHERE id = 5.555", &scaled),
+        ] {
+            assert_eq!(key(sql, table), None, "{sql} must pass through");
+        }
+        let folded = numeric_key(-1, true, "text");
+        assert_eq!(
+            key("UPDATE m SET v = 1 WHERE id = 'A'", &folded),
+            None,
+            "a nondeterministic collation may find 'A' equal to 'a'"
+        );
+        assert!(key(
+            "UPDATE m SET v = 1 WHERE id = 'A'",
+            &numeric_key(-1, false, "text")
+        )
+        .is_some());
     }
 
     #[test]

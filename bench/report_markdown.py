@@ -57,6 +57,10 @@ class Results:
         return [(k, t, m, c) for k, t in self.write_workloads() for m in w.get("modes", [])
                 for c in w.get("clients", [])]
 
+    def pass_cpu(self, workload, mode, clients, target):
+        c = self._pass.get((workload, mode, clients, target))
+        return (c or {}).get("cpu_us_per_txn")
+
     def pass_rows(self):
         p = self.passthrough or {}
         return [(wl, m, c) for wl in self.pass_workloads() for m in p.get("modes", [])
@@ -171,6 +175,20 @@ def _pass_section(r):
             table(["workload", "mode", "clients", "direct", "PgBouncer", "proxy", "proxy/PgBouncer",
                    "proxy/direct"], rows, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]),
             "", "![pass-through tps against clients](tps_passthrough.png)", ""]
+    cpu_rows = []
+    for w, m, c in r.pass_rows():
+        for t, between in (("direct", None), ("pgbouncer", "pgbouncer"), ("proxy", "proxy")):
+            us = r.pass_cpu(w, m, c, t)
+            if us:
+                parts = [us.get("pgbench"), us.get("postgres"), us.get(between) if between else None]
+                cpu_rows.append([w, m, str(c), PASS_LABELS[t]] + [fmt(v, ".1f") for v in parts]
+                                + [fmt(sum(v or 0 for v in parts), ".1f")])
+    if cpu_rows:
+        body += ["### CPU per transaction (µs, user + system, middle half of each run)", "",
+                 "On two shared cores, tps is about 2 s of CPU divided by the total: whatever sits between "
+                 "pgbench and PostgreSQL also makes PostgreSQL's side dearer (more wake-ups).", "",
+                 table(["workload", "mode", "clients", "target", "pgbench", "PostgreSQL", "in between", "total"],
+                       cpu_rows, ["---", "---", "---:", "---", "---:", "---:", "---:", "---:"]), ""]
     if not p.get("complete"):
         body.insert(2, "**This run did not complete; the cells below are those measured before it stopped.**\n")
     return body
@@ -221,6 +239,20 @@ def _writes_section(r):
             "`pg_current_wal_lsn()` before the run and after the flush, divided by the client writes.", "",
             table(head + tg[:3] + ["proxy/on", "proxy/off"], wal_rows, al3 + ["---:"] * 5),
             "", "![WAL bytes per client write](wal_bytes.png)", ""]
+    groups = ["pgbench", "postgres", "apply worker", "proxy", "ack-everything"]
+    cpu_rows = []
+    for k, title, m, c in r.write_rows():
+        for t in tg:
+            us = r.write_value(k, m, c, t, "cpu_us_per_txn")
+            if us:
+                cpu_rows.append([f"({k}) {title}", m, str(c), t] + [fmt(us.get(g), ".1f") for g in groups]
+                                + [fmt(sum(us.get(g) or 0 for g in groups), ".1f")])
+    if cpu_rows:
+        body += ["### CPU per write (µs, user + system, middle half of each run)", "",
+                 "PostgreSQL = its backends (for the proxy: the COPY into the inbox and barriers); the apply "
+                 "worker is counted apart.", "",
+                 table(head + ["target", "pgbench", "PostgreSQL", "apply worker", "proxy", "ack-everything",
+                               "total"], cpu_rows, al3 + ["---"] + ["---:"] * 6), ""]
     errors = [c for c in w.get("cells", []) if c.get("error") or c.get("failed")]
     if errors:
         body += ["### Failed cells", ""]

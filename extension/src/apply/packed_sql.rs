@@ -127,8 +127,14 @@ pub fn increment_sql(
         .collect();
     complete.dedup();
     for (j, c) in columns.iter().enumerate() {
-        // sum() of an integer type is a wider integer or numeric: exact (an overflow is an error).
-        select.push(format!("sum({}) AS s{j}", value(meta, packed, c)));
+        // Deltas are read as TableMeta::delta_type, not the column's type: `n + 3000000000`
+        // on an integer column that ends in range is valid in PostgreSQL (int4 + int8, then
+        // assigned); sum() of int8 is numeric, exact.
+        select.push(format!(
+            "sum(v.c{}::{}) AS s{j}",
+            slot(meta, packed, c),
+            meta.delta_type(c)
+        ));
     }
     select.push(format!(
         "count(*) FILTER (WHERE {}) AS n",

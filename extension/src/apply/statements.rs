@@ -48,6 +48,11 @@ fn cast(meta: &TableMeta, column: &str, alias: &str) -> String {
     }
 }
 
+/// An increment's delta, in [`TableMeta::delta_type`] (the result is cast on assignment).
+fn delta(meta: &TableMeta, column: &str, alias: &str) -> String {
+    format!("v.{alias}::{}", meta.delta_type(column))
+}
+
 fn unnest(n: usize) -> (String, String) {
     let params = (1..=n)
         .map(|i| format!("${i}::text[]"))
@@ -189,13 +194,13 @@ pub fn build(meta: &TableMeta, shape: &Shape, changes: &[(&[String], &Step)]) ->
                 let a = format!("a{}", j + 1);
                 match kind {
                     b's' => sets.push(format!("{q} = {}", cast(meta, col, &a))),
-                    b'a' => sets.push(format!("{q} = t.{q} + {}", cast(meta, col, &a))),
+                    b'a' => sets.push(format!("{q} = t.{q} + {}", delta(meta, col, &a))),
                     _ => {
                         let b = format!("a{}", j + 2);
                         sets.push(format!(
                             "{q} = {} + {}",
                             cast(meta, col, &a),
-                            cast(meta, col, &b)
+                            delta(meta, col, &b)
                         ));
                         j += 1;
                     }

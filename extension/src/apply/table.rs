@@ -18,6 +18,19 @@ pub struct TableMeta {
     pub types: HashMap<String, String>,
 }
 
+impl TableMeta {
+    /// The type an increment's delta is read as and added in: `int8` for integer columns (a
+    /// delta that is not an integer is an error, so the change is dead-lettered), `numeric`
+    /// otherwise. Never the column's own type: PostgreSQL adds `n + 3000000000` on an integer
+    /// column in `bigint` and checks only the result, when it is assigned.
+    pub fn delta_type(&self, column: &str) -> &'static str {
+        match self.types.get(column).map(String::as_str) {
+            Some("smallint" | "integer" | "bigint") => "int8",
+            _ => "numeric",
+        }
+    }
+}
+
 /// Reads a table's facts; `None` if the relation no longer exists.
 pub fn load(client: &SpiClient<'_>, relid: pg_sys::Oid) -> SpiResult<Option<TableMeta>> {
     let head = client.select(

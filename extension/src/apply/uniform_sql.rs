@@ -228,10 +228,11 @@ pub fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
         "(v.d - $3::text[]) = '{}'::jsonb".to_string(),
     ];
     for (j, c) in columns.iter().enumerate() {
-        let ty = type_of(meta, c);
         let lit = literal(c);
-        // Each distinct row text is decoded once and weighted by how often it came; sum() of
-        // an integer type is a wider integer or numeric: exact (an overflow is an error).
+        // Each distinct row text is decoded once and weighted by how often it came. Deltas
+        // are read as TableMeta::delta_type, not the column's type: `n + 3000000000` on an
+        // integer column that ends in range is valid in PostgreSQL (int4 + int8, assigned).
+        let ty = meta.delta_type(c);
         select.push(format!("sum((v.d->{lit}->>'add')::{ty} * v.c) AS s{j}"));
         fits.push(format!(
             "(v.d->{lit}->>'add') IS NOT NULL AND ((v.d->{lit}) - 'add'::text) = '{{}}'::jsonb"
@@ -268,7 +269,8 @@ pub fn increment_update(meta: &TableMeta, grouped: &str, columns: &[String]) -> 
         .enumerate()
         .map(|(j, c)| {
             let q = quote_identifier(c);
-            format!("{q} = t.{q} + g.s{j}::text::{}", type_of(meta, c))
+            // Added as numeric; the assignment casts the result (22003 if it does not fit).
+            format!("{q} = t.{q} + g.s{j}::numeric")
         })
         .collect();
     let matches = meta

@@ -23,6 +23,9 @@ const SEARCH_PATH: &str = "search_path";
 
 /// Settings whose change (SET, SET LOCAL, RESET) ends acknowledging for the session.
 const SETTINGS: &[&str] = &[
+    "characteristics",
+    "default_transaction_read_only",
+    "session_replication_role",
     "role",
     "session_authorization",
     "standard_conforming_strings",
@@ -37,6 +40,10 @@ const SETTINGS: &[&str] = &[
 /// conservative fallback).
 const FALLBACK_WORDS: &[&str] = &[
     "search_path",
+    "pg_settings",
+    "read_only",
+    "characteristics",
+    "replication_role",
     "role",
     "authorization",
     "writebehind",
@@ -96,13 +103,49 @@ pub fn startup_changes(params: &[(String, String)]) -> bool {
     })
 }
 
+/// Whether a setting PostgreSQL reported (ParameterStatus: at startup, after SET, after
+/// `set_config()` or an UPDATE of `pg_settings`, from role and database defaults) is one the
+/// write-behind path cannot follow: an encoding other than UTF-8 (the proxy validates and
+/// ships text as UTF-8), `standard_conforming_strings` off (the lexer reads literals the
+/// standard way), a read-only default for transactions, or a standby.
+pub fn reported_setting_unsafe(name: &str, value: &str) -> bool {
+    let utf8 = |v: &str| {
+        let enc: String = v
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        enc == "UTF8" || enc == "UNICODE"
+    };
+    match name {
+        "server_encoding" | "client_encoding" => !utf8(value),
+        "standard_conforming_strings" => value != "on",
+        "default_transaction_read_only" | "in_hot_standby" => value == "on",
+        _ => false,
+    }
+}
+
+/// The name and value of a ParameterStatus message (whole, type byte included).
+pub fn parameter_status(msg: &[u8]) -> Option<(&str, &str)> {
+    let body = msg.get(5..)?;
+    let mut parts = body.split(|b| *b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name, value))
+}
+
 fn statement_effect(t: &[Token]) -> Effect {
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
-    // Anywhere: set_config(…) changes any setting.
-    let set_config = t.iter().enumerate().any(|(i, tok)| {
-        matches!(tok, Word(w) if w == "set_config") && t.get(i + 1) == Some(&Punct('('))
-    });
-    if set_config {
+    let named = |tok: &Token, name: &str| matches!(tok, Word(w) | QuotedIdent(w) if w == name);
+    // Anywhere: set_config(…) changes any setting, also written "set_config"(…).
+    let set_config = t
+        .iter()
+        .enumerate()
+        .any(|(i, tok)| named(tok, "set_config") && t.get(i + 1) == Some(&Punct('(')));
+    // UPDATE pg_settings SET setting = … runs set_config() through the view's rule.
+    let pg_settings_update =
+        t.iter().any(|tok| named(tok, "update")) && t.iter().any(|tok| named(tok, "pg_settings"));
+    if set_config || pg_settings_update {
         return Effect::Disable;
     }
     let own = match t.first() {
@@ -223,9 +266,48 @@ mod tests {
             "SET search_path = x; SET ROLE y",
             "SET \"search_path\" = x",
             "SET ROLE x; SELECT 'unterminated",
+            "SELECT \"set_config\"('search_path', 'x', false)",
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'",
+            "update pg_catalog.\"pg_settings\" set setting = 'off' where name = 'standard_conforming_strings'",
+            "SET default_transaction_read_only = on",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SET session_replication_role = replica",
         ] {
             assert_eq!(effect_of(sql), Effect::Disable, "{sql}");
         }
+        assert_eq!(
+            effect_of("SELECT name, setting FROM pg_settings WHERE name = 'search_path'"),
+            Effect::None,
+            "reading pg_settings changes nothing"
+        );
+    }
+
+    #[test]
+    fn reported_settings_the_path_cannot_follow() {
+        for (name, value) in [
+            ("server_encoding", "LATIN1"),
+            ("server_encoding", "SQL_ASCII"),
+            ("client_encoding", "WIN1252"),
+            ("standard_conforming_strings", "off"),
+            ("default_transaction_read_only", "on"),
+            ("in_hot_standby", "on"),
+        ] {
+            assert!(reported_setting_unsafe(name, value), "{name} = {value}");
+        }
+        for (name, value) in [
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("standard_conforming_strings", "on"),
+            ("default_transaction_read_only", "off"),
+            ("application_name", "x"),
+            ("TimeZone", "UTC"),
+        ] {
+            assert!(!reported_setting_unsafe(name, value), "{name} = {value}");
+        }
+        assert_eq!(
+            parameter_status(b"S\0\0\0\x1bclient_encoding\0UTF8\0"),
+            Some(("client_encoding", "UTF8"))
+        );
     }
 
     #[test]

@@ -109,8 +109,10 @@ where
         map: &shared.cancel,
         key: None,
     };
+    // Created before startup: the ParameterStatus messages of startup count too.
+    let state = WireState::default();
     let ready = startup_phase(
-        &mut cr, &mut cw, &mut ur, &mut uw, &shared, &addr, &mut guard,
+        &mut cr, &mut cw, &mut ur, &mut uw, &shared, &addr, &mut guard, &state,
     )
     .await?;
     if !ready {
@@ -118,7 +120,6 @@ where
     }
 
     let terminated = AtomicBool::new(false);
-    let state = WireState::default();
     // Both directions write to the client: replies from PostgreSQL, and local replies.
     let client_out = tokio::sync::Mutex::new(cw);
     let flags = Flags {
@@ -152,8 +153,10 @@ async fn send_error<W: AsyncWrite + Unpin>(cw: &mut W, e: &ProxyError) {
     let _ = cw.shutdown().await;
 }
 
-/// Relays until the first ReadyForQuery. Returns false if the server ended the session
-/// (e.g. authentication failed; its ErrorResponse has been relayed).
+/// Relays until the first ReadyForQuery, noting the settings PostgreSQL reports in `state`.
+/// Returns false if the server ended the session (e.g. authentication failed; its
+/// ErrorResponse has been relayed).
+#[allow(clippy::too_many_arguments)]
 async fn startup_phase<R, W, UR, UW>(
     cr: &mut R,
     cw: &mut W,
@@ -162,6 +165,7 @@ async fn startup_phase<R, W, UR, UW>(
     shared: &Shared,
     addr: &str,
     guard: &mut KeyGuard<'_>,
+    state: &WireState,
 ) -> Result<bool, ProxyError>
 where
     R: AsyncRead + Unpin,
@@ -202,6 +206,10 @@ where
                         b'Z' => {
                             out.extend_from_slice(&msg);
                             ready = true;
+                        }
+                        b'S' => {
+                            state.on_parameter_status(&msg);
+                            out.extend_from_slice(&msg);
                         }
                         _ => out.extend_from_slice(&msg),
                     }
@@ -419,6 +427,7 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         continue
                     }
                     Some(b'Z') => readies.push(msg.get(5).copied().unwrap_or(b'?')),
+                    Some(b'S') => state.on_parameter_status(&msg),
                     Some(b'E') => {
                         crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default())
                     }

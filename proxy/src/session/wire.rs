@@ -27,6 +27,9 @@ pub struct Shared {
     pub private: AtomicBool,
     /// The replies of the proxy's own query (ReadyForQuery excluded).
     pub private_replies: std::sync::Mutex<Vec<Bytes>>,
+    /// PostgreSQL reported a setting the write-behind path cannot follow
+    /// (`changers::reported_setting_unsafe`); it stays set.
+    pub unsafe_setting: AtomicBool,
 }
 
 impl Default for Shared {
@@ -39,11 +42,21 @@ impl Default for Shared {
             lost: AtomicBool::new(false),
             private: AtomicBool::new(false),
             private_replies: std::sync::Mutex::new(Vec::new()),
+            unsafe_setting: AtomicBool::new(false),
         }
     }
 }
 
 impl Shared {
+    /// Called by the upstream reader for each ParameterStatus (whole message).
+    pub fn on_parameter_status(&self, msg: &[u8]) {
+        if let Some((name, value)) = super::changers::parameter_status(msg) {
+            if super::changers::reported_setting_unsafe(name, value) {
+                self.unsafe_setting.store(true, Ordering::Release);
+            }
+        }
+    }
+
     /// Called by the upstream reader for a reply to the proxy's own query (not
     /// ReadyForQuery).
     pub fn on_private_reply(&self, msg: Bytes) {
@@ -117,6 +130,9 @@ pub trait Wire {
     ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
     /// Waits until PostgreSQL has sent every reply owed; returns the transaction status.
     fn drained(&mut self) -> impl std::future::Future<Output = u8>;
+    /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
+    /// after [`drained`](Self::drained): the report comes before the ReadyForQuery).
+    fn settings_unsafe(&self) -> bool;
     /// Sends a locally made reply to the client.
     fn reply(
         &mut self,
@@ -177,6 +193,10 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             }
             ready.await;
         }
+    }
+
+    fn settings_unsafe(&self) -> bool {
+        self.shared.unsafe_setting.load(Ordering::Acquire)
     }
 
     async fn reply(&mut self, bytes: BytesMut) -> Result<(), ProxyError> {

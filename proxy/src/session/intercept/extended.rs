@@ -282,7 +282,7 @@ impl Intercept {
     ) -> Result<(), ProxyError> {
         self.keep_refreshed(&plan);
         let earlier = self.open.take();
-        if earlier.is_none() && wire.drained().await != b'I' {
+        if earlier.is_none() && (wire.drained().await != b'I' || self.settings_changed(wire)) {
             return self.forward(group, wire).await;
         }
         let mut failed = None;

@@ -193,7 +193,9 @@ impl Intercept {
                 let mut group = self.take_group();
                 if !self.streaming && self.acking() {
                     if let Some(plan) = self.plan(&group, wire).await {
-                        if self.open.is_some() || wire.drained().await == b'I' {
+                        if self.open.is_some()
+                            || (wire.drained().await == b'I' && !self.settings_changed(wire))
+                        {
                             return self.answer_partial(plan, wire).await;
                         }
                     }
@@ -221,6 +223,16 @@ impl Intercept {
     /// Whether writes are acknowledged from memory in this session now.
     fn acking(&self) -> bool {
         self.enabled && !self.sync
+    }
+
+    /// Whether PostgreSQL reported a setting the path cannot follow (ask after
+    /// `wire.drained()`); if so, acknowledging ends for good.
+    fn settings_changed<W: Wire>(&mut self, wire: &W) -> bool {
+        if wire.settings_unsafe() && self.enabled {
+            tracing::debug!("PostgreSQL reported a setting the write-behind path cannot follow: writes of this session pass through from now on");
+            self.enabled = false;
+        }
+        !self.enabled
     }
 
     fn take_group(&mut self) -> Vec<Bytes> {
@@ -312,7 +324,7 @@ impl Intercept {
                         break;
                     }
                 }
-                if all && wire.drained().await == b'I' {
+                if all && wire.drained().await == b'I' && !self.settings_changed(wire) {
                     match self.rt.enqueue(changes).await {
                         Ok(Enqueued::Acked) => {
                             let mut out = BytesMut::with_capacity(32 * tags.len());
@@ -519,16 +531,22 @@ fn write_table(w: &Write) -> &recognize::TableName {
     }
 }
 
-/// The privileges PostgreSQL checks for `w`.
+/// The table privileges PostgreSQL checks for `w`. SELECT is needed for the key columns a
+/// WHERE or a conflict target reads and the columns `n = n + k` reads; the proxy asks for it
+/// on the whole table (a role with column grants only passes through, and PostgreSQL decides).
 fn privileges(w: &Write) -> &'static [&'static str] {
     match w {
         Write::Insert {
             on_conflict: Some(OnConflict::Update { .. }),
             ..
-        } => &["INSERT", "UPDATE"],
+        } => &["INSERT", "UPDATE", "SELECT"],
+        Write::Insert {
+            on_conflict: Some(_),
+            ..
+        } => &["INSERT", "SELECT"],
         Write::Insert { .. } => &["INSERT"],
-        Write::Update { .. } => &["UPDATE"],
-        Write::Delete { .. } => &["DELETE"],
+        Write::Update { .. } => &["UPDATE", "SELECT"],
+        Write::Delete { .. } => &["DELETE", "SELECT"],
     }
 }
 

@@ -39,6 +39,7 @@ pub fn catalog() -> Catalog {
         read_barrier: true,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+        row_security: false,
         key: vec!["id".into()],
         columns: vec![
             id,
@@ -67,6 +68,7 @@ pub fn catalog() -> Catalog {
         read_barrier: true,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+        row_security: false,
         key: vec!["a".into(), "b".into()],
         columns: vec![
             k1,
@@ -83,6 +85,7 @@ pub fn catalog() -> Catalog {
         read_barrier: true,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+        row_security: false,
         key: vec![],
         columns: vec![col("at", "bigint", -1), col("msg", "text", -1)],
     };

@@ -142,6 +142,7 @@ fn catalog() -> Catalog {
         read_barrier: true,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+        row_security: false,
         key: vec!["id".into()],
         columns,
     };

@@ -45,6 +45,10 @@ pub struct Table {
     /// `writebehind.tables.max_batch_rows`: loaded for the admin console, not used by the
     /// proxy (its own `max_batch_rows` caps every batch; docs/operations.md).
     pub max_batch_rows: usize,
+    /// Row-level security is on (`relrowsecurity`; enable() refuses such tables, but it can be
+    /// turned on afterwards): policies depend on the role and the rows, which only PostgreSQL
+    /// can judge, and the worker writes as the table's owner. No write is acknowledged.
+    pub row_security: bool,
 }
 
 impl Column {
@@ -76,6 +80,7 @@ impl Table {
             columns,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+            row_security: false,
         }
     }
 
@@ -116,7 +121,8 @@ pub const LOAD_SQL: &str = "
            a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier,
            (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows,
            COALESCE((SELECT NOT co.collisdeterministic FROM pg_collation co
-                      WHERE co.oid = a.attcollation), false)
+                      WHERE co.oid = a.attcollation), false),
+           c.relrowsecurity
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -205,6 +211,7 @@ impl Catalog {
                         u64::try_from(r.try_get::<_, i64>(12)?).unwrap_or(0),
                     ),
                     max_batch_rows: usize::try_from(r.try_get::<_, i32>(13)?).unwrap_or(1),
+                    row_security: r.try_get(15)?,
                 });
             }
             let type_name: String = r.try_get(6)?;

@@ -222,9 +222,11 @@ impl Parser<'_> {
         let v = match self.next()?.clone() {
             Token::Word(w) if w == "null" => Value::Null,
             Token::Word(w) if w == "default" && allow_default => return Some(Value::Default),
+            // A boolean constant is typed (unlike a quoted string): `k = true` on a text
+            // column is an error in PostgreSQL (42883), so it is recognized as a cast.
             Token::Word(w) if w == "true" || w == "false" => Value::Const {
                 text: w,
-                cast: None,
+                cast: Some("boolean".into()),
                 number: false,
             },
             Token::Number(n) => Value::Const {

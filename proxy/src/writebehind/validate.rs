@@ -10,6 +10,9 @@ use super::recognize::{OnConflict, SetExpr, Value, Write};
 /// Converts `write` on `table` into changes, or `None` to pass the statement through.
 /// Only constant values are handled here (simple query protocol).
 pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
+    if table.row_security {
+        return None;
+    }
     match write {
         Write::Insert {
             columns,
@@ -95,6 +98,14 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
                         let (_, v) = values.iter().find(|(n, _)| n == name)?;
                         k.push(canonical_key(v.clone()?, table.column(name)?)?);
                     }
+                    // One key twice in one statement: PostgreSQL rejects it (23505, or 21000
+                    // with ON CONFLICT DO UPDATE) or keeps the first (DO NOTHING).
+                    if out
+                        .iter()
+                        .any(|c| matches!(c, Change::Insert { key: Some(o), .. } if *o == k))
+                    {
+                        return None;
+                    }
                     Some(k)
                 };
                 let values: Vec<(String, Option<String>)> = if table.append {
@@ -171,6 +182,12 @@ fn key_values(key: &[(String, Value)], table: &Table) -> Option<Vec<String>> {
         .map(|k| {
             let (_, v) = key.iter().find(|(n, _)| n == k)?;
             let col = table.column(k)?;
+            // A comparison, not an assignment: a bare number against a string column is an
+            // error in PostgreSQL (42883, text = integer), not the number's text.
+            let string_column = matches!(col.type_name.as_str(), "text" | "character varying");
+            if string_column && matches!(v, Value::Const { number: true, .. }) {
+                return None;
+            }
             canonical_key(constant(v, col)??, col)
         })
         .collect()
@@ -215,7 +232,9 @@ fn delta(v: &Value, col: &Column) -> Option<String> {
             .all(|c| c.is_ascii_digit())
             && text.parse::<i64>().is_ok()
     } else {
-        matches!(col.type_name.as_str(), "numeric") && is_decimal(text)
+        matches!(col.type_name.as_str(), "numeric")
+            && is_decimal(text)
+            && within_scale(text, col.typmod)
     };
     ok.then(|| text.clone())
 }
@@ -276,6 +295,17 @@ fn canonical_key(text: String, col: &Column) -> Option<String> {
     })
 }
 
+/// Whether a decimal has at most the scale `s` of `numeric(p,s)` (always, for `typmod < 0`):
+/// then PostgreSQL stores it without rounding, and exact sums of such values (coalesced
+/// increments) round nowhere either, as PostgreSQL's one statement at a time would not.
+fn within_scale(text: &str, typmod: i32) -> bool {
+    if typmod < 4 {
+        return true;
+    }
+    let scale = ((typmod - 4) & 0xffff) as usize;
+    text.split_once('.').map_or(0, |(_, f)| f.len()) <= scale
+}
+
 /// Whether a decimal fits `numeric(p,s)` without overflow (22003), with no rounding able to
 /// carry into a new digit; unconstrained numerics (`typmod < 0`) always fit. Anything
 /// uncertain (negative scale, rounding at the boundary) answers false: it passes through.
@@ -324,7 +354,9 @@ fn valid_text(text: &str, col: &Column) -> bool {
         "smallint" => text.parse::<i16>().is_ok(),
         "integer" => text.parse::<i32>().is_ok(),
         "bigint" => text.parse::<i64>().is_ok(),
-        "numeric" => is_decimal(text) && fits_numeric(text, col.typmod),
+        "numeric" => {
+            is_decimal(text) && fits_numeric(text, col.typmod) && within_scale(text, col.typmod)
+        }
         "boolean" => matches!(text, "true" | "false" | "t" | "f"),
         "text" => !text.contains('\0'),
         "character varying" => {

@@ -1,0 +1,277 @@
+//! Writes whose outcome depends on something the proxy cannot see are not acknowledged from
+//! memory: they pass through, and the client gets exactly what PostgreSQL says. Each case here
+//! was acknowledged once, and PostgreSQL would have answered it differently: keys repeated in
+//! one statement, comparisons of mismatched types, increments that PostgreSQL rounds or widens,
+//! settings reported by the server (role defaults, `set_config`, `pg_settings`, read-only
+//! transactions, a LATIN1 database), row-level security and the SELECT privilege.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use writebehind_tests::{Cluster, Proxy};
+
+fn wb_proxy(cluster: &Cluster) -> anyhow::Result<Proxy> {
+    Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])
+}
+
+/// The SQLSTATE `sql` fails with (panics if it succeeds).
+async fn fails_with(c: &Client, sql: &str) -> Option<SqlState> {
+    let err = c.simple_query(sql).await.expect_err(sql);
+    err.code().cloned()
+}
+
+/// The first column of the first row of a simple query, as text.
+async fn text(c: &Client, sql: &str) -> anyhow::Result<Option<String>> {
+    Ok(c.simple_query(sql)
+        .await?
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .flatten())
+}
+
+#[tokio::test]
+async fn keys_repeated_or_compared_across_types_are_postgres_errors() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE kv (id int PRIMARY KEY, a int, b int);
+             CREATE TABLE kt (k text PRIMARY KEY, a int);
+             INSERT INTO kt VALUES ('5', 0), ('true', 0);
+             SELECT writebehind.enable('kv'); SELECT writebehind.enable('kt');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for (sql, code) in [
+        (
+            "INSERT INTO kv VALUES (1, 1, 1), (1, 2, 2)",
+            SqlState::UNIQUE_VIOLATION,
+        ),
+        (
+            "INSERT INTO kv VALUES (1, 1, 1), (1, 2, 2) ON CONFLICT (id) DO UPDATE SET a = EXCLUDED.a",
+            SqlState::CARDINALITY_VIOLATION,
+        ),
+        // text = integer and text = boolean do not exist (an INSERT would store the text).
+        (
+            "UPDATE kt SET a = 1 WHERE k = 5",
+            SqlState::UNDEFINED_FUNCTION,
+        ),
+        ("DELETE FROM kt WHERE k = true", SqlState::UNDEFINED_FUNCTION),
+    ] {
+        assert_eq!(fails_with(&c, sql).await, Some(code), "{sql}");
+    }
+    // Read through the proxy: its barrier ships anything pending first.
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM kv").await?.as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(k || '=' || a, ',' ORDER BY k) FROM kt"
+        )
+        .await?
+        .as_deref(),
+        Some("5=0,true=0")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn increments_add_up_as_postgres_adds_them() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE c (id int PRIMARY KEY, n int, s smallint, m numeric(5,2));
+             INSERT INTO c VALUES (1, -2000000000, -10000, 1.00);
+             SELECT writebehind.enable('c');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // PostgreSQL adds int4 + int8 as int8 and assigns the result, which fits; numeric(5,2)
+    // rounds after each statement (1.00 + 0.004 stays 1.00, twice).
+    c.batch_execute(
+        "UPDATE c SET n = n + 3000000000 WHERE id = 1;
+         UPDATE c SET s = s + 40000 WHERE id = 1;
+         UPDATE c SET m = m + 0.004 WHERE id = 1;
+         UPDATE c SET m = m + 0.004 WHERE id = 1;",
+    )
+    .await?;
+    assert_eq!(
+        text(&c, "SELECT n || ' ' || s || ' ' || m FROM c")
+            .await?
+            .as_deref(),
+        Some("1000000000 30000 1.00")
+    );
+    let dead: i64 = direct
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!(dead, 0, "nothing was dead-lettered");
+    Ok(())
+}
+
+#[tokio::test]
+async fn settings_the_server_reports_end_acknowledging() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE kv (id int PRIMARY KEY, t text);
+             SELECT writebehind.enable('kv');
+             CREATE ROLE legacy LOGIN;
+             GRANT ALL ON kv TO legacy;
+             ALTER ROLE legacy SET standard_conforming_strings = off;",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let conninfo = proxy.conninfo("postgres", "postgres");
+    let session = || writebehind_tests::connect(&conninfo);
+
+    // A role default the startup packet does not show: 'a\tb' holds a TAB for PostgreSQL.
+    let legacy = writebehind_tests::connect(&proxy.conninfo("legacy", "postgres")).await?;
+    legacy
+        .batch_execute("INSERT INTO kv VALUES (1, 'a\\tb')")
+        .await?;
+    // The same setting changed through pg_settings' rule.
+    let c = session().await?;
+    c.batch_execute(
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+    )
+    .await?;
+    c.batch_execute("INSERT INTO kv VALUES (2, 'a\\tb')")
+        .await?;
+    let tabs: i64 = direct
+        .query_one("SELECT count(*) FROM kv WHERE t = E'a\\tb'", &[])
+        .await?
+        .get(0);
+    assert_eq!(tabs, 2, "both rows hold a TAB, as PostgreSQL read them");
+
+    // search_path changed by a quoted set_config: the table is not found.
+    let c = session().await?;
+    c.batch_execute("SELECT \"set_config\"('search_path', 'nosuch', false)")
+        .await?;
+    assert_eq!(
+        fails_with(&c, "INSERT INTO kv VALUES (3, 'x')").await,
+        Some(SqlState::UNDEFINED_TABLE)
+    );
+
+    // A read-only default for transactions.
+    let c = session().await?;
+    c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        .await?;
+    assert_eq!(
+        fails_with(&c, "INSERT INTO kv VALUES (4, 'x')").await,
+        Some(SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    let c = session().await?;
+    c.batch_execute("SELECT set_config('default_transaction_read_only', 'on', false)")
+        .await?;
+    assert_eq!(
+        fails_with(&c, "INSERT INTO kv VALUES (5, 'x')").await,
+        Some(SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    let ids = text(
+        &session().await?,
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM kv",
+    )
+    .await?;
+    assert_eq!(ids.as_deref(), Some("1,2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_latin1_database_is_not_acknowledged_in() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(&["writebehind.databases = 'postgres,l1'"])?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE DATABASE l1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        )
+        .await?;
+    let l1 = cluster.connect("l1").await?;
+    l1.batch_execute(
+        "CREATE EXTENSION pg_writebehind;
+         CREATE TABLE e (id int PRIMARY KEY, t text);
+         SELECT writebehind.enable('e');",
+    )
+    .await?;
+    let proxy = Proxy::spawn(&cluster.url("l1"), &["--durability", "memory"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "l1")).await?;
+    // The euro sign has no LATIN1 form: PostgreSQL refuses it at once.
+    assert_eq!(
+        fails_with(&c, "INSERT INTO e VALUES (1, '€')").await,
+        Some(SqlState::UNTRANSLATABLE_CHARACTER)
+    );
+    c.batch_execute("INSERT INTO e VALUES (2, 'é')").await?;
+    assert_eq!(
+        text(&c, "SELECT string_agg(id || t, ',') FROM e")
+            .await?
+            .as_deref(),
+        Some("2é")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn row_security_and_the_select_privilege_are_checked_by_postgres() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE r (id int PRIMARY KEY, owner text NOT NULL, v int);
+             INSERT INTO r VALUES (2, 'bob', 1);
+             SELECT writebehind.enable('r');
+             ALTER TABLE r ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY mine ON r USING (owner = current_user) WITH CHECK (owner = current_user);
+             CREATE ROLE app LOGIN;
+             GRANT ALL ON r TO app;
+             CREATE TABLE w (id int PRIMARY KEY, v int);
+             INSERT INTO w VALUES (1, 0);
+             SELECT writebehind.enable('w');
+             CREATE ROLE blind LOGIN;
+             GRANT INSERT, UPDATE, DELETE ON w TO blind;",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let app = writebehind_tests::connect(&proxy.conninfo("app", "postgres")).await?;
+    assert_eq!(
+        fails_with(&app, "INSERT INTO r VALUES (1, 'bob', 1)").await,
+        Some(SqlState::INSUFFICIENT_PRIVILEGE),
+        "the policy's WITH CHECK"
+    );
+    let msgs = app.simple_query("UPDATE r SET v = 9 WHERE id = 2").await?;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(0))),
+        "bob's row is invisible to app: UPDATE 0"
+    );
+    let blind = writebehind_tests::connect(&proxy.conninfo("blind", "postgres")).await?;
+    for sql in [
+        "UPDATE w SET v = v + 1 WHERE id = 1",
+        "DELETE FROM w WHERE id = 1",
+        "INSERT INTO w VALUES (1, 5) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v",
+    ] {
+        assert_eq!(
+            fails_with(&blind, sql).await,
+            Some(SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: reading the key needs SELECT"
+        );
+    }
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    assert_eq!(
+        text(
+            &c,
+            "SELECT (SELECT v FROM r WHERE id = 2) || ' ' || (SELECT v FROM w WHERE id = 1)"
+        )
+        .await?
+        .as_deref(),
+        Some("1 0")
+    );
+    Ok(())
+}

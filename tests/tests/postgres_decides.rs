@@ -7,7 +7,7 @@
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
-use writebehind_tests::{Cluster, Proxy};
+use writebehind_tests::{query_i64, Cluster, Proxy};
 
 fn wb_proxy(cluster: &Cluster) -> anyhow::Result<Proxy> {
     Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])
@@ -108,10 +108,7 @@ async fn increments_add_up_as_postgres_adds_them() -> anyhow::Result<()> {
             .as_deref(),
         Some("1000000000 30000 1.00")
     );
-    let dead: i64 = direct
-        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
-        .await?
-        .get(0);
+    let dead = query_i64(&direct, "SELECT count(*) FROM writebehind.dead_letters").await?;
     assert_eq!(dead, 0, "nothing was dead-lettered");
     Ok(())
 }
@@ -152,30 +149,30 @@ async fn settings_the_server_reports_end_acknowledging() -> anyhow::Result<()> {
         .get(0);
     assert_eq!(tabs, 2, "both rows hold a TAB, as PostgreSQL read them");
 
-    // search_path changed by a quoted set_config: the table is not found.
-    let c = session().await?;
-    c.batch_execute("SELECT \"set_config\"('search_path', 'nosuch', false)")
-        .await?;
-    assert_eq!(
-        fails_with(&c, "INSERT INTO kv VALUES (3, 'x')").await,
-        Some(SqlState::UNDEFINED_TABLE)
-    );
-
-    // A read-only default for transactions.
-    let c = session().await?;
-    c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-        .await?;
-    assert_eq!(
-        fails_with(&c, "INSERT INTO kv VALUES (4, 'x')").await,
-        Some(SqlState::READ_ONLY_SQL_TRANSACTION)
-    );
-    let c = session().await?;
-    c.batch_execute("SELECT set_config('default_transaction_read_only', 'on', false)")
-        .await?;
-    assert_eq!(
-        fails_with(&c, "INSERT INTO kv VALUES (5, 'x')").await,
-        Some(SqlState::READ_ONLY_SQL_TRANSACTION)
-    );
+    // A setting changed so that the write fails in PostgreSQL: the search_path by a quoted
+    // set_config (the table is not found), a read-only default for transactions.
+    for (id, setting, code) in [
+        (
+            3,
+            "SELECT \"set_config\"('search_path', 'nosuch', false)",
+            SqlState::UNDEFINED_TABLE,
+        ),
+        (
+            4,
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ),
+        (
+            5,
+            "SELECT set_config('default_transaction_read_only', 'on', false)",
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ),
+    ] {
+        let c = session().await?;
+        c.batch_execute(setting).await?;
+        let insert = format!("INSERT INTO kv VALUES ({id}, 'x')");
+        assert_eq!(fails_with(&c, &insert).await, Some(code), "after {setting}");
+    }
     let ids = text(
         &session().await?,
         "SELECT string_agg(id::text, ',' ORDER BY id) FROM kv",

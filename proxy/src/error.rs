@@ -38,9 +38,14 @@ pub enum ProxyError {
     /// The session was idle longer than `idle_timeout`.
     #[error("terminating connection due to idle timeout")]
     IdleTimeout,
-    /// The read barrier could not ship and apply pending writes in time.
+    /// The read barrier could not ship and apply pending writes in time, inside a
+    /// transaction block or mid-group: the session ends (its transaction cannot be failed as
+    /// PostgreSQL would fail it).
     #[error("write-behind barrier failed: {0}")]
     Barrier(String),
+    /// The same, between transactions: only the statement fails, the session goes on.
+    #[error("write-behind barrier failed: {0}")]
+    StatementBarrier(String),
     /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).
     #[error("{0}")]
     QueueFull(String),
@@ -106,6 +111,7 @@ impl ProxyError {
             ProxyError::WalDiskFull(_) => (&SqlState::DISK_FULL, Severity::Error),
             ProxyError::WalIo(_) => (&SqlState::IO_ERROR, Severity::Error),
             ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
+            ProxyError::StatementBarrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Error),
             ProxyError::ShippingPaused => {
                 (&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, Severity::Error)
             }

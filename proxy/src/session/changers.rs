@@ -24,6 +24,7 @@ const SEARCH_PATH: &str = "search_path";
 /// Settings whose change (SET, SET LOCAL, RESET) ends acknowledging for the session.
 const SETTINGS: &[&str] = &[
     "characteristics",
+    "default_transaction_isolation",
     "default_transaction_read_only",
     "session_replication_role",
     "role",

@@ -2,9 +2,9 @@
 //! connection from the extension's registry and pg_catalog, with the classification of the
 //! database's names that scopes the read barrier.
 
-use super::scope::{Names, Relation};
+use super::scope::{Names, Relation, Scope};
 use crate::ship::FlushSchedule;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -170,6 +170,15 @@ fn relations_sql() -> String {
 }
 
 /// Pairs of tables linked by a foreign key or by inheritance (partitions included).
+/// Deferrable foreign keys (child, parent, false) and deferrable constraint triggers
+/// (table, table, true): what a COMMIT may check.
+const DEFERRED_SQL: &str = "
+    SELECT conrelid::int8, confrelid::int8, false FROM pg_constraint
+     WHERE contype = 'f' AND condeferrable
+    UNION ALL
+    SELECT tgrelid::int8, tgrelid::int8, true FROM pg_trigger
+     WHERE tgdeferrable AND NOT tgisinternal";
+
 const LINKS_SQL: &str = "
     SELECT conrelid::int8, confrelid::int8 FROM pg_constraint WHERE contype = 'f'
     UNION ALL
@@ -261,6 +270,22 @@ impl Catalog {
         let relids: Vec<u32> = tables.iter().map(|t| t.relid).collect();
         let mut catalog = Self::from_tables(tables);
         catalog.names = Names::build(&relations, &links, &relids, functions, operators);
+        let mut at_commit = BTreeSet::new();
+        for r in client.query(DEFERRED_SQL, &[]).await? {
+            if r.try_get::<_, bool>(2)? {
+                catalog.names.at_commit = Scope::All;
+                break;
+            }
+            for i in 0..2 {
+                let rel = r.try_get::<_, i64>(i)? as u32;
+                if relids.contains(&rel) {
+                    at_commit.insert(rel);
+                }
+            }
+        }
+        if catalog.names.at_commit != Scope::All {
+            catalog.names.at_commit = Scope::Tables(at_commit);
+        }
         catalog.ticket = ticket;
         Ok(catalog)
     }

@@ -96,10 +96,15 @@ pub struct Names {
     /// Write-behind tables whose apply runs user code (triggers, rules): what they write is
     /// unknown, so a statement that reads any relation waits for them.
     side_effects: BTreeSet<u32>,
+    /// What COMMIT (END, PREPARE TRANSACTION, SET CONSTRAINTS) may read: the write-behind
+    /// tables on either side of a deferrable foreign key (checked then), or all of them when
+    /// a deferrable constraint trigger exists. Set by the catalog load.
+    pub at_commit: Scope,
 }
 
 /// Built-in functions that run SQL (or read a table) given as text.
 const RUNS_SQL: &[&str] = &[
+    "ts_rewrite",
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
@@ -229,6 +234,7 @@ impl Names {
             functions: functions.into_iter().collect(),
             operators: operators.into_iter().collect(),
             side_effects,
+            at_commit: Scope::default(),
         }
     }
 
@@ -257,6 +263,26 @@ impl Names {
         };
         if !SCOPED_KINDS.contains(&kind) {
             return Scope::All;
+        }
+        let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
+        let any_word = |w: &str| t.iter().any(|x| matches!(x, Word(y) if y == w));
+        // A REPEATABLE READ or SERIALIZABLE transaction keeps the snapshot of its first
+        // statement, which may read nothing write-behind (`SELECT 1`): everything acknowledged
+        // before it starts must be applied before it starts.
+        if matches!(kind, "begin" | "start" | "set")
+            && (any_word("repeatable")
+                || any_word("serializable")
+                || any_word("transaction_isolation"))
+        {
+            return Scope::All;
+        }
+        // Deferred constraints are checked when the transaction commits (or when SET
+        // CONSTRAINTS makes them immediate): they read what the catalog says they may.
+        if matches!(kind, "commit" | "end")
+            || (kind == "prepare" && word(1, "transaction"))
+            || (kind == "set" && word(1, "constraints"))
+        {
+            return self.at_commit.clone();
         }
         // COPY (query) TO …: treated as any query would be, but kept simple: all.
         if kind == "copy" && t.get(1) == Some(&Punct('(')) {
@@ -427,6 +453,41 @@ mod tests {
             scope("SELECT * FROM wb; SELECT * FROM wb2"),
             tables(&[WB, WB2])
         );
+    }
+
+    #[test]
+    fn transactions_that_keep_a_snapshot_or_check_deferred_constraints() {
+        for sql in [
+            "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+            "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET transaction_isolation = 'repeatable read'",
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT a, b FROM other')",
+        ] {
+            assert_eq!(scope(sql), Scope::All, "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "BEGIN ISOLATION LEVEL READ COMMITTED",
+            "COMMIT",
+            "END",
+        ] {
+            assert!(scope(sql).is_empty(), "{sql}");
+        }
+        let mut n = names();
+        n.at_commit = tables(&[WB]);
+        let tokens = |sql: &str| lexer::lex(sql, true).expect("lexes");
+        for sql in [
+            "COMMIT",
+            "END TRANSACTION",
+            "PREPARE TRANSACTION 'x'",
+            "SET CONSTRAINTS ALL IMMEDIATE",
+        ] {
+            let t = tokens(sql);
+            assert_eq!(n.scope(&lexer::statements(&t)), tables(&[WB]), "{sql}");
+        }
+        let t = tokens("ROLLBACK");
+        assert!(n.scope(&lexer::statements(&t)).is_empty());
     }
 
     #[test]

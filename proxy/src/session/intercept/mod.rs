@@ -395,6 +395,8 @@ impl Intercept {
         }
         let mut inject: Vec<Bytes> = Vec::new();
         let mut parsed_here: Vec<String> = Vec::new();
+        // Statements whose Parse goes upstream with these messages (injected or the client's).
+        let mut injected: Vec<String> = Vec::new();
         // Names are resolved by asking the session only while what it says is what the
         // messages before the one at hand leave behind.
         let mut may_ask = true;
@@ -428,6 +430,7 @@ impl Intercept {
                         if !stmt.on_server {
                             inject.push(stmt.parse.clone());
                             stmt.on_server = true;
+                            injected.push(name.to_string());
                         }
                     }
                 }
@@ -482,7 +485,25 @@ impl Intercept {
                 Scope::Tables(t) if t.is_empty() => Ok(()),
                 Scope::Tables(t) => self.rt.barrier(t, self.barrier_timeout).await,
             };
-            waited.map_err(|e| ProxyError::Barrier(e.to_string()))?;
+            if let Err(e) = waited {
+                // Between transactions, with whole groups in hand, the statement fails as if
+                // PostgreSQL had refused its first message: nothing of it ran, the session
+                // goes on. Otherwise a transaction would have to fail as PostgreSQL fails it,
+                // which the proxy cannot do: the session ends.
+                let whole = matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
+                if whole && !self.mid_group && wire.drained().await == b'I' {
+                    for name in parsed_here.iter().chain(&injected) {
+                        if let Some(stmt) = self.stmts.get_mut(name) {
+                            stmt.on_server = false;
+                        }
+                    }
+                    let mut out = BytesMut::with_capacity(128);
+                    ProxyError::StatementBarrier(e.to_string()).write_to(&mut out);
+                    messages::ready(&mut out);
+                    return wire.reply(out).await;
+                }
+                return Err(ProxyError::Barrier(e.to_string()));
+            }
         }
         self.mid_group = !matches!(
             msgs.last().and_then(|m| m.first()),

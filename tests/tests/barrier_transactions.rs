@@ -1,0 +1,112 @@
+//! The read barrier around transactions: a REPEATABLE READ transaction's snapshot, deferred
+//! foreign keys checked at COMMIT, and a barrier that times out between transactions (the
+//! statement fails, the session goes on). Only barriers ship (`--flush-interval 1h`), so a
+//! read that does not wait misses the acknowledged writes.
+
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use writebehind_tests::{query_i64, Cluster, Proxy};
+
+fn wb_proxy(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Proxy> {
+    let mut args = vec!["--durability", "memory", "--flush-interval", "1h"];
+    args.extend_from_slice(extra);
+    Proxy::spawn(&cluster.url("postgres"), &args)
+}
+
+#[tokio::test]
+async fn a_repeatable_read_snapshot_includes_acknowledged_writes() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             INSERT INTO t VALUES (4, 0);
+             SELECT writebehind.enable('t');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &[])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for isolation in ["REPEATABLE READ", "SERIALIZABLE"] {
+        c.batch_execute("INSERT INTO t VALUES (17, 1) ON CONFLICT (id) DO UPDATE SET v = t.v + 1")
+            .await?;
+        c.batch_execute("UPDATE t SET v = 7 WHERE id = 4").await?;
+        // The snapshot is taken by SELECT 1, which reads no write-behind table.
+        c.batch_execute(&format!("BEGIN ISOLATION LEVEL {isolation}; SELECT 1"))
+            .await?;
+        assert_eq!(
+            query_i64(&c, "SELECT count(*) FROM t WHERE id = 17").await?,
+            1,
+            "{isolation}: the acknowledged insert is in the snapshot"
+        );
+        // Not a serialization failure: the update was applied before the snapshot.
+        c.batch_execute("UPDATE t SET v = v + 1 WHERE id = 4; COMMIT")
+            .await?;
+        assert_eq!(
+            query_i64(&direct, "SELECT v::int8 FROM t WHERE id = 4").await?,
+            8
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deferred_foreign_key_sees_writes_acknowledged_before_commit() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE p (id int PRIMARY KEY, v int);
+             CREATE TABLE cd (id int PRIMARY KEY,
+                              pid int REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);
+             SELECT writebehind.enable('p');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &[])?;
+    let conninfo = proxy.conninfo("postgres", "postgres");
+    let s1 = writebehind_tests::connect(&conninfo).await?;
+    let s2 = writebehind_tests::connect(&conninfo).await?;
+    s1.batch_execute("BEGIN; INSERT INTO cd VALUES (1, 700)")
+        .await?;
+    // Acknowledged while s1's transaction is open; PostgreSQL would have committed it first.
+    s2.batch_execute("INSERT INTO p VALUES (700, 1)").await?;
+    s1.batch_execute("COMMIT").await?;
+    assert_eq!(query_i64(&direct, "SELECT count(*) FROM cd").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             SELECT writebehind.enable('t');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--barrier-timeout", "1s"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.batch_execute("PREPARE q AS SELECT 41 + 1").await?;
+    // The worker cannot apply while this lock is held.
+    let lock = cluster.connect("postgres").await?;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    let err = c
+        .simple_query("SELECT count(*) FROM t")
+        .await
+        .expect_err("the barrier cannot complete");
+    assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
+    // The session still works (a statement that reads nothing write-behind needs no barrier).
+    assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
+    lock.batch_execute("COMMIT").await?;
+    // Its prepared statement too (EXECUTE may read anything: it waits for the barrier).
+    let row = c.query_one("EXECUTE q", &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 42);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        query_i64(&c, "SELECT count(*) FROM t").await
+    })
+    .await??;
+    assert_eq!(query_i64(&direct, "SELECT count(*) FROM t").await?, 1);
+    Ok(())
+}

@@ -46,6 +46,10 @@ pub enum ProxyError {
     /// The same, between transactions: only the statement fails, the session goes on.
     #[error("write-behind barrier failed: {0}")]
     StatementBarrier(String),
+    /// The client cancelled a statement while it waited for the read barrier (between
+    /// transactions): the statement did not run.
+    #[error("canceling statement due to user request")]
+    BarrierCancelled,
     /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).
     #[error("{0}")]
     QueueFull(String),
@@ -112,6 +116,7 @@ impl ProxyError {
             ProxyError::WalIo(_) => (&SqlState::IO_ERROR, Severity::Error),
             ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
             ProxyError::StatementBarrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Error),
+            ProxyError::BarrierCancelled => (&SqlState::QUERY_CANCELED, Severity::Error),
             ProxyError::ShippingPaused => {
                 (&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, Severity::Error)
             }

@@ -1,7 +1,8 @@
 //! The read barrier around transactions: a REPEATABLE READ transaction's snapshot, deferred
-//! foreign keys checked at COMMIT, and a barrier that times out between transactions (the
-//! statement fails, the session goes on). Only barriers ship (`--flush-interval 1h`), so a
-//! read that does not wait misses the acknowledged writes.
+//! foreign keys checked at COMMIT, a barrier that times out between transactions (the
+//! statement fails, the session goes on), and a cancel request while a barrier waits. Only
+//! barriers ship (`--flush-interval 1h`), so a read that does not wait misses the
+//! acknowledged writes.
 
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -108,5 +109,43 @@ async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> an
     })
     .await??;
     assert_eq!(query_i64(&direct, "SELECT count(*) FROM t").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             SELECT writebehind.enable('t');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let lock = cluster.connect("postgres").await?;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = c
+        .simple_query("SELECT count(*) FROM t")
+        .await
+        .expect_err("cancelled while waiting");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel ended the wait, not the 60 s barrier_timeout"
+    );
+    canceller.await??;
+    assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
+    lock.batch_execute("COMMIT").await?;
+    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 1);
     Ok(())
 }

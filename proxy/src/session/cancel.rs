@@ -3,8 +3,10 @@
 
 use crate::protocol::startup::cancel_packet;
 use dashmap::DashMap;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Where a client's cancel request must go.
 #[derive(Debug, Clone)]
@@ -12,6 +14,9 @@ pub struct UpstreamKey {
     pub addr: String,
     pub pid: i32,
     pub secret: i32,
+    /// Wakes the session's read barrier, if one is waiting (the backend is idle meanwhile,
+    /// so the cancel it gets cancels nothing).
+    pub interrupt: Arc<Notify>,
 }
 
 /// The map from the keys the proxy handed out to upstream keys.
@@ -44,6 +49,8 @@ impl CancelMap {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
             return;
         };
+        // Only a barrier waiting now is interrupted (no permit is stored for a later one).
+        target.interrupt.notify_waiters();
         match TcpStream::connect(&target.addr).await {
             Ok(mut s) => {
                 if let Err(error) = s.write_all(&cancel_packet(target.pid, target.secret)).await {

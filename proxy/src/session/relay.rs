@@ -199,7 +199,12 @@ where
                         b'K' if len == 12 => {
                             let pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
                             let secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
-                            let key = shared.cancel.register(UpstreamKey { addr: addr.to_string(), pid, secret });
+                            let key = shared.cancel.register(UpstreamKey {
+                                addr: addr.to_string(),
+                                pid,
+                                secret,
+                                interrupt: state.interrupt.clone(),
+                            });
                             guard.key = Some(key);
                             messages::key_data(&mut out, key.0, key.1);
                         }

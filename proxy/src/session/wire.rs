@@ -30,6 +30,8 @@ pub struct Shared {
     /// PostgreSQL reported a setting the write-behind path cannot follow
     /// (`changers::reported_setting_unsafe`); it stays set.
     pub unsafe_setting: AtomicBool,
+    /// Notified when the client sends a CancelRequest for this session.
+    pub interrupt: std::sync::Arc<Notify>,
 }
 
 impl Default for Shared {
@@ -43,6 +45,7 @@ impl Default for Shared {
             private: AtomicBool::new(false),
             private_replies: std::sync::Mutex::new(Vec::new()),
             unsafe_setting: AtomicBool::new(false),
+            interrupt: std::sync::Arc::new(Notify::new()),
         }
     }
 }
@@ -133,6 +136,8 @@ pub trait Wire {
     /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
     /// after [`drained`](Self::drained): the report comes before the ReadyForQuery).
     fn settings_unsafe(&self) -> bool;
+    /// Completes when the client asks to cancel (a CancelRequest with this session's key).
+    fn interrupted(&self) -> tokio::sync::futures::Notified<'_>;
     /// Sends a locally made reply to the client.
     fn reply(
         &mut self,
@@ -193,6 +198,10 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             }
             ready.await;
         }
+    }
+
+    fn interrupted(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.interrupt.notified()
     }
 
     fn settings_unsafe(&self) -> bool {

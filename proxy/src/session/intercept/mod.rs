@@ -480,29 +480,42 @@ impl Intercept {
         if !self.rt.catalog.borrow().is_empty() {
             let scope = self.scope(&msgs, lexed, wire).await;
             tracing::trace!(?scope, "barrier scope");
-            let waited = match &scope {
-                Scope::All => self.rt.barrier_all(self.barrier_timeout).await,
-                Scope::Tables(t) if t.is_empty() => Ok(()),
-                Scope::Tables(t) => self.rt.barrier(t, self.barrier_timeout).await,
-            };
-            if let Err(e) = waited {
-                // Between transactions, with whole groups in hand, the statement fails as if
-                // PostgreSQL had refused its first message: nothing of it ran, the session
-                // goes on. Otherwise a transaction would have to fail as PostgreSQL fails it,
-                // which the proxy cannot do: the session ends.
-                let whole = matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
-                if whole && !self.mid_group && wire.drained().await == b'I' {
-                    for name in parsed_here.iter().chain(&injected) {
-                        if let Some(stmt) = self.stmts.get_mut(name) {
-                            stmt.on_server = false;
-                        }
-                    }
-                    let mut out = BytesMut::with_capacity(128);
-                    ProxyError::StatementBarrier(e.to_string()).write_to(&mut out);
-                    messages::ready(&mut out);
-                    return wire.reply(out).await;
+            // Between transactions, with whole groups in hand, the statement can fail as if
+            // PostgreSQL had refused its first message: nothing of it ran, the session goes
+            // on. Then a barrier that times out or is cancelled fails only the statement.
+            // Otherwise a transaction would have to fail as PostgreSQL fails it, which the
+            // proxy cannot do: a timeout ends the session, and a cancel is not heeded.
+            let whole = matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
+            let failable =
+                !scope.is_empty() && whole && !self.mid_group && wire.drained().await == b'I';
+            let barrier = async {
+                match &scope {
+                    Scope::All => self.rt.barrier_all(self.barrier_timeout).await,
+                    Scope::Tables(t) if t.is_empty() => Ok(()),
+                    Scope::Tables(t) => self.rt.barrier(t, self.barrier_timeout).await,
                 }
-                return Err(ProxyError::Barrier(e.to_string()));
+            };
+            let failed = if failable {
+                tokio::select! {
+                    r = barrier => r.err().map(|e| ProxyError::StatementBarrier(e.to_string())),
+                    _ = wire.interrupted() => Some(ProxyError::BarrierCancelled),
+                }
+            } else {
+                match barrier.await {
+                    Ok(()) => None,
+                    Err(e) => return Err(ProxyError::Barrier(e.to_string())),
+                }
+            };
+            if let Some(error) = failed {
+                for name in parsed_here.iter().chain(&injected) {
+                    if let Some(stmt) = self.stmts.get_mut(name) {
+                        stmt.on_server = false;
+                    }
+                }
+                let mut out = BytesMut::with_capacity(128);
+                error.write_to(&mut out);
+                messages::ready(&mut out);
+                return wire.reply(out).await;
             }
         }
         self.mid_group = !matches!(

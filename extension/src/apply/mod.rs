@@ -94,6 +94,10 @@ pub fn apply_table(relid: pg_sys::Oid, max_rows: i64) -> SpiResult<Outcome> {
                     record_round(client, relid, &done.outcome, batches, true, started)?;
                     done.outcome
                 }
+                // The queue was empty when the fast path looked. A batch that committed since
+                // is the next round's: the general path (a newer snapshot) would apply a round
+                // that fits the fast path row by row.
+                Some(_) => break,
                 // The general path stops before the next packed row, which may fit the fast
                 // path again.
                 _ => apply_general(client, meta.as_ref(), relid, left, started, &mut seen)?,

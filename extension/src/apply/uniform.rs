@@ -51,7 +51,9 @@ pub struct Done {
 }
 
 /// Applies `relid`'s next round (up to `max_rows` inbox rows) in one statement if it has one
-/// uniform shape; `None` when it does not (or failed), with nothing changed.
+/// uniform shape; `None` when it does not (or failed), with nothing changed; a `Done` of no
+/// rows when the queue is empty (the round is over: a batch that commits after this probe
+/// belongs to the next one, not to the general path).
 pub fn try_apply(
     client: &mut SpiClient<'_>,
     meta: &TableMeta,
@@ -64,7 +66,13 @@ pub fn try_apply(
     // The JSON and the packed path back off separately: rows of one form that do not fit say
     // nothing about the other's.
     let (shape, cut) = match probe(client, meta, relid, max_rows)? {
-        Probe::Empty | Probe::Json(None) => return Ok(None),
+        Probe::Empty => {
+            return Ok(Some(Done {
+                outcome: Outcome::default(),
+                batches: Vec::new(),
+            }))
+        }
+        Probe::Json(None) => return Ok(None),
         Probe::Json(Some(_)) if skipping(relid, false) => return Ok(None),
         Probe::Json(Some(found)) => found,
         Probe::Packed if skipping(relid, true) => return Ok(None),

@@ -284,9 +284,7 @@ fn canonical_key(text: String, col: &Column) -> Option<String> {
         "numeric" => {
             let frac = text.split_once('.').map_or("", |(_, f)| f);
             // numeric(p,s) rounds to s digits on input: 5.555 and 5.556 would be one key.
-            let scale = (col.typmod >= 4).then(|| ((col.typmod - 4) & 0xffff) as usize);
-            let rounds = scale.is_some_and(|s| frac.len() > s);
-            if !canonical_number(&text) || frac.ends_with('0') || rounds {
+            if !canonical_number(&text) || frac.ends_with('0') || !within_scale(&text, col.typmod) {
                 return None;
             }
             text

@@ -87,14 +87,7 @@ pub fn startup_changes(params: &[(String, String)]) -> bool {
     params.iter().any(|(name, value)| {
         let name = name.to_ascii_lowercase();
         match name.as_str() {
-            "client_encoding" => {
-                let enc: String = value
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric())
-                    .collect::<String>()
-                    .to_ascii_uppercase();
-                enc != "UTF8" && enc != "UNICODE"
-            }
+            "client_encoding" => !is_utf8(value),
             "options" => {
                 let v = value.to_ascii_lowercase().replace('-', "_");
                 SETTINGS.iter().any(|s| v.contains(s)) || v.contains("encoding")
@@ -110,20 +103,22 @@ pub fn startup_changes(params: &[(String, String)]) -> bool {
 /// ships text as UTF-8), `standard_conforming_strings` off (the lexer reads literals the
 /// standard way), a read-only default for transactions, or a standby.
 pub fn reported_setting_unsafe(name: &str, value: &str) -> bool {
-    let utf8 = |v: &str| {
-        let enc: String = v
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_uppercase();
-        enc == "UTF8" || enc == "UNICODE"
-    };
     match name {
-        "server_encoding" | "client_encoding" => !utf8(value),
+        "server_encoding" | "client_encoding" => !is_utf8(value),
         "standard_conforming_strings" => value != "on",
         "default_transaction_read_only" | "in_hot_standby" => value == "on",
         _ => false,
     }
+}
+
+/// Whether an encoding name is UTF-8 however it is spelled (`UTF8`, `utf-8`, `Unicode`).
+fn is_utf8(name: &str) -> bool {
+    let enc: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    enc == "UTF8" || enc == "UNICODE"
 }
 
 /// The name and value of a ParameterStatus message (whole, type byte included).

@@ -40,6 +40,7 @@ pub extern "C-unwind" fn writebehind_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let busy = run_round(slot);
+        report_stats();
         // After a full round, go again at once; otherwise sleep until woken or the naptime.
         let nap = if busy { Duration::ZERO } else { naptime() };
         if !BackgroundWorker::wait_latch(Some(nap.max(Duration::from_millis(1)))) {
@@ -51,6 +52,17 @@ pub extern "C-unwind" fn writebehind_worker_main(_arg: pg_sys::Datum) {
     // terminated by an administrator or crashed; at shutdown nothing is restarted anyway.
     // SAFETY: ending the process is always allowed here.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Hands the table statistics of the rounds so far (rows inserted, updated, deleted, HOT
+/// updates) to the cumulative statistics system, as a backend does before it goes idle.
+/// Without it autovacuum never learns of the applied rows, and write-behind tables and the
+/// inbox are never vacuumed. PostgreSQL flushes at most once a second and keeps the rest for a
+/// later call; the worker calls it after every round, and rounds come at least every naptime.
+fn report_stats() {
+    // SAFETY: called between transactions at the worker's top level, as PostgreSQL's own
+    // backends call it before going idle.
+    unsafe { pg_sys::pgstat_report_stat(false) };
 }
 
 fn naptime() -> Duration {

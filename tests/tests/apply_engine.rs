@@ -453,3 +453,63 @@ async fn flush_times_out_with_57014_on_a_backlog() -> anyhow::Result<()> {
     assert_eq!(n, 300_000);
     Ok(())
 }
+
+/// The worker hands its table statistics to PostgreSQL's cumulative statistics, as a backend
+/// does: autovacuum decides from `n_tup_upd`/`n_dead_tup` whether a table needs vacuuming, and
+/// a worker that never reported them left write-behind tables and the inbox to bloat forever.
+#[tokio::test]
+async fn applied_rows_reach_the_statistics_autovacuum_reads() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE s (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO s SELECT g, 0 FROM generate_series(1, 50) g;
+             SELECT writebehind.enable('s');",
+        )
+        .await?;
+    let rel = relid(&client, "s").await?;
+    let batch: Vec<Change> = (0..500)
+        .map(|i| Change {
+            op: 'U',
+            key: vec![(i % 50 + 1).to_string()],
+            data: Some(r#"{"n": {"add": "1"}}"#.into()),
+        })
+        .collect();
+    for seq in 1..=4i64 {
+        assert!(ship(&mut client, "stats", seq, rel, &batch).await?);
+        flush(&client).await?;
+    }
+    let sum: i64 = client
+        .query_one("SELECT sum(n)::bigint FROM s", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 2_000);
+    // Each batch folds to one update per key: 4 rounds × 50 rows, and every inbox row deleted.
+    // PostgreSQL flushes a process's statistics at most once a second; the worker's rounds
+    // come at least every naptime (1 s), so they arrive within a few seconds.
+    let mut seen = (0i64, 0i64);
+    for _ in 0..100 {
+        client
+            .execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 's'::regclass),
+                        (SELECT n_tup_del FROM pg_stat_user_tables
+                          WHERE relid = 'writebehind.inbox'::regclass)",
+                &[],
+            )
+            .await?;
+        seen = (row.get(0), row.get(1));
+        if seen.0 >= 200 && seen.1 >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.0 >= 200 && seen.1 >= 4,
+        "n_tup_upd of the table and n_tup_del of the inbox after 4 applied batches: {seen:?}"
+    );
+    Ok(())
+}

@@ -13,6 +13,11 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// The most inbox changes one table's apply round takes (a packed row counts its changes).
 pub static MAX_APPLY_ROWS: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 
+/// How long the worker waits for a lock a user's transaction holds before it leaves the
+/// table for the next round (`lock_timeout` of its own session), in milliseconds; 0 waits for
+/// ever. Bounds how long one locked table holds up every other table of the database.
+pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Whether rounds of one shape are applied by one statement (`apply/uniform.rs`).
 pub static UNIFORM_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -49,6 +54,16 @@ pub fn init() {
         10_000_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"writebehind.lock_timeout",
+        c"How long an apply worker waits for a lock before it retries the table in a later round.",
+        c"The worker's own lock_timeout; its changes stay queued (they never become dead letters for it). 0 waits for ever.",
+        &LOCK_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
         c"writebehind.uniform_apply",

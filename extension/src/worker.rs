@@ -4,6 +4,7 @@
 use crate::{apply, gucs, shmem};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
+use std::ffi::CString;
 use std::time::Duration;
 
 /// Registers one worker per configured database; called from `_PG_init`.
@@ -34,10 +35,12 @@ pub extern "C-unwind" fn writebehind_worker_main(_arg: pg_sys::Datum) {
         return;
     };
     log!("pg_writebehind apply worker started for database {db}");
+    own_settings();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reloading the configuration file is what a SIGHUP asks for.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            own_settings();
         }
         let busy = run_round(slot);
         report_stats();
@@ -52,6 +55,36 @@ pub extern "C-unwind" fn writebehind_worker_main(_arg: pg_sys::Datum) {
     // terminated by an administrator or crashed; at shutdown nothing is restarted anyway.
     // SAFETY: ending the process is always allowed here.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// The worker's session settings, over the database's and role's defaults (`ALTER DATABASE …
+/// SET`), which are meant for user sessions: a `statement_timeout` would cancel large rounds,
+/// `default_transaction_read_only` would fail every one, a serializable default would add
+/// serialization failures, and the lock wait is bounded by `writebehind.lock_timeout`. What
+/// still fails for such reasons is retried, never dead-lettered (`apply::isolate`).
+fn own_settings() {
+    let lock_timeout = format!("{}ms", gucs::LOCK_TIMEOUT_MS.get());
+    let settings = [
+        ("statement_timeout", "0"),
+        ("lock_timeout", lock_timeout.as_str()),
+        ("default_transaction_read_only", "off"),
+        ("default_transaction_isolation", "read committed"),
+    ];
+    for (name, value) in settings {
+        let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else {
+            continue;
+        };
+        // SAFETY: plain settings without catalog access, set between transactions with the
+        // priority PostgreSQL's own autovacuum workers use for theirs.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            )
+        };
+    }
 }
 
 /// Hands the table statistics of the rounds so far (rows inserted, updated, deleted, HOT
@@ -143,7 +176,7 @@ fn guarded<R>(f: impl FnOnce() -> Result<R, String> + std::panic::UnwindSafe) ->
             unsafe {
                 pg_sys::AbortCurrentTransaction();
             }
-            let (sqlstate, message) = apply::isolate::describe(e);
+            let (sqlstate, message) = apply::isolate::describe(&e);
             Err(format!("{sqlstate}: {message}"))
         })
         .execute()

@@ -1,8 +1,10 @@
 //! Faults around the apply worker: repeated terminations while two proxies keep shipping,
-//! replays of already-shipped batches after each restart; counters must come out exact.
+//! replays of already-shipped batches after each restart; counters must come out exact. Locks
+//! held by users and database defaults meant for user sessions delay changes, never lose them.
 
 use std::time::Duration;
 use tokio_postgres::Client;
+use writebehind_tests::inbox::{relid, ship, ship_rows, Change};
 use writebehind_tests::Cluster;
 
 /// Ships one batch of increments of `n` by 1 on keys 1..=50, `rows` rows.
@@ -99,5 +101,128 @@ async fn repeated_worker_kills_with_two_proxies_and_replays_apply_everything_onc
         .await?
         .get(0);
     assert_eq!(dead, 0);
+    Ok(())
+}
+
+/// `n = n + 1` on keys 1..=10 of `table`, once each.
+fn one_add_per_key() -> Vec<Change> {
+    (1..=10)
+        .map(|k| Change {
+            op: 'U',
+            key: vec![k.to_string()],
+            data: Some(r#"{"n": {"add": "1"}}"#.into()),
+        })
+        .collect()
+}
+
+async fn sum_and_dead(client: &Client, table: &str) -> anyhow::Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT sum(n)::bigint FROM {table}),
+                        (SELECT count(*) FROM writebehind.dead_letters)"
+            ),
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A user's transaction holds a row lock longer than the worker's `writebehind.lock_timeout`:
+/// the locked table's round fails with 55P03 and is retried (its changes never become dead
+/// letters, as they did before), and the other table of the database is applied meanwhile
+/// instead of waiting behind the lock.
+#[tokio::test]
+async fn a_locked_row_delays_its_table_only_and_makes_no_dead_letter() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(&["writebehind.lock_timeout = '200ms'"])?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE la (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             CREATE TABLE lb (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO la SELECT g, 0 FROM generate_series(1, 10) g;
+             INSERT INTO lb SELECT g, 0 FROM generate_series(1, 10) g;
+             SELECT writebehind.enable('la'); SELECT writebehind.enable('lb');",
+        )
+        .await?;
+    let (ra, rb) = (relid(&client, "la").await?, relid(&client, "lb").await?);
+    let locker = cluster.connect("postgres").await?;
+    locker
+        .batch_execute("BEGIN; SELECT * FROM la WHERE id = 3 FOR UPDATE")
+        .await?;
+    let la: Vec<(u32, Change)> = one_add_per_key().into_iter().map(|c| (ra, c)).collect();
+    let lb: Vec<(u32, Change)> = one_add_per_key().into_iter().map(|c| (rb, c)).collect();
+    // la first in the batch: a worker stuck on its lock would never reach lb.
+    let rows: Vec<(u32, &Change)> = la.iter().chain(&lb).map(|(r, c)| (*r, c)).collect();
+    assert!(ship_rows(&mut client, "locks", 1, &rows).await?);
+    client
+        .execute("SELECT writebehind.flush('lb', '20 s')", &[])
+        .await?;
+    assert_eq!(sum_and_dead(&client, "lb").await?, (10, 0));
+    // Several rounds of la have failed on the lock meanwhile; none applied anything.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (sum_a, dead) = sum_and_dead(&client, "la").await?;
+    assert_eq!((sum_a, dead), (0, 0), "la waits for the lock, whole");
+    let error: Option<String> = client
+        .query_one(
+            "SELECT last_error FROM writebehind.table_stats WHERE relid = 'la'::regclass",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        error.as_deref().is_some_and(|e| e.starts_with("55P03")),
+        "the lock timeout is the table's last error: {error:?}"
+    );
+    locker.batch_execute("COMMIT").await?;
+    client
+        .execute("SELECT writebehind.flush('la', '20 s')", &[])
+        .await?;
+    assert_eq!(sum_and_dead(&client, "la").await?, (10, 0));
+    Ok(())
+}
+
+/// Database defaults meant for user sessions do not reach the worker: with
+/// `default_transaction_read_only = on` every round failed with 25006 and each change became a
+/// dead letter; with a tiny `statement_timeout` large rounds were cancelled.
+#[tokio::test]
+async fn database_defaults_for_user_sessions_do_not_stop_the_worker() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE dd (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO dd SELECT g, 0 FROM generate_series(1, 10) g;
+             SELECT writebehind.enable('dd');
+             ALTER DATABASE postgres SET default_transaction_read_only = on;
+             ALTER DATABASE postgres SET statement_timeout = '1ms';",
+        )
+        .await?;
+    // A worker started now reads the new defaults (this session keeps the old ones).
+    let old = worker_pid(&client).await;
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM writebehind.workers",
+            &[],
+        )
+        .await?;
+    let mut restarted = false;
+    for _ in 0..200 {
+        let now = worker_pid(&client).await;
+        if now.is_some() && now != old {
+            restarted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restarted, "the worker came back");
+    let rel = relid(&client, "dd").await?;
+    for seq in 1..=3 {
+        assert!(ship(&mut client, "defaults", seq, rel, &one_add_per_key()).await?);
+    }
+    client
+        .execute("SELECT writebehind.flush('dd', '20 s')", &[])
+        .await?;
+    assert_eq!(sum_and_dead(&client, "dd").await?, (30, 0));
     Ok(())
 }

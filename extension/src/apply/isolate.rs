@@ -1,5 +1,7 @@
 //! Running a statement over a group of changes in a subtransaction; on failure, retrying by
-//! halves down to single changes, so one bad row never costs the rest of the round.
+//! halves down to single changes, so one bad row never costs the rest of the round. Errors that
+//! say nothing about the changes (a lock wait timed out, a deadlock, a cancel, a full disk)
+//! abort the whole round instead, to be retried: they never make a dead letter.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
@@ -16,16 +18,18 @@ pub struct Failure {
 }
 
 /// Runs `f` in an internal subtransaction; an ERROR rolls the subtransaction back and is
-/// returned as (SQLSTATE, message) instead of aborting the whole transaction.
+/// returned as (SQLSTATE, message) instead of aborting the whole transaction. A
+/// [transient](is_transient) error is raised again after the rollback: it aborts the round,
+/// whose changes stay in the inbox for the next one.
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
     // SAFETY: the standard PL/pgSQL exception-block pattern: remember the memory context and
     // resource owner, begin a subtransaction, and on error roll it back and restore both.
-    unsafe {
+    let result = unsafe {
         let ctx = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
-            .catch_others(|e| Err(describe(e)))
+            .catch_others(|e| Err(Box::new(e)))
             .execute();
         match result {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
@@ -34,12 +38,33 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)
         pg_sys::MemoryContextSwitchTo(ctx);
         pg_sys::CurrentResourceOwner = owner;
         result
+    };
+    match result {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let (sqlstate, message) = describe(&e);
+            if is_transient(&sqlstate) {
+                (*e).rethrow();
+            }
+            Err((sqlstate, message))
+        }
     }
 }
 
+/// Whether an error with this SQLSTATE is about the moment, not about the changes: applying
+/// them again later may well succeed, so they must not become dead letters. Transaction
+/// rollback (40: serialization failure, deadlock), insufficient resources (53: disk full, out
+/// of memory), lock not available (55P03: `lock_timeout`), operator intervention (57: cancel,
+/// shutdown), system errors (58: I/O), and a read-only transaction (25006: the server went
+/// read-only).
+pub fn is_transient(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("40" | "53" | "57" | "58"))
+        || matches!(sqlstate, "55P03" | "25006")
+}
+
 /// SQLSTATE and message of a caught error.
-pub fn describe(e: CaughtError) -> (String, String) {
-    let report = match &e {
+pub fn describe(e: &CaughtError) -> (String, String) {
+    let report = match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
         CaughtError::RustPanic { ereport, .. } => ereport,
     };

@@ -150,6 +150,16 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg, HINT = hint;
 END $$;
 
+-- Whether an apply worker serves the current database (it is listed in writebehind.databases).
+-- Without one, nothing queued in this database's inbox is ever applied.
+CREATE FUNCTION writebehind.served()
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT current_database() = ANY (
+        SELECT btrim(d)
+          FROM unnest(string_to_array(current_setting('writebehind.databases', true), ',')) d)
+$$;
+
 -- Checks that a table may be registered, and returns its primary-key columns in key order.
 CREATE FUNCTION writebehind._check_table(tbl regclass, mode text)
 RETURNS text[] LANGUAGE plpgsql STABLE
@@ -222,6 +232,11 @@ DECLARE
 BEGIN
     IF tbl IS NULL THEN
         PERFORM writebehind._raise('22004', 'table must not be NULL');
+    END IF;
+    IF NOT writebehind.served() THEN
+        PERFORM writebehind._raise('55000',
+            format('no apply worker serves database "%s"', current_database()),
+            'Add it to writebehind.databases in postgresql.conf and restart PostgreSQL: changes written behind to this database would never be applied.');
     END IF;
     pk := writebehind._check_table(tbl, mode);
     PERFORM writebehind._check_on_conflict(on_conflict);

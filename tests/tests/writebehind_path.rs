@@ -559,3 +559,44 @@ async fn one_key_spelled_two_ways_keeps_its_order() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A database no apply worker serves (not in `writebehind.databases`): `enable()` refuses with
+/// 55000, and a table registered there all the same (say, enabled before the database was
+/// dropped from the list) is not written behind: its writes reach PostgreSQL at once. Before,
+/// they were acknowledged and stayed in the inbox for ever, and the next read timed out.
+#[tokio::test]
+async fn a_database_without_an_apply_worker_is_not_written_behind() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?; // workers serve `postgres` only
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute("CREATE DATABASE app").await?;
+    let app = cluster.connect("app").await?;
+    app.batch_execute(
+        "CREATE EXTENSION pg_writebehind; CREATE TABLE t (id int PRIMARY KEY, v int)",
+    )
+    .await?;
+    let refused = app.execute("SELECT writebehind.enable('t')", &[]).await;
+    assert_eq!(
+        refused.err().as_ref().and_then(|e| e.code()),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "enable() in a database without an apply worker"
+    );
+    app.batch_execute(
+        "INSERT INTO writebehind.tables (relid, key_columns) VALUES ('t'::regclass, '{id}')",
+    )
+    .await?;
+    let proxy = Proxy::spawn(&cluster.url("app"), &["--durability", "memory"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "app")).await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    let row = app
+        .query_one(
+            "SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM writebehind.inbox)",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (1, 0),
+        "the insert went to PostgreSQL, not to the inbox"
+    );
+    Ok(())
+}

@@ -20,6 +20,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
 
+/// Whether an apply worker serves the database (`writebehind.databases` lists it); the
+/// extension's `writebehind.served()`, spelled out so that it works with older installs.
+const SERVED_SQL: &str = "SELECT current_database() = ANY (SELECT btrim(d) FROM unnest(string_to_array(current_setting('writebehind.databases', true), ',')) d)";
+
 /// Why a database's runtime could not start.
 #[derive(Debug, thiserror::Error)]
 enum StartError {
@@ -207,6 +211,25 @@ impl WriteBehind {
         let catalog = Catalog::load(&own, 1)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
+        // Without an apply worker nothing shipped here would ever apply: acknowledge nothing.
+        // Start-up replay ships what the WAL holds all the same (it is applied once a worker
+        // serves the database).
+        let served = own
+            .query_one(SERVED_SQL, &[])
+            .await
+            .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?
+            .try_get::<_, Option<bool>>(0)
+            .map_err(|e| StartError::Unusable(e.to_string()))?
+            .unwrap_or(false);
+        if !served {
+            let why = format!(
+                "no apply worker serves database \"{database}\": add it to writebehind.databases in postgresql.conf and restart PostgreSQL"
+            );
+            if replay.is_empty() {
+                return Err(StartError::Unusable(why));
+            }
+            warn!(database, reason = %why, "replaying acknowledged writes into a database whose changes will wait in the inbox");
+        }
         let _ = cat_tx.send(Arc::new(catalog));
         let mut shipper = InboxShipper::new(pg.clone(), self.proxy_id.clone());
         // Claiming waits for a batch the previous process of this proxy id left in flight

@@ -244,3 +244,32 @@ async fn psycopg3_prepared_pipelined_and_failing_pipelines() -> anyhow::Result<(
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }
+
+/// Message sequences whose replies through the proxy must be PostgreSQL's own, in a database
+/// with a write-behind table (tests/python/protocol_parity.py compares them with a direct
+/// session): a Parse PostgreSQL skipped after an error, a local statement first used in a
+/// failed transaction, EXECUTE/DEALLOCATE/pg_prepared_statements and a second Parse of a name,
+/// the unnamed statement beside a name lookup, an error answering a Flush, COPY FROM STDIN
+/// after DDL; psycopg's failing pipeline and COPY after TRUNCATE in a transaction (both hung).
+#[tokio::test]
+async fn protocol_sequences_get_postgres_own_replies() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE wbt (id int PRIMARY KEY, n int);
+             SELECT writebehind.enable('wbt');",
+        )
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let python = writebehind_tests::repo_root().join(".venv/bin/python");
+    let script = writebehind_tests::repo_root().join("tests/python/protocol_parity.py");
+    let (ok, out, err) = run_cmd(
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(proxy.port.to_string())
+            .arg(cluster.port.to_string()),
+    )?;
+    assert!(ok, "protocol parity:\n{out}\n{err}");
+    Ok(())
+}

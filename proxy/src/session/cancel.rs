@@ -1,5 +1,5 @@
-//! Cancel keys: the proxy gives each client its own BackendKeyData and maps a CancelRequest
-//! to the upstream backend that serves that client.
+//! Cancel keys: the proxy gives each client its own BackendKeyData (the backend's pid, a
+//! secret of the proxy's) and maps a CancelRequest to the upstream backend serving that client.
 
 use crate::protocol::startup::cancel_packet;
 use dashmap::DashMap;
@@ -26,10 +26,12 @@ pub struct CancelMap {
 }
 
 impl CancelMap {
-    /// Registers an upstream key and returns the proxy's key for the client.
+    /// Registers an upstream key and returns the proxy's key for the client: the backend's own
+    /// pid (what `pg_backend_pid()` and a notification's sender say, which drivers compare)
+    /// with a secret of the proxy's.
     pub fn register(&self, upstream: UpstreamKey) -> (i32, i32) {
         loop {
-            let key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+            let key = (upstream.pid, rand::random::<i32>());
             if let dashmap::Entry::Vacant(v) = self.keys.entry(key) {
                 v.insert(upstream);
                 return key;

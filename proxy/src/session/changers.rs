@@ -80,6 +80,44 @@ pub fn effect(stmts: Option<&[&[Token]]>, sql: &str) -> Effect {
     }
 }
 
+/// Prepared statements a Query drops by SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deallocated {
+    /// `DEALLOCATE ALL` (or what could not be told apart from it).
+    All,
+    /// `DEALLOCATE [PREPARE] name`, per statement.
+    Names(Vec<String>),
+}
+
+/// What the statements of `sql` deallocate (`None`: nothing). `stmts` are its statements'
+/// tokens, or `None` when it could not be lexed (then a mention of `deallocate` counts as
+/// `ALL`).
+pub fn deallocated(stmts: Option<&[&[Token]]>, sql: &str) -> Option<Deallocated> {
+    let Some(stmts) = stmts else {
+        return sql
+            .to_ascii_lowercase()
+            .contains("deallocate")
+            .then_some(Deallocated::All);
+    };
+    let mut names = Vec::new();
+    for t in stmts {
+        if !matches!(t.first(), Some(Word(w)) if w == "deallocate") {
+            continue;
+        }
+        let at = if matches!(t.get(1), Some(Word(w)) if w == "prepare") {
+            2
+        } else {
+            1
+        };
+        match t.get(at) {
+            Some(Word(w)) if w == "all" => return Some(Deallocated::All),
+            Some(Word(name) | QuotedIdent(name)) => names.push(name.clone()),
+            _ => return Some(Deallocated::All),
+        }
+    }
+    (!names.is_empty()).then_some(Deallocated::Names(names))
+}
+
 /// Whether the startup packet's parameters set what the write-behind path relies on and does
 /// not follow: a setting of [`SETTINGS`] given directly or inside `options` (`-c role=…`), or
 /// a client encoding other than UTF-8. A startup search_path is followed like any other.
@@ -212,6 +250,40 @@ fn statement_effect(t: &[Token]) -> Effect {
 mod tests {
     use super::*;
     use crate::writebehind::lexer;
+
+    fn deallocated_by(sql: &str) -> Option<Deallocated> {
+        match lexer::lex(sql, true) {
+            Ok(tokens) => deallocated(Some(&lexer::statements(&tokens)), sql),
+            Err(_) => deallocated(None, sql),
+        }
+    }
+
+    #[test]
+    fn deallocations_are_recognized() {
+        let names = |n: &[&str]| {
+            Some(Deallocated::Names(
+                n.iter().map(|s| s.to_string()).collect(),
+            ))
+        };
+        assert_eq!(deallocated_by("DEALLOCATE w"), names(&["w"]));
+        assert_eq!(deallocated_by("deallocate prepare \"W\""), names(&["W"]));
+        assert_eq!(
+            deallocated_by("DEALLOCATE W; SELECT 1; DEALLOCATE x"),
+            names(&["w", "x"])
+        );
+        assert_eq!(deallocated_by("DEALLOCATE ALL"), Some(Deallocated::All));
+        assert_eq!(
+            deallocated_by("DEALLOCATE PREPARE ALL"),
+            Some(Deallocated::All)
+        );
+        assert_eq!(deallocated_by("SELECT 'deallocate w'"), None);
+        assert_eq!(deallocated_by("SELECT 1"), None);
+        // Not lexed with certainty: any mention counts as all.
+        assert_eq!(
+            deallocated_by("DEALLOCATE w; SELECT $$"),
+            Some(Deallocated::All)
+        );
+    }
 
     fn effect_of(sql: &str) -> Effect {
         match lexer::lex(sql, true) {

@@ -364,15 +364,14 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut assembler = Assembler::default();
     let mut buf = BytesMut::with_capacity(BUF);
     let mut out = BytesMut::with_capacity(BUF);
-    // Error and notice messages PostgreSQL sent while the session was idle: held back until
-    // more arrives, since they are what a server that goes away says last.
+    // A FATAL error PostgreSQL sent while the session was idle: held back until more
+    // arrives, since it is what a server that goes away says last.
     let mut held = BytesMut::new();
     loop {
         buf.clear();
         let n = match ur.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
-                let idle = state.owed.load(Ordering::Acquire) == 0
-                    && state.status.load(Ordering::Acquire) == b'I';
+                let idle = state.idle() && state.status.load(Ordering::Acquire) == b'I';
                 if flags.intercepted && idle {
                     // The session outlives its server connection: writes go on being
                     // acknowledged (and ship when PostgreSQL is back); the first statement
@@ -399,6 +398,11 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             held.clear();
             let mut readies = Vec::new();
             while let Some(msg) = assembler.next_message() {
+                match msg.first() {
+                    Some(b'1') => state.ledger().on_parse_complete(),
+                    Some(b'Z') => state.ledger().on_ready(),
+                    _ => {}
+                }
                 if state.private.load(Ordering::Acquire) {
                     // Replies to the proxy's own query. Notifications, parameter changes,
                     // notices and FATAL errors (the server ends the session) are the client's
@@ -417,9 +421,9 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         }
                     }
                 }
-                let idle = readies.is_empty() && state.owed.load(Ordering::Acquire) == 0;
+                let idle = readies.is_empty() && state.idle();
                 match msg.first() {
-                    Some(b'E' | b'N') if idle && assembler.is_empty() => {
+                    Some(b'E') if idle && assembler.is_empty() && is_fatal(&msg) => {
                         held.extend_from_slice(&msg);
                         continue;
                     }

@@ -32,6 +32,83 @@ pub struct Shared {
     pub unsafe_setting: AtomicBool,
     /// Notified when the client sends a CancelRequest for this session.
     pub interrupt: std::sync::Arc<Notify>,
+    /// The last messages sent upstream did not end with a Sync, Query or FunctionCall (a
+    /// Flush-driven exchange, a pipeline still being sent): the client may be waiting for
+    /// replies although no ReadyForQuery is owed.
+    pub unsynced: AtomicBool,
+    /// Which Parses sent upstream PostgreSQL completed.
+    pub parses: std::sync::Mutex<ParseLedger>,
+}
+
+/// A Parse message sent upstream, as the write-behind hook knows it: the serial of the
+/// statement it creates (0: none the hook follows) and whether the proxy sent it on its own
+/// (materializing a statement it had answered locally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseRef {
+    pub serial: u64,
+    pub injected: bool,
+}
+
+/// The Parses of each group sent upstream, until its ReadyForQuery tells which of them
+/// PostgreSQL completed: a ParseComplete answers each successful Parse in order, and after an
+/// error PostgreSQL skips everything up to Sync, so the first `completes` of a group's Parses
+/// exist and the rest do not.
+#[derive(Debug, Default)]
+pub struct ParseLedger {
+    /// Parses of the group being sent (no Sync, Query or FunctionCall after them yet).
+    open: Vec<ParseRef>,
+    /// Groups sent whose ReadyForQuery has not arrived, oldest first.
+    sent: std::collections::VecDeque<Vec<ParseRef>>,
+    /// ParseCompletes received for the oldest group.
+    completes: usize,
+    /// Parses PostgreSQL did not complete, for the hook to take.
+    failed: Vec<ParseRef>,
+}
+
+impl ParseLedger {
+    /// A group ended (Sync, Query, FunctionCall sent).
+    fn close_group(&mut self) {
+        let group = std::mem::take(&mut self.open);
+        self.sent.push_back(group);
+    }
+
+    /// The last `n` groups' Syncs were ignored (COPY FROM STDIN in the extended protocol):
+    /// their Parses belong to the group the next counted Sync ends.
+    fn reopen(&mut self, n: usize) {
+        for _ in 0..n {
+            if let Some(mut group) = self.sent.pop_back() {
+                group.append(&mut self.open);
+                self.open = group;
+            }
+        }
+    }
+
+    /// A ParseComplete arrived (the proxy's own included).
+    pub fn on_parse_complete(&mut self) {
+        self.completes += 1;
+    }
+
+    /// A ReadyForQuery arrived: the oldest group is answered. Called in reply order (a
+    /// ParseComplete of the next group may follow in the same read).
+    pub fn on_ready(&mut self) {
+        if let Some(group) = self.sent.pop_front() {
+            self.failed.extend(group.into_iter().skip(self.completes));
+        }
+        self.completes = 0;
+    }
+
+    /// The Parses found not completed since the last call.
+    pub fn take_failed(&mut self) -> Vec<ParseRef> {
+        std::mem::take(&mut self.failed)
+    }
+}
+
+impl Shared {
+    /// Whether the client is owed nothing: no ReadyForQuery, and no reply to messages sent
+    /// without a Sync.
+    pub fn idle(&self) -> bool {
+        self.owed.load(Ordering::Acquire) == 0 && !self.unsynced.load(Ordering::Acquire)
+    }
 }
 
 impl Default for Shared {
@@ -46,6 +123,8 @@ impl Default for Shared {
             private_replies: std::sync::Mutex::new(Vec::new()),
             unsafe_setting: AtomicBool::new(false),
             interrupt: std::sync::Arc::new(Notify::new()),
+            unsynced: AtomicBool::new(false),
+            parses: std::sync::Mutex::new(ParseLedger::default()),
         }
     }
 }
@@ -67,6 +146,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(msg);
+    }
+
+    /// The Parse ledger (a poisoned lock is taken over: the ledger stays consistent).
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, ParseLedger> {
+        self.parses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called by the upstream reader for each ReadyForQuery.
@@ -93,15 +177,27 @@ pub struct ReplyCounter {
 impl ReplyCounter {
     /// Notes one client message of type `ty` going upstream.
     pub fn note(&mut self, ty: u8, owed: &AtomicUsize) {
+        self.note_tracked(ty, owed, None);
+    }
+
+    /// As [`note`](Self::note); `ledger` follows the group boundaries (and a Parse is
+    /// pushed there by the caller).
+    fn note_tracked(&mut self, ty: u8, owed: &AtomicUsize, ledger: Option<&mut ParseLedger>) {
         match ty {
             b'S' if self.in_copy => {}
             b'S' => {
                 self.syncs_since_execute += 1;
                 owed.fetch_add(1, Ordering::AcqRel);
+                if let Some(l) = ledger {
+                    l.close_group();
+                }
             }
             b'Q' | b'F' => {
                 self.syncs_since_execute = 0;
                 owed.fetch_add(1, Ordering::AcqRel);
+                if let Some(l) = ledger {
+                    l.close_group();
+                }
             }
             b'E' => self.syncs_since_execute = 0,
             b'd' | b'c' | b'f' => {
@@ -111,6 +207,9 @@ impl ReplyCounter {
                     let _ = owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         Some(n.saturating_sub(ignored))
                     });
+                    if let Some(l) = ledger {
+                        l.reopen(ignored);
+                    }
                     self.in_copy = true;
                 }
                 if ty != b'd' {
@@ -125,12 +224,18 @@ impl ReplyCounter {
 /// What the write-behind hook can do with the session.
 pub trait Wire {
     /// Sends `bytes` (whole messages) to PostgreSQL; the first `swallow` ParseComplete replies
-    /// are answers to the proxy's own Parses.
+    /// are answers to the proxy's own Parses. `parses` names the Parse messages among `bytes`,
+    /// in order (those beyond it are not followed); which of them PostgreSQL did not complete
+    /// comes back through [`failed_parses`](Self::failed_parses).
     fn forward(
         &mut self,
         bytes: BytesMut,
         swallow: usize,
+        parses: &[ParseRef],
     ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
+    /// The Parses sent upstream that PostgreSQL did not complete, found since the last call
+    /// (all of them are known once [`drained`](Self::drained) returns).
+    fn failed_parses(&self) -> Vec<ParseRef>;
     /// Waits until PostgreSQL has sent every reply owed; returns the transaction status.
     fn drained(&mut self) -> impl std::future::Future<Output = u8>;
     /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
@@ -138,6 +243,14 @@ pub trait Wire {
     fn settings_unsafe(&self) -> bool;
     /// Completes when the client asks to cancel (a CancelRequest with this session's key).
     fn interrupted(&self) -> tokio::sync::futures::Notified<'_>;
+    /// Sends the proxy's own Parses (whole messages, then a Sync of the proxy's) once
+    /// PostgreSQL owes the client nothing, and waits for their ReadyForQuery; the client sees
+    /// none of the replies (but notices and FATAL errors). `parses` names them for the ledger.
+    fn materialize(
+        &mut self,
+        parses: BytesMut,
+        refs: &[ParseRef],
+    ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
     /// Sends a locally made reply to the client.
     fn reply(
         &mut self,
@@ -170,18 +283,61 @@ pub struct RelayWire<'a, UW, W> {
     pub client_gone: bool,
 }
 
+impl<UW, W> RelayWire<'_, UW, W> {
+    /// Waits for the ReadyForQuery that ends the proxy's own exchange.
+    async fn private_done(&self) -> Result<(), NotAsked> {
+        loop {
+            let ready = self.shared.ready.notified();
+            if self.shared.lost.load(Ordering::Acquire) {
+                return Err(NotAsked::Lost);
+            }
+            if !self.shared.private.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            ready.await;
+        }
+    }
+
+    /// Notes the messages of `bytes` going upstream (replies owed, Parses to follow);
+    /// returns the type of the last one.
+    fn note_sent(&mut self, bytes: &[u8], parses: &[ParseRef]) -> u8 {
+        let mut at = 0;
+        let mut last = 0;
+        let mut parses = parses.iter();
+        let mut ledger = self.shared.ledger();
+        while let Some(header) = bytes.get(at..at + 5) {
+            if header[0] == b'P' {
+                let r = parses.next().copied().unwrap_or(ParseRef {
+                    serial: 0,
+                    injected: false,
+                });
+                ledger.open.push(r);
+            }
+            self.counter
+                .note_tracked(header[0], &self.shared.owed, Some(&mut ledger));
+            last = header[0];
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            at += 1 + len.max(4);
+        }
+        last
+    }
+}
+
 impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W> {
-    async fn forward(&mut self, bytes: BytesMut, swallow: usize) -> Result<(), ProxyError> {
+    async fn forward(
+        &mut self,
+        bytes: BytesMut,
+        swallow: usize,
+        parses: &[ParseRef],
+    ) -> Result<(), ProxyError> {
         if self.shared.lost.load(Ordering::Acquire) {
             return Err(ProxyError::UpstreamLost);
         }
         self.shared.swallow.fetch_add(swallow, Ordering::AcqRel);
-        let mut at = 0;
-        while let Some(header) = bytes.get(at..at + 5) {
-            self.counter.note(header[0], &self.shared.owed);
-            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            at += 1 + len.max(4);
-        }
+        let last = self.note_sent(&bytes, parses);
+        self.shared
+            .unsynced
+            .store(!matches!(last, b'S' | b'Q' | b'F'), Ordering::Release);
         self.upstream
             .write_all(&bytes)
             .await
@@ -204,6 +360,10 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.shared.interrupt.notified()
     }
 
+    fn failed_parses(&self) -> Vec<ParseRef> {
+        self.shared.ledger().take_failed()
+    }
+
     fn settings_unsafe(&self) -> bool {
         self.shared.unsafe_setting.load(Ordering::Acquire)
     }
@@ -212,6 +372,33 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         if self.client.lock().await.write_all(&bytes).await.is_err() {
             self.client_gone = true;
         }
+        Ok(())
+    }
+
+    async fn materialize(
+        &mut self,
+        mut parses: BytesMut,
+        refs: &[ParseRef],
+    ) -> Result<(), ProxyError> {
+        self.drained().await;
+        if self.shared.lost.load(Ordering::Acquire) {
+            return Err(ProxyError::UpstreamLost);
+        }
+        parses.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        self.shared.private.store(true, Ordering::Release);
+        self.note_sent(&parses, refs);
+        if self.upstream.write_all(&parses).await.is_err() {
+            return Err(ProxyError::UpstreamLost);
+        }
+        self.private_done()
+            .await
+            .map_err(|_| ProxyError::UpstreamLost)?;
+        // Replies to Parses are ParseCompletes or errors: nothing to keep.
+        self.shared
+            .private_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -234,20 +421,12 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.shared.private.store(true, Ordering::Release);
-        self.counter.note(b'Q', &self.shared.owed);
+        self.counter
+            .note_tracked(b'Q', &self.shared.owed, Some(&mut self.shared.ledger()));
         if self.upstream.write_all(&msg).await.is_err() {
             return Err(NotAsked::Lost);
         }
-        loop {
-            let ready = self.shared.ready.notified();
-            if self.shared.lost.load(Ordering::Acquire) {
-                return Err(NotAsked::Lost);
-            }
-            if !self.shared.private.load(Ordering::Acquire) {
-                break;
-            }
-            ready.await;
-        }
+        self.private_done().await?;
         let replies = std::mem::take(
             &mut *self
                 .shared

@@ -27,6 +27,8 @@ pub(super) struct Plan {
     /// Earlier statements re-prepared against a newer catalog: kept, so later Binds need
     /// not prepare them again.
     refreshed: Vec<(String, Arc<Prepared>)>,
+    /// Statements of the session (not of the group) the group uses.
+    used: Vec<String>,
 }
 
 impl Intercept {
@@ -80,7 +82,8 @@ impl Intercept {
         for (piece, _) in &plan.replies {
             out.extend_from_slice(piece);
         }
-        for (_, name, stmt) in plan.parsed {
+        for (_, name, mut stmt) in plan.parsed {
+            stmt.serial = self.serial();
             self.stmts.insert(name, stmt);
         }
         for name in plan.closed {
@@ -88,6 +91,13 @@ impl Intercept {
         }
         self.open.get_or_insert_with(Vec::new).extend(plan.changes);
         wire.reply(out).await
+    }
+
+    /// Whether every statement of the session `plan` uses still exists, once what PostgreSQL
+    /// said to the Parses that went upstream is known (call after `wire.drained()`).
+    pub(super) fn still_known<W: Wire>(&mut self, plan: &Plan, wire: &W) -> bool {
+        self.reconcile(wire);
+        plan.used.iter().all(|n| self.stmts.contains_key(n))
     }
 
     /// Prepares `sql` as a write the proxy may acknowledge, or `None`; its table name is
@@ -130,18 +140,20 @@ impl Intercept {
         }))
     }
 
-    /// The statement `name` as the group sees it: parsed earlier in the group, or before.
+    /// The statement `name` as the group sees it: parsed earlier in the group, or before (then
+    /// noted in `used`).
     pub(super) fn lookup<'a>(
         &'a self,
         parsed: &'a [(usize, String, Stmt)],
+        used: &mut Vec<String>,
         name: &str,
     ) -> Option<&'a Stmt> {
-        parsed
-            .iter()
-            .rev()
-            .find(|(_, n, _)| n == name)
-            .map(|(_, _, s)| s)
-            .or_else(|| self.stmts.get(name))
+        if let Some((_, _, s)) = parsed.iter().rev().find(|(_, n, _)| n == name) {
+            return Some(s);
+        }
+        let stmt = self.stmts.get(name)?;
+        used.push(name.to_string());
+        Some(stmt)
     }
 
     /// The plan to answer `group` locally, or `None` when any part of it must go to
@@ -153,6 +165,7 @@ impl Intercept {
             parsed: Vec::new(),
             closed: Vec::new(),
             refreshed: Vec::new(),
+            used: Vec::new(),
         };
         // Bound portals of the group (only the unnamed one): changes and tag.
         let mut portal: Option<(Vec<Change>, String)> = None;
@@ -165,7 +178,8 @@ impl Intercept {
                     sql,
                     param_types,
                 } => {
-                    if !name.is_empty() && self.lookup(&plan.parsed, name).is_some() {
+                    if !name.is_empty() && self.lookup(&plan.parsed, &mut plan.used, name).is_some()
+                    {
                         return None; // PostgreSQL answers 42P05
                     }
                     let prepared = self.prepare(sql, &param_types, wire).await?;
@@ -178,6 +192,7 @@ impl Intercept {
                             on_server: false,
                             scope: None,
                             resolution: false,
+                            serial: 0, // given when the plan is carried out
                         },
                     ));
                     messages::parse_complete(&mut out);
@@ -191,7 +206,10 @@ impl Intercept {
                     if !p.is_empty() {
                         return None;
                     }
-                    let stored = self.lookup(&plan.parsed, statement)?.prepared.clone()?;
+                    let stored = self
+                        .lookup(&plan.parsed, &mut plan.used, statement)?
+                        .prepared
+                        .clone()?;
                     let prepared = self.current(stored.clone(), wire).await?;
                     if !Arc::ptr_eq(&prepared, &stored) {
                         plan.refreshed
@@ -203,7 +221,7 @@ impl Intercept {
                     messages::bind_complete(&mut out);
                 }
                 Frontend::Describe { kind: b'S', name } => {
-                    let stmt = self.lookup(&plan.parsed, name)?;
+                    let stmt = self.lookup(&plan.parsed, &mut plan.used, name)?;
                     let prepared = stmt.prepared.as_ref()?;
                     messages::parameter_description(&mut out, prepared.template.param_types());
                     messages::no_data(&mut out);
@@ -282,7 +300,11 @@ impl Intercept {
     ) -> Result<(), ProxyError> {
         self.keep_refreshed(&plan);
         let earlier = self.open.take();
-        if earlier.is_none() && (wire.drained().await != b'I' || self.settings_changed(wire)) {
+        if earlier.is_none()
+            && (wire.drained().await != b'I'
+                || self.settings_changed(wire)
+                || !self.still_known(&plan, wire))
+        {
             return self.forward(group, wire).await;
         }
         let mut failed = None;
@@ -326,8 +348,9 @@ impl Intercept {
                 messages::ready(&mut out);
             }
         }
-        for (at, name, stmt) in plan.parsed {
+        for (at, name, mut stmt) in plan.parsed {
             if at < cut {
+                stmt.serial = self.serial();
                 self.stmts.insert(name, stmt);
             }
         }

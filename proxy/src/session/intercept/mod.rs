@@ -29,8 +29,8 @@ mod extended;
 mod resolve;
 mod sync_setting;
 
-use super::changers::{self, Effect};
-use super::wire::Wire;
+use super::changers::{self, Deallocated, Effect};
+use super::wire::{ParseRef, Wire};
 use crate::error::ProxyError;
 use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
@@ -62,6 +62,8 @@ struct Stmt {
     scope: Option<(Arc<Catalog>, Scope)>,
     /// Running it may change name resolution (SET search_path, temporary tables).
     resolution: bool,
+    /// Tells this statement from an earlier one of the same name (`wire::ParseRef`).
+    serial: u64,
 }
 
 /// A recognized write prepared against one catalog.
@@ -107,6 +109,8 @@ pub struct Intercept {
     mid_group: bool,
     /// What the session's table names denote.
     resolver: resolve::Resolver,
+    /// The last statement serial given out.
+    serials: u64,
 }
 
 /// A Query's tokens, when it was lexed already.
@@ -137,6 +141,74 @@ impl Intercept {
             schema_stale: false,
             mid_group: false,
             resolver: resolve::Resolver::default(),
+            serials: 0,
+        }
+    }
+
+    /// Makes PostgreSQL know every named statement the proxy prepared locally, before SQL that
+    /// may name one passes through (`EXECUTE`, `DEALLOCATE`, a `PREPARE` of the same name,
+    /// `pg_prepared_statements`); a statement is sent once. Not in the middle of a group that
+    /// went upstream unsynced (the proxy's Sync would end it).
+    async fn materialize_local<W: Wire>(&mut self, wire: &mut W) -> Result<(), ProxyError> {
+        if self.mid_group {
+            return Ok(());
+        }
+        let mut parses = BytesMut::new();
+        let mut refs = Vec::new();
+        for (name, stmt) in self.stmts.iter_mut() {
+            if name.is_empty() || stmt.on_server {
+                continue;
+            }
+            parses.extend_from_slice(&stmt.parse);
+            refs.push(ParseRef {
+                serial: stmt.serial,
+                injected: true,
+            });
+            stmt.on_server = true;
+        }
+        if refs.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            statements = refs.len(),
+            "materializing local statements before SQL passes through"
+        );
+        wire.materialize(parses, &refs).await?;
+        self.reconcile(wire);
+        Ok(())
+    }
+
+    /// A serial for a new statement.
+    fn serial(&mut self) -> u64 {
+        self.serials += 1;
+        self.serials
+    }
+
+    /// Follows what PostgreSQL said to the Parses that went upstream: a statement whose own
+    /// Parse failed (or was skipped after an earlier error) does not exist there, as for a
+    /// client talking to PostgreSQL directly; one the proxy materialized and PostgreSQL
+    /// refused (in a failed transaction) is again known to the proxy alone.
+    fn reconcile<W: Wire>(&mut self, wire: &W) {
+        for r in wire.failed_parses() {
+            if r.serial == 0 {
+                continue;
+            }
+            let Some(name) = self
+                .stmts
+                .iter()
+                .find(|(_, s)| s.serial == r.serial)
+                .map(|(n, _)| n.clone())
+            else {
+                continue;
+            };
+            if r.injected {
+                if let Some(stmt) = self.stmts.get_mut(&name) {
+                    stmt.on_server = false;
+                }
+            } else {
+                tracing::debug!(statement = %name, "PostgreSQL did not complete its Parse: the statement does not exist");
+                self.stmts.remove(&name);
+            }
         }
     }
 
@@ -147,6 +219,7 @@ impl Intercept {
         wire: &mut W,
     ) -> Result<(), ProxyError> {
         let ty = msg.first().copied().unwrap_or(0);
+        self.reconcile(wire);
         if self.skip_to_sync {
             if ty == b'S' {
                 self.skip_to_sync = false;
@@ -157,6 +230,12 @@ impl Intercept {
             return Ok(());
         }
         match ty {
+            // COPY FROM STDIN data, done, fail: PostgreSQL is in the middle of a COPY it
+            // started, which owes its ReadyForQuery until the copy ends. They read nothing and
+            // must never wait for that (nor for a barrier): straight upstream.
+            b'd' | b'c' | b'f' if self.group.is_empty() => {
+                wire.forward(BytesMut::from(&msg[..]), 0, &[]).await
+            }
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 if self.streaming {
                     return self.forward(vec![msg], wire).await;
@@ -194,7 +273,9 @@ impl Intercept {
                 if !self.streaming && self.acking() {
                     if let Some(plan) = self.plan(&group, wire).await {
                         if self.open.is_some()
-                            || (wire.drained().await == b'I' && !self.settings_changed(wire))
+                            || (wire.drained().await == b'I'
+                                && !self.settings_changed(wire)
+                                && self.still_known(&plan, wire))
                         {
                             return self.answer_partial(plan, wire).await;
                         }
@@ -280,6 +361,15 @@ impl Intercept {
         } else {
             Lexed::Failed
         };
+        if let Some(gone) = changers::deallocated(lex_ok.then_some(stmts.as_slice()), sql) {
+            // PostgreSQL must have the statements it is asked to drop; whether or not it
+            // drops them, the proxy forgets them (a later Bind passes through).
+            self.materialize_local(wire).await?;
+            self.stmts.retain(|name, _| match &gone {
+                Deallocated::All => name.is_empty(),
+                Deallocated::Names(names) => !names.contains(name),
+            });
+        }
         match sync_setting(&stmts) {
             Some(SyncSetting::Session(on)) => {
                 // SET is transactional: only a SET outside a transaction block is known to
@@ -393,13 +483,20 @@ impl Intercept {
         if msgs.is_empty() {
             return Ok(());
         }
+        if msgs.first().and_then(|m| m.first()) == Some(&b'Q') {
+            self.materialize_local(wire).await?;
+        }
         let mut inject: Vec<Bytes> = Vec::new();
         let mut parsed_here: Vec<String> = Vec::new();
         // Statements whose Parse goes upstream with these messages (injected or the client's).
         let mut injected: Vec<String> = Vec::new();
+        // The Parse messages going upstream, the proxy's own first, as the ledger follows them.
+        let mut inject_refs: Vec<ParseRef> = Vec::new();
+        let mut client_refs: Vec<ParseRef> = Vec::new();
         // Names are resolved by asking the session only while what it says is what the
-        // messages before the one at hand leave behind.
-        let mut may_ask = true;
+        // messages before the one at hand leave behind: not in the middle of a group that went
+        // upstream unsynced (the proxy's Query would end its implicit transaction).
+        let mut may_ask = !self.mid_group;
         for raw in &msgs {
             if self.resolver.take_asked() {
                 // The proxy's own Query replaced the session's unnamed statement upstream.
@@ -424,11 +521,25 @@ impl Intercept {
                     may_ask = false;
                 }
             }
-            if let Some(name) = used {
+            // The proxy's own Query would replace the unnamed statement these messages use.
+            if used == Some("") {
+                may_ask = false;
+            }
+            // A Parse of a name the session has: PostgreSQL refuses it (42P05) if it knows the
+            // statement, so it must know it.
+            let reparsed = match &m {
+                Ok(Frontend::Parse { name, .. }) if !name.is_empty() => Some(*name),
+                _ => None,
+            };
+            if let Some(name) = used.or(reparsed) {
                 if !parsed_here.iter().any(|n| n == name) {
                     if let Some(stmt) = self.stmts.get_mut(name) {
                         if !stmt.on_server {
                             inject.push(stmt.parse.clone());
+                            inject_refs.push(ParseRef {
+                                serial: stmt.serial,
+                                injected: true,
+                            });
                             stmt.on_server = true;
                             injected.push(name.to_string());
                         }
@@ -444,13 +555,21 @@ impl Intercept {
                     let lexed = lexer::lex(sql, true);
                     let stmts = lexed.as_deref().map(lexer::statements);
                     let effect = self.watch_session_changes(stmts.as_deref().ok(), sql);
-                    parsed_here.push(name.to_string());
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);
+                    if known {
+                        // PostgreSQL answers 42P05 and keeps the statement it has.
+                        client_refs.push(ParseRef {
+                            serial: 0,
+                            injected: false,
+                        });
+                        continue;
+                    }
+                    parsed_here.push(name.to_string());
                     // Lexed once, for the session-change check and recognition.
                     let writes = stmts.as_ref().ok().and_then(|s| recognize_stmts(s));
                     let prepared = match writes {
-                        Some(writes) if self.enabled && !known => {
+                        Some(writes) if self.enabled => {
                             let asking = may_ask.then_some(&mut *wire);
                             self.prepare_writes(writes, sql, &param_types, asking).await
                         }
@@ -460,6 +579,11 @@ impl Intercept {
                     // again at every execution.
                     let resolution = effect == Effect::Resolution;
                     may_ask &= !resolution;
+                    let serial = self.serial();
+                    client_refs.push(ParseRef {
+                        serial,
+                        injected: false,
+                    });
                     self.stmts.insert(
                         name.to_string(),
                         Stmt {
@@ -468,6 +592,7 @@ impl Intercept {
                             on_server: true,
                             scope: None,
                             resolution,
+                            serial,
                         },
                     );
                 }
@@ -538,7 +663,8 @@ impl Intercept {
         for m in inject.iter().chain(&msgs) {
             out.extend_from_slice(m);
         }
-        wire.forward(out, inject.len()).await
+        inject_refs.append(&mut client_refs);
+        wire.forward(out, inject.len(), &inject_refs).await
     }
 }
 

@@ -1,0 +1,262 @@
+"""Protocol parity: message sequences that must get exactly the same replies through the proxy as
+from PostgreSQL directly, in a database with a write-behind table `wbt (id int PRIMARY KEY, n int)`
+(interception on). Each scenario runs on a fresh connection against both ports; replies are
+compared message by message (type, SQLSTATE or tag, data). Then psycopg 3 cases that used to hang.
+
+Usage: protocol_parity.py PROXY_PORT DIRECT_PORT
+"""
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+import psycopg
+
+
+def message(kind, body=b""):
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def cstr(s):
+    return s.encode() + b"\0"
+
+
+def query(sql):
+    return message(b"Q", cstr(sql))
+
+
+def parse(name, sql):
+    return message(b"P", cstr(name) + cstr(sql) + struct.pack("!H", 0))
+
+
+def bind(statement, params=()):
+    body = cstr("") + cstr(statement) + struct.pack("!HH", 0, len(params))
+    for p in params:
+        body += struct.pack("!i", len(p)) + p.encode()
+    return message(b"B", body + struct.pack("!H", 0))
+
+
+def execute():
+    return message(b"E", cstr("") + struct.pack("!I", 0))
+
+
+SYNC = message(b"S")
+FLUSH = message(b"H")
+
+
+def copy_data(text):
+    return message(b"d", text.encode())
+
+
+COPY_DONE = message(b"c")
+
+
+class Session:
+    """A raw protocol-3 session as user postgres (trust authentication)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        body = struct.pack("!I", 196608) + cstr("user") + cstr("postgres")
+        body += cstr("database") + cstr("postgres") + b"\0"
+        self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
+        self.pid = None
+        self.until_ready()
+
+    def send(self, *msgs):
+        self.sock.sendall(b"".join(msgs))
+
+    def read(self, timeout):
+        """One message as a comparable tuple, or None if none came within `timeout`."""
+        deadline = time.time() + timeout
+        while True:
+            if len(self.buf) >= 5:
+                length = struct.unpack("!I", self.buf[1:5])[0]
+                if len(self.buf) >= length + 1:
+                    kind, body = self.buf[:1], self.buf[5:length + 1]
+                    self.buf = self.buf[length + 1:]
+                    if kind == b"K":
+                        self.pid = struct.unpack("!i", body[:4])[0]
+                    return summary(kind, body)
+            left = deadline - time.time()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return ("closed",)
+            self.buf += data
+
+    def until_ready(self, timeout=10):
+        out = []
+        while True:
+            m = self.read(timeout)
+            if m is None:
+                return out + [("timed out",)]
+            if m[0] in ("S", "K", "N"):  # settings, keys, notices: not compared
+                continue
+            out.append(m)
+            if m[0] in ("Z", "closed"):
+                return out
+
+    def close(self):
+        self.sock.close()
+
+
+def summary(kind, body):
+    kind = kind.decode()
+    if kind == "E":
+        fields = {chr(p[0]): p[1:].decode() for p in body.split(b"\0") if p}
+        return (kind, fields.get("C"), fields.get("M"))
+    if kind in ("C", "Z"):
+        return (kind, body.rstrip(b"\0").decode())
+    if kind == "D":
+        return (kind, body.hex())
+    return (kind,)
+
+
+def scenarios(s, key):
+    """Yields (name, replies) for each scenario, run on session `s`; `key` keeps rows apart."""
+    # BackendKeyData carries the backend's pid (drivers compare it with notifications' sender).
+    s.send(query("SELECT pg_backend_pid()"))
+    r = s.until_ready()
+    yield "backend pid", [m for m in r if m[0] != "D"] + [("pid matches", any(
+        m[0] == "D" and bytes.fromhex(m[1])[6:].decode() == str(s.pid) for m in r))]
+
+    # A Parse PostgreSQL skipped after an earlier error of its group does not exist: its Bind
+    # gets 26000, and nothing is written.
+    s.send(parse("bad", "selec 1"), parse("w1", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
+    r = s.until_ready()
+    s.send(bind("w1", [str(key), "1"]), execute(), SYNC)
+    r += s.until_ready()
+    s.send(query(f"SELECT count(*) FROM wbt WHERE id = {key}"))
+    yield "skipped Parse", r + s.until_ready()
+
+    # A statement prepared locally, first used in a failed transaction, works after it.
+    s.send(parse("w2", "INSERT INTO wbt (id, n) VALUES ($1, $2) "
+                       "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"), SYNC)
+    r = s.until_ready()
+    for sql in ("BEGIN", "SELECT 1/0"):
+        s.send(query(sql))
+        r += s.until_ready()
+    s.send(bind("w2", [str(key + 1), "1"]), execute(), SYNC)
+    r += s.until_ready()
+    s.send(query("ROLLBACK"))
+    r += s.until_ready()
+    s.send(bind("w2", [str(key + 1), "2"]), execute(), SYNC)
+    r += s.until_ready()
+    s.send(query(f"SELECT n FROM wbt WHERE id = {key + 1}"))
+    yield "local statement after a failed transaction", r + s.until_ready()
+
+    # SQL sees statements prepared through the protocol: pg_prepared_statements, EXECUTE,
+    # DEALLOCATE (then the statement is gone), and a second Parse of the name is 42P05.
+    s.send(parse("w3", "INSERT INTO wbt (id, n) VALUES ($1, $2) "
+                       "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"), SYNC)
+    r = s.until_ready()
+    s.send(parse("w3", "SELECT 1"), SYNC)
+    r += s.until_ready()
+    s.send(bind("w3", [str(key + 2), "1"]), execute(), SYNC)
+    r += s.until_ready()
+    for sql in ("SELECT name FROM pg_prepared_statements WHERE name = 'w3'",
+                f"EXECUTE w3({key + 2}, 2)", "DEALLOCATE w3"):
+        s.send(query(sql))
+        r += s.until_ready()
+    s.send(bind("w3", [str(key + 2), "3"]), execute(), SYNC)
+    r += s.until_ready()
+    s.send(query(f"SELECT n FROM wbt WHERE id = {key + 2}"))
+    yield "SQL-level prepared statements", r + s.until_ready()
+
+    # A group binding the unnamed statement, then preparing a write on a table name the proxy
+    # has not resolved yet (its own lookup query must not replace the unnamed statement).
+    s.send(parse("", "SELECT 'unnamed'"), SYNC)
+    r = s.until_ready()
+    s.send(bind(""), execute(), parse("w4", "INSERT INTO public.wbt (id, n) VALUES ($1, $2)"),
+           bind("w4", [str(key + 3), "1"]), execute(), SYNC)
+    yield "unnamed statement and name resolution", r + s.until_ready()
+
+    # An error answers a Flush at once (no Sync yet).
+    s.send(parse("", "selec 1"), FLUSH)
+    r = [s.read(5) or ("nothing before Sync",)]
+    s.send(SYNC)
+    yield "error after Flush", r + s.until_ready()
+
+    # COPY FROM STDIN after DDL in the same Query, and in a transaction block.
+    s.send(query(f"CREATE TABLE copy_{key} (a int); COPY copy_{key} FROM STDIN"))
+    r = []
+    for _ in range(2):  # CommandComplete of CREATE TABLE, CopyInResponse
+        r.append(s.read(10))
+    s.send(copy_data("1\n2\n"), COPY_DONE)
+    r += s.until_ready()
+    for sql in ("BEGIN", f"TRUNCATE copy_{key}"):
+        s.send(query(sql))
+        r += s.until_ready()
+    s.send(query(f"COPY copy_{key} FROM STDIN"))
+    r.append(s.read(10))
+    s.send(copy_data("3\n"), COPY_DONE)
+    r += s.until_ready()
+    for sql in ("COMMIT", f"SELECT sum(a) FROM copy_{key}", f"DROP TABLE copy_{key}"):
+        s.send(query(sql))
+        r += s.until_ready()
+    yield "COPY after DDL", r
+
+
+def run_raw(port, key):
+    s = Session(port)
+    try:
+        return dict(scenarios(s, key))
+    finally:
+        s.close()
+
+
+def timed_out(*_):
+    raise TimeoutError("hung for 20 s")
+
+
+def psycopg_cases(port):
+    """What psycopg reports for a failing pipeline and a COPY after TRUNCATE in a transaction."""
+    out = []
+    signal.signal(signal.SIGALRM, timed_out)
+    signal.alarm(20)
+    try:
+        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            try:
+                with c.pipeline():
+                    c.execute("SELECT 1/0").fetchall()
+            except psycopg.Error as e:
+                out.append(("pipeline", e.sqlstate))
+            c.execute("CREATE TABLE IF NOT EXISTS copy_stage (a int, b text)")
+        with psycopg.connect(dsn) as c:  # a transaction block, as psycopg opens by default
+            c.execute("TRUNCATE copy_stage")
+            with c.cursor().copy("COPY copy_stage FROM STDIN") as cp:
+                for i in range(1000):
+                    cp.write_row((i, "x"))
+            out.append(("copy", c.execute("SELECT count(*) FROM copy_stage").fetchone()[0]))
+    finally:
+        signal.alarm(0)
+    return out
+
+
+def main():
+    proxy, direct = int(sys.argv[1]), int(sys.argv[2])
+    failures = []
+    expected = run_raw(direct, 100_000)
+    got = run_raw(proxy, 200_000)
+    for name, replies in expected.items():
+        # Keys differ between the two runs only inside the CREATE/DROP names and rows written.
+        if got.get(name) != replies:
+            failures.append(f"{name}:\n  direct {replies}\n  proxy  {got.get(name)}")
+    expected_pg = psycopg_cases(direct)
+    got_pg = psycopg_cases(proxy)
+    if got_pg != expected_pg:
+        failures.append(f"psycopg:\n  direct {expected_pg}\n  proxy  {got_pg}")
+    if failures:
+        print("\n".join(failures))
+        sys.exit(1)
+    print(f"{len(expected) + 1} scenarios: the proxy answered as PostgreSQL did")
+
+
+if __name__ == "__main__":
+    main()

@@ -206,6 +206,11 @@ BEGIN
         PERFORM writebehind._raise('42P16', format('table "%s" has no primary key', tbl),
             'Keyed write-behind coalesces changes per primary key: add one, or use mode => ''append'' for insert-only tables.');
     END IF;
+    IF mode = 'keyed' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indisprimary
+                                    AND NOT i.indimmediate) THEN
+        PERFORM writebehind._raise('0A000', format('the primary key of table "%s" is deferrable', tbl),
+            'The apply worker upserts by primary key (INSERT ... ON CONFLICT), which PostgreSQL does not allow on a deferrable constraint. Make the key NOT DEFERRABLE.');
+    END IF;
     RETURN coalesce(pk, '{}');
 END $$;
 

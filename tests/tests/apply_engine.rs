@@ -513,3 +513,123 @@ async fn applied_rows_reach_the_statistics_autovacuum_reads() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// `char(n)`, `bit(n)` and arrays of `char(n)` take the whole value, as an INSERT does: the
+/// worker cast them to `character` and `bit`, which mean `char(1)` and `bit(1)`, so 'hello'
+/// was stored as 'h' and a `bit(4)` value was dead-lettered. Too long is still 22001.
+#[tokio::test]
+async fn char_n_and_bit_n_values_are_not_truncated() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE cb (id int PRIMARY KEY, c char(5), b bit(4), a char(3)[]);
+             SELECT writebehind.enable('cb');",
+        )
+        .await?;
+    let rel = relid(&client, "cb").await?;
+    let row = |id: i32, data: &str| Change {
+        op: 'I',
+        key: vec![id.to_string()],
+        data: Some(data.into()),
+    };
+    // One shape (the one-statement path), then mixed shapes (the general path).
+    let uniform = vec![
+        row(1, r#"{"c": "hello", "b": "1010", "a": "{abc,de}"}"#),
+        row(2, r#"{"c": "hi", "b": "0001", "a": "{x}"}"#),
+    ];
+    let mixed = vec![
+        row(3, r#"{"c": "world"}"#),
+        row(4, r#"{"b": "1100"}"#),
+        row(5, r#"{"c": "toolong"}"#),
+    ];
+    assert!(ship(&mut client, "chars", 1, rel, &uniform).await?);
+    assert!(ship(&mut client, "chars", 2, rel, &mixed).await?);
+    flush(&client).await?;
+    let got: Vec<String> = client
+        .query(
+            "SELECT id || ':' || coalesce(c, '-') || ':' || coalesce(b::text, '-') || ':' ||
+                    coalesce(a::text, '-') FROM cb ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            r#"1:hello:1010:{abc,"de "}"#,
+            r#"2:hi:0001:{"x  "}"#,
+            "3:world:-:-",
+            "4:-:1100:-"
+        ]
+    );
+    let dead: Vec<String> = client
+        .query("SELECT sqlstate FROM writebehind.dead_letters", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dead, ["22001"], "only the value too long for char(5)");
+    Ok(())
+}
+
+/// A change that violates a DEFERRABLE INITIALLY DEFERRED constraint is one dead letter and the
+/// table's other changes apply: the violation used to surface at the worker's COMMIT, outside
+/// the subtransactions that isolate failures, failing the table's every round for good. A
+/// deferrable primary key is refused by enable() (the worker upserts by it).
+#[tokio::test]
+async fn deferred_constraints_dead_letter_one_change_not_the_table() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE dp (id int PRIMARY KEY);
+             INSERT INTO dp VALUES (1);
+             CREATE TABLE dc (id int PRIMARY KEY,
+                              pid int REFERENCES dp DEFERRABLE INITIALLY DEFERRED,
+                              u text UNIQUE DEFERRABLE INITIALLY DEFERRED);
+             SELECT writebehind.enable('dc');
+             CREATE TABLE dk (id int PRIMARY KEY DEFERRABLE);",
+        )
+        .await?;
+    let refused = client.execute("SELECT writebehind.enable('dk')", &[]).await;
+    assert_eq!(
+        refused.err().as_ref().and_then(|e| e.code()),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "a deferrable primary key"
+    );
+    let rel = relid(&client, "dc").await?;
+    let row = |id: i32, data: &str| Change {
+        op: 'I',
+        key: vec![id.to_string()],
+        data: Some(data.into()),
+    };
+    let batch = vec![
+        row(1, r#"{"pid": "1", "u": "a"}"#),
+        row(2, r#"{"pid": "99", "u": "b"}"#),
+        row(3, r#"{"pid": "1", "u": "a"}"#),
+        row(4, r#"{"pid": "1", "u": "c"}"#),
+    ];
+    assert!(ship(&mut client, "deferred", 1, rel, &batch).await?);
+    flush(&client).await?;
+    let ids: Vec<i32> = client
+        .query("SELECT id FROM dc ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 4]);
+    let dead: Vec<String> = client
+        .query(
+            "SELECT key || ' ' || sqlstate FROM writebehind.dead_letters ORDER BY key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dead, [r#"["2"] 23503"#, r#"["3"] 23505"#]);
+    Ok(())
+}

@@ -78,7 +78,11 @@ pub fn load(client: &SpiClient<'_>, relid: pg_sys::Oid) -> SpiResult<Option<Tabl
     };
     let mut types = HashMap::new();
     for r in client.select(
-        "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
+        // The type without its modifier, as a cast can name it: typmod -1 (not NULL) spells
+        // char(n) `bpchar` and bit(n) `"bit"`, where NULL gives `character` and `bit`, which
+        // mean char(1) and bit(1) and would truncate. The column's own modifier is checked
+        // when the value is assigned, as for an INSERT.
+        "SELECT attname::text, format_type(atttypid, -1) FROM pg_attribute
           WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
         None,
         &[relid.into()],

@@ -633,3 +633,45 @@ async fn deferred_constraints_dead_letter_one_change_not_the_table() -> anyhow::
     assert_eq!(dead, [r#"["2"] 23503"#, r#"["3"] 23505"#]);
     Ok(())
 }
+
+/// `INSERT … ON CONFLICT DO NOTHING` after another insert of the same key in one round: when the
+/// first fails (here a CHECK), the DO NOTHING row is inserted, as in PostgreSQL. It used to be
+/// folded away, so an acknowledged write was neither applied nor dead-lettered.
+#[tokio::test]
+async fn a_do_nothing_insert_applies_when_the_insert_before_it_fails() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE dn (id int PRIMARY KEY, n int CHECK (n >= 0), v text);
+             SELECT writebehind.enable('dn');",
+        )
+        .await?;
+    let rel = relid(&client, "dn").await?;
+    let row = |op: char, id: i32, data: &str| Change {
+        op,
+        key: vec![id.to_string()],
+        data: Some(data.into()),
+    };
+    let batch = vec![
+        row('I', 1, r#"{"n": "-1", "v": "bad"}"#),
+        row('N', 1, r#"{"n": "5", "v": "good"}"#),
+        row('I', 2, r#"{"n": "1", "v": "first"}"#),
+        row('N', 2, r#"{"n": "2", "v": "ignored"}"#),
+    ];
+    assert!(ship(&mut client, "nothing", 1, rel, &batch).await?);
+    flush(&client).await?;
+    let got: Vec<String> = client
+        .query("SELECT id || ':' || n || ':' || v FROM dn ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, ["1:5:good", "2:1:first"]);
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
+        .await?
+        .get(0);
+    assert_eq!(dead, 1, "the failing insert");
+    Ok(())
+}

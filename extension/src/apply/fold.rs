@@ -221,16 +221,16 @@ fn push(steps: &mut Vec<Change>, next: Change) {
                 origin: prev_origin,
             }) = steps.last_mut()
             {
-                match (&*prev_conflict, &conflict) {
-                    // Upsert after upsert: the listed columns overlay.
-                    (Conflict::Upsert, Conflict::Upsert) => {
-                        prev.extend(values);
-                        *prev_origin = origin;
-                        return;
-                    }
-                    // After any insert the key exists, so a DO NOTHING insert does nothing.
-                    (_, Conflict::Ignore) => return,
-                    _ => {}
+                // Upsert after upsert: the listed columns overlay. Anything else is the key's
+                // next step; so is a DO NOTHING insert after another insert: it does nothing
+                // only if that one applies, and must insert when that one fails (a CHECK).
+                if matches!(
+                    (&*prev_conflict, &conflict),
+                    (Conflict::Upsert, Conflict::Upsert)
+                ) {
+                    prev.extend(values);
+                    *prev_origin = origin;
+                    return;
                 }
             }
             steps.push(Change {

@@ -160,6 +160,17 @@ SET search_path = pg_catalog, pg_temp AS $$
           FROM unnest(string_to_array(current_setting('writebehind.databases', true), ',')) d)
 $$;
 
+-- The primary-key columns of a table, in key order (NULL without a primary key).
+CREATE FUNCTION writebehind._primary_key(tbl regclass)
+RETURNS text[] LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT array_agg(a.attname::text ORDER BY k.ord)
+      FROM pg_index i
+     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = tbl AND i.indisprimary
+$$;
+
 -- Checks that a table may be registered, and returns its primary-key columns in key order.
 CREATE FUNCTION writebehind._check_table(tbl regclass, mode text)
 RETURNS text[] LANGUAGE plpgsql STABLE
@@ -197,11 +208,7 @@ BEGIN
         PERFORM writebehind._raise('22023', format('unknown write-behind mode "%s"', mode),
             'Valid modes are "keyed" (the table has a primary key) and "append" (insert-only, no key).');
     END IF;
-    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO pk
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = tbl AND i.indisprimary;
+    pk := writebehind._primary_key(tbl);
     IF mode = 'keyed' AND pk IS NULL THEN
         PERFORM writebehind._raise('42P16', format('table "%s" has no primary key', tbl),
             'Keyed write-behind coalesces changes per primary key: add one, or use mode => ''append'' for insert-only tables.');
@@ -350,6 +357,13 @@ BEGIN
                  JOIN writebehind.tables t ON t.relid = c.objid
                  WHERE c.classid = 'pg_class'::regclass
         LOOP
+            -- A keyed table's primary key changed (or was dropped): the registry follows, so
+            -- proxies key new writes by the new key (none without one) and the worker applies
+            -- by it. Changes keyed the old way may become dead letters (docs/operations.md).
+            UPDATE writebehind.tables t
+               SET key_columns = coalesce(writebehind._primary_key(t.relid), '{}')
+             WHERE t.relid = r.objid AND t.mode = 'keyed'
+               AND t.key_columns IS DISTINCT FROM coalesce(writebehind._primary_key(t.relid), '{}');
             PERFORM pg_notify('writebehind_registry', 'ddl ' || r.objid);
         END LOOP;
         IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE NOT c.in_extension

@@ -600,3 +600,115 @@ async fn a_database_without_an_apply_worker_is_not_written_behind() -> anyhow::R
     );
     Ok(())
 }
+
+/// A registered table's primary key changes (or goes) by DDL through the proxy: the registry
+/// follows, new writes are keyed by the new key (or pass through without one), and every row
+/// arrives as PostgreSQL would have it. Before, the proxy went on keying by the old column and
+/// each insert became a 42P10 dead letter (ON CONFLICT on a column without a unique index).
+#[tokio::test]
+async fn writes_follow_a_changed_primary_key() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE rk (id int, code text NOT NULL, v text, CONSTRAINT rk_pkey PRIMARY KEY (id));
+             CREATE TABLE nk (id int PRIMARY KEY, v text);
+             SELECT writebehind.enable('rk'), writebehind.enable('nk');",
+        )
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.batch_execute(
+        "INSERT INTO rk VALUES (1, 'a', 'x');
+         ALTER TABLE rk DROP CONSTRAINT rk_pkey, ADD CONSTRAINT rk_pkey PRIMARY KEY (code);",
+    )
+    .await?;
+    c.batch_execute("INSERT INTO rk VALUES (2, 'b', 'y')")
+        .await?;
+    c.batch_execute("UPDATE rk SET v = 'z' WHERE code = 'b'")
+        .await?;
+    c.batch_execute("INSERT INTO nk VALUES (1, 'x'); ALTER TABLE nk DROP CONSTRAINT nk_pkey")
+        .await?;
+    c.batch_execute("INSERT INTO nk VALUES (2, 'y')").await?;
+    c.execute("SELECT writebehind.flush()", &[]).await?;
+    let rows = |sql: &'static str| {
+        let direct = &direct;
+        async move {
+            Ok::<Vec<String>, anyhow::Error>(
+                direct
+                    .query(sql, &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect(),
+            )
+        }
+    };
+    assert_eq!(
+        rows("SELECT id || code || v FROM rk ORDER BY id").await?,
+        ["1ax", "2bz"]
+    );
+    assert_eq!(
+        rows("SELECT id || v FROM nk ORDER BY id").await?,
+        ["1x", "2y"]
+    );
+    assert_eq!(
+        rows("SELECT relid::text || ' ' || key_columns::text FROM writebehind.tables ORDER BY 1")
+            .await?,
+        ["nk {}", "rk {code}"]
+    );
+    assert_eq!(
+        rows("SELECT sqlstate FROM writebehind.dead_letters").await?,
+        Vec::<String>::new()
+    );
+    Ok(())
+}
+
+/// Defaults that depend on the writer's session (`current_user`, a custom setting) are computed
+/// by PostgreSQL in that session: such an INSERT passes through. The worker, writing as the
+/// owner in its own session, stored the owner's name and NULL.
+#[tokio::test]
+async fn session_dependent_defaults_are_the_writers() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE sd (id int PRIMARY KEY, v text,
+                              who text DEFAULT current_user,
+                              tenant text DEFAULT current_setting('app.tenant', true));
+             SELECT writebehind.enable('sd');
+             CREATE ROLE app LOGIN;
+             GRANT ALL ON sd TO app;",
+        )
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("app", "postgres")).await?;
+    c.batch_execute("SET app.tenant = 'acme'").await?;
+    c.batch_execute("INSERT INTO sd (id, v) VALUES (1, 'x')")
+        .await?;
+    c.batch_execute("INSERT INTO sd VALUES (2, 'y', DEFAULT, DEFAULT)")
+        .await?;
+    // Every column given: acknowledged from memory as usual.
+    c.batch_execute("INSERT INTO sd VALUES (3, 'z', 'me', 't')")
+        .await?;
+    c.execute("SELECT writebehind.flush()", &[]).await?;
+    let got: Vec<String> = direct
+        .query(
+            "SELECT id || ':' || who || ':' || tenant FROM sd ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, ["1:app:acme", "2:app:acme", "3:me:t"]);
+    let acked: i64 = direct
+        .query_one(
+            "SELECT acked FROM writebehind.status WHERE \"table\" = 'sd'::regclass",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(acked, 1, "only the INSERT with every column given");
+    Ok(())
+}

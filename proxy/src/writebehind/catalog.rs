@@ -26,6 +26,9 @@ pub struct Column {
     /// Its collation is nondeterministic (e.g. case-insensitive ICU): values with different
     /// text may be equal, so the text cannot identify a key.
     pub nondeterministic: bool,
+    /// Its default depends on the session (`current_user`, `current_setting(…)`, …): the
+    /// worker, a different session, would compute another value.
+    pub session_default: bool,
 }
 
 /// One registered table.
@@ -63,6 +66,7 @@ impl Column {
             typmod: -1,
             default_only: false,
             nondeterministic: false,
+            session_default: false,
         }
     }
 }
@@ -122,7 +126,9 @@ pub const LOAD_SQL: &str = "
            (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows,
            COALESCE((SELECT NOT co.collisdeterministic FROM pg_collation co
                       WHERE co.oid = a.attcollation), false),
-           c.relrowsecurity
+           c.relrowsecurity,
+           COALESCE((SELECT pg_get_expr(d.adbin, d.adrelid) ~* '\\m(current_user|session_user|current_role|user|current_setting|current_schemas?|current_query|inet_(client|server)_(addr|port)|pg_backend_pid|txid_current|pg_current_xact_id|pg_my_temp_schema|pg_trigger_depth)\\M'
+                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false)
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -239,6 +245,7 @@ impl Catalog {
                     typmod,
                     default_only: r.try_get(10)?,
                     nondeterministic: r.try_get(14)?,
+                    session_default: r.try_get(16)?,
                 });
             }
         }

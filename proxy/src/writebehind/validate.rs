@@ -10,7 +10,10 @@ use super::recognize::{OnConflict, SetExpr, Value, Write};
 /// Converts `write` on `table` into changes, or `None` to pass the statement through.
 /// Only constant values are handled here (simple query protocol).
 pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
-    if table.row_security {
+    // Row-level security: the worker would bypass the writer's policies. A keyed table whose
+    // primary key was dropped (`writebehind.tables.key_columns` emptied by the DDL trigger):
+    // no key to coalesce or apply by.
+    if table.row_security || (!table.append && table.key.is_empty()) {
         return None;
     }
     match write {
@@ -30,6 +33,19 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
                     return None;
                 }
                 seen.push(*n);
+            }
+            // A default that depends on the session (the role, a custom setting) is computed
+            // by PostgreSQL in the writer's session, not later by the worker.
+            for col in table.columns.iter().filter(|c| c.session_default) {
+                let defaulted = match names.iter().position(|n| *n == col.name) {
+                    None => true,
+                    Some(pos) => rows
+                        .iter()
+                        .any(|r| matches!(r.get(pos), Some(Value::Default))),
+                };
+                if defaulted {
+                    return None;
+                }
             }
             let (op, conflict_set) = match on_conflict {
                 None => (b'I', None),

@@ -27,15 +27,8 @@ impl Intercept {
         if !self.enabled {
             return Scope::All;
         }
-        if self.schema_stale {
-            if self.mid_group || wire.drained().await != b'I' {
-                return Scope::All; // not committed yet
-            }
-            if let Err(error) = self.rt.reload_catalog().await {
-                tracing::debug!(%error, "reloading the catalog after a schema change failed");
-                return Scope::All;
-            }
-            self.schema_stale = false;
+        if !self.catalog_current(wire).await {
+            return Scope::All;
         }
         let catalog = self.rt.catalog.borrow().clone();
         let mut scope = Scope::default();

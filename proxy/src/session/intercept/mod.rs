@@ -178,6 +178,24 @@ impl Intercept {
         Ok(())
     }
 
+    /// Whether the catalog is current for this session: after a statement of its own that may
+    /// have changed the schema, it is reloaded once that committed (the session is idle
+    /// outside a transaction block) and before anything is acknowledged or scoped against it.
+    async fn catalog_current<W: Wire>(&mut self, wire: &mut W) -> bool {
+        if !self.schema_stale {
+            return true;
+        }
+        if self.mid_group || wire.drained().await != b'I' {
+            return false; // not committed yet
+        }
+        if let Err(error) = self.rt.reload_catalog().await {
+            tracing::debug!(%error, "reloading the catalog after a schema change failed");
+            return false;
+        }
+        self.schema_stale = false;
+        true
+    }
+
     /// A serial for a new statement.
     fn serial(&mut self) -> u64 {
         self.serials += 1;
@@ -252,7 +270,11 @@ impl Intercept {
                 let streaming = std::mem::take(&mut self.streaming);
                 self.group.push(msg);
                 let group = self.take_group();
-                if !streaming && self.acking() && (group.len() > 1 || self.open.is_some()) {
+                if !streaming
+                    && self.acking()
+                    && (group.len() > 1 || self.open.is_some())
+                    && self.catalog_current(wire).await
+                {
                     if let Some(plan) = self.plan(&group, wire).await {
                         return self.answer(plan, group, wire).await;
                     }
@@ -270,7 +292,11 @@ impl Intercept {
                 // The client wants the replies so far: answer what is local now (its changes
                 // wait for the Sync); otherwise the group goes to PostgreSQL.
                 let mut group = self.take_group();
-                if !self.streaming && self.acking() {
+                if !self.streaming
+                    && self.acking()
+                    && !group.is_empty()
+                    && self.catalog_current(wire).await
+                {
                     if let Some(plan) = self.plan(&group, wire).await {
                         if self.open.is_some()
                             || (wire.drained().await == b'I'
@@ -388,7 +414,7 @@ impl Intercept {
         }
         let writes = recognize_stmts(&stmts);
         self.watch_session_changes(lex_ok.then_some(stmts.as_slice()), sql);
-        if self.acking() {
+        if self.acking() && writes.is_some() && self.catalog_current(wire).await {
             if let Some(writes) = writes {
                 let mut changes = Vec::new();
                 let mut tags = Vec::with_capacity(writes.len());

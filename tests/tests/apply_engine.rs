@@ -675,3 +675,88 @@ async fn a_do_nothing_insert_applies_when_the_insert_before_it_fails() -> anyhow
     assert_eq!(dead, 1, "the failing insert");
     Ok(())
 }
+
+/// Changes of one round that depend on another key's change applied by a later statement of
+/// the round: a child row whose parent (same table) comes in another column shape, and a
+/// unique value another key's UPDATE gives up. PostgreSQL, one statement after the other,
+/// applies them; the worker now retries such integrity failures at the end of the round
+/// instead of dead-lettering them. Append tables keep arrival order across column shapes
+/// (their serial numbers follow it).
+#[tokio::test]
+async fn changes_that_need_another_keys_change_apply_and_append_rows_keep_order(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE sr (id int PRIMARY KEY, parent int REFERENCES sr, v text);
+             CREATE TABLE uq (id int PRIMARY KEY, email text UNIQUE);
+             INSERT INTO uq VALUES (1, 'a@x');
+             CREATE TABLE ev (seq bigserial, kind text DEFAULT 'none', n int);
+             SELECT writebehind.enable('sr'), writebehind.enable('uq');
+             SELECT writebehind.enable('ev', mode => 'append');",
+        )
+        .await?;
+    let change = |op: char, key: Vec<String>, data: &str| Change {
+        op,
+        key,
+        data: Some(data.into()),
+    };
+    let k = |id: i32| vec![id.to_string()];
+    let (sr, uq, ev) = (
+        relid(&client, "sr").await?,
+        relid(&client, "uq").await?,
+        relid(&client, "ev").await?,
+    );
+    let sr_rows = [
+        change('I', k(9), r#"{"parent": null, "v": "x"}"#),
+        change('I', k(1), r#"{"v": "root"}"#),
+        change('I', k(2), r#"{"parent": "1", "v": "child"}"#),
+    ];
+    let uq_rows = [
+        change('I', k(3), r#"{"email": "c@x"}"#),
+        change('U', k(1), r#"{"email": {"set": "b@x"}}"#),
+        change('I', k(2), r#"{"email": "a@x"}"#),
+    ];
+    let ev_rows = [
+        change('I', vec![], r#"{"kind": "login", "n": "1"}"#),
+        change('I', vec![], r#"{"n": "2"}"#),
+        change('I', vec![], r#"{"kind": "logout", "n": "3"}"#),
+        change('I', vec![], r#"{"n": "4"}"#),
+    ];
+    let mut rows: Vec<(u32, &Change)> = sr_rows.iter().map(|c| (sr, c)).collect();
+    rows.extend(uq_rows.iter().map(|c| (uq, c)));
+    rows.extend(ev_rows.iter().map(|c| (ev, c)));
+    assert!(ship_rows(&mut client, "order", 1, &rows).await?);
+    flush(&client).await?;
+    let text = |sql: &'static str| {
+        let client = &client;
+        async move {
+            Ok::<Vec<String>, anyhow::Error>(
+                client
+                    .query(sql, &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect(),
+            )
+        }
+    };
+    assert_eq!(
+        text("SELECT id || ':' || coalesce(parent::text, '-') FROM sr ORDER BY id").await?,
+        ["1:-", "2:1", "9:-"]
+    );
+    assert_eq!(
+        text("SELECT id || ':' || email FROM uq ORDER BY id").await?,
+        ["1:b@x", "2:a@x", "3:c@x"]
+    );
+    assert_eq!(
+        text("SELECT n::text FROM ev ORDER BY seq").await?,
+        ["1", "2", "3", "4"]
+    );
+    assert_eq!(
+        text("SELECT sqlstate FROM writebehind.dead_letters").await?,
+        Vec::<String>::new()
+    );
+    Ok(())
+}

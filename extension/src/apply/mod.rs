@@ -365,6 +365,12 @@ pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Applies a folded plan step by step, one statement per shape within a step (for an append
+/// table, per run of one shape, so that rows keep their arrival order: serial and identity
+/// values are drawn in it). A change that fails on an integrity constraint (class 23) as its
+/// key's last step gets a second chance at the end of the round, in arrival order: what it
+/// needed may be another key's change applied by a later statement (a parent row of the same
+/// table, a unique value another key gave up). What still fails is a dead letter.
 fn apply_plan(
     client: &mut SpiClient<'_>,
     meta: &TableMeta,
@@ -372,54 +378,115 @@ fn apply_plan(
     dead: &mut Vec<DeadLetter>,
 ) -> [usize; 3] {
     let mut applied = [0; 3];
+    // (key index, step, failure) of changes to retry at the end.
+    let mut again: Vec<(usize, usize, isolate::Failure)> = Vec::new();
     for step in 0..plan.depth() {
-        let mut order: Vec<Shape> = Vec::new();
-        let mut groups: HashMap<Shape, Vec<usize>> = HashMap::new();
+        let mut runs: Vec<(Shape, Vec<usize>)> = Vec::new();
+        let mut by_shape: HashMap<Shape, usize> = HashMap::new();
         for (i, k) in plan.keys.iter().enumerate() {
-            if let Some(change) = k.changes.get(step) {
-                let shape = Shape::of(&change.step);
-                groups
-                    .entry(shape.clone())
-                    .or_insert_with(|| {
-                        order.push(shape);
-                        Vec::new()
-                    })
-                    .push(i);
+            let Some(change) = k.changes.get(step) else {
+                continue;
+            };
+            let shape = Shape::of(&change.step);
+            let run = if meta.append {
+                match runs.last_mut() {
+                    Some((s, members)) if *s == shape => {
+                        members.push(i);
+                        continue;
+                    }
+                    _ => None,
+                }
+            } else {
+                by_shape.get(&shape).copied()
+            };
+            match run {
+                Some(r) => runs[r].1.push(i),
+                None => {
+                    by_shape.insert(shape.clone(), runs.len());
+                    runs.push((shape, vec![i]));
+                }
             }
         }
-        for shape in order {
-            let members = groups.remove(&shape).unwrap_or_default();
-            let positions: Vec<usize> = (0..members.len()).collect();
+        for (shape, members) in runs {
             let mut failures = Vec::new();
-            let mut run = |subset: &[usize]| {
-                let changes: Vec<(&[String], &Step)> = subset
-                    .iter()
-                    .map(|&p| {
-                        let k = &plan.keys[members[p]];
-                        (k.key.as_slice(), &k.changes[step].step)
-                    })
-                    .collect();
-                let stmt = statements::build(meta, &shape, &changes);
-                let args: Vec<pgrx::datum::DatumWithOid> =
-                    stmt.columns.into_iter().map(Into::into).collect();
-                if let Err(e) = client.update(stmt.sql.as_str(), None, &args) {
-                    pgrx::error!("apply statement failed: {e}");
-                }
-            };
-            let kind = match shape {
-                Shape::Insert { .. } => 0,
-                Shape::Update { .. } => 1,
-                Shape::Delete => 2,
-            };
-            applied[kind] += isolate::apply_isolated(&positions, &mut run, &mut failures);
+            applied[kind(&shape)] +=
+                apply_members(client, meta, plan, &shape, step, &members, &mut failures);
             for f in failures {
-                let k = &plan.keys[members[f.index]];
-                let change = &k.changes[step];
-                dead.push(dead_letter(meta, &k.key, change, f.sqlstate, f.message));
+                let key = members[f.index];
+                let last = plan.keys[key].changes.len() == step + 1;
+                if last && f.sqlstate.starts_with("23") {
+                    again.push((key, step, f));
+                } else {
+                    let k = &plan.keys[key];
+                    dead.push(dead_letter(
+                        meta,
+                        &k.key,
+                        &k.changes[step],
+                        f.sqlstate,
+                        f.message,
+                    ));
+                }
             }
         }
     }
+    again.sort_by_key(|(key, step, _)| plan.keys[*key].changes[*step].origin);
+    for (key, step, first) in again {
+        let shape = Shape::of(&plan.keys[key].changes[step].step);
+        let mut failures = Vec::new();
+        let done = apply_members(client, meta, plan, &shape, step, &[key], &mut failures);
+        applied[kind(&shape)] += done;
+        if done == 0 {
+            let f = failures.pop().unwrap_or(first);
+            let k = &plan.keys[key];
+            dead.push(dead_letter(
+                meta,
+                &k.key,
+                &k.changes[step],
+                f.sqlstate,
+                f.message,
+            ));
+        }
+    }
     applied
+}
+
+/// Index into the applied counts by kind: inserts, updates, deletes.
+fn kind(shape: &Shape) -> usize {
+    match shape {
+        Shape::Insert { .. } => 0,
+        Shape::Update { .. } => 1,
+        Shape::Delete => 2,
+    }
+}
+
+/// Applies step `step` of the keys `members` (indexes into `plan.keys`), all of `shape`, with
+/// failures isolated (their `index` is a position in `members`); returns how many applied.
+fn apply_members(
+    client: &mut SpiClient<'_>,
+    meta: &TableMeta,
+    plan: &fold::Plan,
+    shape: &Shape,
+    step: usize,
+    members: &[usize],
+    failures: &mut Vec<isolate::Failure>,
+) -> usize {
+    let positions: Vec<usize> = (0..members.len()).collect();
+    let mut run = |subset: &[usize]| {
+        let changes: Vec<(&[String], &Step)> = subset
+            .iter()
+            .map(|&p| {
+                let k = &plan.keys[members[p]];
+                (k.key.as_slice(), &k.changes[step].step)
+            })
+            .collect();
+        let stmt = statements::build(meta, shape, &changes);
+        let args: Vec<pgrx::datum::DatumWithOid> =
+            stmt.columns.into_iter().map(Into::into).collect();
+        if let Err(e) = client.update(stmt.sql.as_str(), None, &args) {
+            pgrx::error!("apply statement failed: {e}");
+        }
+    };
+    isolate::apply_isolated(&positions, &mut run, failures)
 }
 
 /// Encodes a folded change back into inbox form (docs/inbox.md), so that a retry can re-queue it.

@@ -214,9 +214,27 @@ def timed_out(*_):
     raise TimeoutError("hung for 20 s")
 
 
-def psycopg_cases(port):
-    """What psycopg reports for a failing pipeline and a COPY after TRUNCATE in a transaction."""
-    out = []
+def listener_told(port, direct):
+    """Whether a client idle after LISTEN learns at once that its backend was terminated."""
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("LISTEN parity")
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(f"host=127.0.0.1 port={direct} user=postgres dbname=postgres",
+                             autocommit=True) as k:
+            k.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        try:
+            for _ in c.notifies(timeout=5):
+                pass
+            return "not told within 5 s"
+        except psycopg.OperationalError:
+            return "told"
+
+
+def psycopg_cases(port, direct):
+    """What psycopg reports for a failing pipeline, a COPY after TRUNCATE in a transaction, and a
+    listening client whose backend is terminated."""
+    out = [("listen", listener_told(port, direct))]
     signal.signal(signal.SIGALRM, timed_out)
     signal.alarm(20)
     try:
@@ -248,8 +266,8 @@ def main():
         # Keys differ between the two runs only inside the CREATE/DROP names and rows written.
         if got.get(name) != replies:
             failures.append(f"{name}:\n  direct {replies}\n  proxy  {got.get(name)}")
-    expected_pg = psycopg_cases(direct)
-    got_pg = psycopg_cases(proxy)
+    expected_pg = psycopg_cases(direct, direct)
+    got_pg = psycopg_cases(proxy, direct)
     if got_pg != expected_pg:
         failures.append(f"psycopg:\n  direct {expected_pg}\n  proxy  {got_pg}")
     if failures:

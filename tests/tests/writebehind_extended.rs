@@ -227,21 +227,30 @@ async fn psycopg3_prepared_pipelined_and_failing_pipelines() -> anyhow::Result<(
     let direct = cluster.connect("postgres").await?;
     direct.batch_execute(SCHEMA).await?;
     let proxy = Proxy::spawn(&cluster.url("postgres"), &["--flush-interval", "1h"])?;
+    python_script("psycopg_writebehind.py", &proxy, &cluster)?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+/// Runs `tests/python/<script> PROXY_PORT DIRECT_PORT` with the project's Python (psycopg 3);
+/// its output is the error if it fails.
+fn python_script(script: &str, proxy: &Proxy, cluster: &Cluster) -> anyhow::Result<()> {
     let python = writebehind_tests::repo_root().join(".venv/bin/python");
     anyhow::ensure!(
         python.exists(),
         "{} missing: run scripts/setup",
         python.display()
     );
-    let script = writebehind_tests::repo_root().join("tests/python/psycopg_writebehind.py");
+    let path = writebehind_tests::repo_root()
+        .join("tests/python")
+        .join(script);
     let (ok, out, err) = run_cmd(
         std::process::Command::new(python)
-            .arg(script)
+            .arg(path)
             .arg(proxy.port.to_string())
             .arg(cluster.port.to_string()),
     )?;
-    assert!(ok, "psycopg script failed:\n{out}\n{err}");
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    anyhow::ensure!(ok, "{script} failed:\n{out}\n{err}");
     Ok(())
 }
 
@@ -262,14 +271,5 @@ async fn protocol_sequences_get_postgres_own_replies() -> anyhow::Result<()> {
         )
         .await?;
     let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
-    let python = writebehind_tests::repo_root().join(".venv/bin/python");
-    let script = writebehind_tests::repo_root().join("tests/python/protocol_parity.py");
-    let (ok, out, err) = run_cmd(
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(proxy.port.to_string())
-            .arg(cluster.port.to_string()),
-    )?;
-    assert!(ok, "protocol parity:\n{out}\n{err}");
-    Ok(())
+    python_script("protocol_parity.py", &proxy, &cluster)
 }

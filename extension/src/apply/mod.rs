@@ -380,6 +380,10 @@ fn apply_plan(
     let mut applied = [0; 3];
     // (key index, step, failure) of changes to retry at the end.
     let mut again: Vec<(usize, usize, isolate::Failure)> = Vec::new();
+    let failed = |key: usize, step: usize, f: isolate::Failure| {
+        let k = &plan.keys[key];
+        dead_letter(meta, &k.key, &k.changes[step], f.sqlstate, f.message)
+    };
     for step in 0..plan.depth() {
         let mut runs: Vec<(Shape, Vec<usize>)> = Vec::new();
         let mut by_shape: HashMap<Shape, usize> = HashMap::new();
@@ -417,14 +421,7 @@ fn apply_plan(
                 if last && f.sqlstate.starts_with("23") {
                     again.push((key, step, f));
                 } else {
-                    let k = &plan.keys[key];
-                    dead.push(dead_letter(
-                        meta,
-                        &k.key,
-                        &k.changes[step],
-                        f.sqlstate,
-                        f.message,
-                    ));
+                    dead.push(failed(key, step, f));
                 }
             }
         }
@@ -436,15 +433,7 @@ fn apply_plan(
         let done = apply_members(client, meta, plan, &shape, step, &[key], &mut failures);
         applied[kind(&shape)] += done;
         if done == 0 {
-            let f = failures.pop().unwrap_or(first);
-            let k = &plan.keys[key];
-            dead.push(dead_letter(
-                meta,
-                &k.key,
-                &k.changes[step],
-                f.sqlstate,
-                f.message,
-            ));
+            dead.push(failed(key, step, failures.pop().unwrap_or(first)));
         }
     }
     applied

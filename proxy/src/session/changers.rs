@@ -80,6 +80,16 @@ pub fn effect(stmts: Option<&[&[Token]]>, sql: &str) -> Effect {
     }
 }
 
+/// Whether `sql` (its statements' tokens, or `None` when it could not be lexed) runs LISTEN.
+pub fn listens(stmts: Option<&[&[Token]]>, sql: &str) -> bool {
+    match stmts {
+        Some(stmts) => stmts
+            .iter()
+            .any(|t| matches!(t.first(), Some(Word(w)) if w == "listen")),
+        None => sql.to_ascii_lowercase().contains("listen"),
+    }
+}
+
 /// Prepared statements a Query drops by SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deallocated {
@@ -256,6 +266,18 @@ mod tests {
             Ok(tokens) => deallocated(Some(&lexer::statements(&tokens)), sql),
             Err(_) => deallocated(None, sql),
         }
+    }
+
+    #[test]
+    fn listen_is_recognized() {
+        let listens_in = |sql: &str| match lexer::lex(sql, true) {
+            Ok(tokens) => listens(Some(&lexer::statements(&tokens)), sql),
+            Err(_) => listens(None, sql),
+        };
+        assert!(listens_in("LISTEN wake"));
+        assert!(listens_in("SELECT 1; listen \"Wake\""));
+        assert!(!listens_in("SELECT 'listen'"));
+        assert!(!listens_in("UNLISTEN *"));
     }
 
     #[test]

@@ -372,7 +372,10 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let n = match ur.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
                 let idle = state.idle() && state.status.load(Ordering::Acquire) == b'I';
-                if flags.intercepted && idle {
+                // A session that listens for notifications waits for the server, not for
+                // its own next statement: it is told at once, as without the proxy.
+                let listening = state.listening.load(Ordering::Acquire);
+                if flags.intercepted && idle && !listening {
                     // The session outlives its server connection: writes go on being
                     // acknowledged (and ship when PostgreSQL is back); the first statement
                     // that needs PostgreSQL ends the session with 08006.

@@ -38,6 +38,9 @@ pub struct Shared {
     pub unsynced: AtomicBool,
     /// Which Parses sent upstream PostgreSQL completed.
     pub parses: std::sync::Mutex<ParseLedger>,
+    /// The session ran LISTEN: when its server connection ends, it ends too (it may be
+    /// waiting for notifications, never for a reply).
+    pub listening: AtomicBool,
 }
 
 /// A Parse message sent upstream, as the write-behind hook knows it: the serial of the
@@ -125,6 +128,7 @@ impl Default for Shared {
             interrupt: std::sync::Arc::new(Notify::new()),
             unsynced: AtomicBool::new(false),
             parses: std::sync::Mutex::new(ParseLedger::default()),
+            listening: AtomicBool::new(false),
         }
     }
 }
@@ -236,6 +240,8 @@ pub trait Wire {
     /// The Parses sent upstream that PostgreSQL did not complete, found since the last call
     /// (all of them are known once [`drained`](Self::drained) returns).
     fn failed_parses(&self) -> Vec<ParseRef>;
+    /// The session runs LISTEN (see [`Shared::listening`]).
+    fn note_listening(&self);
     /// Waits until PostgreSQL has sent every reply owed; returns the transaction status.
     fn drained(&mut self) -> impl std::future::Future<Output = u8>;
     /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
@@ -362,6 +368,10 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
 
     fn failed_parses(&self) -> Vec<ParseRef> {
         self.shared.ledger().take_failed()
+    }
+
+    fn note_listening(&self) {
+        self.shared.listening.store(true, Ordering::Release);
     }
 
     fn settings_unsafe(&self) -> bool {

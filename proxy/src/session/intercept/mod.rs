@@ -387,6 +387,9 @@ impl Intercept {
         } else {
             Lexed::Failed
         };
+        if changers::listens(lex_ok.then_some(stmts.as_slice()), sql) {
+            wire.note_listening();
+        }
         if let Some(gone) = changers::deallocated(lex_ok.then_some(stmts.as_slice()), sql) {
             // PostgreSQL must have the statements it is asked to drop; whether or not it
             // drops them, the proxy forgets them (a later Bind passes through).
@@ -581,6 +584,9 @@ impl Intercept {
                     let lexed = lexer::lex(sql, true);
                     let stmts = lexed.as_deref().map(lexer::statements);
                     let effect = self.watch_session_changes(stmts.as_deref().ok(), sql);
+                    if changers::listens(stmts.as_deref().ok(), sql) {
+                        wire.note_listening();
+                    }
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);
                     if known {

@@ -26,6 +26,9 @@ pub enum ProxyError {
     /// A startup packet the proxy cannot accept.
     #[error("{0}")]
     BadStartup(String),
+    /// A startup packet asking for a protocol version other than 3.
+    #[error("{0}")]
+    UnsupportedProtocol(String),
     /// `max_client_conn` reached.
     #[error("too many client connections (max_client_conn = {0})")]
     TooManyClients(usize),
@@ -103,6 +106,9 @@ impl ProxyError {
             ProxyError::ProtocolViolation(_)
             | ProxyError::Truncated
             | ProxyError::BadStartup(_) => (&SqlState::PROTOCOL_VIOLATION, Severity::Fatal),
+            ProxyError::UnsupportedProtocol(_) => {
+                (&SqlState::FEATURE_NOT_SUPPORTED, Severity::Fatal)
+            }
             ProxyError::TooManyClients(_) => (&SqlState::TOO_MANY_CONNECTIONS, Severity::Fatal),
             ProxyError::AdminDenied(_) => (
                 &SqlState::INVALID_AUTHORIZATION_SPECIFICATION,

@@ -202,6 +202,27 @@ def scenarios(s, key):
     yield "COPY after DDL", r
 
 
+def terminated_while_busy(port, direct):
+    """What a session running a query gets when its backend is terminated: PostgreSQL's FATAL,
+    then the end of the connection (and nothing of the proxy's own after it)."""
+    s = Session(port)
+    try:
+        s.send(query("SELECT pg_sleep(30)"))
+        time.sleep(0.3)
+        with psycopg.connect(f"host=127.0.0.1 port={direct} user=postgres dbname=postgres",
+                             autocommit=True) as k:
+            k.execute("SELECT pg_terminate_backend(%s)", (s.pid,))
+        out = []
+        while True:
+            m = s.read(10)
+            if m is None or m[0] == "closed":
+                return out + [m or ("timed out",)]
+            if m[0] not in ("S", "N"):
+                out.append(m)
+    finally:
+        s.close()
+
+
 def run_raw(port, key):
     s = Session(port)
     try:
@@ -266,6 +287,10 @@ def main():
         # Keys differ between the two runs only inside the CREATE/DROP names and rows written.
         if got.get(name) != replies:
             failures.append(f"{name}:\n  direct {replies}\n  proxy  {got.get(name)}")
+    busy = terminated_while_busy(direct, direct)
+    busy_proxy = terminated_while_busy(proxy, direct)
+    if busy_proxy != busy:
+        failures.append(f"terminated while busy:\n  direct {busy}\n  proxy  {busy_proxy}")
     expected_pg = psycopg_cases(direct, direct)
     got_pg = psycopg_cases(proxy, direct)
     if got_pg != expected_pg:
@@ -273,7 +298,7 @@ def main():
     if failures:
         print("\n".join(failures))
         sys.exit(1)
-    print(f"{len(expected) + 1} scenarios: the proxy answered as PostgreSQL did")
+    print(f"{len(expected) + 2} scenarios: the proxy answered as PostgreSQL did")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 //! The pass-through proxy under bad input and failures: authentication relayed to PostgreSQL,
-//! garbage, truncated and oversized messages, an unreachable or dying upstream, SIGTERM.
+//! garbage, truncated and oversized messages, unsupported protocol versions, an unreachable or
+//! dying upstream, SIGTERM.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -126,6 +127,17 @@ async fn garbage_truncated_and_oversized_messages_close_only_that_client() -> an
     let err = client.simple_query(&big).await.expect_err("too large");
     assert_eq!(err.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{err}");
     assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+
+    // A startup packet asking for protocol 4.0 (or 2.0): PostgreSQL's 0A000, then closed.
+    for version in [4i32 << 16, 2 << 16] {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut packet = 8i32.to_be_bytes().to_vec();
+        packet.extend_from_slice(&version.to_be_bytes());
+        s.write_all(&packet)?;
+        assert_eq!(expect_error(&mut s)?, "0A000", "protocol {}", version >> 16);
+        assert!(closed(&mut s));
+    }
 
     // The proxy keeps serving everyone else.
     let n: i32 = bystander.query_one("SELECT 41 + 1", &[]).await?.get(0);

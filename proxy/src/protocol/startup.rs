@@ -33,6 +33,9 @@ pub enum StartupError {
     Closed,
     #[error("invalid startup packet: {0}")]
     Invalid(String),
+    /// A protocol version other than 3.x (what PostgreSQL 15 says, 0A000).
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
+    UnsupportedProtocol { major: i32, minor: i32 },
     #[error("I/O error during startup: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,11 +72,10 @@ pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupPacke
             raw.extend_from_slice(&body);
             Ok(StartupPacket::Startup { raw, params })
         }
-        c => Err(StartupError::Invalid(format!(
-            "unsupported protocol {}.{}",
-            c >> 16,
-            c & 0xffff
-        ))),
+        c => Err(StartupError::UnsupportedProtocol {
+            major: c >> 16,
+            minor: c & 0xffff,
+        }),
     }
 }
 

@@ -83,6 +83,10 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
             Ok(StartupPacket::Startup { raw, params }) => break (raw, params),
             Err(StartupError::Closed) => return,
+            Err(e @ StartupError::UnsupportedProtocol { .. }) => {
+                reject(&mut sock, &ProxyError::UnsupportedProtocol(e.to_string())).await;
+                return;
+            }
             Err(e) => {
                 reject(&mut sock, &ProxyError::BadStartup(e.to_string())).await;
                 return;

@@ -135,6 +135,11 @@ where
     match end {
         Ok(End::ClientDone) => Ok(()),
         Ok(End::UpstreamClosed) if terminated.load(Ordering::Relaxed) => Ok(()),
+        // PostgreSQL said why (its FATAL reached the client): nothing to add.
+        Ok(End::UpstreamClosed) if state.fatal_relayed.load(Ordering::Acquire) => {
+            let _ = cw.shutdown().await;
+            Ok(())
+        }
         Ok(End::UpstreamClosed) => {
             send_error(&mut cw, &ProxyError::UpstreamLost).await;
             Ok(())
@@ -384,8 +389,9 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     state.ready.notify_waiters();
                     std::future::pending::<()>().await;
                 }
-                if !held.is_empty() {
-                    let _ = client_out.lock().await.write_all(&held).await;
+                if !held.is_empty() && client_out.lock().await.write_all(&held).await.is_ok() {
+                    // Only a FATAL error is ever held.
+                    state.fatal_relayed.store(true, Ordering::Release);
                 }
                 return Ok(End::UpstreamClosed);
             }
@@ -441,7 +447,10 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     Some(b'Z') => readies.push(msg.get(5).copied().unwrap_or(b'?')),
                     Some(b'S') => state.on_parameter_status(&msg),
                     Some(b'E') => {
-                        crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default())
+                        crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default());
+                        if is_fatal(&msg) {
+                            state.fatal_relayed.store(true, Ordering::Release);
+                        }
                     }
                     _ => {}
                 }
@@ -457,6 +466,7 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             continue;
         }
         let mut readies = Vec::new();
+        let mut fatal = false;
         let _ = tracker.feed(&buf, |ty, len, at| {
             match ty {
                 b'Z' => readies.push(buf.get(at).copied().unwrap_or(b'?')),
@@ -464,13 +474,18 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 // write from PostgreSQL, so nearly always whole).
                 b'E' => {
                     let end = (at + len.saturating_sub(4)).min(buf.len());
-                    crate::telemetry::count_upstream_error(buf.get(at..end).unwrap_or_default());
+                    let body = buf.get(at..end).unwrap_or_default();
+                    crate::telemetry::count_upstream_error(body);
+                    fatal |= is_fatal_body(body);
                 }
                 _ => {}
             }
         });
         if client_out.lock().await.write_all(&buf).await.is_err() {
             return Ok(End::ClientDone);
+        }
+        if fatal {
+            state.fatal_relayed.store(true, Ordering::Release);
         }
         for st in readies {
             state.on_ready(st);
@@ -481,8 +496,13 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// Whether an ErrorResponse (whole message) has severity FATAL or PANIC: the server ends the
 /// session after it.
 fn is_fatal(msg: &[u8]) -> bool {
-    // Fields after the 5-byte header: a type byte, a NUL-terminated value; a 0 ends them.
-    let mut fields = msg.get(5..).unwrap_or_default();
+    is_fatal_body(msg.get(5..).unwrap_or_default())
+}
+
+/// As [`is_fatal`], for the body after the 5-byte header (as far as it is at hand).
+fn is_fatal_body(body: &[u8]) -> bool {
+    // Fields: a type byte, a NUL-terminated value; a 0 ends them.
+    let mut fields = body;
     while let Some((&ty, rest)) = fields.split_first() {
         if ty == 0 {
             break;

@@ -41,6 +41,9 @@ pub struct Shared {
     /// The session ran LISTEN: when its server connection ends, it ends too (it may be
     /// waiting for notifications, never for a reply).
     pub listening: AtomicBool,
+    /// A FATAL error of PostgreSQL's reached the client: when the connection then ends, the
+    /// proxy adds no error of its own.
+    pub fatal_relayed: AtomicBool,
 }
 
 /// A Parse message sent upstream, as the write-behind hook knows it: the serial of the
@@ -129,6 +132,7 @@ impl Default for Shared {
             unsynced: AtomicBool::new(false),
             parses: std::sync::Mutex::new(ParseLedger::default()),
             listening: AtomicBool::new(false),
+            fatal_relayed: AtomicBool::new(false),
         }
     }
 }

@@ -223,12 +223,80 @@ def terminated_while_busy(port, direct):
         s.close()
 
 
+def review_scenarios(s, key):
+    """Sequences a review of the proxy's statement bookkeeping found answered differently."""
+    # A Query drops the unnamed statement: a later Bind of it is 26000, nothing written.
+    s.send(parse("", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
+    r = s.until_ready()
+    s.send(query("SELECT 1"))
+    r += s.until_ready()
+    s.send(bind("", [str(key), "1"]), execute(), SYNC)
+    r += s.until_ready()
+    s.send(query(f"SELECT count(*) FROM wbt WHERE id = {key}"))
+    yield "unnamed statement after a Query", r + s.until_ready()
+
+    # DEALLOCATE through the extended protocol (psycopg's pipeline mode sends it so).
+    s.send(parse("wa", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
+    r = s.until_ready()
+    s.send(parse("", "DEALLOCATE wa"), bind(""), execute(), SYNC)
+    r += s.until_ready()
+    s.send(parse("wb", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
+    r += s.until_ready()
+    s.send(query("SELECT 1"))
+    r += s.until_ready()
+    s.send(parse("", "DEALLOCATE ALL"), bind(""), execute(), SYNC)
+    r += s.until_ready()
+    s.send(bind("wb", [str(key + 1), "1"]), execute(), SYNC)
+    r += s.until_ready()
+    s.send(query(f"SELECT count(*) FROM wbt WHERE id = {key + 1}"))
+    yield "extended DEALLOCATE", r + s.until_ready()
+
+    # After a Flush the group streams; a Bind of a local statement then sends its Parse:
+    # only that ParseComplete is the proxy's.
+    s.send(parse("wf", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
+    r = s.until_ready()
+    s.send(parse("", "SELECT 1"), bind(""), execute(), FLUSH,
+           bind("wf", [str(key + 2), "1"]), execute(), SYNC)
+    yield "Flush, then a local statement", r + s.until_ready()
+
+    # A write Query after extended messages sent without a Sync: replies in order.
+    s.send(query(f"INSERT INTO wbt (id, n) VALUES ({key + 3}, 1)"))
+    r = s.until_ready()
+    s.send(parse("", "SELECT pg_sleep(0.2)"), bind(""), execute(),
+           query(f"INSERT INTO wbt (id, n) VALUES ({key + 4}, 1)"))
+    r += s.until_ready()
+    s.send(SYNC)
+    yield "write Query in an unsynced group", r + s.until_ready()
+
+    # A Flush in the middle of COPY FROM STDIN after DDL.
+    s.send(query(f"CREATE TABLE fc_{key} (a int); COPY fc_{key} FROM STDIN"))
+    r = [s.read(10), s.read(10)]
+    s.send(FLUSH, copy_data("1\n"), COPY_DONE)
+    r += s.until_ready()
+    s.send(query(f"DROP TABLE fc_{key}"))
+    yield "Flush during COPY after DDL", r + s.until_ready()
+
+    # A local statement PostgreSQL would refuse (the table no longer resolves) is not sent on
+    # the client's behalf inside its transaction block.
+    s.send(parse("wm", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
+    r = s.until_ready()
+    s.send(parse("", "SET search_path TO pg_catalog"), bind(""), execute(), SYNC)
+    r += s.until_ready()
+    for sql in ("BEGIN", "SELECT 1", "COMMIT"):
+        s.send(query(sql))
+        r += s.until_ready()
+    yield "local statement and a transaction block", r
+
+
 def run_raw(port, key):
-    s = Session(port)
-    try:
-        return dict(scenarios(s, key))
-    finally:
-        s.close()
+    out = {}
+    for make, offset in ((scenarios, 0), (review_scenarios, 10)):
+        s = Session(port)
+        try:
+            out.update(make(s, key + offset))
+        finally:
+            s.close()
+    return out
 
 
 def timed_out(*_):

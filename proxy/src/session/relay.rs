@@ -251,7 +251,7 @@ where
 struct Flags<'a> {
     /// The client sent Terminate.
     terminated: &'a AtomicBool,
-    /// Replies owed, transaction status, ParseCompletes to swallow.
+    /// Replies owed, transaction status, which Parses were the proxy's own.
     state: &'a WireState,
     /// The write-behind hook is on: the upstream reader works message by message.
     intercepted: bool,
@@ -407,11 +407,14 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             held.clear();
             let mut readies = Vec::new();
             while let Some(msg) = assembler.next_message() {
-                match msg.first() {
+                let own_parse = match msg.first() {
                     Some(b'1') => state.ledger().on_parse_complete(),
-                    Some(b'Z') => state.ledger().on_ready(),
-                    _ => {}
-                }
+                    Some(b'Z') => {
+                        state.ledger().on_ready();
+                        false
+                    }
+                    _ => false,
+                };
                 if state.private.load(Ordering::Acquire) {
                     // Replies to the proxy's own query. Notifications, parameter changes,
                     // notices and FATAL errors (the server ends the session) are the client's
@@ -436,15 +439,9 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         held.extend_from_slice(&msg);
                         continue;
                     }
-                    Some(b'1')
-                        if state
-                            .swallow
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1))
-                            .is_ok() =>
-                    {
-                        continue
-                    }
+                    Some(b'1') if own_parse => continue,
                     Some(b'Z') => readies.push(msg.get(5).copied().unwrap_or(b'?')),
+                    Some(b'G') => state.on_copy_in(),
                     Some(b'S') => state.on_parameter_status(&msg),
                     Some(b'E') => {
                         crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default());

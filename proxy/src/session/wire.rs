@@ -15,8 +15,6 @@ pub struct Shared {
     pub owed: AtomicUsize,
     /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`).
     pub status: AtomicU8,
-    /// ParseComplete replies to drop: answers to Parses the proxy sent on its own.
-    pub swallow: AtomicUsize,
     /// Signalled at every ReadyForQuery.
     pub ready: Notify,
     /// PostgreSQL closed the connection while the session was idle: the session goes on
@@ -44,6 +42,9 @@ pub struct Shared {
     /// A FATAL error of PostgreSQL's reached the client: when the connection then ends, the
     /// proxy adds no error of its own.
     pub fatal_relayed: AtomicBool,
+    /// PostgreSQL answered CopyInResponse and no CopyDone or CopyFail was sent since: it
+    /// waits for COPY data, and owes no ReadyForQuery until the copy ends.
+    pub copy_in: AtomicBool,
 }
 
 /// A Parse message sent upstream, as the write-behind hook knows it: the serial of the
@@ -89,9 +90,14 @@ impl ParseLedger {
         }
     }
 
-    /// A ParseComplete arrived (the proxy's own included).
-    pub fn on_parse_complete(&mut self) {
+    /// A ParseComplete arrived; returns whether it answers a Parse the proxy sent on its own
+    /// (the client must not see it). It answers the oldest group's next Parse (the group
+    /// still being sent, when every earlier one is answered).
+    pub fn on_parse_complete(&mut self) -> bool {
+        let at = self.completes;
         self.completes += 1;
+        let group = self.sent.front().unwrap_or(&self.open);
+        group.get(at).is_some_and(|r| r.injected)
     }
 
     /// A ReadyForQuery arrived: the oldest group is answered. Called in reply order (a
@@ -122,7 +128,6 @@ impl Default for Shared {
         Self {
             owed: AtomicUsize::new(0),
             status: AtomicU8::new(b'I'),
-            swallow: AtomicUsize::new(0),
             ready: Notify::new(),
             lost: AtomicBool::new(false),
             private: AtomicBool::new(false),
@@ -133,6 +138,7 @@ impl Default for Shared {
             parses: std::sync::Mutex::new(ParseLedger::default()),
             listening: AtomicBool::new(false),
             fatal_relayed: AtomicBool::new(false),
+            copy_in: AtomicBool::new(false),
         }
     }
 }
@@ -161,14 +167,20 @@ impl Shared {
         self.parses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Called by the upstream reader for a CopyInResponse: whoever waits for the session to
+    /// drain learns it is copying.
+    pub fn on_copy_in(&self) {
+        self.copy_in.store(true, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+
     /// Called by the upstream reader for each ReadyForQuery.
     pub fn on_ready(&self, status: u8) {
+        self.copy_in.store(false, Ordering::Release);
         self.status.store(status, Ordering::Release);
         let _ = self
             .owed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        // A failed Parse of the proxy's own never gets its ParseComplete.
-        self.swallow.store(0, Ordering::Release);
         self.ready.notify_waiters();
     }
 }
@@ -231,14 +243,13 @@ impl ReplyCounter {
 
 /// What the write-behind hook can do with the session.
 pub trait Wire {
-    /// Sends `bytes` (whole messages) to PostgreSQL; the first `swallow` ParseComplete replies
-    /// are answers to the proxy's own Parses. `parses` names the Parse messages among `bytes`,
-    /// in order (those beyond it are not followed); which of them PostgreSQL did not complete
-    /// comes back through [`failed_parses`](Self::failed_parses).
+    /// Sends `bytes` (whole messages) to PostgreSQL. `parses` names the Parse messages among
+    /// `bytes`, in order (those beyond it are not followed): the ParseCompletes of the proxy's
+    /// own (`injected`) are kept from the client, and which of them PostgreSQL did not
+    /// complete comes back through [`failed_parses`](Self::failed_parses).
     fn forward(
         &mut self,
         bytes: BytesMut,
-        swallow: usize,
         parses: &[ParseRef],
     ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
     /// The Parses sent upstream that PostgreSQL did not complete, found since the last call
@@ -246,8 +257,11 @@ pub trait Wire {
     fn failed_parses(&self) -> Vec<ParseRef>;
     /// The session runs LISTEN (see [`Shared::listening`]).
     fn note_listening(&self);
-    /// Waits until PostgreSQL has sent every reply owed; returns the transaction status.
+    /// Waits until PostgreSQL has sent every reply owed; returns the transaction status, or
+    /// `C` at once while PostgreSQL waits for COPY data (nothing is owed before it ends).
     fn drained(&mut self) -> impl std::future::Future<Output = u8>;
+    /// Whether PostgreSQL waits for COPY FROM STDIN data (see [`Shared::copy_in`]).
+    fn copy_in(&self) -> bool;
     /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
     /// after [`drained`](Self::drained): the report comes before the ReadyForQuery).
     fn settings_unsafe(&self) -> bool;
@@ -325,6 +339,9 @@ impl<UW, W> RelayWire<'_, UW, W> {
             }
             self.counter
                 .note_tracked(header[0], &self.shared.owed, Some(&mut ledger));
+            if matches!(header[0], b'c' | b'f') {
+                self.shared.copy_in.store(false, Ordering::Release);
+            }
             last = header[0];
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             at += 1 + len.max(4);
@@ -334,20 +351,17 @@ impl<UW, W> RelayWire<'_, UW, W> {
 }
 
 impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W> {
-    async fn forward(
-        &mut self,
-        bytes: BytesMut,
-        swallow: usize,
-        parses: &[ParseRef],
-    ) -> Result<(), ProxyError> {
+    async fn forward(&mut self, bytes: BytesMut, parses: &[ParseRef]) -> Result<(), ProxyError> {
         if self.shared.lost.load(Ordering::Acquire) {
             return Err(ProxyError::UpstreamLost);
         }
-        self.shared.swallow.fetch_add(swallow, Ordering::AcqRel);
         let last = self.note_sent(&bytes, parses);
-        self.shared
-            .unsynced
-            .store(!matches!(last, b'S' | b'Q' | b'F'), Ordering::Release);
+        // COPY data leaves it as it was: the COPY's own Query or Sync settles it.
+        if !matches!(last, b'd' | b'c' | b'f') {
+            self.shared
+                .unsynced
+                .store(!matches!(last, b'S' | b'Q' | b'F'), Ordering::Release);
+        }
         self.upstream
             .write_all(&bytes)
             .await
@@ -362,8 +376,15 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             {
                 return self.shared.status.load(Ordering::Acquire);
             }
+            if self.copy_in() {
+                return b'C';
+            }
             ready.await;
         }
+    }
+
+    fn copy_in(&self) -> bool {
+        self.shared.copy_in.load(Ordering::Acquire)
     }
 
     fn interrupted(&self) -> tokio::sync::futures::Notified<'_> {

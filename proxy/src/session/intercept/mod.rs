@@ -14,7 +14,8 @@
 //!
 //! Statements prepared locally are unknown to PostgreSQL. When a later message that passes
 //! through refers to one, its Parse is sent first ("materialized") and the ParseComplete that
-//! PostgreSQL answers it with is swallowed by the upstream reader.
+//! PostgreSQL answers it with is kept from the client (the Parse ledger, `wire.rs`, knows
+//! which Parse each ParseComplete answers).
 //!
 //! A write is acknowledged only for the table its name denotes in this very session
 //! (`resolve.rs`: asked of the session's connection, followed through SET search_path and the
@@ -111,6 +112,8 @@ pub struct Intercept {
     resolver: resolve::Resolver,
     /// The last statement serial given out.
     serials: u64,
+    /// COPY FROM STDIN data is flowing (CopyData sent, no CopyDone or CopyFail yet).
+    copying: bool,
 }
 
 /// A Query's tokens, when it was lexed already.
@@ -142,15 +145,26 @@ impl Intercept {
             mid_group: false,
             resolver: resolve::Resolver::default(),
             serials: 0,
+            copying: false,
         }
     }
 
     /// Makes PostgreSQL know every named statement the proxy prepared locally, before SQL that
     /// may name one passes through (`EXECUTE`, `DEALLOCATE`, a `PREPARE` of the same name,
     /// `pg_prepared_statements`); a statement is sent once. Not in the middle of a group that
-    /// went upstream unsynced (the proxy's Sync would end it).
+    /// went upstream unsynced (the proxy's Sync would end it), nor in a transaction block.
     async fn materialize_local<W: Wire>(&mut self, wire: &mut W) -> Result<(), ProxyError> {
-        if self.mid_group {
+        if self.mid_group
+            || !self
+                .stmts
+                .iter()
+                .any(|(n, s)| !n.is_empty() && !s.on_server)
+        {
+            return Ok(());
+        }
+        // Outside a transaction block only: a Parse PostgreSQL refuses would abort the
+        // client's transaction, unseen.
+        if wire.drained().await != b'I' {
             return Ok(());
         }
         let mut parses = BytesMut::new();
@@ -194,6 +208,15 @@ impl Intercept {
         }
         self.schema_stale = false;
         true
+    }
+
+    /// Forgets the named statements SQL deallocated (or asked to: if PostgreSQL refused, a
+    /// later Bind passes through and PostgreSQL runs or refuses it).
+    fn forget_deallocated(&mut self, gone: &Deallocated) {
+        self.stmts.retain(|name, _| match gone {
+            Deallocated::All => name.is_empty(),
+            Deallocated::Names(names) => !names.contains(name),
+        });
     }
 
     /// A serial for a new statement.
@@ -252,7 +275,12 @@ impl Intercept {
             // started, which owes its ReadyForQuery until the copy ends. They read nothing and
             // must never wait for that (nor for a barrier): straight upstream.
             b'd' | b'c' | b'f' if self.group.is_empty() => {
-                wire.forward(BytesMut::from(&msg[..]), 0, &[]).await
+                self.copying = ty == b'd';
+                wire.forward(BytesMut::from(&msg[..]), &[]).await
+            }
+            // PostgreSQL ignores Flush and Sync in the middle of COPY FROM STDIN.
+            b'H' | b'S' if (self.copying || wire.copy_in()) && self.group.is_empty() => {
+                wire.forward(BytesMut::from(&msg[..]), &[]).await
             }
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 if self.streaming {
@@ -294,8 +322,7 @@ impl Intercept {
                 let mut group = self.take_group();
                 if !self.streaming
                     && self.acking()
-                    && !group.is_empty()
-                    && self.catalog_current(wire).await
+                    && (group.is_empty() || self.catalog_current(wire).await)
                 {
                     if let Some(plan) = self.plan(&group, wire).await {
                         if self.open.is_some()
@@ -373,6 +400,10 @@ impl Intercept {
     }
 
     async fn on_query<W: Wire>(&mut self, msg: Bytes, wire: &mut W) -> Result<(), ProxyError> {
+        // A Query drops the unnamed statement and portal, whether PostgreSQL or the proxy
+        // answers it.
+        self.stmts.remove("");
+        self.portals.remove("");
         let sql = match frontend::decode(&msg) {
             Ok(Frontend::Query(sql)) => sql,
             _ => return self.forward(vec![msg], wire).await,
@@ -394,10 +425,7 @@ impl Intercept {
             // PostgreSQL must have the statements it is asked to drop; whether or not it
             // drops them, the proxy forgets them (a later Bind passes through).
             self.materialize_local(wire).await?;
-            self.stmts.retain(|name, _| match &gone {
-                Deallocated::All => name.is_empty(),
-                Deallocated::Names(names) => !names.contains(name),
-            });
+            self.forget_deallocated(&gone);
         }
         match sync_setting(&stmts) {
             Some(SyncSetting::Session(on)) => {
@@ -443,7 +471,13 @@ impl Intercept {
                         break;
                     }
                 }
-                if all && wire.drained().await == b'I' && !self.settings_changed(wire) {
+                // Not after extended-protocol messages that went upstream without a Sync:
+                // their replies come first, and the Query ends their implicit transaction.
+                if all
+                    && !self.mid_group
+                    && wire.drained().await == b'I'
+                    && !self.settings_changed(wire)
+                {
                     match self.rt.enqueue(changes).await {
                         Ok(Enqueued::Acked) => {
                             let mut out = BytesMut::with_capacity(32 * tags.len());
@@ -526,6 +560,8 @@ impl Intercept {
         // messages before the one at hand leave behind: not in the middle of a group that went
         // upstream unsynced (the proxy's Query would end its implicit transaction).
         let mut may_ask = !self.mid_group;
+        // What Parses of DEALLOCATE drop (forgotten once the loop is done).
+        let mut gone: Vec<Deallocated> = Vec::new();
         for raw in &msgs {
             if self.resolver.take_asked() {
                 // The proxy's own Query replaced the session's unnamed statement upstream.
@@ -587,6 +623,10 @@ impl Intercept {
                     if changers::listens(stmts.as_deref().ok(), sql) {
                         wire.note_listening();
                     }
+                    if let Some(g) = changers::deallocated(stmts.as_deref().ok(), sql) {
+                        self.materialize_local(wire).await?;
+                        gone.push(g);
+                    }
                     // Remember it, so a later group outside a transaction can be local.
                     let known = !name.is_empty() && self.stmts.contains_key(name);
                     if known {
@@ -634,6 +674,9 @@ impl Intercept {
                 _ => {}
             }
         }
+        for g in gone {
+            self.forget_deallocated(&g);
+        }
         if !self.rt.catalog.borrow().is_empty() {
             let scope = self.scope(&msgs, lexed, wire).await;
             tracing::trace!(?scope, "barrier scope");
@@ -664,7 +707,12 @@ impl Intercept {
                 }
             };
             if let Some(error) = failed {
-                for name in parsed_here.iter().chain(&injected) {
+                // PostgreSQL saw none of it: the group's own statements do not exist, and
+                // those the proxy would have materialized are still its alone.
+                for name in &parsed_here {
+                    self.stmts.remove(name);
+                }
+                for name in &injected {
                     if let Some(stmt) = self.stmts.get_mut(name) {
                         stmt.on_server = false;
                     }
@@ -679,10 +727,6 @@ impl Intercept {
             msgs.last().and_then(|m| m.first()),
             Some(b'S' | b'Q' | b'F')
         );
-        if !inject.is_empty() {
-            // The swallowed ParseCompletes must be the first replies that follow.
-            wire.drained().await;
-        }
         if tracing::enabled!(tracing::Level::TRACE) {
             let types: String = msgs
                 .iter()
@@ -696,7 +740,7 @@ impl Intercept {
             out.extend_from_slice(m);
         }
         inject_refs.append(&mut client_refs);
-        wire.forward(out, inject.len(), &inject_refs).await
+        wire.forward(out, &inject_refs).await
     }
 }
 

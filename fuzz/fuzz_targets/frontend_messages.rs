@@ -173,7 +173,11 @@ fuzz_target!(|data: &[u8]| {
             reader
         }
         Ok(StartupPacket::Ssl | StartupPacket::GssEnc) => reader,
-        Err(StartupError::Closed | StartupError::Invalid(_)) => rest,
+        Err(
+            StartupError::Closed
+            | StartupError::Invalid(_)
+            | StartupError::UnsupportedProtocol { .. },
+        ) => rest,
         Err(StartupError::Io(e)) => panic!("I/O error from an in-memory reader: {e}"),
     };
 

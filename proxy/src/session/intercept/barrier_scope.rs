@@ -83,6 +83,24 @@ impl Intercept {
         scope
     }
 
+    /// Whether the catalog is current for this session: after a statement of its own that may
+    /// have changed the schema, it is reloaded once that committed (the session is idle
+    /// outside a transaction block) and before anything is acknowledged or scoped against it.
+    pub(super) async fn catalog_current<W: Wire>(&mut self, wire: &mut W) -> bool {
+        if !self.schema_stale {
+            return true;
+        }
+        if self.mid_group || wire.drained().await != b'I' {
+            return false; // not committed yet
+        }
+        if let Err(error) = self.rt.reload_catalog().await {
+            tracing::debug!(%error, "reloading the catalog after a schema change failed");
+            return false;
+        }
+        self.schema_stale = false;
+        true
+    }
+
     /// The scope of lexed statements; notes a possible schema change.
     pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token]]) -> Scope {
         if scope::may_change_schema(stmts) {

@@ -22,12 +22,14 @@
 //! session's own DDL).
 //!
 //! This file holds the session state, simple Queries and passing through; `extended.rs` the
-//! extended protocol's groups; `barrier_scope.rs` the barrier's scope; `sync_setting.rs` the
-//! `writebehind.sync` switch; `resolve.rs` name resolution.
+//! extended protocol's groups; `barrier_scope.rs` the barrier's scope (and the catalog reload
+//! after the session's own DDL); `statements.rs` the prepared statements as PostgreSQL knows
+//! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution.
 
 mod barrier_scope;
 mod extended;
 mod resolve;
+mod statements;
 mod sync_setting;
 
 use super::changers::{self, Deallocated, Effect};
@@ -146,110 +148,6 @@ impl Intercept {
             resolver: resolve::Resolver::default(),
             serials: 0,
             copying: false,
-        }
-    }
-
-    /// Makes PostgreSQL know every named statement the proxy prepared locally, before SQL that
-    /// may name one passes through (`EXECUTE`, `DEALLOCATE`, a `PREPARE` of the same name,
-    /// `pg_prepared_statements`); a statement is sent once. Not in the middle of a group that
-    /// went upstream unsynced (the proxy's Sync would end it), nor in a transaction block.
-    async fn materialize_local<W: Wire>(&mut self, wire: &mut W) -> Result<(), ProxyError> {
-        if self.mid_group
-            || !self
-                .stmts
-                .iter()
-                .any(|(n, s)| !n.is_empty() && !s.on_server)
-        {
-            return Ok(());
-        }
-        // Outside a transaction block only: a Parse PostgreSQL refuses would abort the
-        // client's transaction, unseen.
-        if wire.drained().await != b'I' {
-            return Ok(());
-        }
-        let mut parses = BytesMut::new();
-        let mut refs = Vec::new();
-        for (name, stmt) in self.stmts.iter_mut() {
-            if name.is_empty() || stmt.on_server {
-                continue;
-            }
-            parses.extend_from_slice(&stmt.parse);
-            refs.push(ParseRef {
-                serial: stmt.serial,
-                injected: true,
-            });
-            stmt.on_server = true;
-        }
-        if refs.is_empty() {
-            return Ok(());
-        }
-        tracing::debug!(
-            statements = refs.len(),
-            "materializing local statements before SQL passes through"
-        );
-        wire.materialize(parses, &refs).await?;
-        self.reconcile(wire);
-        Ok(())
-    }
-
-    /// Whether the catalog is current for this session: after a statement of its own that may
-    /// have changed the schema, it is reloaded once that committed (the session is idle
-    /// outside a transaction block) and before anything is acknowledged or scoped against it.
-    async fn catalog_current<W: Wire>(&mut self, wire: &mut W) -> bool {
-        if !self.schema_stale {
-            return true;
-        }
-        if self.mid_group || wire.drained().await != b'I' {
-            return false; // not committed yet
-        }
-        if let Err(error) = self.rt.reload_catalog().await {
-            tracing::debug!(%error, "reloading the catalog after a schema change failed");
-            return false;
-        }
-        self.schema_stale = false;
-        true
-    }
-
-    /// Forgets the named statements SQL deallocated (or asked to: if PostgreSQL refused, a
-    /// later Bind passes through and PostgreSQL runs or refuses it).
-    fn forget_deallocated(&mut self, gone: &Deallocated) {
-        self.stmts.retain(|name, _| match gone {
-            Deallocated::All => name.is_empty(),
-            Deallocated::Names(names) => !names.contains(name),
-        });
-    }
-
-    /// A serial for a new statement.
-    fn serial(&mut self) -> u64 {
-        self.serials += 1;
-        self.serials
-    }
-
-    /// Follows what PostgreSQL said to the Parses that went upstream: a statement whose own
-    /// Parse failed (or was skipped after an earlier error) does not exist there, as for a
-    /// client talking to PostgreSQL directly; one the proxy materialized and PostgreSQL
-    /// refused (in a failed transaction) is again known to the proxy alone.
-    fn reconcile<W: Wire>(&mut self, wire: &W) {
-        for r in wire.failed_parses() {
-            if r.serial == 0 {
-                continue;
-            }
-            let Some(name) = self
-                .stmts
-                .iter()
-                .find(|(_, s)| s.serial == r.serial)
-                .map(|(n, _)| n.clone())
-            else {
-                continue;
-            };
-            if r.injected {
-                if let Some(stmt) = self.stmts.get_mut(&name) {
-                    stmt.on_server = false;
-                }
-            } else {
-                tracing::debug!(statement = %name, "PostgreSQL did not complete its Parse: the statement does not exist");
-                self.stmts.remove(&name);
-            }
         }
     }
 

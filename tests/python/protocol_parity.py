@@ -43,6 +43,8 @@ def execute():
 
 
 SYNC = message(b"S")
+INSERT = "INSERT INTO wbt (id, n) VALUES ($1, $2)"
+UPSERT = INSERT + " ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"
 FLUSH = message(b"H")
 
 
@@ -68,6 +70,11 @@ class Session:
 
     def send(self, *msgs):
         self.sock.sendall(b"".join(msgs))
+
+    def exchange(self, *msgs):
+        """Sends `msgs` and returns the replies up to ReadyForQuery."""
+        self.send(*msgs)
+        return self.until_ready()
 
     def read(self, timeout):
         """One message as a comparable tuple, or None if none came within `timeout`."""
@@ -120,85 +127,64 @@ def summary(kind, body):
 def scenarios(s, key):
     """Yields (name, replies) for each scenario, run on session `s`; `key` keeps rows apart."""
     # BackendKeyData carries the backend's pid (drivers compare it with notifications' sender).
-    s.send(query("SELECT pg_backend_pid()"))
-    r = s.until_ready()
+    r = s.exchange(query("SELECT pg_backend_pid()"))
     yield "backend pid", [m for m in r if m[0] != "D"] + [("pid matches", any(
         m[0] == "D" and bytes.fromhex(m[1])[6:].decode() == str(s.pid) for m in r))]
 
     # A Parse PostgreSQL skipped after an earlier error of its group does not exist: its Bind
     # gets 26000, and nothing is written.
-    s.send(parse("bad", "selec 1"), parse("w1", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
-    r = s.until_ready()
-    s.send(bind("w1", [str(key), "1"]), execute(), SYNC)
-    r += s.until_ready()
-    s.send(query(f"SELECT count(*) FROM wbt WHERE id = {key}"))
-    yield "skipped Parse", r + s.until_ready()
+    r = s.exchange(parse("bad", "selec 1"), parse("w1", INSERT), SYNC)
+    r += s.exchange(bind("w1", [str(key), "1"]), execute(), SYNC)
+    yield "skipped Parse", r + s.exchange(query(f"SELECT count(*) FROM wbt WHERE id = {key}"))
 
     # A statement prepared locally, first used in a failed transaction, works after it.
-    s.send(parse("w2", "INSERT INTO wbt (id, n) VALUES ($1, $2) "
-                       "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"), SYNC)
-    r = s.until_ready()
+    r = s.exchange(parse("w2", UPSERT), SYNC)
     for sql in ("BEGIN", "SELECT 1/0"):
-        s.send(query(sql))
-        r += s.until_ready()
-    s.send(bind("w2", [str(key + 1), "1"]), execute(), SYNC)
-    r += s.until_ready()
-    s.send(query("ROLLBACK"))
-    r += s.until_ready()
-    s.send(bind("w2", [str(key + 1), "2"]), execute(), SYNC)
-    r += s.until_ready()
-    s.send(query(f"SELECT n FROM wbt WHERE id = {key + 1}"))
-    yield "local statement after a failed transaction", r + s.until_ready()
+        r += s.exchange(query(sql))
+    r += s.exchange(bind("w2", [str(key + 1), "1"]), execute(), SYNC)
+    r += s.exchange(query("ROLLBACK"))
+    r += s.exchange(bind("w2", [str(key + 1), "2"]), execute(), SYNC)
+    r += s.exchange(query(f"SELECT n FROM wbt WHERE id = {key + 1}"))
+    yield "local statement after a failed transaction", r
 
     # SQL sees statements prepared through the protocol: pg_prepared_statements, EXECUTE,
     # DEALLOCATE (then the statement is gone), and a second Parse of the name is 42P05.
-    s.send(parse("w3", "INSERT INTO wbt (id, n) VALUES ($1, $2) "
-                       "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"), SYNC)
-    r = s.until_ready()
-    s.send(parse("w3", "SELECT 1"), SYNC)
-    r += s.until_ready()
-    s.send(bind("w3", [str(key + 2), "1"]), execute(), SYNC)
-    r += s.until_ready()
+    r = s.exchange(parse("w3", UPSERT), SYNC)
+    r += s.exchange(parse("w3", "SELECT 1"), SYNC)
+    r += s.exchange(bind("w3", [str(key + 2), "1"]), execute(), SYNC)
     for sql in ("SELECT name FROM pg_prepared_statements WHERE name = 'w3'",
                 f"EXECUTE w3({key + 2}, 2)", "DEALLOCATE w3"):
-        s.send(query(sql))
-        r += s.until_ready()
-    s.send(bind("w3", [str(key + 2), "3"]), execute(), SYNC)
-    r += s.until_ready()
-    s.send(query(f"SELECT n FROM wbt WHERE id = {key + 2}"))
-    yield "SQL-level prepared statements", r + s.until_ready()
+        r += s.exchange(query(sql))
+    r += s.exchange(bind("w3", [str(key + 2), "3"]), execute(), SYNC)
+    r += s.exchange(query(f"SELECT n FROM wbt WHERE id = {key + 2}"))
+    yield "SQL-level prepared statements", r
 
     # A group binding the unnamed statement, then preparing a write on a table name the proxy
     # has not resolved yet (its own lookup query must not replace the unnamed statement).
-    s.send(parse("", "SELECT 'unnamed'"), SYNC)
-    r = s.until_ready()
-    s.send(bind(""), execute(), parse("w4", "INSERT INTO public.wbt (id, n) VALUES ($1, $2)"),
-           bind("w4", [str(key + 3), "1"]), execute(), SYNC)
-    yield "unnamed statement and name resolution", r + s.until_ready()
+    r = s.exchange(parse("", "SELECT 'unnamed'"), SYNC)
+    r += s.exchange(bind(""), execute(),
+                    parse("w4", "INSERT INTO public.wbt (id, n) VALUES ($1, $2)"),
+                    bind("w4", [str(key + 3), "1"]), execute(), SYNC)
+    yield "unnamed statement and name resolution", r
 
     # An error answers a Flush at once (no Sync yet).
     s.send(parse("", "selec 1"), FLUSH)
     r = [s.read(5) or ("nothing before Sync",)]
-    s.send(SYNC)
-    yield "error after Flush", r + s.until_ready()
+    yield "error after Flush", r + s.exchange(SYNC)
 
     # COPY FROM STDIN after DDL in the same Query, and in a transaction block.
     s.send(query(f"CREATE TABLE copy_{key} (a int); COPY copy_{key} FROM STDIN"))
     r = []
     for _ in range(2):  # CommandComplete of CREATE TABLE, CopyInResponse
         r.append(s.read(10))
-    s.send(copy_data("1\n2\n"), COPY_DONE)
-    r += s.until_ready()
+    r += s.exchange(copy_data("1\n2\n"), COPY_DONE)
     for sql in ("BEGIN", f"TRUNCATE copy_{key}"):
-        s.send(query(sql))
-        r += s.until_ready()
+        r += s.exchange(query(sql))
     s.send(query(f"COPY copy_{key} FROM STDIN"))
     r.append(s.read(10))
-    s.send(copy_data("3\n"), COPY_DONE)
-    r += s.until_ready()
+    r += s.exchange(copy_data("3\n"), COPY_DONE)
     for sql in ("COMMIT", f"SELECT sum(a) FROM copy_{key}", f"DROP TABLE copy_{key}"):
-        s.send(query(sql))
-        r += s.until_ready()
+        r += s.exchange(query(sql))
     yield "COPY after DDL", r
 
 
@@ -226,65 +212,47 @@ def terminated_while_busy(port, direct):
 def review_scenarios(s, key):
     """Sequences a review of the proxy's statement bookkeeping found answered differently."""
     # A Query drops the unnamed statement: a later Bind of it is 26000, nothing written.
-    s.send(parse("", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
-    r = s.until_ready()
-    s.send(query("SELECT 1"))
-    r += s.until_ready()
-    s.send(bind("", [str(key), "1"]), execute(), SYNC)
-    r += s.until_ready()
-    s.send(query(f"SELECT count(*) FROM wbt WHERE id = {key}"))
-    yield "unnamed statement after a Query", r + s.until_ready()
+    r = s.exchange(parse("", INSERT), SYNC)
+    r += s.exchange(query("SELECT 1"))
+    r += s.exchange(bind("", [str(key), "1"]), execute(), SYNC)
+    r += s.exchange(query(f"SELECT count(*) FROM wbt WHERE id = {key}"))
+    yield "unnamed statement after a Query", r
 
     # DEALLOCATE through the extended protocol (psycopg's pipeline mode sends it so).
-    s.send(parse("wa", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
-    r = s.until_ready()
-    s.send(parse("", "DEALLOCATE wa"), bind(""), execute(), SYNC)
-    r += s.until_ready()
-    s.send(parse("wb", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
-    r += s.until_ready()
-    s.send(query("SELECT 1"))
-    r += s.until_ready()
-    s.send(parse("", "DEALLOCATE ALL"), bind(""), execute(), SYNC)
-    r += s.until_ready()
-    s.send(bind("wb", [str(key + 1), "1"]), execute(), SYNC)
-    r += s.until_ready()
-    s.send(query(f"SELECT count(*) FROM wbt WHERE id = {key + 1}"))
-    yield "extended DEALLOCATE", r + s.until_ready()
+    r = s.exchange(parse("wa", INSERT), SYNC)
+    r += s.exchange(parse("", "DEALLOCATE wa"), bind(""), execute(), SYNC)
+    r += s.exchange(parse("wb", INSERT), SYNC)
+    r += s.exchange(query("SELECT 1"))
+    r += s.exchange(parse("", "DEALLOCATE ALL"), bind(""), execute(), SYNC)
+    r += s.exchange(bind("wb", [str(key + 1), "1"]), execute(), SYNC)
+    r += s.exchange(query(f"SELECT count(*) FROM wbt WHERE id = {key + 1}"))
+    yield "extended DEALLOCATE", r
 
     # After a Flush the group streams; a Bind of a local statement then sends its Parse:
     # only that ParseComplete is the proxy's.
-    s.send(parse("wf", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
-    r = s.until_ready()
-    s.send(parse("", "SELECT 1"), bind(""), execute(), FLUSH,
-           bind("wf", [str(key + 2), "1"]), execute(), SYNC)
-    yield "Flush, then a local statement", r + s.until_ready()
+    r = s.exchange(parse("wf", INSERT), SYNC)
+    r += s.exchange(parse("", "SELECT 1"), bind(""), execute(), FLUSH,
+                    bind("wf", [str(key + 2), "1"]), execute(), SYNC)
+    yield "Flush, then a local statement", r
 
     # A write Query after extended messages sent without a Sync: replies in order.
-    s.send(query(f"INSERT INTO wbt (id, n) VALUES ({key + 3}, 1)"))
-    r = s.until_ready()
-    s.send(parse("", "SELECT pg_sleep(0.2)"), bind(""), execute(),
-           query(f"INSERT INTO wbt (id, n) VALUES ({key + 4}, 1)"))
-    r += s.until_ready()
-    s.send(SYNC)
-    yield "write Query in an unsynced group", r + s.until_ready()
+    r = s.exchange(query(f"INSERT INTO wbt (id, n) VALUES ({key + 3}, 1)"))
+    r += s.exchange(parse("", "SELECT pg_sleep(0.2)"), bind(""), execute(),
+                    query(f"INSERT INTO wbt (id, n) VALUES ({key + 4}, 1)"))
+    yield "write Query in an unsynced group", r + s.exchange(SYNC)
 
     # A Flush in the middle of COPY FROM STDIN after DDL.
     s.send(query(f"CREATE TABLE fc_{key} (a int); COPY fc_{key} FROM STDIN"))
     r = [s.read(10), s.read(10)]
-    s.send(FLUSH, copy_data("1\n"), COPY_DONE)
-    r += s.until_ready()
-    s.send(query(f"DROP TABLE fc_{key}"))
-    yield "Flush during COPY after DDL", r + s.until_ready()
+    r += s.exchange(FLUSH, copy_data("1\n"), COPY_DONE)
+    yield "Flush during COPY after DDL", r + s.exchange(query(f"DROP TABLE fc_{key}"))
 
     # A local statement PostgreSQL would refuse (the table no longer resolves) is not sent on
     # the client's behalf inside its transaction block.
-    s.send(parse("wm", "INSERT INTO wbt (id, n) VALUES ($1, $2)"), SYNC)
-    r = s.until_ready()
-    s.send(parse("", "SET search_path TO pg_catalog"), bind(""), execute(), SYNC)
-    r += s.until_ready()
+    r = s.exchange(parse("wm", INSERT), SYNC)
+    r += s.exchange(parse("", "SET search_path TO pg_catalog"), bind(""), execute(), SYNC)
     for sql in ("BEGIN", "SELECT 1", "COMMIT"):
-        s.send(query(sql))
-        r += s.until_ready()
+        r += s.exchange(query(sql))
     yield "local statement and a transaction block", r
 
 

@@ -3,7 +3,8 @@
 //! was acknowledged once, and PostgreSQL would have answered it differently: keys repeated in
 //! one statement, comparisons of mismatched types, increments that PostgreSQL rounds or widens,
 //! settings reported by the server (role defaults, `set_config`, `pg_settings`, read-only
-//! transactions, a LATIN1 database), row-level security and the SELECT privilege.
+//! transactions, a LATIN1 database), row-level security and the SELECT privilege, defaults
+//! that depend on the writer's session.
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -270,5 +271,54 @@ async fn row_security_and_the_select_privilege_are_checked_by_postgres() -> anyh
         .as_deref(),
         Some("1 0")
     );
+    Ok(())
+}
+
+/// Defaults that depend on the writer's session (`current_user`, a custom setting) are computed
+/// by PostgreSQL in that session: such an INSERT passes through. The worker, writing as the
+/// owner in its own session, stored the owner's name and NULL.
+#[tokio::test]
+async fn session_dependent_defaults_are_the_writers() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE sd (id int PRIMARY KEY, v text,
+                              who text DEFAULT current_user,
+                              tenant text DEFAULT current_setting('app.tenant', true));
+             SELECT writebehind.enable('sd');
+             CREATE ROLE app LOGIN;
+             GRANT ALL ON sd TO app;",
+        )
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("app", "postgres")).await?;
+    c.batch_execute("SET app.tenant = 'acme'").await?;
+    c.batch_execute("INSERT INTO sd (id, v) VALUES (1, 'x')")
+        .await?;
+    c.batch_execute("INSERT INTO sd VALUES (2, 'y', DEFAULT, DEFAULT)")
+        .await?;
+    // Every column given: acknowledged from memory as usual.
+    c.batch_execute("INSERT INTO sd VALUES (3, 'z', 'me', 't')")
+        .await?;
+    c.execute("SELECT writebehind.flush()", &[]).await?;
+    let got: Vec<String> = direct
+        .query(
+            "SELECT id || ':' || who || ':' || tenant FROM sd ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, ["1:app:acme", "2:app:acme", "3:me:t"]);
+    let acked: i64 = direct
+        .query_one(
+            "SELECT acked FROM writebehind.status WHERE \"table\" = 'sd'::regclass",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(acked, 1, "only the INSERT with every column given");
     Ok(())
 }

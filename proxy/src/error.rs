@@ -132,6 +132,20 @@ impl ProxyError {
         }
     }
 
+    /// A statement that makes PostgreSQL itself raise this error (same SQLSTATE and message,
+    /// severity ERROR), so that inside a transaction block the transaction fails as it would
+    /// had PostgreSQL raised it.
+    pub fn raise_sql(&self) -> String {
+        let (code, _) = self.code();
+        crate::telemetry::count_error(code.code());
+        // Dollar-quoted: the message cannot end the quote.
+        let message = self.to_string().replace('$', "?");
+        format!(
+            "DO $wb$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = $m${message}$m$; END $wb$",
+            code.code()
+        )
+    }
+
     /// Appends the ErrorResponse for this error to `buf`, and counts it for `/metrics`.
     pub fn write_to(&self, buf: &mut BytesMut) {
         let (code, severity) = self.code();

@@ -149,3 +149,81 @@ async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::
     assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 1);
     Ok(())
 }
+
+/// Inside a transaction block a barrier that times out, or a cancel while it waits, fails the
+/// transaction as PostgreSQL would (the error comes from PostgreSQL: the transaction is
+/// aborted, ROLLBACK ends it), and the session goes on.
+#[tokio::test]
+async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             SELECT writebehind.enable('t');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--barrier-timeout", "2s"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let lock = cluster.connect("postgres").await?;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+
+    // A timeout, simple protocol.
+    c.batch_execute("BEGIN; SELECT 1").await?;
+    let err = c
+        .simple_query("SELECT count(*) FROM t")
+        .await
+        .expect_err("the barrier cannot complete");
+    assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
+    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(
+        aborted.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{aborted}"
+    );
+    c.batch_execute("ROLLBACK").await?;
+    assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
+
+    // A cancel, extended protocol, with the barrier timeout far away.
+    let proxy2 = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
+    let c1 = c;
+    let c = writebehind_tests::connect(&proxy2.conninfo("postgres", "postgres")).await?;
+    c.batch_execute("INSERT INTO t VALUES (2, 2)").await?;
+    c.batch_execute("BEGIN").await?;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = c
+        .query("SELECT count(*) FROM t WHERE id > $1", &[&0i32])
+        .await
+        .expect_err("cancelled while waiting");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel ended the wait, not the 60 s barrier_timeout"
+    );
+    canceller.await??;
+    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(
+        aborted.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{aborted}"
+    );
+    c.batch_execute("ROLLBACK").await?;
+    lock.batch_execute("COMMIT").await?;
+    assert_eq!(
+        query_i64(&c1, "SELECT count(*) FROM t WHERE id = 1").await?,
+        1
+    );
+    assert_eq!(
+        query_i64(&c, "SELECT count(*) FROM t WHERE id = 2").await?,
+        1
+    );
+    Ok(())
+}

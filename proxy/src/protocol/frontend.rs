@@ -39,6 +39,15 @@ pub enum Frontend<'a> {
 #[error("malformed frontend message of type {0:?}")]
 pub struct Malformed(pub char);
 
+/// Appends a Query message carrying `sql` (a frontend message of the proxy's own).
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    use bytes::BufMut;
+    buf.put_u8(b'Q');
+    buf.put_u32((sql.len() + 5) as u32);
+    buf.put_slice(sql.as_bytes());
+    buf.put_u8(0);
+}
+
 /// Decodes one whole message (type byte, length, body).
 pub fn decode(msg: &[u8]) -> Result<Frontend<'_>, Malformed> {
     let ty = *msg.first().ok_or(Malformed('?'))?;

@@ -3,10 +3,39 @@
 
 use crate::protocol::startup::cancel_packet;
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+/// What a cancel request does to a session's read barrier: it ends a barrier wait, and then
+/// PostgreSQL is not told (its backend is idle meanwhile: a cancel sent to it could land on
+/// the session's next statement instead).
+#[derive(Debug, Default)]
+pub struct Interrupt {
+    notify: Notify,
+    barrier_waiting: AtomicBool,
+}
+
+impl Interrupt {
+    /// Completes at the next cancel request (registered when called, not when first polled).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// The session starts (`true`) or ends (`false`) waiting for a barrier.
+    pub fn barrier_waiting(&self, waiting: bool) {
+        self.barrier_waiting.store(waiting, Ordering::Release);
+    }
+
+    /// Wakes a barrier wait, if any (no permit is stored for a later one); whether one was
+    /// waiting.
+    fn cancel(&self) -> bool {
+        self.notify.notify_waiters();
+        self.barrier_waiting.load(Ordering::Acquire)
+    }
+}
 
 /// Where a client's cancel request must go.
 #[derive(Debug, Clone)]
@@ -14,9 +43,8 @@ pub struct UpstreamKey {
     pub addr: String,
     pub pid: i32,
     pub secret: i32,
-    /// Wakes the session's read barrier, if one is waiting (the backend is idle meanwhile,
-    /// so the cancel it gets cancels nothing).
-    pub interrupt: Arc<Notify>,
+    /// The session's read barrier, woken instead of the backend while it waits.
+    pub interrupt: Arc<Interrupt>,
 }
 
 /// The map from the keys the proxy handed out to upstream keys.
@@ -51,8 +79,10 @@ impl CancelMap {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
             return;
         };
-        // Only a barrier waiting now is interrupted (no permit is stored for a later one).
-        target.interrupt.notify_waiters();
+        if target.interrupt.cancel() {
+            tracing::debug!(pid, "cancel request ended a barrier wait");
+            return;
+        }
         match TcpStream::connect(&target.addr).await {
             Ok(mut s) => {
                 if let Err(error) = s.write_all(&cancel_packet(target.pid, target.secret)).await {

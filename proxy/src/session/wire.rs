@@ -3,7 +3,7 @@
 //! the client locally, and ask the session's own connection a question of the proxy's.
 
 use crate::error::ProxyError;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -29,7 +29,7 @@ pub struct Shared {
     /// (`changers::reported_setting_unsafe`); it stays set.
     pub unsafe_setting: AtomicBool,
     /// Notified when the client sends a CancelRequest for this session.
-    pub interrupt: std::sync::Arc<Notify>,
+    pub interrupt: std::sync::Arc<super::cancel::Interrupt>,
     /// The last messages sent upstream did not end with a Sync, Query or FunctionCall (a
     /// Flush-driven exchange, a pipeline still being sent): the client may be waiting for
     /// replies although no ReadyForQuery is owed.
@@ -133,7 +133,7 @@ impl Default for Shared {
             private: AtomicBool::new(false),
             private_replies: std::sync::Mutex::new(Vec::new()),
             unsafe_setting: AtomicBool::new(false),
-            interrupt: std::sync::Arc::new(Notify::new()),
+            interrupt: std::sync::Arc::default(),
             unsynced: AtomicBool::new(false),
             parses: std::sync::Mutex::new(ParseLedger::default()),
             listening: AtomicBool::new(false),
@@ -267,6 +267,9 @@ pub trait Wire {
     fn settings_unsafe(&self) -> bool;
     /// Completes when the client asks to cancel (a CancelRequest with this session's key).
     fn interrupted(&self) -> tokio::sync::futures::Notified<'_>;
+    /// The session starts or ends waiting for a barrier: meanwhile a cancel request is the
+    /// barrier's alone (see [`Interrupt`](super::cancel::Interrupt)).
+    fn barrier_waiting(&self, waiting: bool);
     /// Sends the proxy's own Parses (whole messages, then a Sync of the proxy's) once
     /// PostgreSQL owes the client nothing, and waits for their ReadyForQuery; the client sees
     /// none of the replies (but notices and FATAL errors). `parses` names them for the ledger.
@@ -391,6 +394,10 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.shared.interrupt.notified()
     }
 
+    fn barrier_waiting(&self, waiting: bool) {
+        self.shared.interrupt.barrier_waiting(waiting);
+    }
+
     fn failed_parses(&self) -> Vec<ParseRef> {
         self.shared.ledger().take_failed()
     }
@@ -446,10 +453,7 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             return Err(NotAsked::Busy);
         }
         let mut msg = BytesMut::with_capacity(sql.len() + 6);
-        msg.put_u8(b'Q');
-        msg.put_u32((sql.len() + 5) as u32);
-        msg.put_slice(sql.as_bytes());
-        msg.put_u8(0);
+        crate::protocol::frontend::query(&mut msg, sql);
         self.shared
             .private_replies
             .lock()

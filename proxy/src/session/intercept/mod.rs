@@ -578,14 +578,19 @@ impl Intercept {
         if !self.rt.catalog.borrow().is_empty() {
             let scope = self.scope(&msgs, lexed, wire).await;
             tracing::trace!(?scope, "barrier scope");
-            // Between transactions, with whole groups in hand, the statement can fail as if
-            // PostgreSQL had refused its first message: nothing of it ran, the session goes
-            // on. Then a barrier that times out or is cancelled fails only the statement.
-            // Otherwise a transaction would have to fail as PostgreSQL fails it, which the
-            // proxy cannot do: a timeout ends the session, and a cancel is not heeded.
+            // With whole groups in hand, the statement can fail as if PostgreSQL had refused
+            // its first message: nothing of it ran. Then a barrier that times out or is
+            // cancelled fails only the statement: between transactions the proxy answers the
+            // error itself; inside a transaction block PostgreSQL raises it, so that the
+            // transaction fails as PostgreSQL fails it. Mid-group (or in a failed
+            // transaction) a timeout ends the session, and a cancel is not heeded.
             let whole = matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
-            let failable =
-                !scope.is_empty() && whole && !self.mid_group && wire.drained().await == b'I';
+            let status = if !scope.is_empty() && whole && !self.mid_group {
+                wire.drained().await
+            } else {
+                0
+            };
+            let failable = matches!(status, b'I' | b'T');
             let barrier = async {
                 match &scope {
                     Scope::All => self.rt.barrier_all(self.barrier_timeout).await,
@@ -594,10 +599,14 @@ impl Intercept {
                 }
             };
             let failed = if failable {
-                tokio::select! {
+                let interrupted = wire.interrupted();
+                wire.barrier_waiting(true);
+                let failed = tokio::select! {
                     r = barrier => r.err().map(|e| ProxyError::StatementBarrier(e.to_string())),
-                    _ = wire.interrupted() => Some(ProxyError::BarrierCancelled),
-                }
+                    _ = interrupted => Some(ProxyError::BarrierCancelled),
+                };
+                wire.barrier_waiting(false);
+                failed
             } else {
                 match barrier.await {
                     Ok(()) => None,
@@ -614,6 +623,15 @@ impl Intercept {
                     if let Some(stmt) = self.stmts.get_mut(name) {
                         stmt.on_server = false;
                     }
+                }
+                if status == b'T' {
+                    // The proxy's Query drops the unnamed statement and portal upstream.
+                    self.stmts.remove("");
+                    self.portals.remove("");
+                    let sql = error.raise_sql();
+                    let mut out = BytesMut::with_capacity(sql.len() + 6);
+                    frontend::query(&mut out, &sql);
+                    return wire.forward(out, &[]).await;
                 }
                 let mut out = BytesMut::with_capacity(128);
                 error.write_to(&mut out);

@@ -256,6 +256,56 @@ async fn a_table_without_read_barrier_is_read_without_waiting() -> anyhow::Resul
         .await?
         .get(0);
     assert_eq!(n, 5);
+
+    // A write that passes through waits for the pending changes all the same: they come
+    // first in the key's order. Synchronous by the session's choice, not by the key, and at
+    // the pending bound with overflow = sync.
+    let proxy = wb_proxy(
+        &cluster,
+        &[
+            "--flush-interval",
+            "1h",
+            "--max-pending-rows",
+            "3",
+            "--overflow",
+            "sync",
+        ],
+    )?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let n = || async {
+        anyhow::Ok(
+            direct
+                .query_one("SELECT n FROM hits WHERE id = 2", &[])
+                .await?
+                .get::<_, i64>(0),
+        )
+    };
+    assert_eq!(tag(&c, "INSERT INTO hits VALUES (2, 1)").await?, 1);
+    c.batch_execute("SET writebehind.sync = on").await?;
+    assert_eq!(tag(&c, "UPDATE hits SET n = n * 10 WHERE id = 2").await?, 1);
+    c.batch_execute("RESET writebehind.sync").await?;
+    assert_eq!(
+        n().await?,
+        10,
+        "the synchronous update came after the insert"
+    );
+    assert_eq!(tag(&c, "UPDATE hits SET n = n + 1 WHERE id = 2").await?, 1);
+    assert_eq!(
+        tag(&c, "UPDATE hits SET n = n * 10 WHERE id = 2 AND n > 0").await?,
+        1
+    );
+    assert_eq!(
+        n().await?,
+        110,
+        "the update not by the key came after the increment"
+    );
+    for _ in 0..3 {
+        assert_eq!(tag(&c, "UPDATE hits SET n = n + 1 WHERE id = 2").await?, 1);
+    }
+    // The fourth is at the bound: it passes through, after the three pending ones.
+    assert_eq!(tag(&c, "UPDATE hits SET n = 0 WHERE id = 2").await?, 1);
+    c.batch_execute("SELECT writebehind.flush()").await?;
+    assert_eq!(n().await?, 0, "overflow = sync wrote last");
     Ok(())
 }
 

@@ -255,12 +255,13 @@ impl DbRuntime {
         Ok(())
     }
 
-    /// The read barrier over the write-behind tables `relids` that have one (tables enabled
-    /// with `read_barrier => false`, or no longer registered, are not waited for). Nothing to
-    /// wait for costs nothing: no shipping, no I/O.
+    /// The barrier over the write-behind tables `relids` (tables no longer registered are
+    /// not waited for, nor, for a statement that only reads (`writes` false), tables enabled
+    /// with `read_barrier => false`). Nothing to wait for costs nothing: no shipping, no I/O.
     pub async fn barrier(
         &self,
         relids: &std::collections::BTreeSet<u32>,
+        writes: bool,
         timeout: std::time::Duration,
     ) -> Result<(), BarrierError> {
         let relids: Vec<u32> = self
@@ -268,7 +269,7 @@ impl DbRuntime {
             .borrow()
             .tables
             .iter()
-            .filter(|t| t.read_barrier && relids.contains(&t.relid))
+            .filter(|t| (writes || t.read_barrier) && relids.contains(&t.relid))
             .map(|t| t.relid)
             .collect();
         if relids.is_empty() {
@@ -277,15 +278,25 @@ impl DbRuntime {
         self.barrier.wait(&relids, timeout).await
     }
 
-    /// The read barrier over every write-behind table of the database that has one (tables
-    /// enabled with `read_barrier => false` are shipped but not waited for).
-    pub async fn barrier_all(&self, timeout: std::time::Duration) -> Result<(), BarrierError> {
+    /// Whether some write-behind table of the database was enabled with `read_barrier =>
+    /// false`.
+    pub fn some_without_read_barrier(&self) -> bool {
+        self.catalog.borrow().tables.iter().any(|t| !t.read_barrier)
+    }
+
+    /// The barrier over every write-behind table of the database (for a statement that only
+    /// reads, `writes` false, those enabled with `read_barrier => false` excepted).
+    pub async fn barrier_all(
+        &self,
+        writes: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(), BarrierError> {
         let relids: Vec<u32> = self
             .catalog
             .borrow()
             .tables
             .iter()
-            .filter(|t| t.read_barrier)
+            .filter(|t| writes || t.read_barrier)
             .map(|t| t.relid)
             .collect();
         if relids.is_empty() {

@@ -340,6 +340,31 @@ pub fn may_change_schema(stmts: &[&[Token]]) -> bool {
     })
 }
 
+/// Whether every one of `stmts` only reads: it starts with SELECT, TABLE, VALUES or SHOW (or
+/// a parenthesis) and names none of the words that write, lock for update or create
+/// (INSERT, UPDATE, DELETE, MERGE, INTO, TRUNCATE, COPY). Only such statements skip the wait
+/// for tables enabled with `read_barrier => false`: anything that may write such a table
+/// waits for its pending changes, which come first in each key's order. (A function called
+/// by a SELECT that writes one is not seen.)
+pub fn reads_only(stmts: &[&[Token]]) -> bool {
+    const READS: &[&str] = &["select", "table", "values", "show"];
+    const WRITES: &[&str] = &[
+        "insert", "update", "delete", "merge", "into", "truncate", "copy",
+    ];
+    !stmts.is_empty()
+        && stmts.iter().all(|t| {
+            let starts = match t.first() {
+                Some(Token::Word(w)) => READS.contains(&w.as_str()),
+                Some(Token::Punct('(')) => true,
+                _ => false,
+            };
+            starts
+                && !t
+                    .iter()
+                    .any(|x| matches!(x, Token::Word(w) if WRITES.contains(&w.as_str())))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,5 +598,36 @@ mod tests {
         assert!(changes("DO $$ BEGIN END $$"));
         assert!(!changes("SELECT 1; INSERT INTO t VALUES (1)"));
         assert!(!changes("BEGIN; COMMIT"));
+    }
+
+    #[test]
+    fn only_plain_reads_skip_tables_without_a_read_barrier() {
+        let reads = |sql: &str| {
+            let tokens = lexer::lex(sql, true).expect("lexes");
+            reads_only(&lexer::statements(&tokens))
+        };
+        for sql in [
+            "SELECT n FROM c WHERE id = 1",
+            "select * from c; show search_path",
+            "(SELECT 1) UNION (SELECT 2)",
+            "TABLE c",
+            "VALUES (1)",
+            "SELECT 'update' FROM c",
+        ] {
+            assert!(reads(sql), "{sql}");
+        }
+        for sql in [
+            "UPDATE c SET n = 100 WHERE id = 1",
+            "INSERT INTO c VALUES (1, 1)",
+            "SELECT n FROM c FOR UPDATE",
+            "SELECT * INTO c2 FROM c",
+            "WITH x AS (DELETE FROM c RETURNING *) SELECT * FROM x",
+            "SELECT 1; DELETE FROM c",
+            "BEGIN",
+            "COPY c FROM STDIN",
+            "",
+        ] {
+            assert!(!reads(sql), "{sql}");
+        }
     }
 }

@@ -83,6 +83,40 @@ impl Intercept {
         scope
     }
 
+    /// Whether the group `msgs` may write (see [`scope::reads_only`]): then it waits for
+    /// tables enabled with `read_barrier => false` too. Unknown statements and portals bound
+    /// earlier may write.
+    pub(super) fn group_may_write(&self, msgs: &[Bytes]) -> bool {
+        let writes = |sql: &str| match lexer::lex(sql, true) {
+            Ok(tokens) => !scope::reads_only(&lexer::statements(&tokens)),
+            Err(_) => true,
+        };
+        let mut bound = Vec::new();
+        msgs.iter().any(|raw| match frontend::decode(raw) {
+            Ok(Frontend::Query(sql)) | Ok(Frontend::Parse { sql, .. }) => writes(sql),
+            Ok(Frontend::Bind {
+                portal, statement, ..
+            }) => {
+                bound.push(portal);
+                match self.stmts.get(statement).map(|s| frontend::decode(&s.parse)) {
+                    Some(Ok(Frontend::Parse { sql, .. })) => writes(sql),
+                    // Parsed in this group (its Parse counts), or unknown.
+                    _ => !msgs.iter().any(|m| {
+                        matches!(frontend::decode(m), Ok(Frontend::Parse { name, .. }) if name == statement)
+                    }),
+                }
+            }
+            Ok(Frontend::Execute { portal }) => !bound.contains(&portal),
+            Ok(
+                Frontend::Describe { .. }
+                | Frontend::Close { .. }
+                | Frontend::Sync
+                | Frontend::Other(b'H' | b'd' | b'c' | b'f'),
+            ) => false,
+            _ => true,
+        })
+    }
+
     /// Whether the catalog is current for this session: after a statement of its own that may
     /// have changed the schema, it is reloaded once that committed (the session is idle
     /// outside a transaction block) and before anything is acknowledged or scoped against it.

@@ -591,11 +591,15 @@ impl Intercept {
                 0
             };
             let failable = matches!(status, b'I' | b'T');
+            // Only asked when it matters: some table skips the wait for reads.
+            let writes = !scope.is_empty()
+                && self.rt.some_without_read_barrier()
+                && self.group_may_write(&msgs);
             let barrier = async {
                 match &scope {
-                    Scope::All => self.rt.barrier_all(self.barrier_timeout).await,
+                    Scope::All => self.rt.barrier_all(writes, self.barrier_timeout).await,
                     Scope::Tables(t) if t.is_empty() => Ok(()),
-                    Scope::Tables(t) => self.rt.barrier(t, self.barrier_timeout).await,
+                    Scope::Tables(t) => self.rt.barrier(t, writes, self.barrier_timeout).await,
                 }
             };
             let failed = if failable {

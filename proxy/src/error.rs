@@ -49,8 +49,8 @@ pub enum ProxyError {
     /// The same, between transactions: only the statement fails, the session goes on.
     #[error("write-behind barrier failed: {0}")]
     StatementBarrier(String),
-    /// The client cancelled a statement while it waited for the read barrier (between
-    /// transactions): the statement did not run.
+    /// The client cancelled a statement while it waited for the read barrier, or for room
+    /// in the write-behind queue: the statement did not run.
     #[error("canceling statement due to user request")]
     BarrierCancelled,
     /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).
@@ -84,6 +84,7 @@ impl From<crate::writebehind::runtime::EnqueueError> for ProxyError {
         use crate::writebehind::runtime::EnqueueError;
         match e {
             EnqueueError::Overflow { .. } => ProxyError::QueueFull(e.to_string()),
+            EnqueueError::Cancelled => ProxyError::BarrierCancelled,
             EnqueueError::Wal(w) if w.is_disk_full() => {
                 ProxyError::WalDiskFull(format!("could not write the write-behind WAL: {w}"))
             }

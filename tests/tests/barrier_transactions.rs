@@ -1,6 +1,7 @@
 //! The read barrier around transactions: a REPEATABLE READ transaction's snapshot, deferred
-//! foreign keys checked at COMMIT, a barrier that times out between transactions (the
-//! statement fails, the session goes on), and a cancel request while a barrier waits. Only
+//! foreign keys checked at COMMIT, a barrier that times out or is cancelled between
+//! transactions (the statement fails, the session goes on) or inside one (PostgreSQL fails
+//! the transaction), and a cancel request while a write waits for room in the queue. Only
 //! barriers ship (`--flush-interval 1h`), so a read that does not wait misses the
 //! acknowledged writes.
 
@@ -224,6 +225,62 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
     assert_eq!(
         query_i64(&c, "SELECT count(*) FROM t WHERE id = 2").await?,
         1
+    );
+    Ok(())
+}
+
+/// A cancel request also ends a wait for room in the queue (`overflow = block`): the statement
+/// fails with 57014 at once, nothing of it is queued, and the session goes on.
+#[tokio::test]
+async fn a_cancel_request_ends_a_wait_for_room_in_the_queue() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             SELECT writebehind.enable('t');",
+        )
+        .await?;
+    let proxy = wb_proxy(
+        &cluster,
+        &[
+            "--max-pending-rows",
+            "2",
+            "--overflow",
+            "block",
+            "--overflow-timeout",
+            "60s",
+        ],
+    )?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // Nothing can ship while the inbox is locked, so the queue stays full.
+    let lock = cluster.connect("postgres").await?;
+    lock.batch_execute("BEGIN; LOCK TABLE writebehind.inbox IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    c.batch_execute("INSERT INTO t VALUES (2, 2)").await?;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = c
+        .simple_query("INSERT INTO t VALUES (3, 3)")
+        .await
+        .expect_err("cancelled while waiting for room");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel ended the wait, not the 60 s overflow_timeout"
+    );
+    canceller.await??;
+    assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
+    lock.batch_execute("COMMIT").await?;
+    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 2);
+    assert_eq!(
+        query_i64(&c, "SELECT count(*) FROM t WHERE id = 3").await?,
+        0
     );
     Ok(())
 }

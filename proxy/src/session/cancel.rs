@@ -9,8 +9,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// What a cancel request does to a session's read barrier: it ends a barrier wait, and then
-/// PostgreSQL is not told (its backend is idle meanwhile: a cancel sent to it could land on
+/// What a cancel request does to a session waiting in the proxy (for a read barrier, or for
+/// room in the write-behind queue): it ends the wait, and then PostgreSQL is not told (its backend is idle meanwhile: a cancel sent to it could land on
 /// the session's next statement instead).
 #[derive(Debug, Default)]
 pub struct Interrupt {
@@ -24,13 +24,13 @@ impl Interrupt {
         self.notify.notified()
     }
 
-    /// The session starts (`true`) or ends (`false`) waiting for a barrier.
+    /// The session starts (`true`) or ends (`false`) waiting in the proxy.
     pub fn barrier_waiting(&self, waiting: bool) {
         self.barrier_waiting.store(waiting, Ordering::Release);
     }
 
-    /// Wakes a barrier wait, if any (no permit is stored for a later one); whether one was
-    /// waiting.
+    /// Wakes a wait in the proxy, if any (no permit is stored for a later one); whether one
+    /// was waiting.
     fn cancel(&self) -> bool {
         self.notify.notify_waiters();
         self.barrier_waiting.load(Ordering::Acquire)

@@ -28,6 +28,9 @@ pub struct Shared {
     /// PostgreSQL reported a setting the write-behind path cannot follow
     /// (`changers::reported_setting_unsafe`); it stays set.
     pub unsafe_setting: AtomicBool,
+    /// The last `writebehind.sync` PostgreSQL reported (the extension marks it GUC_REPORT, so
+    /// role and database defaults, `set_config` and functions count): 0 none yet, 1 off, 2 on.
+    pub reported_sync: AtomicU8,
     /// Notified when the client sends a CancelRequest for this session.
     pub interrupt: std::sync::Arc<super::cancel::Interrupt>,
     /// The last messages sent upstream did not end with a Sync, Query or FunctionCall (a
@@ -133,6 +136,7 @@ impl Default for Shared {
             private: AtomicBool::new(false),
             private_replies: std::sync::Mutex::new(Vec::new()),
             unsafe_setting: AtomicBool::new(false),
+            reported_sync: AtomicU8::new(0),
             interrupt: std::sync::Arc::default(),
             unsynced: AtomicBool::new(false),
             parses: std::sync::Mutex::new(ParseLedger::default()),
@@ -149,6 +153,12 @@ impl Shared {
         if let Some((name, value)) = super::changers::parameter_status(msg) {
             if super::changers::reported_setting_unsafe(name, value) {
                 self.unsafe_setting.store(true, Ordering::Release);
+            }
+            if name == "writebehind.sync" {
+                // PostgreSQL prints a boolean setting as `on` or `off`.
+                let on = value == "on";
+                self.reported_sync
+                    .store(if on { 2 } else { 1 }, Ordering::Release);
             }
         }
     }
@@ -265,10 +275,14 @@ pub trait Wire {
     /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
     /// after [`drained`](Self::drained): the report comes before the ReadyForQuery).
     fn settings_unsafe(&self) -> bool;
+    /// The last value of `writebehind.sync` PostgreSQL reported, if any (read after
+    /// [`drained`](Self::drained)).
+    fn reported_sync(&self) -> Option<bool>;
     /// Completes when the client asks to cancel (a CancelRequest with this session's key).
     fn interrupted(&self) -> tokio::sync::futures::Notified<'_>;
-    /// The session starts or ends waiting for a barrier: meanwhile a cancel request is the
-    /// barrier's alone (see [`Interrupt`](super::cancel::Interrupt)).
+    /// The session starts or ends waiting in the proxy (for a barrier, or for room in the
+    /// queue): meanwhile a cancel request is the proxy's alone (see
+    /// [`Interrupt`](super::cancel::Interrupt)).
     fn barrier_waiting(&self, waiting: bool);
     /// Sends the proxy's own Parses (whole messages, then a Sync of the proxy's) once
     /// PostgreSQL owes the client nothing, and waits for their ReadyForQuery; the client sees
@@ -408,6 +422,13 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
 
     fn settings_unsafe(&self) -> bool {
         self.shared.unsafe_setting.load(Ordering::Acquire)
+    }
+
+    fn reported_sync(&self) -> Option<bool> {
+        match self.shared.reported_sync.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(v == 2),
+        }
     }
 
     async fn reply(&mut self, bytes: BytesMut) -> Result<(), ProxyError> {

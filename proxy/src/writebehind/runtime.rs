@@ -40,6 +40,9 @@ pub enum EnqueueError {
     /// The WAL record could not be written (or fsynced).
     #[error("could not write the write-behind WAL: {0}")]
     Wal(#[from] WalError),
+    /// The client cancelled the statement while it waited for room (`overflow = block`).
+    #[error("canceling statement due to user request")]
+    Cancelled,
 }
 
 /// One database's runtime.
@@ -131,14 +134,24 @@ impl DbRuntime {
     /// Offers one statement's changes: waits for room per the overflow policy, journals them
     /// (and waits for the group fsync in `fsync` mode), and queues them.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_unless(changes, std::future::pending()).await
+    }
+
+    /// As [`enqueue`](Self::enqueue), refused with [`EnqueueError::Cancelled`] if `cancelled`
+    /// completes while it waits for room (before anything is queued).
+    pub async fn enqueue_unless(
+        &self,
+        changes: Vec<Change>,
+        cancelled: impl std::future::Future<Output = ()>,
+    ) -> Result<Enqueued, EnqueueError> {
         let overflow = self.limits().overflow;
-        self.enqueue_with(changes, overflow).await
+        self.enqueue_with(changes, overflow, cancelled).await
     }
 
     /// As [`enqueue`](Self::enqueue), waiting for room (as `overflow = block`) whatever the
     /// policy: for changes the client was already answered for, which cannot pass through.
     pub async fn enqueue_waiting(&self, changes: Vec<Change>) -> Result<(), EnqueueError> {
-        self.enqueue_with(changes, Overflow::Block)
+        self.enqueue_with(changes, Overflow::Block, std::future::pending())
             .await
             .map(|_| ())
     }
@@ -147,9 +160,11 @@ impl DbRuntime {
         &self,
         changes: Vec<Change>,
         overflow: Overflow,
+        cancelled: impl std::future::Future<Output = ()>,
     ) -> Result<Enqueued, EnqueueError> {
         let l = self.limits();
         let deadline = tokio::time::Instant::now() + l.overflow_timeout;
+        let mut cancelled = std::pin::pin!(cancelled);
         loop {
             let freed = self.queue.space_notified();
             let (rows, bytes) = self.queue.pending();
@@ -169,8 +184,11 @@ impl DbRuntime {
                 Overflow::Error => return Err(full),
                 Overflow::Block => {
                     self.barrier.flusher().wake();
-                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                        return Err(full);
+                    tokio::select! {
+                        r = tokio::time::timeout_at(deadline, freed) => if r.is_err() {
+                            return Err(full);
+                        },
+                        _ = &mut cancelled => return Err(EnqueueError::Cancelled),
                     }
                 }
             }

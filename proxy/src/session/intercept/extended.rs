@@ -312,7 +312,11 @@ impl Intercept {
         let mut changes = earlier.unwrap_or_default();
         changes.extend(plan.changes);
         if !changes.is_empty() {
-            let result = match self.rt.enqueue(changes.clone()).await {
+            let interrupted = wire.interrupted();
+            wire.barrier_waiting(true);
+            let enqueued = self.rt.enqueue_unless(changes.clone(), interrupted).await;
+            wire.barrier_waiting(false);
+            let result = match enqueued {
                 Ok(Enqueued::PassThrough) if !answered_before => {
                     return self.forward(group, wire).await
                 }

@@ -259,12 +259,17 @@ impl Intercept {
 
     /// Whether PostgreSQL reported a setting the path cannot follow (ask after
     /// `wire.drained()`); if so, acknowledging ends for good.
+    /// Also follows the `writebehind.sync` PostgreSQL reports, however it was set (role or
+    /// database default, `set_config`, a function); then answers whether writes pass through.
     fn settings_changed<W: Wire>(&mut self, wire: &W) -> bool {
         if wire.settings_unsafe() && self.enabled {
             tracing::debug!("PostgreSQL reported a setting the write-behind path cannot follow: writes of this session pass through from now on");
             self.enabled = false;
         }
-        !self.enabled
+        if let Some(on) = wire.reported_sync() {
+            self.sync = on;
+        }
+        !self.acking()
     }
 
     fn take_group(&mut self) -> Vec<Bytes> {
@@ -376,7 +381,11 @@ impl Intercept {
                     && wire.drained().await == b'I'
                     && !self.settings_changed(wire)
                 {
-                    match self.rt.enqueue(changes).await {
+                    let interrupted = wire.interrupted();
+                    wire.barrier_waiting(true);
+                    let enqueued = self.rt.enqueue_unless(changes, interrupted).await;
+                    wire.barrier_waiting(false);
+                    match enqueued {
                         Ok(Enqueued::Acked) => {
                             let mut out = BytesMut::with_capacity(32 * tags.len());
                             for t in &tags {

@@ -10,7 +10,8 @@ CREATE TABLE writebehind.tables (
     mode           text     NOT NULL DEFAULT 'keyed'  CHECK (mode IN ('keyed', 'append')),
     on_conflict    text     NOT NULL DEFAULT 'upsert' CHECK (on_conflict IN ('upsert', 'ignore', 'dead_letter')),
     read_barrier   boolean  NOT NULL DEFAULT true,
-    flush_interval interval NOT NULL DEFAULT '100 ms',
+    flush_interval interval NOT NULL DEFAULT '100 ms'
+                   CHECK (flush_interval > '0' AND flush_interval <= '1 day'),
     max_batch_rows integer  NOT NULL DEFAULT 10000 CHECK (max_batch_rows > 0),
     key_columns    text[]   NOT NULL DEFAULT '{}',
     enabled_at     timestamptz NOT NULL DEFAULT now()
@@ -139,6 +140,10 @@ CREATE POLICY registry_owner ON writebehind.tables FOR ALL
     WITH CHECK (pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = relid), 'USAGE'));
 GRANT SELECT ON writebehind.tables, writebehind.dead_letters, writebehind.table_stats,
     writebehind.ingest_stats TO PUBLIC;
+-- Dead letters hold row data: each role sees those of the tables it may read.
+ALTER TABLE writebehind.dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letters_read ON writebehind.dead_letters FOR SELECT
+    USING (coalesce(has_table_privilege(relid, 'SELECT'), false));
 
 -- Raises with a SQLSTATE, a message and a hint (plpgsql helper).
 CREATE FUNCTION writebehind._raise(code text, msg text, hint text DEFAULT NULL)
@@ -259,8 +264,8 @@ BEGIN
     IF max_batch_rows IS NULL OR max_batch_rows < 1 THEN
         PERFORM writebehind._raise('22023', 'max_batch_rows must be at least 1');
     END IF;
-    IF flush_interval IS NULL OR flush_interval <= '0'::interval THEN
-        PERFORM writebehind._raise('22023', 'flush_interval must be positive');
+    IF flush_interval IS NULL OR flush_interval <= '0'::interval OR flush_interval > '1 day'::interval THEN
+        PERFORM writebehind._raise('22023', 'flush_interval must be positive and at most 1 day');
     END IF;
     IF EXISTS (SELECT 1 FROM writebehind.tables t WHERE t.relid = tbl) THEN
         PERFORM writebehind._raise('42710', format('table "%s" is already write-behind', tbl),
@@ -297,8 +302,13 @@ BEGIN
     IF max_batch_rows IS NOT NULL AND max_batch_rows < 1 THEN
         PERFORM writebehind._raise('22023', 'max_batch_rows must be at least 1');
     END IF;
-    IF flush_interval IS NOT NULL AND flush_interval <= '0'::interval THEN
-        PERFORM writebehind._raise('22023', 'flush_interval must be positive');
+    IF flush_interval IS NOT NULL
+       AND (flush_interval <= '0'::interval OR flush_interval > '1 day'::interval) THEN
+        PERFORM writebehind._raise('22023', 'flush_interval must be positive and at most 1 day');
+    END IF;
+    IF coalesce(mode, cur.mode) = 'append' AND coalesce(on_conflict, cur.on_conflict) <> 'upsert' THEN
+        PERFORM writebehind._raise('22023', 'on_conflict does not apply to append tables',
+            'Append tables have no key, so an insert never conflicts.');
     END IF;
     IF mode IS NOT NULL AND mode <> cur.mode THEN
         -- Changing the mode changes how queued rows are read: drain them first.
@@ -454,6 +464,9 @@ DECLARE
     deadline timestamptz := clock_timestamp() + timeout;
     pause    double precision := 0.001;
 BEGIN
+    IF timeout IS NULL THEN
+        PERFORM writebehind._raise('22004', 'timeout must not be NULL');
+    END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         PERFORM writebehind._raise('25001', 'writebehind.flush() needs READ COMMITTED isolation',
             'Under REPEATABLE READ or SERIALIZABLE the transaction''s snapshot never sees the worker''s progress.');
@@ -487,11 +500,19 @@ BEGIN
         DELETE FROM writebehind.dead_letters d
         WHERE (tbl IS NULL OR d.relid = tbl) AND (ids IS NULL OR d.id = ANY (ids))
         RETURNING d.*
+    ), queued AS (
+        INSERT INTO writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set)
+        SELECT coalesce(m.proxy_id, 'retry'), coalesce(m.batch_seq, 0), m.relid, m.op, m.key, m.data, m.conflict_set
+        FROM moved m ORDER BY m.id
+        RETURNING 1
+    ), counted AS (
+        -- Back in the inbox, no longer dead letters: the status still adds up.
+        UPDATE writebehind.table_stats s SET dead_letters = greatest(s.dead_letters - c.n, 0)
+        FROM (SELECT m.relid, count(*) AS n FROM moved m GROUP BY m.relid) c
+        WHERE s.relid = c.relid
+        RETURNING 1
     )
-    INSERT INTO writebehind.inbox (proxy_id, batch_seq, relid, op, key, data, conflict_set)
-    SELECT coalesce(m.proxy_id, 'retry'), coalesce(m.batch_seq, 0), m.relid, m.op, m.key, m.data, m.conflict_set
-    FROM moved m ORDER BY m.id;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    SELECT count(*) INTO n FROM queued;
     IF n > 0 THEN
         PERFORM writebehind._wake_on_commit();
     END IF;
@@ -539,6 +560,9 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (SELECT 1 FROM gone)
 $$;
 REVOKE ALL ON FUNCTION writebehind.report(text, jsonb), writebehind.forget_proxy(text) FROM PUBLIC;
+-- Retrying re-applies changes as the table's owner, ahead of nothing: an administrator's call
+-- (GRANT EXECUTE to whom may make it).
+REVOKE ALL ON FUNCTION writebehind.retry_dead_letters(regclass, bigint[]) FROM PUBLIC;
 
 -- Proxies and what they last reported; `stale` when no report came for 5 seconds (the proxy
 -- is down, or cannot reach this database).

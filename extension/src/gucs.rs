@@ -21,8 +21,9 @@ pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Whether rounds of one shape are applied by one statement (`apply/uniform.rs`).
 pub static UNIFORM_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
-/// Per session: make writes through the proxy synchronous. The proxy tracks it (SET, SET
-/// LOCAL, RESET); the extension only defines it so that `SET writebehind.sync` is valid.
+/// Per session: make writes through the proxy synchronous. Reported to the client
+/// (GUC_REPORT) like `client_encoding`, so the proxy follows it however it is set (SET, role
+/// and database defaults, `set_config`, functions); the extension itself ignores it.
 pub static SYNC: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Registers every parameter; called once from `_PG_init`.
@@ -79,7 +80,7 @@ pub fn init() {
         c"Tracked by the proxy per session; has no effect on direct connections.",
         &SYNC,
         GucContext::Userset,
-        GucFlags::default(),
+        GucFlags::REPORT,
     );
 }
 

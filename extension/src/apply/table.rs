@@ -58,10 +58,12 @@ pub fn load(client: &SpiClient<'_>, relid: pg_sys::Oid) -> SpiResult<Option<Tabl
     let registered_key: Option<Vec<String>> = row.get(5)?;
     let pk: Option<Vec<String>> = row.get(6)?;
     // A table no longer registered (disabled while rows were queued) still gets its rows
-    // applied, keyed by its primary key with the default policy.
+    // applied, keyed by its primary key with the default policy, or appended if it has none
+    // or if its queued rows are append rows: proxies learn of a disable only when it
+    // commits, so rows they acknowledged as an append table's meanwhile ship afterwards.
     let append = match mode.as_deref() {
         Some(m) => m == "append",
-        None => pk.is_none(),
+        None => pk.is_none() || queued_append_rows(client, relid)?,
     };
     let key_columns = if append {
         Vec::new()
@@ -101,6 +103,23 @@ pub fn load(client: &SpiClient<'_>, relid: pg_sys::Oid) -> SpiResult<Option<Tabl
         policy,
         types,
     }))
+}
+
+/// Whether the inbox holds rows of `relid` in the append format: no key, neither as a JSON
+/// key nor as key value rows of a packed row (which then has one value row per column).
+fn queued_append_rows(client: &SpiClient<'_>, relid: pg_sys::Oid) -> SpiResult<bool> {
+    Ok(client
+        .select(
+            "SELECT EXISTS (SELECT 1 FROM writebehind.inbox i
+                             WHERE i.relid = $1 AND i.key IS NULL
+                               AND (i.vals IS NULL
+                                    OR array_length(i.vals, 1) = coalesce(array_length(i.columns, 1), 0)))",
+            None,
+            &[relid.into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
 }
 
 /// Registered tables linked by foreign keys: (parent, child) pairs among `relids`.

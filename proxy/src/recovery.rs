@@ -41,8 +41,17 @@ pub async fn start(config: &Config) -> io::Result<Arc<WriteBehind>> {
     let wal = Wal::open(dir.path(), next_lsn, SEGMENT_SIZE).map_err(|e| invalid(e.to_string()))?;
     info!(wal_dir = %dir.path().display(), proxy_id = dir.proxy_id(), next_lsn, databases = per_db.len(), "WAL opened");
     let wb = WriteBehind::new(config.clone(), Some((dir, Arc::new(wal))));
+    // Until every database is replayed, no segment holding one of its records may go.
+    let oldest = per_db
+        .iter()
+        .filter_map(|(_, replay)| replay.first().map(|(lsn, _)| *lsn))
+        .min();
+    if let Some(lsn) = oldest {
+        wb.hold_wal_from(lsn);
+    }
     for (database, replay) in per_db {
         wb.recover(&database, replay).await.map_err(invalid)?;
     }
+    wb.release_wal_hold();
     Ok(wb)
 }

@@ -22,7 +22,15 @@ pub async fn run(
         }
         _ => None,
     };
-    let writebehind = crate::recovery::start(&config).await?;
+    // Start-up replay waits for PostgreSQL as long as it takes; a SIGTERM meanwhile stops it
+    // (the WAL keeps every acknowledged write for the next start).
+    let writebehind = tokio::select! {
+        wb = crate::recovery::start(&config) => wb?,
+        _ = shutdown.wait_for(|stop| *stop) => {
+            tracing::info!("stopped during start-up replay: the WAL keeps every acknowledged write");
+            return Ok(());
+        }
+    };
     let stats = writebehind.stats().clone();
     let live = writebehind.live().clone();
     let shared =

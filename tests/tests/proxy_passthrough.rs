@@ -386,6 +386,30 @@ async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
     assert!(!ssl_of(client).await?, "sslmode=disable stays plaintext");
     drop(proxy);
 
+    // SCRAM over an encrypted hop: PostgreSQL offers channel binding (SCRAM-SHA-256-PLUS),
+    // which binds to a TLS session the client does not share; the proxy does not pass that
+    // offer on, so psql logs in (libpq refused the offer over its plaintext connection).
+    admin
+        .batch_execute("CREATE ROLE scrammy LOGIN PASSWORD 'sekret'")
+        .await?;
+    cluster
+        .prepend_hba(&["host all scrammy 127.0.0.1/32 scram-sha-256"])
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &[])?;
+    let (ok, out, err) = run_cmd(
+        writebehind_tests::psql(proxy.port, "scrammy", "postgres")
+            .env("PGPASSWORD", "sekret")
+            .args([
+                "-Atc",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ]),
+    )?;
+    assert!(
+        ok && out.trim() == "t",
+        "SCRAM through the proxy: {out} {err}"
+    );
+    drop(proxy);
+
     // The proxy's own connections (catalog, notifications, shipping, reports) follow sslmode
     // too: with plaintext TCP refused by pg_hba, write-behind works with sslmode=require.
     admin

@@ -109,3 +109,65 @@ pub fn cancel_packet(pid: i32, secret: i32) -> [u8; 16] {
     p[12..].copy_from_slice(&secret.to_be_bytes());
     p
 }
+
+/// An AuthenticationSASL message (`R`, code 10) without `SCRAM-SHA-256-PLUS`, or `None` for
+/// any other message. Channel binding ties SCRAM to the TLS session it runs in, and the
+/// client's TLS session (if any) ends at the proxy, not at PostgreSQL: offered to the client,
+/// it makes every SCRAM login fail when the proxy reaches PostgreSQL over TLS.
+pub fn without_channel_binding(msg: &[u8]) -> Option<Vec<u8>> {
+    if msg.first() != Some(&b'R') || msg.get(5..9) != Some(&10i32.to_be_bytes()[..]) {
+        return None;
+    }
+    let names = msg.get(9..)?;
+    let kept: Vec<&[u8]> = names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && *n != b"SCRAM-SHA-256-PLUS")
+        .collect();
+    if kept.is_empty() {
+        return None; // Nothing else offered: PostgreSQL's own message, and its own failure.
+    }
+    let mut body: Vec<u8> = 10i32.to_be_bytes().to_vec();
+    for n in kept {
+        body.extend_from_slice(n);
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = vec![b'R'];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+#[cfg(test)]
+mod channel_binding_tests {
+    use super::without_channel_binding;
+
+    fn sasl(names: &[&str]) -> Vec<u8> {
+        let mut body = 10i32.to_be_bytes().to_vec();
+        for n in names {
+            body.extend_from_slice(n.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn scram_plus_is_not_offered_to_clients() {
+        let offered = sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+        assert_eq!(
+            without_channel_binding(&offered),
+            Some(sasl(&["SCRAM-SHA-256"]))
+        );
+        assert_eq!(
+            without_channel_binding(&sasl(&["SCRAM-SHA-256"])),
+            Some(sasl(&["SCRAM-SHA-256"]))
+        );
+        // AuthenticationOk and other messages are left alone.
+        assert_eq!(without_channel_binding(b"R\0\0\0\x08\0\0\0\0"), None);
+        assert_eq!(without_channel_binding(b"Z\0\0\0\x05I"), None);
+    }
+}

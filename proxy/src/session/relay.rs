@@ -221,6 +221,10 @@ where
                             state.on_parameter_status(&msg);
                             out.extend_from_slice(&msg);
                         }
+                        b'R' => match crate::protocol::startup::without_channel_binding(&msg) {
+                            Some(offer) => out.extend_from_slice(&offer),
+                            None => out.extend_from_slice(&msg),
+                        },
                         _ => out.extend_from_slice(&msg),
                     }
                 }

@@ -33,6 +33,9 @@ enum StartError {
     /// The database cannot take write-behind (no extension, or a WAL that does not match it).
     #[error("{0}")]
     Unusable(String),
+    /// The database does not exist (any more).
+    #[error("{0}")]
+    Gone(String),
 }
 
 /// Statements read back from the WAL for one database: (lsn, changes), in lsn order.
@@ -53,6 +56,9 @@ pub struct WriteBehind {
     others: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Shipping paused by the admin console (`PAUSE`/`RESUME`).
     paused: AtomicBool,
+    /// The lowest lsn start-up replay still reads (`u64::MAX`: none): segments from it on
+    /// are kept.
+    wal_hold: std::sync::atomic::AtomicU64,
     /// The running configuration, reloadable keys included (admin `RELOAD`).
     live: Arc<LiveConfig>,
     /// Sessions and counters, shared with the session layer (reported to PostgreSQL).
@@ -84,6 +90,7 @@ impl WriteBehind {
             flushers: Mutex::new(Vec::new()),
             others: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
+            wal_hold: std::sync::atomic::AtomicU64::new(u64::MAX),
             live: Arc::new(LiveConfig::new(live)),
             stats: Arc::new(Stats::default()),
             started_at: SystemTime::now(),
@@ -98,6 +105,20 @@ impl WriteBehind {
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
         self.others.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps every WAL segment from `lsn` on while start-up replays them: a database being
+    /// recovered has no runtime yet to say what it still needs. Call right after
+    /// [`new`](Self::new), before anything awaits.
+    pub fn hold_wal_from(&self, lsn: u64) {
+        self.wal_hold
+            .store(lsn, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Start-up replay is over: the runtimes say what they still need.
+    pub fn release_wal_hold(&self) {
+        self.wal_hold
+            .store(u64::MAX, std::sync::atomic::Ordering::Release);
     }
 
     /// This proxy's id in `writebehind.progress`.
@@ -158,7 +179,7 @@ impl WriteBehind {
                         info!(database, reason = %why, "write-behind off for this database");
                         Ok(None)
                     }
-                    Err(StartError::Unreachable(why)) => {
+                    Err(StartError::Unreachable(why) | StartError::Gone(why)) => {
                         warn!(database, reason = %why, "write-behind not started for this database yet");
                         Err(())
                     }
@@ -188,7 +209,15 @@ impl WriteBehind {
                         replay.len()
                     ))
                 }
-                Err(StartError::Unreachable(why)) => {
+                // Dropped, and with it whatever it held: the statements it would have taken
+                // cannot be applied anywhere, and must not keep the proxy from starting.
+                Err(StartError::Gone(why)) if !replay.is_empty() => {
+                    tracing::error!(database, statements = replay.len(), reason = %why,
+                        "the WAL holds acknowledged statements for a database that no longer exists: they are dropped");
+                    self.dbs.remove(database);
+                    return Ok(());
+                }
+                Err(StartError::Gone(why) | StartError::Unreachable(why)) => {
                     let delay = backoff.next_delay();
                     warn!(database, reason = %why, ?delay, "replaying the WAL: PostgreSQL unreachable, retrying");
                     tokio::time::sleep(delay).await;
@@ -205,9 +234,13 @@ impl WriteBehind {
         let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
         // Registry notifications (and reconnections) make the catalog reload.
         let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<Reload>();
-        let (own, own_task) = open_own(&pg, note_tx.clone())
-            .await
-            .map_err(|e| StartError::Unreachable(e.to_string()))?;
+        let (own, own_task) = open_own(&pg, note_tx.clone()).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                StartError::Gone(e.to_string())
+            } else {
+                StartError::Unreachable(e.to_string())
+            }
+        })?;
         let catalog = Catalog::load(&own, 1)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
@@ -423,7 +456,10 @@ impl WriteBehind {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Some(wb) = me.upgrade() else { return };
             let Some(wal) = &wb.wal else { return };
-            let next = wal.stats().next_lsn;
+            let next = wal
+                .stats()
+                .next_lsn
+                .min(wb.wal_hold.load(std::sync::atomic::Ordering::Acquire));
             let keep = wb
                 .runtimes()
                 .iter()

@@ -261,6 +261,15 @@ impl Settings {
             None => Ok(default),
         };
         let idle = duration("idle_timeout", self.idle_timeout, "0s")?;
+        // As writebehind.progress takes it; stored in the WAL directory, so checked first.
+        if let Some(id) = &self.proxy_id {
+            if id.is_empty() || id.len() > 63 {
+                return Err(ConfigError::Invalid {
+                    key: "proxy_id",
+                    message: format!("{id:?}: must be 1 to 63 bytes"),
+                });
+            }
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid {
                 key: "tls_cert",
@@ -287,7 +296,14 @@ impl Settings {
             overflow_timeout: duration("overflow_timeout", self.overflow_timeout, "30s")?,
             barrier_timeout: duration("barrier_timeout", self.barrier_timeout, "30s")?,
             metrics_listen: self.metrics_listen,
-            admin_users: self.admin_users.unwrap_or_default(),
+            // `a, b` means a and b, as in PgBouncer's admin_users.
+            admin_users: self
+                .admin_users
+                .unwrap_or_default()
+                .iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             max_client_conn: positive("max_client_conn", self.max_client_conn, 1000)?,
@@ -378,6 +394,24 @@ mod tests {
                 "docs/operations.md documents {d}, which the proxy does not accept"
             );
         }
+    }
+
+    #[test]
+    fn proxy_ids_fit_the_progress_table_and_admin_users_are_trimmed() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["writebehind-proxy", "--upstream", "postgresql://u@h/db"];
+            args.extend_from_slice(extra);
+            Settings::parse_from(args)
+                .merged()
+                .and_then(Settings::validate)
+        };
+        let long = "x".repeat(64);
+        for bad in ["", long.as_str()] {
+            assert!(parse(&["--proxy-id", bad]).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--proxy-id", &"x".repeat(63)]).is_ok());
+        let cfg = parse(&["--admin-users", "nobody, postgres"]).expect("valid");
+        assert_eq!(cfg.admin_users, ["nobody", "postgres"]);
     }
 
     #[test]

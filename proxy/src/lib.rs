@@ -7,6 +7,7 @@
 //! - [`session`]: one client connection: startup, upstream connect, relay, cancel keys.
 //! - [`protocol`]: framing, the startup packet, messages the proxy builds (pgwire codecs).
 //! - [`admin`]: the admin console (virtual database `writebehind`).
+//! - [`signals`]: SIGHUP (reload), SIGUSR1/SIGUSR2 (pause, resume shipping).
 //! - [`metrics`]: `/metrics` (Prometheus text) and `/health` on `metrics_listen`.
 //! - [`error`]: the proxy's errors and their one SQLSTATE mapping.
 //! - [`stats`]: counters and the client registry.
@@ -24,6 +25,7 @@ pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod ship;
+pub mod signals;
 pub mod stats;
 pub mod telemetry;
 pub mod wal;

@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        writebehind_proxy::signals::ignore_until_served();
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {}

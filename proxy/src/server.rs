@@ -53,6 +53,7 @@ pub async fn run(
         }
         None => None,
     };
+    let signals = tokio::spawn(crate::signals::serve(shared.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, "writebehind-proxy ready");
     loop {
@@ -90,6 +91,7 @@ pub async fn run(
         info!("shipping every acknowledged write before exit");
         wb.shutdown().await;
     }
+    signals.abort();
     if let Some(m) = metrics {
         m.abort();
     }

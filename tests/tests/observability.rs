@@ -482,6 +482,33 @@ async fn reload_applies_the_reloadable_keys() -> anyhow::Result<()> {
         ok && out.contains("flush_interval|1h"),
         "unchanged: {out} {err}"
     );
+
+    // SIGHUP reloads as RELOAD does (it used to end the process, and with it the pending
+    // write); SIGUSR1 and SIGUSR2 pause and resume shipping.
+    write("admin_users = [\"admin\", \"ops\"]\nflush_interval = \"100ms\"\n")?;
+    proxy.signal("HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n_direct().await? != 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload flush_interval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.signal("USR1")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.simple_query("UPDATE counters SET n = n + 1 WHERE id = 1")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(n_direct().await?, 2, "paused by SIGUSR1");
+    proxy.signal("USR2")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n_direct().await? != 3 {
+        anyhow::ensure!(Instant::now() < deadline, "SIGUSR2 did not resume shipping");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, _, err) = ops("SHOW CONFIG")?;
+    assert!(ok, "the proxy still serves: {err}");
     let _ = std::fs::remove_file(&file);
     Ok(())
 }

@@ -4,6 +4,8 @@
 
 mod writebehind;
 
+pub use writebehind::reload;
+
 use crate::error::ProxyError;
 use crate::protocol::messages;
 use crate::session::tls::Stream;

@@ -39,8 +39,34 @@ pub struct UpstreamUrl {
     pub read_write: bool,
     /// TLS toward PostgreSQL for client sessions.
     pub sslmode: SslMode,
-    /// The original text (for SHOW CONFIG and tokio-postgres).
+    /// The password of the proxy's own user, if the URL gives one (`user:password@`).
+    pub password: Option<String>,
+    /// The URL as given, its password replaced by `***` (for logs and SHOW CONFIG).
     pub text: String,
+}
+
+/// `%XX` escapes decoded, as in a libpq URL's user and password.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl UpstreamUrl {
@@ -52,9 +78,18 @@ impl UpstreamUrl {
             .ok_or("must start with postgresql://")?;
         let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, dbname) = main.split_once('/').unwrap_or((main, "postgres"));
-        let (user, hostlist) = match authority.rsplit_once('@') {
-            Some((u, h)) => (u.split(':').next().unwrap_or("").to_string(), h),
-            None => ("postgres".to_string(), authority),
+        let (user, password, hostlist) = match authority.rsplit_once('@') {
+            Some((u, h)) => match u.split_once(':') {
+                Some((u, p)) => (percent_decoded(u), Some(percent_decoded(p)), h),
+                None => (percent_decoded(u), None, h),
+            },
+            None => ("postgres".to_string(), None, authority),
+        };
+        let shown = match (&password, authority.rsplit_once('@')) {
+            (Some(_), Some((u, _))) => {
+                text.replacen(u, &format!("{}:***", u.split(':').next().unwrap_or("")), 1)
+            }
+            _ => text.to_string(),
         };
         let mut hosts = Vec::new();
         for h in hostlist.split(',').filter(|h| !h.is_empty()) {
@@ -112,7 +147,8 @@ impl UpstreamUrl {
             hosts,
             read_write,
             sslmode,
-            text: text.to_string(),
+            password,
+            text: shown,
         })
     }
 
@@ -123,6 +159,9 @@ impl UpstreamUrl {
             .dbname(dbname)
             .connect_timeout(connect_timeout);
         c.application_name("writebehind-proxy");
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
         c.ssl_mode(self.sslmode.for_tokio_postgres());
         for (h, p) in &self.hosts {
             c.host(h).port(*p);
@@ -235,5 +274,19 @@ mod tests {
         assert!(m.read_write);
         assert!(UpstreamUrl::parse("mysql://x").is_err());
         assert!(UpstreamUrl::parse("postgresql://u@h:notaport/db").is_err());
+    }
+
+    #[test]
+    fn a_password_is_used_and_never_shown() {
+        let u = UpstreamUrl::parse("postgresql://wb:s%40cret@db:5432/app").expect("parse");
+        assert_eq!(u.user, "wb");
+        assert_eq!(u.password.as_deref(), Some("s@cret"));
+        assert_eq!(u.text, "postgresql://wb:***@db:5432/app");
+        assert!(!format!("{:?}", u.pg_config("app", Duration::from_secs(1))).contains("s@cret"));
+        let plain = UpstreamUrl::parse("postgresql://wb@db/app").expect("parse");
+        assert_eq!(
+            (plain.password, plain.text.as_str()),
+            (None, "postgresql://wb@db/app")
+        );
     }
 }

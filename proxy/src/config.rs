@@ -115,6 +115,10 @@ pub struct Settings {
     /// Timeout for connecting to PostgreSQL (default 10s).
     #[arg(long, env = "WRITEBEHIND_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<String>,
+    /// Close client connections that have not sent their startup message this long after
+    /// connecting (default 60s, as PgBouncer's client_login_timeout).
+    #[arg(long, env = "WRITEBEHIND_LOGIN_TIMEOUT")]
+    pub login_timeout: Option<String>,
     /// Close client connections idle this long (default 0 = never).
     #[arg(long, env = "WRITEBEHIND_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
@@ -173,6 +177,7 @@ pub struct Config {
     pub max_client_conn: usize,
     pub max_message_size: usize,
     pub connect_timeout: Duration,
+    pub login_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -226,6 +231,7 @@ impl Settings {
             max_client_conn,
             max_message_size,
             connect_timeout,
+            login_timeout,
             idle_timeout,
             shutdown_timeout,
             log_format,
@@ -311,6 +317,10 @@ impl Settings {
             connect_timeout: nonzero(
                 "connect_timeout",
                 duration("connect_timeout", self.connect_timeout, "10s")?,
+            )?,
+            login_timeout: nonzero(
+                "login_timeout",
+                duration("login_timeout", self.login_timeout, "60s")?,
             )?,
             idle_timeout: (!idle.is_zero()).then_some(idle),
             shutdown_timeout: duration("shutdown_timeout", self.shutdown_timeout, "30s")?,

@@ -165,6 +165,47 @@ async fn upstream_unreachable_or_dying_gives_08006_never_a_hang() -> anyhow::Res
     .expect("no upstream");
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
 
+    // An upstream that accepts connections and never answers: the proxy's own login and the
+    // client's are both bounded (they waited for ever).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_port = silent.local_addr()?.port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in silent.incoming().take(4).flatten() {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+        drop(conns);
+    });
+    let proxy = Proxy::spawn(
+        &format!("postgresql://postgres@127.0.0.1:{silent_port}/postgres"),
+        &["--connect-timeout", "1s", "--login-timeout", "2s"],
+    )?;
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_postgres::connect(
+            &proxy.conninfo("postgres", "postgres"),
+            tokio_postgres::NoTls,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the login through a silent upstream hung"))?
+    .err()
+    .expect("no answer from upstream");
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // A client that never sends its startup message is closed after login_timeout.
+    let mut quiet = TcpStream::connect(("127.0.0.1", proxy.port))?;
+    quiet.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(quiet.read(&mut b), Ok(0)),
+        "a silent client is closed after login_timeout"
+    );
+    drop(proxy);
+    drop(held);
+
     // The upstream goes away in the middle of a session.
     let cluster = Cluster::start()?;
     let proxy = Proxy::spawn(&cluster.url("postgres"), &[])?;

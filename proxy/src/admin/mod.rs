@@ -228,6 +228,7 @@ pub fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
         ("max_client_conn", c.max_client_conn.to_string()),
         ("max_message_size", c.max_message_size.to_string()),
         ("connect_timeout", d(c.connect_timeout)),
+        ("login_timeout", d(c.login_timeout)),
         (
             "idle_timeout",
             c.idle_timeout.map(d).unwrap_or_else(|| "0s".into()),

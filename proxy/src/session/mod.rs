@@ -45,55 +45,16 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let conn_id = shared.stats.next_client_id();
     tracing::Span::current().record("conn_id", conn_id);
     let _ = sock.set_nodelay(true);
-    let mut sock = Stream::Plain(sock);
-    let (raw, params) = loop {
-        match read_packet(&mut sock).await {
-            Ok(StartupPacket::Ssl) => {
-                sock = match (sock, &shared.tls) {
-                    (Stream::Plain(mut tcp), Some(acceptor)) => {
-                        if tcp.write_all(b"S").await.is_err() {
-                            return;
-                        }
-                        match acceptor.accept(tcp).await {
-                            Ok(tls) => Stream::Tls(Box::new(tls.into())),
-                            Err(error) => {
-                                info!(%error, "TLS handshake failed");
-                                return;
-                            }
-                        }
-                    }
-                    // No TLS configured (or a second SSLRequest): the client goes on in
-                    // plaintext or leaves.
-                    (mut other, _) => {
-                        if other.write_all(b"N").await.is_err() {
-                            return;
-                        }
-                        other
-                    }
-                };
-            }
-            Ok(StartupPacket::GssEnc) => {
-                if sock.write_all(b"N").await.is_err() {
-                    return;
-                }
-            }
-            Ok(StartupPacket::Cancel { pid, secret }) => {
-                shared.cancel.cancel(pid, secret).await;
-                return;
-            }
-            Ok(StartupPacket::Startup { raw, params }) => break (raw, params),
-            Err(StartupError::Closed) => return,
-            Err(e @ StartupError::UnsupportedProtocol { .. }) => {
-                reject(&mut sock, &ProxyError::UnsupportedProtocol(e.to_string())).await;
-                return;
-            }
-            Err(e) => {
-                reject(&mut sock, &ProxyError::BadStartup(e.to_string())).await;
-                return;
-            }
-        }
+    let login = tokio::time::timeout(
+        shared.live.get().login_timeout,
+        read_startup(Stream::Plain(sock), &shared),
+    );
+    let Ok(Some((mut sock, raw, params))) = login.await else {
+        debug!("no startup message within login_timeout, or none at all: closed");
+        return;
     };
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+
     let user = param("user").unwrap_or_default();
     let database = param("database").unwrap_or_else(|| user.clone());
     let live = shared.live.get();
@@ -147,6 +108,62 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Ok(()) => debug!("session ended"),
         Err(ProxyError::UpstreamConnect(error)) => warn!(%error, "upstream connect failed"),
         Err(error) => info!(%error, "session ended with an error"),
+    }
+}
+
+/// Reads packets up to the StartupMessage: answers SSLRequest (TLS if configured) and
+/// GSSENCRequest, forwards a CancelRequest, refuses what is not a startup packet. `None` when
+/// the connection ends without a session.
+async fn read_startup(
+    mut sock: Stream,
+    shared: &Shared,
+) -> Option<(Stream, Vec<u8>, Vec<(String, String)>)> {
+    loop {
+        match read_packet(&mut sock).await {
+            Ok(StartupPacket::Ssl) => {
+                sock = match (sock, &shared.tls) {
+                    (Stream::Plain(mut tcp), Some(acceptor)) => {
+                        if tcp.write_all(b"S").await.is_err() {
+                            return None;
+                        }
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => Stream::Tls(Box::new(tls.into())),
+                            Err(error) => {
+                                info!(%error, "TLS handshake failed");
+                                return None;
+                            }
+                        }
+                    }
+                    // No TLS configured (or a second SSLRequest): the client goes on in
+                    // plaintext or leaves.
+                    (mut other, _) => {
+                        if other.write_all(b"N").await.is_err() {
+                            return None;
+                        }
+                        other
+                    }
+                };
+            }
+            Ok(StartupPacket::GssEnc) => {
+                if sock.write_all(b"N").await.is_err() {
+                    return None;
+                }
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                shared.cancel.cancel(pid, secret).await;
+                return None;
+            }
+            Ok(StartupPacket::Startup { raw, params }) => return Some((sock, raw, params)),
+            Err(StartupError::Closed) => return None,
+            Err(e @ StartupError::UnsupportedProtocol { .. }) => {
+                reject(&mut sock, &ProxyError::UnsupportedProtocol(e.to_string())).await;
+                return None;
+            }
+            Err(e) => {
+                reject(&mut sock, &ProxyError::BadStartup(e.to_string())).await;
+                return None;
+            }
+        }
     }
 }
 

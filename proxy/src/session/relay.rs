@@ -40,16 +40,27 @@ pub async fn run(
     intercept: Option<Intercept>,
 ) -> Result<(), ProxyError> {
     let cfg = &shared.config;
-    let connected = match super::upstream::connect(&cfg.upstream, cfg.connect_timeout).await {
-        Ok((tcp, addr, host)) => super::upstream::negotiate_tls(
-            tcp,
-            &host,
-            cfg.upstream.sslmode,
-            shared.upstream_tls.as_ref(),
-        )
-        .await
-        .map(|s| (s, addr)),
-        Err(e) => Err(e),
+    // The TLS negotiation counts as connecting: a server that accepts and never answers the
+    // SSLRequest must not hold the client.
+    let connecting = async {
+        match super::upstream::connect(&cfg.upstream, cfg.connect_timeout).await {
+            Ok((tcp, addr, host)) => super::upstream::negotiate_tls(
+                tcp,
+                &host,
+                cfg.upstream.sslmode,
+                shared.upstream_tls.as_ref(),
+            )
+            .await
+            .map(|s| (s, addr)),
+            Err(e) => Err(e),
+        }
+    };
+    let connected = match tokio::time::timeout(cfg.connect_timeout * 2, connecting).await {
+        Ok(c) => c,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer to the SSLRequest within connect_timeout",
+        )),
     };
     let (upstream, addr) = match connected {
         Ok(u) => u,
@@ -111,10 +122,26 @@ where
     };
     // Created before startup: the ParameterStatus messages of startup count too.
     let state = WireState::default();
-    let ready = startup_phase(
-        &mut cr, &mut cw, &mut ur, &mut uw, &shared, &addr, &mut guard, &state,
+    // The login is bounded as a client's silence is (login_timeout): a server that accepted
+    // the connection and never answers must not hold the client for ever.
+    let login_timeout = shared.live.get().login_timeout;
+    let ready = match tokio::time::timeout(
+        login_timeout,
+        startup_phase(
+            &mut cr, &mut cw, &mut ur, &mut uw, &shared, &addr, &mut guard, &state,
+        ),
     )
-    .await?;
+    .await
+    {
+        Ok(ready) => ready?,
+        Err(_) => {
+            let e = ProxyError::UpstreamConnect(format!(
+                "the login did not complete within login_timeout ({login_timeout:?})"
+            ));
+            send_error(&mut cw, &e).await;
+            return Err(e);
+        }
+    };
     if !ready {
         return Ok(());
     }

@@ -234,13 +234,19 @@ impl WriteBehind {
         let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
         // Registry notifications (and reconnections) make the catalog reload.
         let (note_tx, mut note_rx) = tokio::sync::mpsc::unbounded_channel::<Reload>();
-        let (own, own_task) = open_own(&pg, note_tx.clone()).await.map_err(|e| {
-            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
-                StartError::Gone(e.to_string())
-            } else {
-                StartError::Unreachable(e.to_string())
-            }
-        })?;
+        // tokio-postgres bounds only the TCP connect: a server that accepts and never answers
+        // would hold the login (and the session waiting for this runtime) for ever.
+        let timeout = self.config.connect_timeout;
+        let (own, own_task) = tokio::time::timeout(timeout, open_own(&pg, note_tx.clone()))
+            .await
+            .map_err(|_| StartError::Unreachable(format!("no answer to login within {timeout:?}")))?
+            .map_err(|e| {
+                if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                    StartError::Gone(e.to_string())
+                } else {
+                    StartError::Unreachable(e.to_string())
+                }
+            })?;
         let catalog = Catalog::load(&own, 1)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;

@@ -251,6 +251,18 @@ async fn admin_console_for_listed_users_only() -> anyhow::Result<()> {
     );
     assert!(out.contains("total_query_count"), "{out}");
     assert!(out.contains("max_client_conn"), "{out}");
+    // Every key, and the proxy id in use (generated and kept in the WAL directory here).
+    for key in ["tls_cert", "tls_key", "log_format", "login_timeout"] {
+        assert!(
+            out.contains(&format!(" {key} ")),
+            "SHOW CONFIG lists {key}: {out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("proxy_id ") && l.contains("| proxy-")),
+        "{out}"
+    );
     assert!(out.contains("writebehind-proxy"), "{out}");
     let (ok, _, err) =
         run_cmd(psql(proxy.port, "admin", "writebehind").args(["-c", "SHOW NONSENSE"]))?;

@@ -196,8 +196,17 @@ fn show_clients(shared: &Shared, out: &mut BytesMut, servers: bool) {
 }
 
 fn show_config(shared: &Shared, out: &mut BytesMut) {
+    // The proxy id in use (kept in the WAL directory, or generated), not only a configured one.
+    let in_use = shared
+        .writebehind
+        .as_ref()
+        .map(|wb| wb.proxy_id().to_string());
     let rows: Vec<Vec<Option<String>>> = config_rows(&shared.live.get())
         .into_iter()
+        .map(|(k, v)| match (k, &in_use) {
+            ("proxy_id", Some(id)) => (k, id.clone()),
+            _ => (k, v),
+        })
         .map(|(k, v)| vec![Some(k.to_string()), Some(v)])
         .collect();
     messages::rows(out, &["key", "value"], &rows);
@@ -206,6 +215,11 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
 /// Every configuration key with its value as `SHOW CONFIG` prints it.
 pub fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
     let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
     let rows: Vec<(&'static str, String)> = vec![
         ("listen", c.listen.clone()),
         ("upstream", c.upstream.text.clone()),
@@ -235,6 +249,9 @@ pub fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
         ),
         ("shutdown_timeout", d(c.shutdown_timeout)),
         ("threads", c.threads.to_string()),
+        ("tls_cert", path(&c.tls_cert)),
+        ("tls_key", path(&c.tls_key)),
+        ("log_format", format!("{:?}", c.log_format).to_lowercase()),
     ];
     rows
 }

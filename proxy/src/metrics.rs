@@ -85,6 +85,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 /// the bound, the WAL unable to promise durability.
 pub fn health(shared: &Shared) -> Vec<String> {
     let mut problems = Vec::new();
+    // Also before any database's write-behind runtime has started (it never reached PostgreSQL).
+    if let Some(why) = shared.stats.upstream_down() {
+        problems.push(format!("PostgreSQL unreachable: {why}"));
+    }
     let Some(wb) = &shared.writebehind else {
         return problems;
     };

@@ -33,12 +33,28 @@ pub struct Stats {
     pub clients: DashMap<u64, ClientInfo>,
     pub databases: DashMap<String, Arc<DbCounters>>,
     next_id: AtomicU64,
+    /// Why the last client session could not reach PostgreSQL, until one does (`/health`).
+    upstream_down: std::sync::Mutex<Option<String>>,
 }
 
 impl Stats {
     /// A new client id.
     pub fn next_client_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Notes whether a client session's connection to PostgreSQL succeeded (`None`) or why
+    /// it failed.
+    pub fn note_upstream(&self, failure: Option<String>) {
+        *self.upstream_down.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+    }
+
+    /// Why the last client session could not reach PostgreSQL, if it could not.
+    pub fn upstream_down(&self) -> Option<String> {
+        self.upstream_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The counters of `database` (created on first use).

@@ -149,9 +149,16 @@ async fn garbage_truncated_and_oversized_messages_close_only_that_client() -> an
 async fn upstream_unreachable_or_dying_gives_08006_never_a_hang() -> anyhow::Result<()> {
     // Nothing listens on the upstream port.
     let dead = free_port();
+    let metrics = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics}");
     let proxy = Proxy::spawn(
         &format!("postgresql://postgres@127.0.0.1:{dead}/postgres"),
-        &["--connect-timeout", "2s"],
+        &[
+            "--connect-timeout",
+            "2s",
+            "--metrics-listen",
+            &metrics_listen,
+        ],
     )?;
     let err = tokio::time::timeout(
         Duration::from_secs(15),
@@ -164,6 +171,15 @@ async fn upstream_unreachable_or_dying_gives_08006_never_a_hang() -> anyhow::Res
     .err()
     .expect("no upstream");
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    // /health says so, although no database's write-behind ever started.
+    let mut http = TcpStream::connect(("127.0.0.1", metrics))?;
+    http.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    http.read_to_string(&mut answer)?;
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("PostgreSQL unreachable"),
+        "{answer}"
+    );
 
     // An upstream that accepts connections and never answers: the proxy's own login and the
     // client's are both bounded (they waited for ever).

@@ -62,6 +62,9 @@ pub async fn run(
             "no answer to the SSLRequest within connect_timeout",
         )),
     };
+    shared
+        .stats
+        .note_upstream(connected.as_ref().err().map(|e| e.to_string()));
     let (upstream, addr) = match connected {
         Ok(u) => u,
         Err(e) => {

@@ -232,6 +232,9 @@ async fn tokio_postgres_prepared_binary_copy_cancel_and_notify() -> anyhow::Resu
 async fn admin_console_for_listed_users_only() -> anyhow::Result<()> {
     let (_cluster, proxy) = setup()?;
     let _client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // A failed login makes no statistics row (each database name tried used to stay for good).
+    let refused = writebehind_tests::connect(&proxy.conninfo("postgres", "no_such_db")).await;
+    assert!(refused.is_err());
     let (ok, out, err) = run_cmd(psql(proxy.port, "admin", "writebehind").args([
         "-c",
         "SHOW CLIENTS",
@@ -250,6 +253,7 @@ async fn admin_console_for_listed_users_only() -> anyhow::Result<()> {
         "SHOW CLIENTS lists the session: {out}"
     );
     assert!(out.contains("total_query_count"), "{out}");
+    assert!(!out.contains("no_such_db"), "{out}");
     assert!(out.contains("max_client_conn"), "{out}");
     // Every key, and the proxy id in use (generated and kept in the WAL directory here).
     for key in ["tls_cert", "tls_key", "log_format", "login_timeout"] {

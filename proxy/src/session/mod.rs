@@ -85,7 +85,6 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         return;
     }
     debug!(%user, %database, "session starting");
-    let counters = shared.stats.db(&database);
     let stats = shared.stats.clone();
     let on_upstream = move |addr: &str| {
         if let Some(mut c) = stats.clients.get_mut(&conn_id) {
@@ -104,7 +103,7 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             .map(|rt| intercept::Intercept::new(rt, user.clone(), live.barrier_timeout)),
         None => None,
     };
-    match relay::run(sock, raw, shared.clone(), counters, on_upstream, intercept).await {
+    match relay::run(sock, raw, shared.clone(), database.clone(), on_upstream, intercept).await {
         Ok(()) => debug!("session ended"),
         Err(ProxyError::UpstreamConnect(error)) => warn!(%error, "upstream connect failed"),
         Err(error) => info!(%error, "session ended with an error"),

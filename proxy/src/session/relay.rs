@@ -35,7 +35,7 @@ pub async fn run(
     mut client: Stream,
     startup: Vec<u8>,
     shared: Arc<Shared>,
-    counters: Arc<DbCounters>,
+    database: String,
     on_upstream: impl FnOnce(&str),
     intercept: Option<Intercept>,
 ) -> Result<(), ProxyError> {
@@ -80,19 +80,19 @@ pub async fn run(
     match (client, upstream) {
         (Stream::Plain(c), Stream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
+            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
         }
         (Stream::Plain(c), Stream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), tokio::io::split(*u));
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
+            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
         }
         (Stream::Tls(c), Stream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), u.into_split());
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
+            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
         }
         (Stream::Tls(c), Stream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), tokio::io::split(*u));
-            pipe(cr, cw, ur, uw, startup, shared, counters, addr, intercept).await
+            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
         }
     }
 }
@@ -105,7 +105,7 @@ async fn pipe<R, W, UR, UW>(
     mut uw: UW,
     startup: Vec<u8>,
     shared: Arc<Shared>,
-    counters: Arc<DbCounters>,
+    database: String,
     addr: String,
     mut intercept: Option<Intercept>,
 ) -> Result<(), ProxyError>
@@ -148,6 +148,8 @@ where
     if !ready {
         return Ok(());
     }
+    // Counted per database once logged in: names of failed logins make no rows.
+    let counters = shared.stats.db(&database);
 
     let terminated = AtomicBool::new(false);
     // Both directions write to the client: replies from PostgreSQL, and local replies.

@@ -62,8 +62,8 @@ pub enum ProxyError {
     /// The WAL record of a write could not be written or fsynced.
     #[error("{0}")]
     WalIo(String),
-    /// The proxy is shutting down.
-    #[error("the proxy is shutting down")]
+    /// The proxy is shutting down and `shutdown_timeout` has passed: the session ends.
+    #[error("terminating connection due to administrator command")]
     ShuttingDown,
     /// Admin `FLUSH` while shipping is paused.
     #[error("shipping is paused: RESUME first")]

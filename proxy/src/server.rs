@@ -44,6 +44,7 @@ pub async fn run(
             upstream_tls: Some(crate::session::tls::connector().map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
             })?),
+            terminate: tokio::sync::watch::channel(false).0,
         });
     let metrics = match &shared.config.metrics_listen {
         Some(addr) => {
@@ -84,8 +85,16 @@ pub async fn run(
             left = tasks.len(),
             "shutdown timeout reached; closing the remaining sessions"
         );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        // As PostgreSQL's fast shutdown: each session is told (FATAL 57P01), then closed.
+        let _ = shared.terminate.send(true);
+        let told = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if told.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
     }
     if let Some(wb) = &shared.writebehind {
         info!("shipping every acknowledged write before exit");

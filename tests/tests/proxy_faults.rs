@@ -266,6 +266,19 @@ async fn sigterm_stops_accepting_lets_sessions_finish_and_exits_zero() -> anyhow
     drop(client);
     // Wait asynchronously: the dropped client's connection task must run to close its socket.
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).await?, Some(0));
+
+    // A session still busy when shutdown_timeout ends is told why, as PostgreSQL's fast
+    // shutdown tells it (it was cut without a word).
+    let mut proxy = Proxy::spawn(&cluster.url("postgres"), &["--shutdown-timeout", "1s"])?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal("TERM")?;
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await??
+        .expect_err("ended by the shutdown");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).await?, Some(0));
     Ok(())
 }
 

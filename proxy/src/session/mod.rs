@@ -37,6 +37,8 @@ pub struct Shared {
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
     /// The write-behind path.
     pub writebehind: Option<Arc<crate::writebehind::databases::WriteBehind>>,
+    /// Set when `shutdown_timeout` has passed: sessions still open end with FATAL 57P01.
+    pub terminate: tokio::sync::watch::Sender<bool>,
 }
 
 /// Serves one accepted connection to its end.
@@ -103,7 +105,16 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             .map(|rt| intercept::Intercept::new(rt, user.clone(), live.barrier_timeout)),
         None => None,
     };
-    match relay::run(sock, raw, shared.clone(), database.clone(), on_upstream, intercept).await {
+    match relay::run(
+        sock,
+        raw,
+        shared.clone(),
+        database.clone(),
+        on_upstream,
+        intercept,
+    )
+    .await
+    {
         Ok(()) => debug!("session ended"),
         Err(ProxyError::UpstreamConnect(error)) => warn!(%error, "upstream connect failed"),
         Err(error) => info!(%error, "session ended with an error"),

@@ -159,9 +159,11 @@ where
         state: &state,
         intercepted: intercept.is_some(),
     };
+    let mut terminate = shared.terminate.subscribe();
     let end = tokio::select! {
         r = client_to_upstream(&mut cr, &mut uw, &shared, &counters, flags, &client_out, intercept.as_mut()) => r,
         r = upstream_to_client(&mut ur, &client_out, &counters, flags) => r,
+        _ = terminate.wait_for(|t| *t) => Err(ProxyError::ShuttingDown),
     };
     let mut cw = client_out.into_inner();
     match end {

@@ -15,6 +15,36 @@ fn wb_proxy(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Proxy> {
     Proxy::spawn(&cluster.url("postgres"), &args)
 }
 
+/// Runs `sql` on `c` (simple protocol, or extended with `extended`) and cancels it from
+/// another connection after 500 ms: it must fail with 57014 well before the 60 s timeout it
+/// waits for (`what`).
+async fn cancelled_while_waiting(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    extended: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = if extended {
+        c.query(sql, &[]).await.map(|_| ())
+    } else {
+        c.simple_query(sql).await.map(|_| ())
+    }
+    .expect_err("cancelled while waiting");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel ended the wait, not the 60 s {what}"
+    );
+    canceller.await??;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_repeatable_read_snapshot_includes_acknowledged_writes() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
@@ -129,22 +159,7 @@ async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::
     lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
         .await?;
     c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
-    let token = c.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let started = std::time::Instant::now();
-    let err = c
-        .simple_query("SELECT count(*) FROM t")
-        .await
-        .expect_err("cancelled while waiting");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the cancel ended the wait, not the 60 s barrier_timeout"
-    );
-    canceller.await??;
+    cancelled_while_waiting(&c, "SELECT count(*) FROM t", false, "barrier_timeout").await?;
     assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
     lock.batch_execute("COMMIT").await?;
     assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 1);
@@ -194,22 +209,13 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
     let c = writebehind_tests::connect(&proxy2.conninfo("postgres", "postgres")).await?;
     c.batch_execute("INSERT INTO t VALUES (2, 2)").await?;
     c.batch_execute("BEGIN").await?;
-    let token = c.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let started = std::time::Instant::now();
-    let err = c
-        .query("SELECT count(*) FROM t WHERE id > $1", &[&0i32])
-        .await
-        .expect_err("cancelled while waiting");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the cancel ended the wait, not the 60 s barrier_timeout"
-    );
-    canceller.await??;
+    cancelled_while_waiting(
+        &c,
+        "SELECT count(*) FROM t WHERE id > 0",
+        true,
+        "barrier_timeout",
+    )
+    .await?;
     let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
     assert_eq!(
         aborted.code(),
@@ -259,22 +265,7 @@ async fn a_cancel_request_ends_a_wait_for_room_in_the_queue() -> anyhow::Result<
         .await?;
     c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
     c.batch_execute("INSERT INTO t VALUES (2, 2)").await?;
-    let token = c.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let started = std::time::Instant::now();
-    let err = c
-        .simple_query("INSERT INTO t VALUES (3, 3)")
-        .await
-        .expect_err("cancelled while waiting for room");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the cancel ended the wait, not the 60 s overflow_timeout"
-    );
-    canceller.await??;
+    cancelled_while_waiting(&c, "INSERT INTO t VALUES (3, 3)", false, "overflow_timeout").await?;
     assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
     lock.batch_execute("COMMIT").await?;
     assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 2);

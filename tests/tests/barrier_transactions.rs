@@ -15,6 +15,19 @@ fn wb_proxy(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Proxy> {
     Proxy::spawn(&cluster.url("postgres"), &args)
 }
 
+/// A cluster with the write-behind table `t (id, v)`, and a direct connection to it.
+async fn cluster_with_t() -> anyhow::Result<(Cluster, tokio_postgres::Client)> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             SELECT writebehind.enable('t');",
+        )
+        .await?;
+    Ok((cluster, direct))
+}
+
 /// Runs `sql` on `c` (simple protocol, or extended with `extended`) and cancels it from
 /// another connection after 500 ms: it must fail with 57014 well before the 60 s timeout it
 /// waits for (`what`).
@@ -108,14 +121,7 @@ async fn a_deferred_foreign_key_sees_writes_acknowledged_before_commit() -> anyh
 
 #[tokio::test]
 async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int);
-             SELECT writebehind.enable('t');",
-        )
-        .await?;
+    let (cluster, direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "1s"])?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     c.batch_execute("PREPARE q AS SELECT 41 + 1").await?;
@@ -145,14 +151,7 @@ async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> an
 
 #[tokio::test]
 async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int);
-             SELECT writebehind.enable('t');",
-        )
-        .await?;
+    let (cluster, _direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     let lock = cluster.connect("postgres").await?;
@@ -172,14 +171,7 @@ async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::
 #[tokio::test]
 async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
 ) -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int);
-             SELECT writebehind.enable('t');",
-        )
-        .await?;
+    let (cluster, _direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "2s"])?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     let lock = cluster.connect("postgres").await?;
@@ -239,14 +231,7 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
 /// fails with 57014 at once, nothing of it is queued, and the session goes on.
 #[tokio::test]
 async fn a_cancel_request_ends_a_wait_for_room_in_the_queue() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int);
-             SELECT writebehind.enable('t');",
-        )
-        .await?;
+    let (cluster, _direct) = cluster_with_t().await?;
     let proxy = wb_proxy(
         &cluster,
         &[

@@ -19,14 +19,17 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// Completes at the next cancel request (registered when called, not when first polled).
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
-    }
-
-    /// The session starts (`true`) or ends (`false`) waiting in the proxy.
-    pub fn barrier_waiting(&self, waiting: bool) {
-        self.barrier_waiting.store(waiting, Ordering::Release);
+    /// Runs the wait `f` makes, given the future that completes at the next cancel request
+    /// (registered before the wait starts); meanwhile a cancel request is the proxy's alone.
+    pub async fn waiting<'a, F: std::future::Future>(
+        &'a self,
+        f: impl FnOnce(tokio::sync::futures::Notified<'a>) -> F,
+    ) -> F::Output {
+        let cancelled = self.notify.notified();
+        self.barrier_waiting.store(true, Ordering::Release);
+        let out = f(cancelled).await;
+        self.barrier_waiting.store(false, Ordering::Release);
+        out
     }
 
     /// Wakes a wait in the proxy, if any (no permit is stored for a later one); whether one

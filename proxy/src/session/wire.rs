@@ -278,12 +278,10 @@ pub trait Wire {
     /// The last value of `writebehind.sync` PostgreSQL reported, if any (read after
     /// [`drained`](Self::drained)).
     fn reported_sync(&self) -> Option<bool>;
-    /// Completes when the client asks to cancel (a CancelRequest with this session's key).
-    fn interrupted(&self) -> tokio::sync::futures::Notified<'_>;
-    /// The session starts or ends waiting in the proxy (for a barrier, or for room in the
-    /// queue): meanwhile a cancel request is the proxy's alone (see
-    /// [`Interrupt`](super::cancel::Interrupt)).
-    fn barrier_waiting(&self, waiting: bool);
+    /// What a CancelRequest with this session's key does while the session waits in the
+    /// proxy (for a barrier, or for room in the queue): see
+    /// [`Interrupt::waiting`](super::cancel::Interrupt::waiting).
+    fn interrupt(&self) -> &super::cancel::Interrupt;
     /// Sends the proxy's own Parses (whole messages, then a Sync of the proxy's) once
     /// PostgreSQL owes the client nothing, and waits for their ReadyForQuery; the client sees
     /// none of the replies (but notices and FATAL errors). `parses` names them for the ledger.
@@ -404,12 +402,8 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.shared.copy_in.load(Ordering::Acquire)
     }
 
-    fn interrupted(&self) -> tokio::sync::futures::Notified<'_> {
-        self.shared.interrupt.notified()
-    }
-
-    fn barrier_waiting(&self, waiting: bool) {
-        self.shared.interrupt.barrier_waiting(waiting);
+    fn interrupt(&self) -> &super::cancel::Interrupt {
+        &self.shared.interrupt
     }
 
     fn failed_parses(&self) -> Vec<ParseRef> {

@@ -312,10 +312,10 @@ impl Intercept {
         let mut changes = earlier.unwrap_or_default();
         changes.extend(plan.changes);
         if !changes.is_empty() {
-            let interrupted = wire.interrupted();
-            wire.barrier_waiting(true);
-            let enqueued = self.rt.enqueue_unless(changes.clone(), interrupted).await;
-            wire.barrier_waiting(false);
+            let enqueued = wire
+                .interrupt()
+                .waiting(|cancelled| self.rt.enqueue_unless(changes.clone(), cancelled))
+                .await;
             let result = match enqueued {
                 Ok(Enqueued::PassThrough) if !answered_before => {
                     return self.forward(group, wire).await

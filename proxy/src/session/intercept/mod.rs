@@ -381,10 +381,10 @@ impl Intercept {
                     && wire.drained().await == b'I'
                     && !self.settings_changed(wire)
                 {
-                    let interrupted = wire.interrupted();
-                    wire.barrier_waiting(true);
-                    let enqueued = self.rt.enqueue_unless(changes, interrupted).await;
-                    wire.barrier_waiting(false);
+                    let enqueued = wire
+                        .interrupt()
+                        .waiting(|cancelled| self.rt.enqueue_unless(changes, cancelled))
+                        .await;
                     match enqueued {
                         Ok(Enqueued::Acked) => {
                             let mut out = BytesMut::with_capacity(32 * tags.len());
@@ -612,14 +612,14 @@ impl Intercept {
                 }
             };
             let failed = if failable {
-                let interrupted = wire.interrupted();
-                wire.barrier_waiting(true);
-                let failed = tokio::select! {
-                    r = barrier => r.err().map(|e| ProxyError::StatementBarrier(e.to_string())),
-                    _ = interrupted => Some(ProxyError::BarrierCancelled),
-                };
-                wire.barrier_waiting(false);
-                failed
+                wire.interrupt()
+                    .waiting(|cancelled| async {
+                        tokio::select! {
+                            r = barrier => r.err().map(|e| ProxyError::StatementBarrier(e.to_string())),
+                            _ = cancelled => Some(ProxyError::BarrierCancelled),
+                        }
+                    })
+                    .await
             } else {
                 match barrier.await {
                     Ok(()) => None,

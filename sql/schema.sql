@@ -440,14 +440,55 @@ END $$;
 
 -- Called by a proxy process at start, per database: fences off batches of earlier processes
 -- with the same id (waiting for one in flight to finish) and returns the committed batch_seq
--- to replay from, and the epoch to begin batches with.
-CREATE FUNCTION writebehind.claim(proxy_id text)
-RETURNS TABLE (batch_seq bigint, epoch bigint) LANGUAGE sql
+-- to replay from, and the epoch to begin batches with. The calling session keeps a session
+-- advisory lock on the id for as long as it lives, so a second running proxy with the same id
+-- is refused (55006) instead of fencing off the first while that one still acknowledges writes.
+-- With `held_epoch`, a process that claimed before takes the lock again on a new connection and
+-- keeps its epoch, or gets 55000 if another process has claimed the id since.
+CREATE FUNCTION writebehind.claim(proxy_id text, held_epoch bigint DEFAULT NULL)
+RETURNS TABLE (batch_seq bigint, epoch bigint) LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO writebehind.progress AS p (proxy_id, batch_seq, epoch) VALUES ($1, 0, 1)
-    ON CONFLICT ON CONSTRAINT progress_pkey DO UPDATE SET epoch = p.epoch + 1
-    RETURNING p.batch_seq, p.epoch
-$$;
+DECLARE
+    lock_key bigint;
+    holder   record;
+    cur_seq  bigint;
+    cur      bigint;
+BEGIN
+    IF claim.proxy_id IS NULL OR claim.proxy_id = '' OR octet_length(claim.proxy_id) > 63 THEN
+        PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
+    END IF;
+    lock_key := hashtextextended('pg_writebehind proxy_id ' || claim.proxy_id, 0);
+    IF NOT pg_try_advisory_lock(lock_key) THEN
+        SELECT a.pid, a.client_addr, a.application_name, a.backend_start INTO holder
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+          AND l.classid = oid((lock_key >> 32) & 4294967295)
+          AND l.objid = oid(lock_key & 4294967295)
+        LIMIT 1;
+        PERFORM writebehind._raise('55006',
+            format('proxy id %s is in use by another running proxy (PostgreSQL backend pid %s, client %s, connected since %s)',
+                   claim.proxy_id, coalesce(holder.pid::text, '?'),
+                   coalesce(host(holder.client_addr), 'local'), coalesce(holder.backend_start::text, '?')),
+            'Give every proxy its own proxy_id. A proxy that stopped releases its id when its session ends.');
+    END IF;
+    IF held_epoch IS NULL THEN
+        INSERT INTO writebehind.progress AS p (proxy_id, batch_seq, epoch) VALUES (claim.proxy_id, 0, 1)
+        ON CONFLICT ON CONSTRAINT progress_pkey DO UPDATE SET epoch = p.epoch + 1
+        RETURNING p.batch_seq, p.epoch INTO cur_seq, cur;
+    ELSE
+        SELECT p.batch_seq, p.epoch INTO cur_seq, cur FROM writebehind.progress p
+        WHERE p.proxy_id = claim.proxy_id;
+        IF cur IS DISTINCT FROM held_epoch THEN
+            PERFORM pg_advisory_unlock(lock_key);
+            PERFORM writebehind._raise('55000',
+                format('proxy id %s was claimed again (epoch %s); this process holds epoch %s',
+                       claim.proxy_id, coalesce(cur::text, 'none'), held_epoch),
+                'Another process of this proxy id took over.');
+        END IF;
+    END IF;
+    RETURN QUERY SELECT cur_seq, cur;
+END $$;
 
 CREATE FUNCTION writebehind.committed_seq(proxy_id text)
 RETURNS bigint LANGUAGE sql STABLE

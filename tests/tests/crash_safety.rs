@@ -580,3 +580,78 @@ async fn a_proxy_stopped_or_killed_while_replay_waits_loses_nothing() -> anyhow:
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Two running proxies given one `proxy_id` (a configuration mistake): the second one's
+/// `writebehind.claim` is refused (55006) while the first holds the id, so it passes its writes
+/// through instead of fencing off the first, which used to go on acknowledging writes that could
+/// never ship (and, restarted, skipped its own writes up to the other's batches: 700 of 1,000
+/// applied in the run that found it). Everything either acknowledged is applied.
+#[tokio::test]
+async fn a_second_proxy_with_the_same_proxy_id_is_refused_and_loses_nothing() -> anyhow::Result<()>
+{
+    let (cluster, direct, dir_a) = wal_test("dup-a").await?;
+    let dir_b = wal_dir("dup-b");
+    let url = cluster.url("postgres");
+    let log_b = std::env::temp_dir().join(format!(
+        "wb-dup-b-{}-{:08x}.log",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let with_id = |dir: &std::path::Path| {
+        let mut args = wal_args(dir, "10ms");
+        args.extend(["--proxy-id".to_string(), "twin".to_string()]);
+        args
+    };
+    let args_a = with_id(&dir_a);
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let args_b = with_id(&dir_b);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+
+    let insert = |c: tokio_postgres::Client, ids: std::ops::Range<i32>| async move {
+        for id in ids {
+            c.simple_query(&format!("INSERT INTO kv (id, n) VALUES ({id}, {id})"))
+                .await?;
+        }
+        anyhow::Ok(c)
+    };
+    // Both proxies start write-behind in the database (at their first session) before either
+    // has shipped anything.
+    let mut proxy_a = Proxy::spawn(&url, &args_a)?;
+    let a = writebehind_tests::connect(&proxy_a.conninfo("postgres", "postgres")).await?;
+    let proxy_b = Proxy::spawn_logged(&url, &args_b, &log_b)?;
+    let b = writebehind_tests::connect(&proxy_b.conninfo("postgres", "postgres")).await?;
+    let a = insert(a, 100..400).await?;
+    let b = insert(b, 400..700).await?;
+    let a = insert(a, 700..1000).await?;
+    b.batch_execute("SELECT writebehind.flush()").await?;
+    drop((a, b));
+    drop(proxy_b);
+
+    // A restart of the first proxy replays and ships what it acknowledged, none skipped.
+    proxy_a.signal("KILL")?;
+    proxy_a.wait_exit(Duration::from_secs(10)).await?;
+    let proxy_a = Proxy::spawn(&url, &args_a)?;
+    let a = writebehind_tests::connect(&proxy_a.conninfo("postgres", "postgres")).await?;
+    a.batch_execute("SELECT writebehind.flush()").await?;
+    let (rows, sum): (i64, i64) = {
+        let r = direct
+            .query_one("SELECT count(*), sum(n)::int8 FROM kv WHERE id >= 100", &[])
+            .await?;
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (rows, sum),
+        (900, (100..1000).sum::<i64>()),
+        "every acknowledged row applied"
+    );
+    let log = std::fs::read_to_string(&log_b)?;
+    assert!(
+        log.contains("in use by another running proxy"),
+        "the second proxy did not say why it stays pass-through: {log}"
+    );
+    drop(proxy_a);
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+    let _ = std::fs::remove_file(&log_b);
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! Ships encoded batches into the extension's inbox, one transaction each, exactly once.
 //!
-//! The protocol is docs/inbox.md: `SELECT writebehind.claim(id)` once per process, then per
-//! batch `BEGIN; SELECT writebehind.begin_batch(id, seq, epoch); COPY ...; COMMIT`. A replay of a batch that already committed is answered `false` by `begin_batch`
+//! The protocol is docs/inbox.md: `SELECT writebehind.claim(id)` once per process (and
+//! `claim(id, epoch)` on each later connection, which holds the id for this process while it
+//! lives), then per batch `BEGIN; SELECT writebehind.begin_batch(id, seq, epoch); COPY ...;
+//! COMMIT`. A replay of a batch that already committed is answered `false` by `begin_batch`
 //! and reported as [`Delivery::AlreadyDelivered`], so the caller may resend a batch whenever it
 //! does not know whether the last attempt committed.
 
@@ -41,6 +43,10 @@ pub enum ShipError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// `writebehind.claim()` refused: another running process holds the proxy id (55006),
+    /// or took it over since this one claimed it (55000).
+    #[error("cannot claim the proxy id: {}", detail(.0))]
+    Claim(#[source] tokio_postgres::Error),
     /// `writebehind.flush()` or `committed_seq()` failed or timed out.
     #[error("waiting for the apply worker failed: {}", detail(.0))]
     Flush(#[source] tokio_postgres::Error),
@@ -65,9 +71,10 @@ impl ShipError {
     /// The SQLSTATE PostgreSQL reported, if the error came from the server.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
-            ShipError::Connect(e) | ShipError::Batch { source: e, .. } | ShipError::Flush(e) => {
-                e.code()
-            }
+            ShipError::Connect(e)
+            | ShipError::Batch { source: e, .. }
+            | ShipError::Claim(e)
+            | ShipError::Flush(e) => e.code(),
         }
     }
 }
@@ -112,6 +119,17 @@ impl InboxShipper {
                         tracing::debug!(%error, "shipper connection ended");
                     }
                 });
+                // A claimed id is held by the connection that claimed it: a new connection
+                // takes it again (keeping the epoch) before it ships anything.
+                if let Some(epoch) = self.epoch {
+                    client
+                        .query_one(
+                            "SELECT batch_seq FROM writebehind.claim($1, $2)",
+                            &[&self.proxy_id, &epoch],
+                        )
+                        .await
+                        .map_err(ShipError::Claim)?;
+                }
                 client
             }
         };
@@ -141,9 +159,11 @@ impl InboxShipper {
         result
     }
 
-    /// Claims the proxy id for this process (`writebehind.claim`): waits for a batch of an
-    /// earlier process still in flight, fences off any later one, and returns the last batch
-    /// sequence number committed. Batches this shipper begins from then on carry the epoch.
+    /// Claims the proxy id for this process (`writebehind.claim`): refused with
+    /// [`ShipError::Claim`] (55006) while another running process holds the id; otherwise
+    /// waits for a batch of an earlier process still in flight, fences off any later one, and
+    /// returns the last batch sequence number committed. Batches this shipper begins from then
+    /// on carry the epoch, and its connection holds the id until it closes.
     pub async fn claim(&mut self) -> Result<i64, ShipError> {
         let id = self.proxy_id.clone();
         let result = async {
@@ -151,7 +171,7 @@ impl InboxShipper {
             let row = client
                 .query_one("SELECT batch_seq, epoch FROM writebehind.claim($1)", &[&id])
                 .await
-                .map_err(ShipError::Flush)?;
+                .map_err(ShipError::Claim)?;
             let seq: i64 = row.try_get(0).map_err(ShipError::Flush)?;
             let epoch: i64 = row.try_get(1).map_err(ShipError::Flush)?;
             Ok((seq, epoch))

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, OnceCell};
+use tokio_postgres::error::SqlState;
 use tracing::{error, info, warn};
 
 /// Whether an apply worker serves the database (`writebehind.databases` lists it); the
@@ -274,9 +275,7 @@ impl WriteBehind {
         // Claiming waits for a batch the previous process of this proxy id left in flight
         // and fences off any it sent but PostgreSQL has not begun: the committed sequence
         // read here is final, so replaying above it applies nothing twice.
-        let committed = shipper.claim().await.map_err(|e| {
-            StartError::Unreachable(format!("cannot read the proxy's progress: {e}"))
-        })?;
+        let committed = claim(&mut shipper).await?;
         let committed_lsn = u64::try_from(committed).unwrap_or(0);
         let journal = match &self.wal {
             Some(wal) => {
@@ -507,6 +506,30 @@ impl WriteBehind {
             if let Err(error) = wal.sync() {
                 error!(%error, "final WAL fsync failed");
             }
+        }
+    }
+}
+
+/// How long start-up waits for a proxy id held by another session: the session of a process
+/// killed a moment ago ends as soon as PostgreSQL notices (its socket is closed), and a batch
+/// it had in flight commits or rolls back first.
+const CLAIM_WAIT: Duration = Duration::from_secs(3);
+
+/// Claims the proxy id in one database (`writebehind.claim`), waiting up to [`CLAIM_WAIT`]
+/// while another session holds it. Held for longer, the id belongs to another running proxy:
+/// the database stays pass-through here (retried by the next session, or by start-up replay).
+async fn claim(shipper: &mut InboxShipper) -> Result<i64, StartError> {
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        match shipper.claim().await {
+            Ok(committed) => return Ok(committed),
+            Err(e)
+                if e.sqlstate() == Some(&SqlState::OBJECT_IN_USE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(StartError::Unreachable(e.to_string())),
         }
     }
 }

@@ -349,3 +349,55 @@ async fn multi_host_upstream_follows_the_primary_after_promotion() -> anyhow::Re
     assert_eq!(server_port(c).await?, (i32::from(standby.port), false));
     Ok(())
 }
+
+/// An upstream that is not PostgreSQL: answers whatever it is sent with `reply`, then closes.
+/// Serves up to eight connections; returns its port.
+fn impostor(reply: &'static [u8]) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().take(8).flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut b = [0u8; 512];
+            let _ = conn.read(&mut b);
+            let _ = conn.write_all(reply);
+        }
+    });
+    Ok(port)
+}
+
+/// A client through a proxy whose upstream is not a PostgreSQL server (an HTTP server, a
+/// server that closes at once) gets FATAL 08006 saying so, where it used to be disconnected
+/// without a word.
+#[tokio::test]
+async fn an_upstream_that_is_not_postgres_is_reported_to_the_client() -> anyhow::Result<()> {
+    let http = impostor(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")?;
+    let mute = impostor(b"")?;
+    for (port, sslmode, says) in [
+        (http, "prefer", "not S or N"),
+        (http, "disable", "not PostgreSQL's protocol"),
+        (mute, "disable", "without an error message"),
+    ] {
+        let proxy = Proxy::spawn(
+            &format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode={sslmode}"),
+            &["--connect-timeout", "2s"],
+        )?;
+        let err = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio_postgres::connect(
+                &proxy.conninfo("postgres", "postgres"),
+                tokio_postgres::NoTls,
+            ),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the login through an impostor upstream hung"))?
+        .err()
+        .expect("no PostgreSQL upstream");
+        let db = err
+            .as_db_error()
+            .ok_or_else(|| anyhow::anyhow!("no error message from the proxy ({sslmode}): {err}"))?;
+        assert_eq!(db.code(), &SqlState::CONNECTION_FAILURE, "{db:?}");
+        assert!(db.message().contains(says), "{sslmode}: {}", db.message());
+    }
+    Ok(())
+}

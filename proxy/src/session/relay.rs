@@ -136,7 +136,11 @@ where
     )
     .await
     {
-        Ok(ready) => ready?,
+        Ok(Ok(ready)) => ready,
+        Ok(Err(e)) => {
+            send_error(&mut cw, &e).await;
+            return Err(e);
+        }
         Err(_) => {
             let e = ProxyError::UpstreamConnect(format!(
                 "the login did not complete within login_timeout ({login_timeout:?})"
@@ -192,6 +196,14 @@ async fn send_error<W: AsyncWrite + Unpin>(cw: &mut W, e: &ProxyError) {
     let _ = cw.shutdown().await;
 }
 
+/// The messages PostgreSQL sends before its first ReadyForQuery: authentication requests,
+/// errors, notices, ParameterStatus, BackendKeyData, NegotiateProtocolVersion, ReadyForQuery.
+const LOGIN_REPLIES: &[u8] = b"RENSKvZ";
+
+/// The longest message accepted during login (a SASL exchange is a few hundred bytes; a
+/// non-PostgreSQL server's reply read as a length is usually far larger).
+const MAX_LOGIN_REPLY: usize = 1 << 20;
+
 /// Relays until the first ReadyForQuery, noting the settings PostgreSQL reports in `state`.
 /// Returns false if the server ended the session (e.g. authentication failed; its
 /// ErrorResponse has been relayed).
@@ -215,11 +227,18 @@ where
     let mut sbuf = BytesMut::with_capacity(8192);
     let mut cbuf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::with_capacity(8192);
+    // PostgreSQL ends a failed login with an ErrorResponse: a close without one is told.
+    let mut said_error = false;
     loop {
         tokio::select! {
             n = ur.read_buf(&mut sbuf) => {
                 let n = n.map_err(|_| ProxyError::UpstreamLost)?;
                 if n == 0 {
+                    if !said_error {
+                        return Err(ProxyError::UpstreamConnect(
+                            "the server closed the connection during login without an error message".into(),
+                        ));
+                    }
                     // The server closed during startup: whatever it said was relayed.
                     let _ = cw.shutdown().await;
                     return Ok(false);
@@ -227,9 +246,13 @@ where
                 let mut ready = false;
                 while sbuf.len() >= 5 {
                     let len = u32::from_be_bytes([sbuf[1], sbuf[2], sbuf[3], sbuf[4]]) as usize;
-                    if len < 4 {
-                        return Err(ProxyError::UpstreamLost);
+                    if !LOGIN_REPLIES.contains(&sbuf[0]) || !(4..=MAX_LOGIN_REPLY).contains(&len) {
+                        return Err(ProxyError::UpstreamConnect(format!(
+                            "the server's reply to the login is not PostgreSQL's protocol (it begins {:?}): is the upstream a PostgreSQL server?",
+                            String::from_utf8_lossy(&sbuf[..sbuf.len().min(16)])
+                        )));
                     }
+                    said_error |= sbuf[0] == b'E';
                     if sbuf.len() < len + 1 {
                         break;
                     }

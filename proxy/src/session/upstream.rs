@@ -250,11 +250,18 @@ pub async fn negotiate_tls(
             let tls = connector.connect(name, tcp).await?;
             Ok(super::tls::Stream::Tls(Box::new(tls.into())))
         }
-        _ if sslmode == SslMode::Require => Err(std::io::Error::new(
+        b'N' if sslmode == SslMode::Require => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "the server does not support SSL, but sslmode=require",
         )),
-        _ => Ok(super::tls::Stream::Plain(tcp)),
+        b'N' => Ok(super::tls::Stream::Plain(tcp)),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the server answered the SSLRequest with {:?}, not S or N: is the upstream a PostgreSQL server?",
+                char::from(other)
+            ),
+        )),
     }
 }
 

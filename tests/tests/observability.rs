@@ -512,3 +512,49 @@ async fn reload_applies_the_reloadable_keys() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&file);
     Ok(())
 }
+
+/// Logs written to a file are plain text (colours only on a terminal), and an empty
+/// `RUST_LOG` logs at `info` instead of nothing.
+#[tokio::test]
+async fn logs_in_a_file_are_plain_and_an_empty_rust_log_means_info() -> anyhow::Result<()> {
+    let log = std::env::temp_dir().join(format!(
+        "wb-plain-log-{}-{:08x}.log",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let wal = std::env::temp_dir().join(format!(
+        "wb-plain-wal-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let port = free_port();
+    let mut child = std::process::Command::new(writebehind_tests::proxy_binary())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--upstream",
+            &format!("postgresql://postgres@127.0.0.1:{}/postgres", free_port()),
+        ])
+        .arg("--wal-dir")
+        .arg(&wal)
+        .env("RUST_LOG", "")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let ready = writebehind_tests::wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("writebehind-proxy ready"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&wal);
+    assert!(
+        ready,
+        "no `ready` line at info with RUST_LOG empty: {text:?}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "terminal colour codes in a log file: {text:?}"
+    );
+    Ok(())
+}

@@ -128,7 +128,7 @@ pub struct Settings {
     /// `text` (default) or `json`.
     #[arg(long, env = "WRITEBEHIND_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Threads that run the sessions: 0 (default) one per core, 1 a single thread.
+    /// Event loops (one thread each) that run the sessions: 0 (default) one per core, N that many.
     #[arg(long, env = "WRITEBEHIND_THREADS")]
     pub threads: Option<usize>,
 }
@@ -181,7 +181,7 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
-    /// 0: one runtime thread per core; 1: a current-thread runtime; N: N threads.
+    /// Event loops for sessions (`event_loops`): 0 one per core, N that many.
     pub threads: usize,
 }
 

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod event_loops;
 pub mod live_config;
 pub mod metrics;
 pub mod protocol;

@@ -5,6 +5,7 @@ use clap::Parser;
 use std::io::IsTerminal;
 use tokio::signal::unix::{signal, SignalKind};
 use writebehind_proxy::config::{LogFormat, Settings};
+use writebehind_proxy::event_loops::EventLoops;
 
 fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
@@ -30,19 +31,27 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    // One thread: the I/O driver and every session on the thread that polls them, with no
-    // wake-ups across threads (what PgBouncer does); otherwise a work-stealing pool.
-    let mut builder = match config.threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if config.threads > 1 {
-        builder.worker_threads(config.threads);
-    }
-    let runtime = match builder.enable_all().build() {
+    // Every session stays on one event loop (a current-thread runtime: its sockets polled
+    // and its replies sent by one thread, as PgBouncer does): this thread's and `threads - 1`
+    // more, handed out in turn (docs/BENCHMARKS.md measures it against a work-stealing pool).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("writebehind-proxy: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let loops = match EventLoops::start(threads - 1) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("writebehind-proxy: cannot start the event-loop threads: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -60,7 +69,7 @@ fn main() -> std::process::ExitCode {
             tracing::info!("signal received: draining");
             let _ = tx.send(true);
         });
-        writebehind_proxy::run(config, listener, rx).await
+        writebehind_proxy::run(config, listener, loops, rx).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,16 +2,19 @@
 //! `shutdown_timeout`, return.
 
 use crate::config::Config;
+use crate::event_loops::EventLoops;
 use crate::session::{self, cancel::CancelMap, Shared};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Serves clients on `listener` until `shutdown` becomes true, then drains.
+/// Serves clients on `listener` until `shutdown` becomes true, then drains. Sessions run on
+/// the calling thread's runtime and on `loops`, in turn.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    mut loops: EventLoops,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -56,13 +59,31 @@ pub async fn run(
     };
     let signals = tokio::spawn(crate::signals::serve(shared.clone()));
     let mut tasks = tokio::task::JoinSet::new();
-    info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, "writebehind-proxy ready");
+    info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, event_loops = loops.len() + 1, "writebehind-proxy ready");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((sock, peer)) => {
-                    tasks.spawn(session::handle(sock, peer, shared.clone()));
-                }
+                Ok((sock, peer)) => match loops.take_turn() {
+                    None => {
+                        tasks.spawn(session::handle(sock, peer, shared.clone()));
+                    }
+                    // The socket moves to the other loop's I/O driver.
+                    Some(event_loop) => match sock.into_std() {
+                        Ok(sock) => {
+                            let shared = shared.clone();
+                            tasks.spawn_on(
+                                async move {
+                                    match tokio::net::TcpStream::from_std(sock) {
+                                        Ok(sock) => session::handle(sock, peer, shared).await,
+                                        Err(error) => warn!(%error, %peer, "cannot take over an accepted connection"),
+                                    }
+                                },
+                                event_loop,
+                            );
+                        }
+                        Err(error) => warn!(%error, %peer, "cannot hand an accepted connection over"),
+                    },
+                },
                 Err(error) => {
                     warn!(%error, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -104,5 +125,6 @@ pub async fn run(
     if let Some(m) = metrics {
         m.abort();
     }
+    drop(loops);
     Ok(())
 }

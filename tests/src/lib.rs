@@ -511,3 +511,14 @@ pub async fn ship_batch_as(
     tx.commit().await?;
     Ok(fresh)
 }
+
+/// The row count in the command tag of a simple-protocol statement (`UPDATE 1` → 1).
+pub async fn command_tag(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<u64> {
+    let msgs = c.simple_query(sql).await?;
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no command tag"))
+}

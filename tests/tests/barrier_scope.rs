@@ -3,7 +3,7 @@
 //! PostgreSQL shows whether a statement through the proxy waited for the pending writes.
 
 use std::time::{Duration, Instant};
-use writebehind_tests::{Cluster, Proxy};
+use writebehind_tests::{command_tag as tag, Cluster, Proxy};
 
 const SCHEMA: &str = "
     CREATE TABLE wb (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
@@ -277,5 +277,97 @@ async fn views_functions_triggers_and_do_blocks_wait() -> anyhow::Result<()> {
             Some((2 * expected).to_string())
         );
     }
+    Ok(())
+}
+
+/// A table enabled with `read_barrier => false`: plain reads skip the wait (eventual
+/// consistency), writes that pass through still wait for the key's pending changes.
+#[tokio::test]
+async fn a_table_without_read_barrier_is_read_without_waiting() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE hits (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO hits VALUES (1, 0);
+             SELECT writebehind.enable('hits', read_barrier => false);",
+        )
+        .await?;
+    let proxy = lazy_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for _ in 0..5 {
+        assert_eq!(tag(&c, "UPDATE hits SET n = n + 1 WHERE id = 1").await?, 1);
+    }
+    // Eventual consistency: the read does not wait for the pending increments.
+    let n: i64 = c
+        .query_one("SELECT n FROM hits WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 0, "read_barrier => false: no barrier before the read");
+    // They are not lost: a SIGTERM ships them (once the session has ended).
+    drop(c);
+    let mut proxy = proxy;
+    proxy.signal("TERM")?;
+    assert_eq!(proxy.wait_exit(Duration::from_secs(30)).await?, Some(0));
+    direct
+        .execute("SELECT writebehind.flush('hits')", &[])
+        .await?;
+    let n: i64 = direct
+        .query_one("SELECT n FROM hits WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 5);
+
+    // A write that passes through waits for the pending changes all the same: they come
+    // first in the key's order. Synchronous by the session's choice, not by the key, and at
+    // the pending bound with overflow = sync.
+    let proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &[
+            "--durability",
+            "memory",
+            "--flush-interval",
+            "1h",
+            "--max-pending-rows",
+            "3",
+            "--overflow",
+            "sync",
+        ],
+    )?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let n = || async {
+        anyhow::Ok(
+            direct
+                .query_one("SELECT n FROM hits WHERE id = 2", &[])
+                .await?
+                .get::<_, i64>(0),
+        )
+    };
+    assert_eq!(tag(&c, "INSERT INTO hits VALUES (2, 1)").await?, 1);
+    c.batch_execute("SET writebehind.sync = on").await?;
+    assert_eq!(tag(&c, "UPDATE hits SET n = n * 10 WHERE id = 2").await?, 1);
+    c.batch_execute("RESET writebehind.sync").await?;
+    assert_eq!(
+        n().await?,
+        10,
+        "the synchronous update came after the insert"
+    );
+    assert_eq!(tag(&c, "UPDATE hits SET n = n + 1 WHERE id = 2").await?, 1);
+    assert_eq!(
+        tag(&c, "UPDATE hits SET n = n * 10 WHERE id = 2 AND n > 0").await?,
+        1
+    );
+    assert_eq!(
+        n().await?,
+        110,
+        "the update not by the key came after the increment"
+    );
+    for _ in 0..3 {
+        assert_eq!(tag(&c, "UPDATE hits SET n = n + 1 WHERE id = 2").await?, 1);
+    }
+    // The fourth is at the bound: it passes through, after the three pending ones.
+    assert_eq!(tag(&c, "UPDATE hits SET n = 0 WHERE id = 2").await?, 1);
+    c.batch_execute("SELECT writebehind.flush()").await?;
+    assert_eq!(n().await?, 0, "overflow = sync wrote last");
     Ok(())
 }

@@ -55,6 +55,10 @@ def copy_data(text):
 COPY_DONE = message(b"c")
 
 
+def close(name):
+    return message(b"C", b"S" + cstr(name))
+
+
 class Session:
     """A raw protocol-3 session as user postgres (trust authentication)."""
 
@@ -254,6 +258,16 @@ def review_scenarios(s, key):
     for sql in ("BEGIN", "SELECT 1", "COMMIT"):
         r += s.exchange(query(sql))
     yield "local statement and a transaction block", r
+
+    # Closes of statements PostgreSQL has (one of its own, one whose Parse an error skipped,
+    # an unknown name) in a group of writes, as pgJDBC piggy-backs them; then the closed one.
+    r = s.exchange(parse("wsel", "SELECT 1"), SYNC)
+    r += s.exchange(parse("", "SELECT 1/0"), bind(""), execute(), parse("wskip", INSERT), SYNC)
+    r += s.exchange(close("wsel"), close("wskip"), close("nosuch"), parse("wc", INSERT),
+                    bind("wc", [str(key + 5), "1"]), execute(), SYNC)
+    r += s.exchange(bind("wsel"), execute(), SYNC)
+    r += s.exchange(query(f"SELECT count(*) FROM wbt WHERE id = {key + 5}"))
+    yield "Closes in a group of writes", r
 
 
 def run_raw(port, key):

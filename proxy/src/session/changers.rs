@@ -181,11 +181,12 @@ pub fn parameter_status(msg: &[u8]) -> Option<(&str, &str)> {
 fn statement_effect(t: &[Token]) -> Effect {
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
     let named = |tok: &Token, name: &str| matches!(tok, Word(w) | QuotedIdent(w) if w == name);
-    // Anywhere: set_config(…) changes any setting, also written "set_config"(…).
+    // Anywhere: set_config(…) changes the setting it names, also written "set_config"(…).
     let set_config = t
         .iter()
         .enumerate()
-        .any(|(i, tok)| named(tok, "set_config") && t.get(i + 1) == Some(&Punct('(')));
+        .filter(|(i, tok)| named(tok, "set_config") && t.get(i + 1) == Some(&Punct('(')))
+        .any(|(i, _)| set_config_effect(t.get(i + 2..).unwrap_or_default()) == Effect::Disable);
     // UPDATE pg_settings SET setting = … runs set_config() through the view's rule.
     let pg_settings_update =
         t.iter().any(|tok| named(tok, "update")) && t.iter().any(|tok| named(tok, "pg_settings"));
@@ -253,6 +254,26 @@ fn statement_effect(t: &[Token]) -> Effect {
         Effect::Disable
     } else {
         own
+    }
+}
+
+/// What a `set_config(` call does, from the tokens after its parenthesis: a setting named by
+/// a string constant the path does not rely on changes nothing (asyncpg calls
+/// `set_config('jit', 'off', false)` around its type introspection); `search_path`, the
+/// settings of [`SETTINGS`], `writebehind.*`, or a name computed any other way disable.
+fn set_config_effect(args: &[Token]) -> Effect {
+    let [Token::Str(name), Punct(','), ..] = args else {
+        return Effect::Disable;
+    };
+    let name = name.to_ascii_lowercase();
+    let relied_on = match name.split_once('.') {
+        Some((prefix, _)) => prefix == "writebehind",
+        None => name == SEARCH_PATH || SETTINGS.contains(&name.as_str()),
+    };
+    if relied_on {
+        Effect::Disable
+    } else {
+        Effect::None
     }
 }
 
@@ -362,8 +383,23 @@ mod tests {
             "SET default_transaction_read_only = on",
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
             "SET session_replication_role = replica",
+            "SELECT set_config('ROLE', 'x', false)",
+            "SELECT set_config('writebehind.sync', 'on', false)",
+            "SELECT set_config($1, 'x', false)",
+            "SELECT set_config('search' || '_path', 'x', false)",
+            "SELECT set_config('jit', 'off', false), set_config('role', 'x', false)",
+            "SELECT set_config(name, 'x', false) FROM t",
         ] {
             assert_eq!(effect_of(sql), Effect::Disable, "{sql}");
+        }
+        // Settings the path does not rely on, named by a constant (asyncpg's introspection).
+        for sql in [
+            "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new",
+            "SELECT set_config('jit', $1, false)",
+            "SELECT set_config('myapp.user_id', '42', true)",
+            "SELECT set_config('statement_timeout', '5s', false)",
+        ] {
+            assert_eq!(effect_of(sql), Effect::None, "{sql}");
         }
         assert_eq!(
             effect_of("SELECT name, setting FROM pg_settings WHERE name = 'search_path'"),

@@ -282,9 +282,10 @@ pub trait Wire {
     /// proxy (for a barrier, or for room in the queue): see
     /// [`Interrupt::waiting`](super::cancel::Interrupt::waiting).
     fn interrupt(&self) -> &super::cancel::Interrupt;
-    /// Sends the proxy's own Parses (whole messages, then a Sync of the proxy's) once
+    /// Sends the proxy's own Parses or Closes (whole messages, then a Sync of the proxy's) once
     /// PostgreSQL owes the client nothing, and waits for their ReadyForQuery; the client sees
-    /// none of the replies (but notices and FATAL errors). `parses` names them for the ledger.
+    /// none of the replies (but notices and FATAL errors). `refs` names the Parses for the
+    /// ledger.
     fn materialize(
         &mut self,
         parses: BytesMut,

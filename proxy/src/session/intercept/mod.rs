@@ -222,7 +222,7 @@ impl Intercept {
                     && self.acking()
                     && (group.is_empty() || self.catalog_current(wire).await)
                 {
-                    if let Some(plan) = self.plan(&group, wire).await {
+                    if let Some(plan) = self.plan(&group, wire).await.filter(|p| p.all_local()) {
                         if self.open.is_some()
                             || (wire.drained().await == b'I'
                                 && !self.settings_changed(wire)
@@ -240,8 +240,11 @@ impl Intercept {
                 if !group.is_empty() || self.open.is_some() {
                     // An unfinished group before a Query: PostgreSQL's business.
                     self.pass_rest(group, wire).await?;
-                    self.streaming = false;
                 }
+                // The Query ends the group in PostgreSQL (it commits the implicit transaction)
+                // whether or not its messages already streamed upstream (asyncpg sends
+                // Parse/Describe/Flush, then the Query of a COPY): the next group is a new one.
+                self.streaming = false;
                 self.on_query(msg, wire).await
             }
             _ => {

@@ -198,17 +198,7 @@ async fn upstream_unreachable_or_dying_gives_08006_never_a_hang() -> anyhow::Res
         &["--connect-timeout", "1s", "--login-timeout", "2s"],
     )?;
     let started = std::time::Instant::now();
-    let err = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio_postgres::connect(
-            &proxy.conninfo("postgres", "postgres"),
-            tokio_postgres::NoTls,
-        ),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("the login through a silent upstream hung"))?
-    .err()
-    .expect("no answer from upstream");
+    let err = failed_login(&proxy, "a silent upstream").await?;
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
     // A client that never sends its startup message is closed after login_timeout.
@@ -350,6 +340,23 @@ async fn multi_host_upstream_follows_the_primary_after_promotion() -> anyhow::Re
     Ok(())
 }
 
+/// The error of a login through `proxy` that must fail within 20 s (`upstream` says why).
+async fn failed_login(proxy: &Proxy, upstream: &str) -> anyhow::Result<tokio_postgres::Error> {
+    let login = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_postgres::connect(
+            &proxy.conninfo("postgres", "postgres"),
+            tokio_postgres::NoTls,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the login through {upstream} hung"))?;
+    match login {
+        Ok(_) => anyhow::bail!("a login through {upstream} succeeded"),
+        Err(e) => Ok(e),
+    }
+}
+
 /// An upstream that is not PostgreSQL: answers whatever it is sent with `reply`, then closes.
 /// Serves up to eight connections; returns its port.
 fn impostor(reply: &'static [u8]) -> anyhow::Result<u16> {
@@ -382,17 +389,7 @@ async fn an_upstream_that_is_not_postgres_is_reported_to_the_client() -> anyhow:
             &format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode={sslmode}"),
             &["--connect-timeout", "2s"],
         )?;
-        let err = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio_postgres::connect(
-                &proxy.conninfo("postgres", "postgres"),
-                tokio_postgres::NoTls,
-            ),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("the login through an impostor upstream hung"))?
-        .err()
-        .expect("no PostgreSQL upstream");
+        let err = failed_login(&proxy, "an impostor upstream").await?;
         let db = err
             .as_db_error()
             .ok_or_else(|| anyhow::anyhow!("no error message from the proxy ({sslmode}): {err}"))?;

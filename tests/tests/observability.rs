@@ -140,6 +140,17 @@ async fn metrics_match_the_workload_and_health_follows_postgres() -> anyhow::Res
         ),
         Some(1.0)
     );
+    // So are those that end a login (here: no such database).
+    let refused = writebehind_tests::connect(&proxy.conninfo("postgres", "no_such_db")).await;
+    assert!(refused.is_err(), "a login to a missing database");
+    let samples = parse(&get(mport, "/metrics")?.1)?;
+    assert_eq!(
+        value(
+            &samples,
+            "writebehind_upstream_errors_total{sqlstate=\"3D000\"}"
+        ),
+        Some(1.0)
+    );
     assert_eq!(
         get(mport, "/health")?,
         (200, "{\"status\":\"ok\"}\n".to_string())

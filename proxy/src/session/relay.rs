@@ -278,6 +278,11 @@ where
                             state.on_parameter_status(&msg);
                             out.extend_from_slice(&msg);
                         }
+                        // Failed logins (28P01, 3D000, 53300, …) count as any relayed error.
+                        b'E' => {
+                            crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default());
+                            out.extend_from_slice(&msg);
+                        }
                         b'R' => match crate::protocol::startup::without_channel_binding(&msg) {
                             Some(offer) => out.extend_from_slice(&offer),
                             None => out.extend_from_slice(&msg),

@@ -58,14 +58,9 @@ impl EventLoops {
         slot.checked_sub(1).and_then(|i| self.handles.get(i))
     }
 
-    /// How many extra loops run.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether there are none (every session on the accepting thread).
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
+    /// How many loops sessions run on, the accepting thread's included.
+    pub fn count(&self) -> usize {
+        self.handles.len() + 1
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn run(
     };
     let signals = tokio::spawn(crate::signals::serve(shared.clone()));
     let mut tasks = tokio::task::JoinSet::new();
-    info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, event_loops = loops.len() + 1, "writebehind-proxy ready");
+    info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, event_loops = loops.count(), "writebehind-proxy ready");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -252,7 +252,6 @@ where
                             String::from_utf8_lossy(&sbuf[..sbuf.len().min(16)])
                         )));
                     }
-                    said_error |= sbuf[0] == b'E';
                     if sbuf.len() < len + 1 {
                         break;
                     }
@@ -280,6 +279,7 @@ where
                         }
                         // Failed logins (28P01, 3D000, 53300, …) count as any relayed error.
                         b'E' => {
+                            said_error = true;
                             crate::telemetry::count_upstream_error(msg.get(5..).unwrap_or_default());
                             out.extend_from_slice(&msg);
                         }

@@ -23,12 +23,11 @@ pub(super) struct Plan {
     changes: Vec<Change>,
     /// Statements parsed by the group: (index of the reply piece, name, statement).
     parsed: Vec<(usize, String, Stmt)>,
-    /// Statements of the session the group closes: (index of the reply piece, name).
-    closed: Vec<(usize, String)>,
-    /// Close messages of statements PostgreSQL has, or may have (one it never completed, one
-    /// of SQL `PREPARE`; closing an unknown name is no error): (index of the reply piece,
-    /// message). Sent upstream on the proxy's own Sync when the plan is carried out.
-    upstream_closes: Vec<(usize, Bytes)>,
+    /// Statements of the session the group closes: (index of the reply piece, name, and
+    /// the Close message itself when PostgreSQL has the statement or may have it: one it never
+    /// completed, one of SQL `PREPARE`; closing an unknown name is no error). Those messages
+    /// go upstream on the proxy's own Sync when the plan is carried out.
+    closed: Vec<(usize, String, Option<Bytes>)>,
     /// Earlier statements re-prepared against a newer catalog: kept, so later Binds need
     /// not prepare them again.
     refreshed: Vec<(String, Arc<Prepared>)>,
@@ -40,7 +39,9 @@ impl Plan {
     /// Whether carrying the plan out needs nothing of PostgreSQL (no Close to send it): only
     /// such a plan answers a Flush.
     pub(super) fn all_local(&self) -> bool {
-        self.upstream_closes.is_empty()
+        self.closed
+            .iter()
+            .all(|(_, _, upstream)| upstream.is_none())
     }
 }
 
@@ -99,7 +100,7 @@ impl Intercept {
             stmt.serial = self.serial();
             self.stmts.insert(name, stmt);
         }
-        for (_, name) in plan.closed {
+        for (_, name, _) in plan.closed {
             self.stmts.remove(&name);
         }
         self.open.get_or_insert_with(Vec::new).extend(plan.changes);
@@ -177,7 +178,6 @@ impl Intercept {
             changes: Vec::new(),
             parsed: Vec::new(),
             closed: Vec::new(),
-            upstream_closes: Vec::new(),
             refreshed: Vec::new(),
             used: Vec::new(),
         };
@@ -256,10 +256,13 @@ impl Intercept {
                         // pgJDBC closes the statements the application closed on its next
                         // query, and the one whose Parse an error skipped: PostgreSQL closes
                         // them, and the rest of the group can still be answered here.
-                        if self.stmts.get(name).is_none_or(|s| s.on_server) {
-                            plan.upstream_closes.push((plan.replies.len(), raw.clone()));
-                        }
-                        plan.closed.push((plan.replies.len(), name.to_string()));
+                        let upstream = self
+                            .stmts
+                            .get(name)
+                            .is_none_or(|s| s.on_server)
+                            .then(|| raw.clone());
+                        plan.closed
+                            .push((plan.replies.len(), name.to_string(), upstream));
                     }
                     messages::close_complete(&mut out);
                 }
@@ -375,14 +378,12 @@ impl Intercept {
             }
         }
         // Closes take effect up to the error, as in PostgreSQL (a Close is not undone).
-        for (at, name) in plan.closed {
-            if at < cut {
-                self.stmts.remove(&name);
-            }
-        }
         let mut closes = BytesMut::new();
-        for (_, msg) in plan.upstream_closes.iter().filter(|(at, _)| *at < cut) {
-            closes.extend_from_slice(msg);
+        for (_, name, upstream) in plan.closed.into_iter().filter(|(at, ..)| *at < cut) {
+            self.stmts.remove(&name);
+            if let Some(msg) = upstream {
+                closes.extend_from_slice(&msg);
+            }
         }
         if !closes.is_empty() {
             // Idle outside a transaction block (checked above): a Close cannot fail there.

@@ -155,6 +155,15 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg, HINT = hint;
 END $$;
 
+-- Refuses a proxy_id that writebehind.progress could not hold (22023).
+CREATE FUNCTION writebehind._check_proxy_id(proxy_id text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF proxy_id IS NULL OR proxy_id = '' OR octet_length(proxy_id) > 63 THEN
+        PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
+    END IF;
+END $$;
+
 -- Whether an apply worker serves the current database (it is listed in writebehind.databases).
 -- Without one, nothing queued in this database's inbox is ever applied.
 CREATE FUNCTION writebehind.served()
@@ -401,9 +410,7 @@ DECLARE
     cur bigint;
     cur_epoch bigint;
 BEGIN
-    IF proxy_id IS NULL OR proxy_id = '' OR octet_length(proxy_id) > 63 THEN
-        PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
-    END IF;
+    PERFORM writebehind._check_proxy_id(proxy_id);
     IF batch_seq IS NULL OR batch_seq < 1 THEN
         PERFORM writebehind._raise('22023', 'batch_seq must be a positive number');
     END IF;
@@ -454,12 +461,10 @@ DECLARE
     cur_seq  bigint;
     cur      bigint;
 BEGIN
-    IF claim.proxy_id IS NULL OR claim.proxy_id = '' OR octet_length(claim.proxy_id) > 63 THEN
-        PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
-    END IF;
+    PERFORM writebehind._check_proxy_id(claim.proxy_id);
     lock_key := hashtextextended('pg_writebehind proxy_id ' || claim.proxy_id, 0);
     IF NOT pg_try_advisory_lock(lock_key) THEN
-        SELECT a.pid, a.client_addr, a.application_name, a.backend_start INTO holder
+        SELECT a.pid, a.client_addr, a.backend_start INTO holder
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
           AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
@@ -567,9 +572,7 @@ RETURNS TABLE (relid oid, applied bigint, coalesced bigint, dead_letters bigint,
                applied_inserts bigint, applied_updates bigint, applied_deletes bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF proxy_id IS NULL OR proxy_id = '' OR octet_length(proxy_id) > 63 THEN
-        PERFORM writebehind._raise('22023', 'proxy_id must be non-empty text of at most 63 bytes');
-    END IF;
+    PERFORM writebehind._check_proxy_id(proxy_id);
     INSERT INTO writebehind.proxy_reports AS p
         (proxy_id, address, durability, version, started_at, reported_at, clients, acked, pending,
          pending_bytes, shipped, batches, wal_bytes, errors, last_error, paused, pending_by_table)

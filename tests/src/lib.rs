@@ -89,6 +89,14 @@ impl Cluster {
         Ok(Self { dir, port })
     }
 
+    /// Starts a new cluster, runs `schema` in `postgres`, and returns a direct connection.
+    pub async fn start_with_schema(schema: &str) -> anyhow::Result<(Self, tokio_postgres::Client)> {
+        let cluster = Self::start()?;
+        let direct = cluster.connect("postgres").await?;
+        direct.batch_execute(schema).await?;
+        Ok((cluster, direct))
+    }
+
     /// libpq/tokio-postgres connection string for `dbname` as the `postgres` superuser.
     pub fn conninfo(&self, dbname: &str) -> String {
         format!(

@@ -17,15 +17,11 @@ fn wb_proxy(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Proxy> {
 
 /// A cluster with the write-behind table `t (id, v)`, and a direct connection to it.
 async fn cluster_with_t() -> anyhow::Result<(Cluster, tokio_postgres::Client)> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int);
-             SELECT writebehind.enable('t');",
-        )
-        .await?;
-    Ok((cluster, direct))
+    Cluster::start_with_schema(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         SELECT writebehind.enable('t');",
+    )
+    .await
 }
 
 /// Runs `sql` on `c` (simple protocol, or extended with `extended`) and cancels it from

@@ -36,9 +36,7 @@ fn wal_dir(name: &str) -> PathBuf {
 
 /// A cluster with [`SCHEMA`], a direct connection to it, and a fresh WAL directory `name`.
 async fn wal_test(name: &str) -> anyhow::Result<(Cluster, tokio_postgres::Client, PathBuf)> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct.batch_execute(SCHEMA).await?;
+    let (cluster, direct) = Cluster::start_with_schema(SCHEMA).await?;
     Ok((cluster, direct, wal_dir(name)))
 }
 
@@ -242,10 +240,7 @@ async fn kill_test(durability: &str, default_kills: usize) -> anyhow::Result<()>
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default_kills);
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct.batch_execute(SCHEMA).await?;
-    let dir = wal_dir(&format!("kill-{durability}"));
+    let (cluster, direct, dir) = wal_test(&format!("kill-{durability}")).await?;
     let dir_s = dir.to_string_lossy().to_string();
     let args = [
         "--durability",

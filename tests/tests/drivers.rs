@@ -33,15 +33,12 @@ fn setup() -> anyhow::Result<(Cluster, Proxy)> {
     Ok((cluster, proxy))
 }
 
-/// Runs `program args… PORT DIRECT_PORT TABLE` straight against PostgreSQL, then through the
-/// proxy; returns the number of changes the proxy acknowledged, as the script counted and
-/// found them in `writebehind.status` (its last line: `ok: <driver> <version>, <mode>, acked N`).
-fn run_both(
-    program: &Path,
-    args: &[&str],
-    cluster: &Cluster,
-    proxy: &Proxy,
-) -> anyhow::Result<u64> {
+/// Runs `program args… PORT DIRECT_PORT TABLE` on a fresh [`setup`], straight against
+/// PostgreSQL, then through the proxy; returns the number of changes the proxy acknowledged,
+/// as the script counted and found them in `writebehind.status` (its last line:
+/// `ok: <driver> <version>, <mode>, acked N`).
+fn run_both(program: &Path, args: &[&str]) -> anyhow::Result<u64> {
+    let (cluster, proxy) = setup()?;
     let run = |port: u16, table: &str| -> anyhow::Result<String> {
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -91,13 +88,7 @@ fn need(path: &Path, what: &str) -> anyhow::Result<()> {
 fn asyncpg_prepared_binary_executemany_copy_listen_and_write_behind() -> anyhow::Result<()> {
     let python = repo_root().join(".venv/bin/python");
     need(&python, "the project's venv")?;
-    let (cluster, proxy) = setup()?;
-    let acked = run_both(
-        &python,
-        &["tests/python/asyncpg_driver.py"],
-        &cluster,
-        &proxy,
-    )?;
+    let acked = run_both(&python, &["tests/python/asyncpg_driver.py"])?;
     assert!(acked > 3000, "acked {acked}");
     Ok(())
 }
@@ -108,13 +99,7 @@ fn node_postgres_unnamed_named_cursor_and_write_behind() -> anyhow::Result<()> {
         &repo_root().join("tests/node/node_modules/pg"),
         "npm ci in tests/node",
     )?;
-    let (cluster, proxy) = setup()?;
-    let acked = run_both(
-        Path::new("node"),
-        &["tests/node/driver.js"],
-        &cluster,
-        &proxy,
-    )?;
+    let acked = run_both(Path::new("node"), &["tests/node/driver.js"])?;
     assert!(acked > 3000, "acked {acked}");
     Ok(())
 }
@@ -141,14 +126,8 @@ fn pgjdbc_thresholds_binary_batches_and_write_behind() -> anyhow::Result<()> {
         ]),
     )?;
     anyhow::ensure!(ok, "javac: {out}{err}");
-    let (cluster, proxy) = setup()?;
     let cp = format!("{}:{}", jar.display(), classes.display());
-    let result = run_both(
-        Path::new("java"),
-        &["-cp", &cp, "JdbcDriver"],
-        &cluster,
-        &proxy,
-    );
+    let result = run_both(Path::new("java"), &["-cp", &cp, "JdbcDriver"]);
     let _ = std::fs::remove_dir_all(&classes);
     let acked = result?;
     assert!(acked > 3 * 1500, "acked {acked}");

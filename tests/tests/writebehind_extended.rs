@@ -262,14 +262,11 @@ fn python_script(script: &str, proxy: &Proxy, cluster: &Cluster) -> anyhow::Resu
 /// after DDL; psycopg's failing pipeline and COPY after TRUNCATE in a transaction (both hung).
 #[tokio::test]
 async fn protocol_sequences_get_postgres_own_replies() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE wbt (id int PRIMARY KEY, n int);
-             SELECT writebehind.enable('wbt');",
-        )
-        .await?;
+    let (cluster, _direct) = Cluster::start_with_schema(
+        "CREATE TABLE wbt (id int PRIMARY KEY, n int);
+         SELECT writebehind.enable('wbt');",
+    )
+    .await?;
     let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
     python_script("protocol_parity.py", &proxy, &cluster)
 }

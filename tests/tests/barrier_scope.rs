@@ -284,15 +284,12 @@ async fn views_functions_triggers_and_do_blocks_wait() -> anyhow::Result<()> {
 /// consistency), writes that pass through still wait for the key's pending changes.
 #[tokio::test]
 async fn a_table_without_read_barrier_is_read_without_waiting() -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE hits (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
-             INSERT INTO hits VALUES (1, 0);
-             SELECT writebehind.enable('hits', read_barrier => false);",
-        )
-        .await?;
+    let (cluster, direct) = Cluster::start_with_schema(
+        "CREATE TABLE hits (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+         INSERT INTO hits VALUES (1, 0);
+         SELECT writebehind.enable('hits', read_barrier => false);",
+    )
+    .await?;
     let proxy = lazy_proxy(&cluster)?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     for _ in 0..5 {

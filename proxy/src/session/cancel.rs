@@ -3,7 +3,6 @@
 
 use crate::protocol::startup::cancel_packet;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -15,7 +14,12 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct Interrupt {
     notify: Notify,
-    barrier_waiting: AtomicBool,
+    /// Whether a wait is on. Read and written under the lock together with the wake-up, so a
+    /// cancel either ends a wait that has begun or goes to PostgreSQL, never both: with the
+    /// flag apart from the wake-up, a wait that ended at once on another thread cleared it
+    /// before the cancel read it, and the cancel went on to PostgreSQL and hit the session's
+    /// next statement.
+    waiting: std::sync::Mutex<bool>,
 }
 
 impl Interrupt {
@@ -25,18 +29,28 @@ impl Interrupt {
         &'a self,
         f: impl FnOnce(tokio::sync::futures::Notified<'a>) -> F,
     ) -> F::Output {
-        let cancelled = self.notify.notified();
-        self.barrier_waiting.store(true, Ordering::Release);
+        let cancelled = {
+            let mut waiting = self.lock();
+            *waiting = true;
+            self.notify.notified()
+        };
         let out = f(cancelled).await;
-        self.barrier_waiting.store(false, Ordering::Release);
+        *self.lock() = false;
         out
     }
 
-    /// Wakes a wait in the proxy, if any (no permit is stored for a later one); whether one
-    /// was waiting.
+    /// Ends the wait in the proxy, if one is on; whether one was (if not, the cancel is
+    /// PostgreSQL's).
     fn cancel(&self) -> bool {
-        self.notify.notify_waiters();
-        self.barrier_waiting.load(Ordering::Acquire)
+        let waiting = self.lock();
+        if *waiting {
+            self.notify.notify_waiters();
+        }
+        *waiting
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -109,6 +123,39 @@ impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         if let Some(k) = self.key {
             self.map.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cancel that ends a wait says so, however quickly the woken wait finishes on another
+    /// thread (it used to read the flag after the wake-up, which the wait had already cleared,
+    /// and the cancel went on to PostgreSQL as well).
+    #[test]
+    fn a_cancel_that_ends_a_wait_is_never_also_passed_on() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        for _ in 0..2000 {
+            let interrupt = Arc::new(Interrupt::default());
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let waiter = interrupt.clone();
+            let wait = runtime.spawn(async move {
+                waiter
+                    .waiting(|cancelled| async move {
+                        let _ = started_tx.send(());
+                        cancelled.await;
+                    })
+                    .await;
+            });
+            started_rx.recv().expect("the wait began");
+            assert!(interrupt.cancel(), "a cancel that ended a wait was passed on");
+            runtime.block_on(wait).expect("the wait ended");
+            assert!(!interrupt.cancel(), "no wait is on any more");
         }
     }
 }

@@ -153,7 +153,10 @@ mod tests {
                     .await;
             });
             started_rx.recv().expect("the wait began");
-            assert!(interrupt.cancel(), "a cancel that ended a wait was passed on");
+            assert!(
+                interrupt.cancel(),
+                "a cancel that ended a wait was passed on"
+            );
             runtime.block_on(wait).expect("the wait ended");
             assert!(!interrupt.cancel(), "no wait is on any more");
         }

@@ -270,9 +270,40 @@ def review_scenarios(s, key):
     yield "Closes in a group of writes", r
 
 
+def skip_scenarios(s, key):
+    """After an error in an extended-protocol message PostgreSQL skips everything up to Sync,
+    Queries included: they get no reply, and writes among them are not run."""
+    count = query(f"SELECT count(*) FROM wbt WHERE id BETWEEN {key} AND {key + 9}")
+    # A Query after a failed Parse, then the Sync: one ReadyForQuery.
+    r = s.exchange(parse("", "selec 1"), query("SELECT 42"), SYNC)
+    yield "Query after an error in an unsynced group", r + s.exchange(query("SELECT 7"))
+
+    # Writes after the skipped Query are skipped too, whether a Query or a group of writes
+    # the proxy could answer locally.
+    r = s.exchange(parse("", "selec 1"), query("SELECT 42"),
+                   parse("ws", INSERT), bind("ws", [str(key), "1"]), execute(), SYNC)
+    r += s.exchange(parse("", "selec 1"),
+                    query(f"INSERT INTO wbt (id, n) VALUES ({key + 1}, 1)"), SYNC)
+    r += s.exchange(bind("ws", [str(key + 2), "1"]), execute(), SYNC)
+    yield "writes skipped after an error", r + s.exchange(count)
+
+    # The error already answered at a Flush before the Query is sent.
+    s.send(parse("", "selec 1"), FLUSH)
+    r = [s.read(5) or ("nothing at Flush",)]
+    s.send(query(f"INSERT INTO wbt (id, n) VALUES ({key + 3}, 1)"))
+    r.append(s.read(0.5) or ("no reply to a skipped Query",))
+    r += s.exchange(SYNC)
+    yield "Query after an error answered at a Flush", r + s.exchange(count)
+
+    # Afterwards writes are acknowledged and read back as usual.
+    r = s.exchange(parse("wt", INSERT), bind("wt", [str(key + 4), "1"]), execute(), SYNC)
+    r += s.exchange(query(f"INSERT INTO wbt (id, n) VALUES ({key + 5}, 1)"))
+    yield "writes after the skipped group", r + s.exchange(count)
+
+
 def run_raw(port, key):
     out = {}
-    for make, offset in ((scenarios, 0), (review_scenarios, 10)):
+    for make, offset in ((scenarios, 0), (review_scenarios, 10), (skip_scenarios, 20)):
         s = Session(port)
         try:
             out.update(make(s, key + offset))

@@ -7,9 +7,11 @@
 //! - [`free_port`], [`repo_root`], [`wait_until`].
 //! - [`fault_load`]: the write load and model check of the PostgreSQL fault tests.
 //! - [`inbox`]: hand-made inbox batches for the apply-engine tests.
+//! - [`raw`]: a raw protocol client, for messages drivers do not send.
 
 pub mod fault_load;
 pub mod inbox;
+pub mod raw;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -6,40 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use writebehind_tests::{free_port, wait_until, Cluster, Proxy};
-
-/// A raw client: sends a StartupMessage and reads until the first ReadyForQuery.
-fn raw_session(port: u16) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "postgres"), ("database", "postgres")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    s.write_all(&msg)?;
-    loop {
-        let (ty, _) = read_message(&mut s)?;
-        if ty == b'Z' {
-            return Ok(s);
-        }
-    }
-}
-
-fn read_message(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head)?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)?;
-    Ok((head[0], body))
-}
+use writebehind_tests::{free_port, raw, wait_until, Cluster, Proxy};
 
 /// The SQLSTATE field of an ErrorResponse body.
 fn sqlstate(body: &[u8]) -> Option<String> {
@@ -51,7 +18,7 @@ fn sqlstate(body: &[u8]) -> Option<String> {
 /// Reads messages until an ErrorResponse; returns its SQLSTATE.
 fn expect_error(s: &mut TcpStream) -> anyhow::Result<String> {
     loop {
-        let (ty, body) = read_message(s)?;
+        let (ty, body) = raw::read_message(s)?;
         if ty == b'E' {
             return sqlstate(&body).ok_or_else(|| anyhow::anyhow!("no SQLSTATE"));
         }
@@ -109,13 +76,13 @@ async fn garbage_truncated_and_oversized_messages_close_only_that_client() -> an
     let bystander = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
 
     // Garbage: a type byte the protocol does not have.
-    let mut s = raw_session(proxy.port)?;
+    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
     s.write_all(b"\x01\x00\x00\x00\x08garbage!")?;
     assert_eq!(expect_error(&mut s)?, "08P01");
     assert!(closed(&mut s));
 
     // Truncated: a Query that announces 100 bytes, sends 10, and the client stops sending.
-    let mut s = raw_session(proxy.port)?;
+    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
     s.write_all(b"Q\x00\x00\x00\x64SELECT 1")?;
     s.shutdown(std::net::Shutdown::Write)?;
     assert_eq!(expect_error(&mut s)?, "08P01");

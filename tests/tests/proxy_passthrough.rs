@@ -3,7 +3,7 @@
 
 use futures::{SinkExt, TryStreamExt};
 use std::time::Duration;
-use writebehind_tests::{psql, run_cmd, Cluster, Proxy};
+use writebehind_tests::{psql, raw, run_cmd, Cluster, Proxy};
 
 fn setup() -> anyhow::Result<(Cluster, Proxy)> {
     let cluster = Cluster::start()?;
@@ -268,6 +268,32 @@ async fn admin_console_for_listed_users_only() -> anyhow::Result<()> {
         "{out}"
     );
     assert!(out.contains("writebehind-proxy"), "{out}");
+    // Counters are bigint and names text, as PgBouncer's console types them.
+    let mut s = raw::session(proxy.port, "admin", "writebehind")?;
+    for (command, want) in [
+        (
+            "SHOW STATS",
+            vec![("database", 25), ("total_query_count", 20)],
+        ),
+        (
+            "SHOW CLIENTS",
+            vec![("user", 25), ("connect_time", 20), ("id", 20)],
+        ),
+    ] {
+        std::io::Write::write_all(&mut s, &raw::query(command))?;
+        let replies = raw::read_to_ready(&mut s)?;
+        let columns = replies
+            .iter()
+            .find(|(ty, _)| *ty == b'T')
+            .map(|(_, body)| raw::columns(body))
+            .unwrap_or_default();
+        for (name, oid) in want {
+            assert!(
+                columns.iter().any(|(n, o)| n == name && *o == oid),
+                "{command}: {name} has type oid {oid}: {columns:?}"
+            );
+        }
+    }
     let (ok, _, err) =
         run_cmd(psql(proxy.port, "admin", "writebehind").args(["-c", "SHOW NONSENSE"]))?;
     assert!(!ok && err.contains("unknown admin command"), "{err}");

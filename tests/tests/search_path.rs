@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use writebehind_tests::{query_i64, Cluster, Proxy};
+use writebehind_tests::{query_i64, raw, Cluster, Proxy};
 
 const SCHEMA: &str = "
     CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
@@ -309,45 +309,10 @@ async fn the_question_is_not_answered_by_a_users_function() -> anyhow::Result<()
 /// it again before the client uses it.
 #[tokio::test]
 async fn the_clients_unnamed_statement_survives_the_question() -> anyhow::Result<()> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let (_cluster, _direct, proxy) = setup().await?;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let msg = |ty: u8, body: &[u8]| {
-        let mut m = vec![ty];
-        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    };
-    let cstr = |parts: &[&str]| {
-        let mut b = Vec::new();
-        for p in parts {
-            b.extend_from_slice(p.as_bytes());
-            b.push(0);
-        }
-        b
-    };
-    let read_to_ready = |s: &mut std::net::TcpStream| -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
-        let mut out = Vec::new();
-        loop {
-            let mut head = [0u8; 5];
-            s.read_exact(&mut head)?;
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            let mut body = vec![0u8; len - 4];
-            s.read_exact(&mut body)?;
-            let done = head[0] == b'Z';
-            out.push((head[0], body));
-            if done {
-                return Ok(out);
-            }
-        }
-    };
-    let mut startup = 196608i32.to_be_bytes().to_vec();
-    startup.extend(cstr(&["user", "postgres", "database", "postgres", ""]));
-    let mut first = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
-    first.extend(startup);
-    s.write_all(&first)?;
-    read_to_ready(&mut s)?;
+    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
+    let (msg, cstr, read_to_ready) = (raw::message, raw::cstr, raw::read_to_ready);
     let parse = |name: &str, sql: &str| {
         let mut b = cstr(&[name, sql]);
         b.extend_from_slice(&0i16.to_be_bytes());

@@ -7,7 +7,7 @@ mod writebehind;
 pub use writebehind::reload;
 
 use crate::error::ProxyError;
-use crate::protocol::messages;
+use crate::protocol::messages::{self, Type::*};
 use crate::session::tls::Stream;
 use crate::session::Shared;
 use bytes::BytesMut;
@@ -111,7 +111,7 @@ async fn run_command(text: &str, shared: &Shared, out: &mut BytesMut) {
         ["SHOW", "CONFIG"] => show_config(shared, out),
         ["SHOW", "VERSION"] => messages::rows(
             out,
-            &["version"],
+            &[("version", Text)],
             &[vec![Some(format!(
                 "writebehind-proxy {}",
                 env!("CARGO_PKG_VERSION")
@@ -141,10 +141,10 @@ fn show_stats(shared: &Shared, out: &mut BytesMut) {
     messages::rows(
         out,
         &[
-            "database",
-            "total_query_count",
-            "total_received",
-            "total_sent",
+            ("database", Text),
+            ("total_query_count", Int8),
+            ("total_received", Int8),
+            ("total_sent", Int8),
         ],
         &rows,
     );
@@ -179,17 +179,18 @@ fn show_clients(shared: &Shared, out: &mut BytesMut, servers: bool) {
             ]
         })
         .collect();
-    rows.sort_by(|a, b| a[6].cmp(&b[6]));
+    // By id, as a number.
+    rows.sort_by_key(|r| r[6].as_deref().and_then(|id| id.parse::<u64>().ok()));
     messages::rows(
         out,
         &[
-            "type",
-            "user",
-            "database",
-            "state",
-            "addr",
-            "connect_time",
-            "id",
+            ("type", Text),
+            ("user", Text),
+            ("database", Text),
+            ("state", Text),
+            ("addr", Text),
+            ("connect_time", Int8),
+            ("id", Int8),
         ],
         &rows,
     );
@@ -209,7 +210,7 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
         })
         .map(|(k, v)| vec![Some(k.to_string()), Some(v)])
         .collect();
-    messages::rows(out, &["key", "value"], &rows);
+    messages::rows(out, &[("key", Text), ("value", Text)], &rows);
 }
 
 /// Every configuration key with its value as `SHOW CONFIG` prints it.

@@ -5,7 +5,7 @@ use super::config_rows;
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::live_config::RELOADABLE;
-use crate::protocol::messages;
+use crate::protocol::messages::{self, Type::*};
 use crate::session::Shared;
 use crate::writebehind::catalog::Table;
 use crate::writebehind::databases::WriteBehind;
@@ -52,14 +52,14 @@ pub fn show_tables(wb: Option<&WriteBehind>, out: &mut BytesMut) {
     messages::rows(
         out,
         &[
-            "database",
-            "table",
-            "acked",
-            "pending",
-            "coalesced",
-            "shipped",
-            "applied",
-            "dead_letters",
+            ("database", Text),
+            ("table", Text),
+            ("acked", Int8),
+            ("pending", Int8),
+            ("coalesced", Int8),
+            ("shipped", Int8),
+            ("applied", Int8),
+            ("dead_letters", Int8),
         ],
         &rows,
     );

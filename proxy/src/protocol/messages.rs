@@ -88,12 +88,32 @@ pub fn key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     put(buf, &BackendKeyData::new(pid, SecretKey::I32(secret)));
 }
 
-/// A text result set: RowDescription, one DataRow per row (NULL for `None`), CommandComplete.
-pub fn rows(buf: &mut BytesMut, columns: &[&str], data: &[Vec<Option<String>>]) {
-    const TEXT_OID: u32 = 25;
+/// The type of a column of a result set the proxy makes (its values are sent as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Text,
+    Int8,
+}
+
+impl Type {
+    /// PostgreSQL's oid and length of the type.
+    fn oid_len(self) -> (u32, i16) {
+        match self {
+            Type::Text => (25, -1),
+            Type::Int8 => (20, 8),
+        }
+    }
+}
+
+/// A result set in text format: RowDescription, one DataRow per row (NULL for `None`),
+/// CommandComplete. Values of an `Int8` column must be integers written in decimal.
+pub fn rows(buf: &mut BytesMut, columns: &[(&str, Type)], data: &[Vec<Option<String>>]) {
     let fields = columns
         .iter()
-        .map(|c| FieldDescription::new(c.to_string(), 0, 0, TEXT_OID, -1, -1, 0))
+        .map(|(name, ty)| {
+            let (oid, len) = ty.oid_len();
+            FieldDescription::new(name.to_string(), 0, 0, oid, len, -1, 0)
+        })
         .collect();
     put(buf, &RowDescription::new(fields));
     for row in data {

@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod changers;
 pub mod intercept;
+pub mod ledger;
 pub mod own_tls;
 pub mod relay;
 pub mod tls;

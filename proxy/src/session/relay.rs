@@ -341,6 +341,8 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: Asy
     let mut tracker = FrameTracker::new(true, max);
     let mut assembler = Assembler::default();
     let mut counter = ReplyCounter::default();
+    // Types of the messages of one read, for the counter (pass-through only).
+    let mut sent = Vec::new();
     let mut buf = vec![0u8; BUF];
     let mut idle_since = tokio::time::Instant::now();
     let busy = || state.owed.load(Ordering::Relaxed) > 0;
@@ -377,13 +379,16 @@ async fn client_to_upstream<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin, W: Asy
                     _ => {}
                 }
                 if passthrough {
-                    counter.note(ty, &state.owed);
+                    sent.push(ty);
                 }
             })
             .map_err(|e| match e {
                 FrameError::TooLarge { len } => ProxyError::MessageTooLarge { len, max },
                 FrameError::Invalid { ty } => ProxyError::ProtocolViolation(ty),
             })?;
+        if passthrough {
+            state.on_sent(&mut counter, sent.drain(..));
+        }
         counters.queries.fetch_add(queries, Ordering::Relaxed);
         counters.received.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(icpt) = intercept.as_deref_mut() {
@@ -473,14 +478,8 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             held.clear();
             let mut readies = Vec::new();
             while let Some(msg) = assembler.next_message() {
-                let own_parse = match msg.first() {
-                    Some(b'1') => state.ledger().on_parse_complete(),
-                    Some(b'Z') => {
-                        state.ledger().on_ready();
-                        false
-                    }
-                    _ => false,
-                };
+                let ty = msg.first().copied().unwrap_or(0);
+                let own_parse = state.on_reply(ty, ty == b'E' && is_fatal(&msg));
                 if state.private.load(Ordering::Acquire) {
                     // Replies to the proxy's own query. Notifications, parameter changes,
                     // notices and FATAL errors (the server ends the session) are the client's
@@ -531,6 +530,7 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let mut readies = Vec::new();
         let mut fatal = false;
         let _ = tracker.feed(&buf, |ty, len, at| {
+            let mut fatal_here = false;
             match ty {
                 b'Z' => readies.push(buf.get(at).copied().unwrap_or(b'?')),
                 // The body's beginning, as far as this read holds it (an error comes in one
@@ -539,10 +539,12 @@ async fn upstream_to_client<UR: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     let end = (at + len.saturating_sub(4)).min(buf.len());
                     let body = buf.get(at..end).unwrap_or_default();
                     crate::telemetry::count_upstream_error(body);
-                    fatal |= is_fatal_body(body);
+                    fatal_here = is_fatal_body(body);
+                    fatal |= fatal_here;
                 }
                 _ => {}
             }
+            state.on_reply(ty, fatal_here);
         });
         if client_out.lock().await.write_all(&buf).await.is_err() {
             return Ok(End::ClientDone);

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+pub use super::ledger::{Ledger, ParseRef, ReplyCounter};
+
 /// Session state the two directions share.
 #[derive(Debug)]
 pub struct Shared {
@@ -37,8 +39,10 @@ pub struct Shared {
     /// Flush-driven exchange, a pipeline still being sent): the client may be waiting for
     /// replies although no ReadyForQuery is owed.
     pub unsynced: AtomicBool,
-    /// Which Parses sent upstream PostgreSQL completed.
-    pub parses: std::sync::Mutex<ParseLedger>,
+    /// The groups sent upstream until PostgreSQL answers them (`ledger.rs`).
+    ledger: std::sync::Mutex<Ledger>,
+    /// PostgreSQL skips messages up to a Sync after an error (mirrors [`Ledger::skipping`]).
+    pub skipping: AtomicBool,
     /// The session ran LISTEN: when its server connection ends, it ends too (it may be
     /// waiting for notifications, never for a reply).
     pub listening: AtomicBool,
@@ -50,79 +54,13 @@ pub struct Shared {
     pub copy_in: AtomicBool,
 }
 
-/// A Parse message sent upstream, as the write-behind hook knows it: the serial of the
-/// statement it creates (0: none the hook follows) and whether the proxy sent it on its own
-/// (materializing a statement it had answered locally).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParseRef {
-    pub serial: u64,
-    pub injected: bool,
-}
-
-/// The Parses of each group sent upstream, until its ReadyForQuery tells which of them
-/// PostgreSQL completed: a ParseComplete answers each successful Parse in order, and after an
-/// error PostgreSQL skips everything up to Sync, so the first `completes` of a group's Parses
-/// exist and the rest do not.
-#[derive(Debug, Default)]
-pub struct ParseLedger {
-    /// Parses of the group being sent (no Sync, Query or FunctionCall after them yet).
-    open: Vec<ParseRef>,
-    /// Groups sent whose ReadyForQuery has not arrived, oldest first.
-    sent: std::collections::VecDeque<Vec<ParseRef>>,
-    /// ParseCompletes received for the oldest group.
-    completes: usize,
-    /// Parses PostgreSQL did not complete, for the hook to take.
-    failed: Vec<ParseRef>,
-}
-
-impl ParseLedger {
-    /// A group ended (Sync, Query, FunctionCall sent).
-    fn close_group(&mut self) {
-        let group = std::mem::take(&mut self.open);
-        self.sent.push_back(group);
-    }
-
-    /// The last `n` groups' Syncs were ignored (COPY FROM STDIN in the extended protocol):
-    /// their Parses belong to the group the next counted Sync ends.
-    fn reopen(&mut self, n: usize) {
-        for _ in 0..n {
-            if let Some(mut group) = self.sent.pop_back() {
-                group.append(&mut self.open);
-                self.open = group;
-            }
-        }
-    }
-
-    /// A ParseComplete arrived; returns whether it answers a Parse the proxy sent on its own
-    /// (the client must not see it). It answers the oldest group's next Parse (the group
-    /// still being sent, when every earlier one is answered).
-    pub fn on_parse_complete(&mut self) -> bool {
-        let at = self.completes;
-        self.completes += 1;
-        let group = self.sent.front().unwrap_or(&self.open);
-        group.get(at).is_some_and(|r| r.injected)
-    }
-
-    /// A ReadyForQuery arrived: the oldest group is answered. Called in reply order (a
-    /// ParseComplete of the next group may follow in the same read).
-    pub fn on_ready(&mut self) {
-        if let Some(group) = self.sent.pop_front() {
-            self.failed.extend(group.into_iter().skip(self.completes));
-        }
-        self.completes = 0;
-    }
-
-    /// The Parses found not completed since the last call.
-    pub fn take_failed(&mut self) -> Vec<ParseRef> {
-        std::mem::take(&mut self.failed)
-    }
-}
-
 impl Shared {
     /// Whether the client is owed nothing: no ReadyForQuery, and no reply to messages sent
     /// without a Sync.
     pub fn idle(&self) -> bool {
-        self.owed.load(Ordering::Acquire) == 0 && !self.unsynced.load(Ordering::Acquire)
+        self.owed.load(Ordering::Acquire) == 0
+            && !self.unsynced.load(Ordering::Acquire)
+            && !self.skipping.load(Ordering::Acquire)
     }
 }
 
@@ -139,7 +77,8 @@ impl Default for Shared {
             reported_sync: AtomicU8::new(0),
             interrupt: std::sync::Arc::default(),
             unsynced: AtomicBool::new(false),
-            parses: std::sync::Mutex::new(ParseLedger::default()),
+            ledger: std::sync::Mutex::new(Ledger::default()),
+            skipping: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             fatal_relayed: AtomicBool::new(false),
             copy_in: AtomicBool::new(false),
@@ -172,9 +111,45 @@ impl Shared {
             .push(msg);
     }
 
-    /// The Parse ledger (a poisoned lock is taken over: the ledger stays consistent).
-    pub fn ledger(&self) -> std::sync::MutexGuard<'_, ParseLedger> {
-        self.parses.lock().unwrap_or_else(|e| e.into_inner())
+    /// The ledger (a poisoned lock is taken over: the ledger stays consistent).
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes client messages of `types` going upstream, in order.
+    pub fn on_sent(&self, counter: &mut ReplyCounter, types: impl IntoIterator<Item = u8>) {
+        let mut ledger = self.ledger();
+        for ty in types {
+            counter.note(ty, &self.owed, &mut ledger);
+        }
+        self.skipping.store(ledger.skipping(), Ordering::Release);
+    }
+
+    /// Notes a reply of PostgreSQL's of type `ty` (`fatal`: an ErrorResponse that ends the
+    /// session), in reply order, before it is relayed; the owed ReadyForQuery itself is
+    /// settled by [`on_ready`](Self::on_ready) once the client has it. Returns whether it is
+    /// the ParseComplete of a Parse the proxy sent on its own.
+    pub fn on_reply(&self, ty: u8, fatal: bool) -> bool {
+        if !matches!(
+            ty,
+            b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's' | b'E' | b'Z'
+        ) {
+            return false;
+        }
+        let mut ledger = self.ledger();
+        let reply = ledger.on_reply(ty, fatal);
+        self.skipping.store(ledger.skipping(), Ordering::Release);
+        drop(ledger);
+        let skipped = reply.skipped;
+        if skipped > 0 {
+            let _ = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(skipped))
+                });
+            self.ready.notify_waiters();
+        }
+        reply.own_parse
     }
 
     /// Called by the upstream reader for a CopyInResponse: whoever waits for the session to
@@ -195,62 +170,6 @@ impl Shared {
     }
 }
 
-/// Counts the ReadyForQuery replies owed for client messages as they are sent: one per Sync,
-/// Query and FunctionCall, except Syncs PostgreSQL ignores during COPY FROM STDIN in the
-/// extended protocol (drivers send Bind/Execute/Sync before the copy data).
-#[derive(Debug, Default)]
-pub struct ReplyCounter {
-    syncs_since_execute: usize,
-    in_copy: bool,
-}
-
-impl ReplyCounter {
-    /// Notes one client message of type `ty` going upstream.
-    pub fn note(&mut self, ty: u8, owed: &AtomicUsize) {
-        self.note_tracked(ty, owed, None);
-    }
-
-    /// As [`note`](Self::note); `ledger` follows the group boundaries (and a Parse is
-    /// pushed there by the caller).
-    fn note_tracked(&mut self, ty: u8, owed: &AtomicUsize, ledger: Option<&mut ParseLedger>) {
-        match ty {
-            b'S' if self.in_copy => {}
-            b'S' => {
-                self.syncs_since_execute += 1;
-                owed.fetch_add(1, Ordering::AcqRel);
-                if let Some(l) = ledger {
-                    l.close_group();
-                }
-            }
-            b'Q' | b'F' => {
-                self.syncs_since_execute = 0;
-                owed.fetch_add(1, Ordering::AcqRel);
-                if let Some(l) = ledger {
-                    l.close_group();
-                }
-            }
-            b'E' => self.syncs_since_execute = 0,
-            b'd' | b'c' | b'f' => {
-                if !self.in_copy {
-                    // The Syncs sent since the Execute that started the COPY were ignored.
-                    let ignored = std::mem::take(&mut self.syncs_since_execute);
-                    let _ = owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        Some(n.saturating_sub(ignored))
-                    });
-                    if let Some(l) = ledger {
-                        l.reopen(ignored);
-                    }
-                    self.in_copy = true;
-                }
-                if ty != b'd' {
-                    self.in_copy = false;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// What the write-behind hook can do with the session.
 pub trait Wire {
     /// Sends `bytes` (whole messages) to PostgreSQL. `parses` names the Parse messages among
@@ -268,7 +187,9 @@ pub trait Wire {
     /// The session runs LISTEN (see [`Shared::listening`]).
     fn note_listening(&self);
     /// Waits until PostgreSQL has sent every reply owed; returns the transaction status, or
-    /// `C` at once while PostgreSQL waits for COPY data (nothing is owed before it ends).
+    /// `C` at once while PostgreSQL waits for COPY data (nothing is owed before it ends), or
+    /// `E` while it skips messages up to a Sync after an error in an extended-protocol group
+    /// (that group's implicit transaction failed, and nothing but a Sync ends it).
     fn drained(&mut self) -> impl std::future::Future<Output = u8>;
     /// Whether PostgreSQL waits for COPY FROM STDIN data (see [`Shared::copy_in`]).
     fn copy_in(&self) -> bool;
@@ -347,14 +268,12 @@ impl<UW, W> RelayWire<'_, UW, W> {
         let mut ledger = self.shared.ledger();
         while let Some(header) = bytes.get(at..at + 5) {
             if header[0] == b'P' {
-                let r = parses.next().copied().unwrap_or(ParseRef {
+                ledger.push_parse(parses.next().copied().unwrap_or(ParseRef {
                     serial: 0,
                     injected: false,
-                });
-                ledger.open.push(r);
+                }));
             }
-            self.counter
-                .note_tracked(header[0], &self.shared.owed, Some(&mut ledger));
+            self.counter.note(header[0], &self.shared.owed, &mut ledger);
             if matches!(header[0], b'c' | b'f') {
                 self.shared.copy_in.store(false, Ordering::Release);
             }
@@ -362,6 +281,9 @@ impl<UW, W> RelayWire<'_, UW, W> {
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             at += 1 + len.max(4);
         }
+        self.shared
+            .skipping
+            .store(ledger.skipping(), Ordering::Release);
         last
     }
 }
@@ -390,6 +312,9 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             if self.shared.owed.load(Ordering::Acquire) == 0
                 || self.shared.lost.load(Ordering::Acquire)
             {
+                if self.shared.skipping.load(Ordering::Acquire) {
+                    return b'E';
+                }
                 return self.shared.status.load(Ordering::Acquire);
             }
             if self.copy_in() {
@@ -476,8 +401,7 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.shared.private.store(true, Ordering::Release);
-        self.counter
-            .note_tracked(b'Q', &self.shared.owed, Some(&mut self.shared.ledger()));
+        self.shared.on_sent(self.counter, [b'Q']);
         if self.upstream.write_all(&msg).await.is_err() {
             return Err(NotAsked::Lost);
         }

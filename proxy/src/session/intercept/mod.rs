@@ -14,7 +14,7 @@
 //!
 //! Statements prepared locally are unknown to PostgreSQL. When a later message that passes
 //! through refers to one, its Parse is sent first ("materialized") and the ParseComplete that
-//! PostgreSQL answers it with is kept from the client (the Parse ledger, `wire.rs`, knows
+//! PostgreSQL answers it with is kept from the client (the ledger, `session/ledger.rs`, knows
 //! which Parse each ParseComplete answers).
 //!
 //! A write is acknowledged only for the table its name denotes in this very session

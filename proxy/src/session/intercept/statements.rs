@@ -1,5 +1,5 @@
 //! The session's prepared statements as PostgreSQL knows them: which Parses it completed
-//! (`wire::ParseLedger`), statements the proxy prepared locally sent to it before SQL that may
+//! (`ledger.rs`), statements the proxy prepared locally sent to it before SQL that may
 //! name them, and `DEALLOCATE` followed.
 
 use super::Intercept;

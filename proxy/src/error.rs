@@ -50,7 +50,7 @@ pub enum ProxyError {
     #[error("write-behind barrier failed: {0}")]
     StatementBarrier(String),
     /// The client cancelled a statement while it waited for the read barrier, or for room
-    /// in the write-behind queue: the statement did not run.
+    /// in the write-behind queue (the statement did not run), or for an admin `FLUSH`.
     #[error("canceling statement due to user request")]
     BarrierCancelled,
     /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).

@@ -275,8 +275,36 @@ async fn status_adds_up_and_admin_commands_steer_shipping() -> anyhow::Result<()
         "SHOW TABLES while paused: {out}"
     );
 
+    // A FLUSH that cannot finish (the table is locked) ends at a cancel request: 57014.
+    let mut locker = cluster.connect("postgres").await?;
+    let lock = locker.transaction().await?;
+    lock.batch_execute("LOCK TABLE counters IN ACCESS EXCLUSIVE MODE")
+        .await?;
     let (ok, out, err) = admin(proxy.port, "RESUME")?;
     assert!(ok, "RESUME: {out} {err}");
+    let console = writebehind_tests::connect(&proxy.conninfo("admin", "writebehind")).await?;
+    let token = console.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = Instant::now();
+    let flushed = tokio::time::timeout(
+        Duration::from_secs(20),
+        console.simple_query("FLUSH counters"),
+    )
+    .await?;
+    canceller.await??;
+    let code = flushed.err().and_then(|e| e.code().cloned());
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "FLUSH of a locked table, cancelled after {:?}",
+        started.elapsed()
+    );
+    assert!(console.simple_query("SHOW VERSION").await.is_ok());
+    drop(console); // the report's client count below is the one session's
+    lock.rollback().await?;
     let (ok, out, err) = admin(proxy.port, "FLUSH counters")?;
     assert!(ok, "FLUSH counters: {out} {err}");
     let sum: i64 = direct

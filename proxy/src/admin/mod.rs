@@ -8,10 +8,12 @@ pub use writebehind::reload;
 
 use crate::error::ProxyError;
 use crate::protocol::messages::{self, Type::*};
+use crate::session::cancel::{Interrupt, KeyGuard, UpstreamKey};
 use crate::session::tls::Stream;
 use crate::session::Shared;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,7 +40,19 @@ pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
     ] {
         messages::parameter(&mut out, k, v);
     }
-    messages::key_data(&mut out, 0, 0);
+    // A key of its own, so a cancel request can end a `FLUSH` wait.
+    let interrupt = Arc::new(Interrupt::default());
+    let key = shared.cancel.register(UpstreamKey {
+        addr: None,
+        pid: rand::random::<i32>() & i32::MAX,
+        secret: 0,
+        interrupt: interrupt.clone(),
+    });
+    let _key = KeyGuard {
+        map: &shared.cancel,
+        key: Some(key),
+    };
+    messages::key_data(&mut out, key.0, key.1);
     messages::ready(&mut out);
     if sock.write_all(&out).await.is_err() {
         return;
@@ -64,7 +78,7 @@ pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
                 let text = String::from_utf8_lossy(&body)
                     .trim_end_matches('\0')
                     .to_string();
-                run_command(&text, shared, &mut out).await;
+                run_command(&text, shared, &interrupt, &mut out).await;
                 messages::ready(&mut out);
             }
             _ => {
@@ -86,21 +100,21 @@ pub async fn serve(mut sock: Stream, user: &str, shared: &Shared) {
     }
 }
 
-async fn run_command(text: &str, shared: &Shared, out: &mut BytesMut) {
+async fn run_command(text: &str, shared: &Shared, interrupt: &Interrupt, out: &mut BytesMut) {
     let original = text.trim().trim_end_matches(';').trim();
     let cmd = original.to_ascii_uppercase();
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let wb = shared.writebehind.as_deref();
     match words.as_slice() {
         ["SHOW", "TABLES"] => writebehind::show_tables(wb, out),
-        ["FLUSH"] => writebehind::flush(wb, None, shared, out).await,
+        ["FLUSH"] => writebehind::flush(wb, None, shared, interrupt, out).await,
         ["FLUSH", _] => {
             let table = original
                 .split_whitespace()
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            writebehind::flush(wb, Some(&table), shared, out).await
+            writebehind::flush(wb, Some(&table), shared, interrupt, out).await
         }
         ["PAUSE"] => writebehind::pause(wb, true, out),
         ["RESUME"] => writebehind::pause(wb, false, out),

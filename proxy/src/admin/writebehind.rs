@@ -6,6 +6,7 @@ use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::live_config::RELOADABLE;
 use crate::protocol::messages::{self, Type::*};
+use crate::session::cancel::Interrupt;
 use crate::session::Shared;
 use crate::writebehind::catalog::Table;
 use crate::writebehind::databases::WriteBehind;
@@ -66,8 +67,32 @@ pub fn show_tables(wb: Option<&WriteBehind>, out: &mut BytesMut) {
 }
 
 /// Ships the pending changes of `table` (every write-behind table when `None`) and waits
-/// until the extension applied them, up to `barrier_timeout`.
+/// until the extension applied them, up to `barrier_timeout`, or until a cancel request with
+/// the session's key (57014; the changes ship all the same).
 pub async fn flush(
+    wb: Option<&WriteBehind>,
+    table: Option<&str>,
+    shared: &Shared,
+    interrupt: &Interrupt,
+    out: &mut BytesMut,
+) {
+    let mut done = BytesMut::new();
+    let cancelled = interrupt
+        .waiting(|cancelled| async {
+            tokio::select! {
+                () = flush_and_wait(wb, table, shared, &mut done) => false,
+                _ = cancelled => true,
+            }
+        })
+        .await;
+    if cancelled {
+        ProxyError::BarrierCancelled.write_to(out);
+    } else {
+        out.extend_from_slice(&done);
+    }
+}
+
+async fn flush_and_wait(
     wb: Option<&WriteBehind>,
     table: Option<&str>,
     shared: &Shared,

@@ -57,7 +57,8 @@ impl Interrupt {
 /// Where a client's cancel request must go.
 #[derive(Debug, Clone)]
 pub struct UpstreamKey {
-    pub addr: String,
+    /// The server to tell; `None` for an admin console session (nothing upstream).
+    pub addr: Option<String>,
     pub pid: i32,
     pub secret: i32,
     /// The session's read barrier, woken instead of the backend while it waits.
@@ -100,14 +101,17 @@ impl CancelMap {
             tracing::debug!(pid, "cancel request ended a barrier wait");
             return;
         }
-        match TcpStream::connect(&target.addr).await {
+        let Some(addr) = target.addr else {
+            return; // an admin console session not waiting: nothing to cancel
+        };
+        match TcpStream::connect(&addr).await {
             Ok(mut s) => {
                 if let Err(error) = s.write_all(&cancel_packet(target.pid, target.secret)).await {
                     tracing::warn!(%error, "forwarding a cancel request failed");
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, addr = %target.addr, "cannot reach upstream to cancel")
+                tracing::warn!(%error, %addr, "cannot reach upstream to cancel")
             }
         }
     }

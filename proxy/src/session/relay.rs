@@ -261,7 +261,7 @@ where
                             let pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
                             let secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
                             let key = shared.cancel.register(UpstreamKey {
-                                addr: addr.to_string(),
+                                addr: Some(addr.to_string()),
                                 pid,
                                 secret,
                                 interrupt: state.interrupt.clone(),

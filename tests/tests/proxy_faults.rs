@@ -258,6 +258,11 @@ async fn max_client_conn_and_idle_timeout_are_enforced() -> anyhow::Result<()> {
         Some(&SqlState::TOO_MANY_CONNECTIONS),
         "{third}"
     );
+    // Idle inside a transaction block counts too: the transaction is rolled back.
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute("CREATE TABLE idle_t (a int)").await?;
+    b.batch_execute("BEGIN; INSERT INTO idle_t VALUES (1)")
+        .await?;
     // A long statement is not "idle": pg_sleep(2) outlasts the 1 s idle timeout.
     a.simple_query("SELECT pg_sleep(2)").await?;
     // Idle sessions are closed after the timeout.
@@ -273,6 +278,11 @@ async fn max_client_conn_and_idle_timeout_are_enforced() -> anyhow::Result<()> {
     // Their slots are free again.
     let c = writebehind_tests::connect(&conninfo).await?;
     c.simple_query("SELECT 1").await?;
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM idle_t", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 0, "the idle transaction was rolled back");
     Ok(())
 }
 

@@ -42,6 +42,15 @@ def execute():
     return message(b"E", cstr("") + struct.pack("!I", 0))
 
 
+def function_call(oid, *args):
+    """A FunctionCall with text arguments and a text result."""
+    body = struct.pack("!IHH", oid, 1, 0) + struct.pack("!H", len(args))
+    for a in args:
+        body += struct.pack("!i", len(a)) + a.encode()
+    return message(b"F", body + struct.pack("!H", 0))
+
+
+INT4PL = 177  # int4pl(int4, int4), by oid as FunctionCall wants it
 SYNC = message(b"S")
 INSERT = "INSERT INTO wbt (id, n) VALUES ($1, $2)"
 UPSERT = INSERT + " ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"
@@ -123,7 +132,7 @@ def summary(kind, body):
         return (kind, fields.get("C"), fields.get("M"))
     if kind in ("C", "Z"):
         return (kind, body.rstrip(b"\0").decode())
-    if kind == "D":
+    if kind in ("D", "V"):
         return (kind, body.hex())
     return (kind,)
 
@@ -299,6 +308,10 @@ def skip_scenarios(s, key):
     r = s.exchange(parse("wt", INSERT), bind("wt", [str(key + 4), "1"]), execute(), SYNC)
     r += s.exchange(query(f"INSERT INTO wbt (id, n) VALUES ({key + 5}, 1)"))
     yield "writes after the skipped group", r + s.exchange(count)
+
+    # A FunctionCall is skipped the same way (last: it ends acknowledging in this session).
+    r = s.exchange(parse("", "selec 1"), function_call(INT4PL, "1", "2"), SYNC)
+    yield "FunctionCall after an error", r + s.exchange(function_call(INT4PL, "2", "2"))
 
 
 def run_raw(port, key):

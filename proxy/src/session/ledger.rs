@@ -376,4 +376,109 @@ mod tests {
         assert_eq!(owed.load(Ordering::Acquire), 1);
         assert_eq!(receive(&mut l, &owed, b"CZ"), 0);
     }
+
+    /// PostgreSQL's side, as `postgres.c` processes messages: the replies each client message
+    /// gets, given which of them fail. Extended-protocol errors skip to the next Sync.
+    fn server_replies(types: &[u8], fails: &[bool]) -> Vec<Vec<u8>> {
+        let mut skipping = false;
+        let mut out = Vec::new();
+        for (&t, &fail) in types.iter().zip(fails) {
+            let mut r = Vec::new();
+            if skipping && t != b'S' {
+                out.push(r);
+                continue;
+            }
+            match t {
+                b'P' | b'B' | b'D' | b'E' | b'C' if fail => {
+                    if t == b'E' {
+                        r.push(b'D'); // a row before the error
+                    }
+                    r.push(b'E');
+                    skipping = true;
+                }
+                b'P' => r.push(b'1'),
+                b'B' => r.push(b'2'),
+                b'D' => r.extend_from_slice(b"tn"),
+                b'E' => r.extend_from_slice(b"DDC"),
+                b'C' => r.push(b'3'),
+                b'S' => {
+                    skipping = false;
+                    if fail {
+                        r.push(b'E'); // the commit failed
+                    }
+                    r.push(b'Z');
+                }
+                b'Q' if fail => r.extend_from_slice(b"EZ"),
+                b'Q' => r.extend_from_slice(b"TDCZ"),
+                b'F' if fail => r.extend_from_slice(b"EZ"),
+                b'F' => r.extend_from_slice(b"VZ"),
+                _ => {} // Flush
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    /// Random message streams, random failures, random interleavings of sending and reading:
+    /// the ledger never counts fewer ReadyForQuery replies than PostgreSQL will send, and once
+    /// every reply is in it owes nothing and knows whether PostgreSQL is skipping.
+    #[test]
+    fn the_ledger_follows_postgres_on_random_streams() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(20261201);
+        for _ in 0..20_000 {
+            let len = rng.random_range(1..16);
+            let types: Vec<u8> = (0..len)
+                .map(|_| b"PBDECHSQF"[rng.random_range(0..9)])
+                .collect();
+            let fails: Vec<bool> = (0..len).map(|_| rng.random_ratio(1, 6)).collect();
+            let replies = server_replies(&types, &fails);
+            let (mut c, mut l, owed) = (
+                ReplyCounter::default(),
+                Ledger::default(),
+                AtomicUsize::new(0),
+            );
+            // Replies in flight: (message index, reply type), in order.
+            let mut flight: VecDeque<(usize, u8)> = VecDeque::new();
+            let mut sent = 0;
+            loop {
+                let read = !flight.is_empty() && (sent == len || rng.random_bool(0.5));
+                if read {
+                    if let Some((_, ty)) = flight.pop_front() {
+                        owed.fetch_sub(l.on_reply(ty, false).skipped, Ordering::AcqRel);
+                        if ty == b'Z' {
+                            owed.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                } else if sent < len {
+                    c.note(types[sent], &owed, &mut l);
+                    flight.extend(replies[sent].iter().map(|&r| (sent, r)));
+                    sent += 1;
+                } else {
+                    break;
+                }
+                let to_come = flight.iter().filter(|(_, r)| *r == b'Z').count();
+                assert!(
+                    owed.load(Ordering::Acquire) >= to_come,
+                    "owed fewer than PostgreSQL sends: {:?} {fails:?}",
+                    String::from_utf8_lossy(&types)
+                );
+            }
+            let server_skipping = {
+                let last_sync = types.iter().rposition(|&t| t == b'S');
+                let after = last_sync.map_or(0, |i| i + 1);
+                (after..len).any(|i| {
+                    fails[i]
+                        && matches!(types[i], b'P' | b'B' | b'D' | b'E' | b'C')
+                        && !replies[i].is_empty()
+                })
+            };
+            assert_eq!(
+                (owed.load(Ordering::Acquire), l.skipping()),
+                (0, server_skipping),
+                "{:?} {fails:?}",
+                String::from_utf8_lossy(&types)
+            );
+        }
+    }
 }

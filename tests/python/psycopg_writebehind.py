@@ -37,6 +37,16 @@ def scenario(conn, table, observer=None):
             conn.execute(inc, (2, i % 10 + 1))
     seen.append(("sum", conn.execute(f"SELECT sum(n) FROM {table}").fetchone()))
 
+    # A pipeline of statements prepared at once (prepare=True): acknowledged from memory too.
+    with conn.pipeline():
+        for i in range(20):
+            conn.execute(inc, (1, i % 10 + 1), prepare=True)
+    if observer is not None:
+        before = seen[-1][1][0]
+        now = observer.execute(f"SELECT sum(n) FROM {table}").fetchone()[0]
+        assert now == before, f"a prepared pipeline's writes passed through: sum {before} -> {now}"
+    seen.append(("prepared pipeline", conn.execute(f"SELECT sum(n) FROM {table}").fetchone()))
+
     # A pipeline with an error in the middle: too long for varchar(5).
     try:
         with conn.pipeline():

@@ -76,19 +76,17 @@ pub async fn flush(
     interrupt: &Interrupt,
     out: &mut BytesMut,
 ) {
-    let mut done = BytesMut::new();
+    // A cancelled wait wrote nothing: `flush_and_wait` writes its answer as it returns.
     let cancelled = interrupt
         .waiting(|cancelled| async {
             tokio::select! {
-                () = flush_and_wait(wb, table, shared, &mut done) => false,
+                () = flush_and_wait(wb, table, shared, &mut *out) => false,
                 _ = cancelled => true,
             }
         })
         .await;
     if cancelled {
         ProxyError::BarrierCancelled.write_to(out);
-    } else {
-        out.extend_from_slice(&done);
     }
 }
 

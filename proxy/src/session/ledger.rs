@@ -72,6 +72,12 @@ impl Ledger {
         self.skipping
     }
 
+    /// Whether replies of type `ty` tell the ledger anything: completions (see
+    /// [`completes`]), ErrorResponse and ReadyForQuery. Other replies need not be noted.
+    pub fn follows(ty: u8) -> bool {
+        completes(ty) || matches!(ty, b'E' | b'Z')
+    }
+
     /// The group PostgreSQL is answering now.
     fn head(&mut self) -> &mut Group {
         match self.sent.front_mut() {
@@ -129,11 +135,7 @@ impl Ledger {
     pub fn on_reply(&mut self, ty: u8, fatal: bool) -> Reply {
         let mut reply = Reply::default();
         match ty {
-            // The last reply each extended-protocol message gets when it succeeds: ParseComplete,
-            // BindComplete, CloseComplete, NoData or RowDescription (Describe), and
-            // CommandComplete, EmptyQueryResponse or PortalSuspended (Execute). A Query's
-            // RowDescription and CommandComplete come once its group's are all in.
-            b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's' => {
+            _ if completes(ty) => {
                 if ty == b'1' {
                     reply.own_parse = self.on_parse_complete();
                 }
@@ -208,6 +210,14 @@ impl Ledger {
     }
 }
 
+/// Whether a reply of type `ty` is the last one an extended-protocol message gets when it
+/// succeeds: ParseComplete, BindComplete, CloseComplete, NoData or RowDescription (Describe),
+/// and CommandComplete, EmptyQueryResponse or PortalSuspended (Execute). A Query's
+/// RowDescription and CommandComplete come once its group's are all in.
+fn completes(ty: u8) -> bool {
+    matches!(ty, b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's')
+}
+
 /// Counts the ReadyForQuery replies owed for client messages as they are sent: one per Sync,
 /// Query and FunctionCall, except Syncs PostgreSQL ignores during COPY FROM STDIN in the
 /// extended protocol (drivers send Bind/Execute/Sync before the copy data) and what it skips
@@ -253,7 +263,15 @@ impl ReplyCounter {
 mod tests {
     use super::*;
 
-    /// Sends `types` through a counter; returns the replies owed.
+    fn fresh() -> (ReplyCounter, Ledger, AtomicUsize) {
+        (
+            ReplyCounter::default(),
+            Ledger::default(),
+            AtomicUsize::new(0),
+        )
+    }
+
+    /// Sends `types` through a counter.
     fn send(counter: &mut ReplyCounter, ledger: &mut Ledger, owed: &AtomicUsize, types: &[u8]) {
         for &t in types {
             counter.note(t, owed, ledger);
@@ -273,11 +291,7 @@ mod tests {
 
     #[test]
     fn a_query_after_an_extended_error_is_skipped_up_to_the_sync() {
-        let (mut c, mut l, owed) = (
-            ReplyCounter::default(),
-            Ledger::default(),
-            AtomicUsize::new(0),
-        );
+        let (mut c, mut l, owed) = fresh();
         send(&mut c, &mut l, &owed, b"PQ");
         assert_eq!(owed.load(Ordering::Acquire), 1);
         // The Parse fails: the Query is skipped, nothing is owed until a Sync.
@@ -296,11 +310,7 @@ mod tests {
 
     #[test]
     fn queries_sent_before_the_error_arrives_stop_being_owed() {
-        let (mut c, mut l, owed) = (
-            ReplyCounter::default(),
-            Ledger::default(),
-            AtomicUsize::new(0),
-        );
+        let (mut c, mut l, owed) = fresh();
         // Bind fails; the Query, the FunctionCall and the second group's Parse are skipped.
         send(&mut c, &mut l, &owed, b"PBEQFPS");
         assert_eq!(owed.load(Ordering::Acquire), 3);
@@ -311,11 +321,7 @@ mod tests {
 
     #[test]
     fn errors_of_queries_and_syncs_skip_nothing() {
-        let (mut c, mut l, owed) = (
-            ReplyCounter::default(),
-            Ledger::default(),
-            AtomicUsize::new(0),
-        );
+        let (mut c, mut l, owed) = fresh();
         // Every extended message completed: the error is the Query's own.
         send(&mut c, &mut l, &owed, b"PBDEQPBES");
         assert_eq!(receive(&mut l, &owed, b"12nC"), 2);
@@ -332,11 +338,7 @@ mod tests {
 
     #[test]
     fn parses_skipped_after_an_error_are_reported_failed() {
-        let (mut c, mut l, owed) = (
-            ReplyCounter::default(),
-            Ledger::default(),
-            AtomicUsize::new(0),
-        );
+        let (mut c, mut l, owed) = fresh();
         let r = |serial| ParseRef {
             serial,
             injected: false,
@@ -363,11 +365,7 @@ mod tests {
 
     #[test]
     fn syncs_ignored_during_copy_are_not_owed() {
-        let (mut c, mut l, owed) = (
-            ReplyCounter::default(),
-            Ledger::default(),
-            AtomicUsize::new(0),
-        );
+        let (mut c, mut l, owed) = fresh();
         send(&mut c, &mut l, &owed, b"PBES");
         assert_eq!(owed.load(Ordering::Acquire), 1);
         assert_eq!(receive(&mut l, &owed, b"12G"), 1);
@@ -433,11 +431,7 @@ mod tests {
                 .collect();
             let fails: Vec<bool> = (0..len).map(|_| rng.random_ratio(1, 6)).collect();
             let replies = server_replies(&types, &fails);
-            let (mut c, mut l, owed) = (
-                ReplyCounter::default(),
-                Ledger::default(),
-                AtomicUsize::new(0),
-            );
+            let (mut c, mut l, owed) = fresh();
             // Replies in flight: (message index, reply type), in order.
             let mut flight: VecDeque<(usize, u8)> = VecDeque::new();
             let mut sent = 0;

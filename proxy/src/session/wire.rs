@@ -41,8 +41,6 @@ pub struct Shared {
     pub unsynced: AtomicBool,
     /// The groups sent upstream until PostgreSQL answers them (`ledger.rs`).
     ledger: std::sync::Mutex<Ledger>,
-    /// PostgreSQL skips messages up to a Sync after an error (mirrors [`Ledger::skipping`]).
-    pub skipping: AtomicBool,
     /// The session ran LISTEN: when its server connection ends, it ends too (it may be
     /// waiting for notifications, never for a reply).
     pub listening: AtomicBool,
@@ -60,7 +58,7 @@ impl Shared {
     pub fn idle(&self) -> bool {
         self.owed.load(Ordering::Acquire) == 0
             && !self.unsynced.load(Ordering::Acquire)
-            && !self.skipping.load(Ordering::Acquire)
+            && !self.ledger().skipping()
     }
 }
 
@@ -78,7 +76,6 @@ impl Default for Shared {
             interrupt: std::sync::Arc::default(),
             unsynced: AtomicBool::new(false),
             ledger: std::sync::Mutex::new(Ledger::default()),
-            skipping: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             fatal_relayed: AtomicBool::new(false),
             copy_in: AtomicBool::new(false),
@@ -122,7 +119,6 @@ impl Shared {
         for ty in types {
             counter.note(ty, &self.owed, &mut ledger);
         }
-        self.skipping.store(ledger.skipping(), Ordering::Release);
     }
 
     /// Notes a reply of PostgreSQL's of type `ty` (`fatal`: an ErrorResponse that ends the
@@ -130,16 +126,10 @@ impl Shared {
     /// settled by [`on_ready`](Self::on_ready) once the client has it. Returns whether it is
     /// the ParseComplete of a Parse the proxy sent on its own.
     pub fn on_reply(&self, ty: u8, fatal: bool) -> bool {
-        if !matches!(
-            ty,
-            b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's' | b'E' | b'Z'
-        ) {
+        if !Ledger::follows(ty) {
             return false;
         }
-        let mut ledger = self.ledger();
-        let reply = ledger.on_reply(ty, fatal);
-        self.skipping.store(ledger.skipping(), Ordering::Release);
-        drop(ledger);
+        let reply = self.ledger().on_reply(ty, fatal);
         let skipped = reply.skipped;
         if skipped > 0 {
             let _ = self
@@ -281,9 +271,6 @@ impl<UW, W> RelayWire<'_, UW, W> {
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             at += 1 + len.max(4);
         }
-        self.shared
-            .skipping
-            .store(ledger.skipping(), Ordering::Release);
         last
     }
 }
@@ -312,7 +299,7 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
             if self.shared.owed.load(Ordering::Acquire) == 0
                 || self.shared.lost.load(Ordering::Acquire)
             {
-                if self.shared.skipping.load(Ordering::Acquire) {
+                if self.shared.ledger().skipping() {
                     return b'E';
                 }
                 return self.shared.status.load(Ordering::Acquire);

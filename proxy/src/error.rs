@@ -53,6 +53,10 @@ pub enum ProxyError {
     /// in the write-behind queue (the statement did not run), or for an admin `FLUSH`.
     #[error("canceling statement due to user request")]
     BarrierCancelled,
+    /// The session's `statement_timeout` passed while the statement waited for the read
+    /// barrier (the statement did not run).
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
     /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).
     #[error("{0}")]
     QueueFull(String),
@@ -123,7 +127,9 @@ impl ProxyError {
             ProxyError::WalIo(_) => (&SqlState::IO_ERROR, Severity::Error),
             ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
             ProxyError::StatementBarrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Error),
-            ProxyError::BarrierCancelled => (&SqlState::QUERY_CANCELED, Severity::Error),
+            ProxyError::BarrierCancelled | ProxyError::StatementTimeout => {
+                (&SqlState::QUERY_CANCELED, Severity::Error)
+            }
             ProxyError::ShippingPaused => {
                 (&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, Severity::Error)
             }

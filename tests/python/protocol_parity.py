@@ -278,6 +278,22 @@ def review_scenarios(s, key):
     r += s.exchange(query(f"SELECT count(*) FROM wbt WHERE id = {key + 5}"))
     yield "Closes in a group of writes", r
 
+    # A read that waits at the barrier (the write before it is pending) asks the session for
+    # (search_path is pg_catalog since the scenario above)
+    # its statement_timeout: between transactions by a FunctionCall, inside a transaction
+    # block by a Query, whose loss of the unnamed statement the client must not see.
+    for k, block in ((key + 6, False), (key + 7, True)):
+        r = s.exchange(query(f"INSERT INTO public.wbt (id, n) VALUES ({k}, 5)"))
+        if block:
+            r += s.exchange(query("BEGIN"))
+        r += s.exchange(parse("", "SELECT 'kept'"), SYNC)
+        r += s.exchange(parse(f"rd{k}", f"SELECT n FROM public.wbt WHERE id = {k}"), bind(f"rd{k}"),
+                        execute(), SYNC)
+        r += s.exchange(bind(""), execute(), SYNC)
+        if block:
+            r += s.exchange(query("COMMIT"))
+        yield f"unnamed statement across a waiting barrier (transaction block: {block})", r
+
 
 def skip_scenarios(s, key):
     """After an error in an extended-protocol message PostgreSQL skips everything up to Sync,

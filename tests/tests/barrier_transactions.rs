@@ -1,7 +1,8 @@
 //! The read barrier around transactions: a REPEATABLE READ transaction's snapshot, deferred
 //! foreign keys checked at COMMIT, a barrier that times out or is cancelled between
 //! transactions (the statement fails, the session goes on) or inside one (PostgreSQL fails
-//! the transaction), and a cancel request while a write waits for room in the queue. Only
+//! the transaction), a barrier bounded by the session's `statement_timeout`, and a cancel
+//! request while a write waits for room in the queue. Only
 //! barriers ship (`--flush-interval 1h`), so a read that does not wait misses the
 //! acknowledged writes.
 
@@ -142,6 +143,85 @@ async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> an
     })
     .await??;
     assert_eq!(query_i64(&direct, "SELECT count(*) FROM t").await?, 1);
+    Ok(())
+}
+
+/// Runs `sql` on `c` (simple protocol, or extended with `extended`): it must fail with
+/// PostgreSQL's statement-timeout error well before the 60 s barrier timeout.
+async fn timed_out(c: &tokio_postgres::Client, sql: &str, extended: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let err = if extended {
+        c.query(sql, &[]).await.map(|_| ())
+    } else {
+        c.simple_query(sql).await.map(|_| ())
+    }
+    .expect_err("the barrier cannot complete");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("canceling statement due to statement timeout"),
+        "{sql}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(20),
+        "{sql}: the statement timeout ended the wait, not the 60 s barrier timeout ({waited:?})"
+    );
+    Ok(())
+}
+
+/// A barrier's wait counts against the session's `statement_timeout`, however it was set (SET,
+/// `set_config`, SET LOCAL, a role default): the statement fails with PostgreSQL's own 57014,
+/// nothing of it runs, and inside a transaction block the transaction is aborted as PostgreSQL
+/// aborts it. Without a statement timeout the wait goes on (a cancel ends it).
+#[tokio::test]
+async fn statement_timeout_bounds_a_barrier_wait() -> anyhow::Result<()> {
+    let (cluster, direct) = cluster_with_t().await?;
+    direct
+        .batch_execute(
+            "CREATE ROLE patient LOGIN;
+             GRANT SELECT, INSERT ON t TO patient;
+             GRANT USAGE ON SCHEMA writebehind TO patient;
+             ALTER ROLE patient SET statement_timeout = '300ms'",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let lock = cluster.connect("postgres").await?;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+
+    // Between transactions: SET, simple protocol; the session goes on.
+    c.batch_execute("SET statement_timeout = '300ms'").await?;
+    timed_out(&c, "SELECT count(*) FROM t", false).await?;
+    assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
+    // set_config, extended protocol.
+    c.batch_execute("RESET statement_timeout").await?;
+    c.query("SELECT set_config('statement_timeout', '1s', false)", &[])
+        .await?;
+    timed_out(&c, "SELECT count(*) FROM t WHERE id > 0", true).await?;
+    // SET LOCAL inside a transaction block: PostgreSQL aborts the transaction.
+    c.batch_execute("RESET statement_timeout; BEGIN; SET LOCAL statement_timeout = '300ms'")
+        .await?;
+    timed_out(&c, "SELECT count(*) FROM t WHERE id < 10", true).await?;
+    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(
+        aborted.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{aborted}"
+    );
+    c.batch_execute("ROLLBACK").await?;
+    // A role default, which only PostgreSQL knows.
+    let patient = writebehind_tests::connect(&proxy.conninfo("patient", "postgres")).await?;
+    timed_out(&patient, "SELECT count(*) FROM t", false).await?;
+    // statement_timeout = 0: only a cancel (or the barrier timeout) ends the wait.
+    cancelled_while_waiting(&c, "SELECT count(*) FROM t", false, "barrier_timeout").await?;
+
+    lock.batch_execute("COMMIT").await?;
+    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 1);
+    assert_eq!(query_i64(&patient, "SELECT count(*) FROM t").await?, 1);
+    assert_eq!(query_i64(&direct, "SELECT sum(v)::int8 FROM t").await?, 1);
     Ok(())
 }
 

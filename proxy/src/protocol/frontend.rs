@@ -48,6 +48,24 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     buf.put_u8(0);
 }
 
+/// Appends a FunctionCall of the function numbered `oid` with text arguments and a text
+/// result (a frontend message of the proxy's own).
+pub fn function_call(buf: &mut BytesMut, oid: u32, args: &[&str]) {
+    use bytes::BufMut;
+    let body: usize = 4 + 2 + 2 + 2 + args.iter().map(|a| 4 + a.len()).sum::<usize>() + 2;
+    buf.put_u8(b'F');
+    buf.put_u32((body + 4) as u32);
+    buf.put_u32(oid);
+    buf.put_i16(1); // one format code for every argument: text
+    buf.put_i16(0);
+    buf.put_i16(args.len() as i16);
+    for arg in args {
+        buf.put_i32(arg.len() as i32);
+        buf.put_slice(arg.as_bytes());
+    }
+    buf.put_i16(0); // the result in text
+}
+
 /// Decodes one whole message (type byte, length, body).
 pub fn decode(msg: &[u8]) -> Result<Frontend<'_>, Malformed> {
     let ty = *msg.first().ok_or(Malformed('?'))?;

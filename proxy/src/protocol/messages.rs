@@ -60,6 +60,12 @@ pub fn notice(buf: &mut BytesMut, message: &str) {
     put(buf, &NoticeResponse::new(fields));
 }
 
+/// ReadyForQuery with the transaction status PostgreSQL last reported (`I`, `T` or `E`),
+/// written as it came.
+pub fn ready_in(buf: &mut BytesMut, status: u8) {
+    buf.extend_from_slice(&[b'Z', 0, 0, 0, 5, status]);
+}
+
 /// ReadyForQuery (idle).
 pub fn ready(buf: &mut BytesMut) {
     put(buf, &ReadyForQuery::new(TransactionStatus::Idle));

@@ -192,7 +192,7 @@ pub trait Wire {
     /// What a CancelRequest with this session's key does while the session waits in the
     /// proxy (for a barrier, or for room in the queue): see
     /// [`Interrupt::waiting`](super::cancel::Interrupt::waiting).
-    fn interrupt(&self) -> &super::cancel::Interrupt;
+    fn interrupt(&self) -> std::sync::Arc<super::cancel::Interrupt>;
     /// Sends the proxy's own Parses or Closes (whole messages, then a Sync of the proxy's) once
     /// PostgreSQL owes the client nothing, and waits for their ReadyForQuery; the client sees
     /// none of the replies (but notices and FATAL errors). `refs` names the Parses for the
@@ -208,17 +208,31 @@ pub trait Wire {
         bytes: BytesMut,
     ) -> impl std::future::Future<Output = Result<(), ProxyError>>;
     /// Runs `sql` (one simple Query of the proxy's own) on the session's connection once it is
-    /// idle outside a transaction block, and returns PostgreSQL's replies up to (not
-    /// including) ReadyForQuery; the client sees none of them (but for notices and FATAL
-    /// errors). It replaces the client's unnamed prepared statement, as any Query does.
-    fn ask(&mut self, sql: &str)
-        -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
+    /// idle in one of the transaction states `when` (`I`, `T`), and returns PostgreSQL's
+    /// replies up to (not including) ReadyForQuery; the client sees none of them (but for
+    /// notices and FATAL errors). It replaces the client's unnamed prepared statement and
+    /// portal, as any Query does.
+    fn ask(
+        &mut self,
+        sql: &str,
+        when: &[u8],
+    ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
+    /// Calls the function numbered `oid` with text arguments (a FunctionCall of the proxy's
+    /// own) on the session's connection once it is idle, outside or inside a transaction
+    /// block, and returns PostgreSQL's replies up to (not including) ReadyForQuery. Unlike
+    /// [`ask`](Self::ask) it leaves the unnamed statement and portal alone; inside a
+    /// transaction block an error it gets aborts the client's transaction.
+    fn call(
+        &mut self,
+        oid: u32,
+        args: &[&str],
+    ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
 }
 
 /// Why the proxy's own query could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotAsked {
-    /// The session is inside a transaction block.
+    /// The session is in a transaction state the question does not allow.
     Busy,
     /// The connection to PostgreSQL is gone.
     Lost,
@@ -315,8 +329,8 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.shared.copy_in.load(Ordering::Acquire)
     }
 
-    fn interrupt(&self) -> &super::cancel::Interrupt {
-        &self.shared.interrupt
+    fn interrupt(&self) -> std::sync::Arc<super::cancel::Interrupt> {
+        self.shared.interrupt.clone()
     }
 
     fn failed_parses(&self) -> Vec<ParseRef> {
@@ -372,23 +386,37 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         Ok(())
     }
 
-    async fn ask(&mut self, sql: &str) -> Result<Vec<Bytes>, NotAsked> {
+    async fn ask(&mut self, sql: &str, when: &[u8]) -> Result<Vec<Bytes>, NotAsked> {
+        let mut msg = BytesMut::with_capacity(sql.len() + 6);
+        crate::protocol::frontend::query(&mut msg, sql);
+        self.private(msg, when).await
+    }
+
+    async fn call(&mut self, oid: u32, args: &[&str]) -> Result<Vec<Bytes>, NotAsked> {
+        let mut msg = BytesMut::with_capacity(64);
+        crate::protocol::frontend::function_call(&mut msg, oid, args);
+        self.private(msg, b"IT").await
+    }
+}
+
+impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> RelayWire<'_, UW, W> {
+    /// Sends `msg` (one Query or FunctionCall of the proxy's own) once the session is idle in
+    /// one of the transaction states `when`, and collects its replies up to ReadyForQuery.
+    async fn private(&mut self, msg: BytesMut, when: &[u8]) -> Result<Vec<Bytes>, NotAsked> {
         let status = self.drained().await;
         if self.shared.lost.load(Ordering::Acquire) {
             return Err(NotAsked::Lost);
         }
-        if status != b'I' {
+        if !when.contains(&status) {
             return Err(NotAsked::Busy);
         }
-        let mut msg = BytesMut::with_capacity(sql.len() + 6);
-        crate::protocol::frontend::query(&mut msg, sql);
         self.shared
             .private_replies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.shared.private.store(true, Ordering::Release);
-        self.shared.on_sent(self.counter, [b'Q']);
+        self.shared.on_sent(self.counter, msg.first().copied());
         if self.upstream.write_all(&msg).await.is_err() {
             return Err(NotAsked::Lost);
         }

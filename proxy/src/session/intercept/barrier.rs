@@ -2,12 +2,18 @@
 //! their scope and waits until they are applied; a wait that times out or is cancelled fails
 //! only the statement (or, inside a transaction block, the transaction, as PostgreSQL would).
 
+use super::statement_timeout::{self, StatementTimeout};
 use super::{Intercept, Lexed};
 use crate::error::ProxyError;
-use crate::protocol::{frontend, messages};
+use crate::protocol::frontend::{self, Frontend};
+use crate::protocol::messages;
 use crate::session::wire::Wire;
 use crate::writebehind::scope::Scope;
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::time::Instant;
 
 /// What is left to do after the barrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,29 +57,49 @@ impl Intercept {
         // Only asked when it matters: some table skips the wait for reads.
         let writes =
             !scope.is_empty() && self.rt.some_without_read_barrier() && self.group_may_write(msgs);
-        let barrier = async {
-            match &scope {
-                Scope::All => self.rt.barrier_all(writes, self.barrier_timeout).await,
-                Scope::Tables(t) if t.is_empty() => Ok(()),
-                Scope::Tables(t) => self.rt.barrier(t, writes, self.barrier_timeout).await,
-            }
-        };
-        let failed = if failable {
-            wire.interrupt()
-                .waiting(|cancelled| async {
-                    tokio::select! {
-                        r = barrier => r.err().map(|e| ProxyError::StatementBarrier(e.to_string())),
-                        _ = cancelled => Some(ProxyError::BarrierCancelled),
+        let started = tokio::time::Instant::now();
+        let (failed, shown) = {
+            let barrier = async {
+                match &scope {
+                    Scope::All => self.rt.barrier_all(writes, self.barrier_timeout).await,
+                    Scope::Tables(t) if t.is_empty() => Ok(()),
+                    Scope::Tables(t) => self.rt.barrier(t, writes, self.barrier_timeout).await,
+                }
+            };
+            let mut barrier = std::pin::pin!(barrier);
+            if failable {
+                // Nothing to wait for passes at once; only a real wait asks the session for
+                // its statement_timeout.
+                let first = std::future::poll_fn(|cx| Poll::Ready(barrier.as_mut().poll(cx))).await;
+                match first {
+                    Poll::Ready(r) => (r.err().map(|e| Failed::Error(statement_barrier(e))), false),
+                    Poll::Pending => {
+                        let fresh = injected.iter().any(String::is_empty);
+                        let may_show = !uses_earlier_unnamed(msgs, fresh);
+                        wait_bounded(barrier, wire, status, may_show, started).await
                     }
-                })
-                .await
-        } else {
-            match barrier.await {
-                Ok(()) => None,
-                Err(e) => return Err(ProxyError::Barrier(e.to_string())),
+                }
+            } else {
+                match barrier.await {
+                    Ok(()) => (None, false),
+                    Err(e) => return Err(ProxyError::Barrier(e.to_string())),
+                }
             }
         };
-        if let Some(error) = failed {
+        if shown {
+            // The proxy's SHOW dropped the unnamed statement and portal upstream; the group
+            // makes them anew if it uses them.
+            let remade = parsed_here.iter().chain(injected).any(String::is_empty);
+            if !remade {
+                if let Some(stmt) = self.stmts.get_mut("") {
+                    stmt.on_server = false;
+                }
+            }
+            if !binds_unnamed_portal(msgs) {
+                self.portals.remove("");
+            }
+        }
+        if let Some(failed) = failed {
             // PostgreSQL saw none of it: the group's own statements do not exist, and
             // those the proxy would have materialized are still its alone.
             for name in parsed_here {
@@ -84,6 +110,18 @@ impl Intercept {
                     stmt.on_server = false;
                 }
             }
+            let error = match failed {
+                Failed::Error(error) => error,
+                Failed::Reply(reply) => {
+                    // The proxy's question failed (its own statement timeout): that error is
+                    // the statement's, and inside a transaction block it aborted it.
+                    let status = wire.drained().await;
+                    let mut out = BytesMut::with_capacity(reply.len() + 6);
+                    out.extend_from_slice(&reply);
+                    messages::ready_in(&mut out, status);
+                    return wire.reply(out).await.map(|()| AfterBarrier::Answered);
+                }
+            };
             if status == b'T' {
                 // The proxy's Query drops the unnamed statement and portal upstream.
                 self.stmts.remove("");
@@ -103,4 +141,112 @@ impl Intercept {
         }
         Ok(AfterBarrier::Pass)
     }
+}
+
+/// How a failable barrier failed.
+enum Failed {
+    /// The proxy's error.
+    Error(ProxyError),
+    /// PostgreSQL's ErrorResponse to the proxy's question about statement_timeout.
+    Reply(Bytes),
+}
+
+fn statement_barrier(e: impl std::fmt::Display) -> ProxyError {
+    ProxyError::StatementBarrier(e.to_string())
+}
+
+/// Waits for `barrier` until it is done, the client cancels, or the session's
+/// `statement_timeout` (counted from `started`) passes; a cancel meanwhile is the proxy's
+/// alone. Returns the failure, and whether the question was a SHOW (which drops the unnamed
+/// statement and portal; `may_show`: the group does not use those an earlier one left).
+async fn wait_bounded<W: Wire, E: std::fmt::Display>(
+    mut barrier: Pin<&mut impl Future<Output = Result<(), E>>>,
+    wire: &mut W,
+    status: u8,
+    may_show: bool,
+    started: Instant,
+) -> (Option<Failed>, bool) {
+    let interrupt = wire.interrupt();
+    interrupt
+        .waiting(|cancelled| async move {
+            let mut cancelled = std::pin::pin!(cancelled);
+            let shown = status == b'T' && may_show;
+            // The question and the barrier go on together: the barrier may be done first.
+            let mut done = None;
+            let limit = {
+                let ask = statement_timeout::ask(wire, status, may_show);
+                let mut ask = std::pin::pin!(ask);
+                loop {
+                    tokio::select! {
+                        biased;
+                        limit = &mut ask => break limit,
+                        r = &mut barrier, if done.is_none() => done = Some(r),
+                    }
+                }
+            };
+            let limit = match limit {
+                StatementTimeout::Failed(error) => return (Some(Failed::Reply(error)), shown),
+                StatementTimeout::Limit(limit) => limit,
+            };
+            if let Some(r) = done {
+                return (r.err().map(|e| Failed::Error(statement_barrier(e))), shown);
+            }
+            let expired = async {
+                match limit {
+                    Some(limit) => tokio::time::sleep_until(started + limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let failed = tokio::select! {
+                biased;
+                r = &mut barrier => r.err().map(statement_barrier),
+                _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
+                _ = expired => Some(ProxyError::StatementTimeout),
+            };
+            (failed.map(Failed::Error), shown)
+        })
+        .await
+}
+
+/// Whether `msgs` use the unnamed statement or portal as an earlier group left them
+/// (`fresh`: the unnamed statement's Parse goes before them).
+fn uses_earlier_unnamed(msgs: &[Bytes], fresh: bool) -> bool {
+    let mut statement = fresh;
+    let mut portal = false;
+    for raw in msgs {
+        match frontend::decode(raw) {
+            Ok(Frontend::Parse { name: "", .. }) => statement = true,
+            Ok(Frontend::Bind {
+                portal: p,
+                statement: s,
+                ..
+            }) => {
+                if s.is_empty() && !statement {
+                    return true;
+                }
+                if p.is_empty() {
+                    portal = true;
+                }
+            }
+            Ok(Frontend::Describe {
+                kind: b'S',
+                name: "",
+            }) if !statement => return true,
+            Ok(
+                Frontend::Describe {
+                    kind: b'P',
+                    name: "",
+                }
+                | Frontend::Execute { portal: "" },
+            ) if !portal => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether `msgs` bind the unnamed portal.
+fn binds_unnamed_portal(msgs: &[Bytes]) -> bool {
+    msgs.iter()
+        .any(|raw| matches!(frontend::decode(raw), Ok(Frontend::Bind { portal: "", .. })))
 }

@@ -24,12 +24,14 @@
 //! This file holds the session state, simple Queries and passing through; `extended.rs` the
 //! extended protocol's groups; `barrier_scope.rs` the barrier's scope (and the catalog reload
 //! after the session's own DDL); `statements.rs` the prepared statements as PostgreSQL knows
-//! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution.
+//! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution;
+//! `statement_timeout.rs` the session's statement_timeout, which bounds a barrier's wait.
 
 mod barrier;
 mod barrier_scope;
 mod extended;
 mod resolve;
+mod statement_timeout;
 mod statements;
 mod sync_setting;
 

@@ -67,7 +67,7 @@ impl Resolver {
             }
         }
         let wire = wire?;
-        match wire.ask(&regclass_query(name)).await {
+        match wire.ask(&regclass_query(name), b"I").await {
             Ok(replies) => {
                 self.asked.store(true, Ordering::Release);
                 let answer = answer(&replies);

@@ -1,0 +1,116 @@
+//! The session's `statement_timeout`, for a read barrier that has to wait: asked of the
+//! session's own connection, so that SET, SET LOCAL, role and database defaults and
+//! `set_config` all count as they do for the statement itself.
+
+use crate::session::wire::{NotAsked, Wire};
+use bytes::Bytes;
+use std::time::Duration;
+
+/// `pg_catalog.current_setting(text)`: a built-in function, the same oid in every release.
+const CURRENT_SETTING: u32 = 2077;
+
+/// What the session said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum StatementTimeout {
+    /// The timeout, `None` when it is off (0), or when the session could not be asked (its
+    /// connection is gone, or it is in a failed transaction).
+    Limit(Option<Duration>),
+    /// The question itself failed (its own statement timeout): PostgreSQL's ErrorResponse.
+    /// Inside a transaction block it aborted the transaction, so the client must have it.
+    Failed(Bytes),
+}
+
+/// Asks the session, in transaction state `status`, for its `statement_timeout`: between
+/// transactions with a FunctionCall; inside a transaction block with `SHOW` when `may_show`
+/// (a FunctionCall there would take the transaction's snapshot before the barrier is done,
+/// and a REPEATABLE READ transaction would not see the writes it waits for), else not at
+/// all.
+pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8, may_show: bool) -> StatementTimeout {
+    let replies = match status {
+        b'I' => wire.call(CURRENT_SETTING, &["statement_timeout"]).await,
+        b'T' if may_show => wire.ask("SHOW statement_timeout", b"T").await,
+        _ => return StatementTimeout::Limit(None),
+    };
+    match replies {
+        Ok(replies) => {
+            if let Some(error) = replies.iter().find(|m| m.first() == Some(&b'E')) {
+                return StatementTimeout::Failed(error.clone());
+            }
+            let value = replies.iter().find_map(|m| match m.first() {
+                Some(b'V') => function_result(m),
+                Some(b'D') => first_column(m),
+                _ => None,
+            });
+            StatementTimeout::Limit(value.and_then(parse))
+        }
+        Err(NotAsked::Busy | NotAsked::Lost) => StatementTimeout::Limit(None),
+    }
+}
+
+/// The text of a FunctionCallResponse (`V`: length, then the value; -1 for NULL).
+fn function_result(msg: &[u8]) -> Option<&str> {
+    let len = msg.get(5..9)?;
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    let len = usize::try_from(len).ok()?;
+    std::str::from_utf8(msg.get(9..9 + len)?).ok()
+}
+
+/// The first column of a DataRow (`D`: column count, then length and value of each).
+fn first_column(msg: &[u8]) -> Option<&str> {
+    let len = msg.get(7..11)?;
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    let len = usize::try_from(len).ok()?;
+    std::str::from_utf8(msg.get(11..11 + len)?).ok()
+}
+
+/// A time setting as PostgreSQL shows it (`0`, `250ms`, `5s`, `2min`, `1h`, `1d`; a bare
+/// number is milliseconds): `None` for 0 (no timeout) or anything else.
+fn parse(shown: &str) -> Option<Duration> {
+    let digits = shown
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(shown.len());
+    let (number, unit) = shown.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_show_prints() {
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("2min"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("3d"), Some(Duration::from_secs(3 * 86_400)));
+        assert_eq!(parse("ms"), None);
+        assert_eq!(parse("5 s"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn reads_a_function_result() {
+        let mut msg = vec![b'V', 0, 0, 0, 13];
+        msg.extend_from_slice(&5i32.to_be_bytes());
+        msg.extend_from_slice(b"250ms");
+        assert_eq!(function_result(&msg), Some("250ms"));
+        let null = [b'V', 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(function_result(&null), None);
+        let mut row = vec![b'D', 0, 0, 0, 12, 0, 1];
+        row.extend_from_slice(&1i32.to_be_bytes());
+        row.push(b'0');
+        assert_eq!(first_column(&row), Some("0"));
+    }
+}

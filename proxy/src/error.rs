@@ -54,7 +54,7 @@ pub enum ProxyError {
     #[error("canceling statement due to user request")]
     BarrierCancelled,
     /// The session's `statement_timeout` passed while the statement waited for the read
-    /// barrier (the statement did not run).
+    /// barrier or for room in the write-behind queue (the statement did not run).
     #[error("canceling statement due to statement timeout")]
     StatementTimeout,
     /// The write-behind queue is at its bound (`overflow = error`, or `block` timed out).
@@ -89,6 +89,7 @@ impl From<crate::writebehind::runtime::EnqueueError> for ProxyError {
         match e {
             EnqueueError::Overflow { .. } => ProxyError::QueueFull(e.to_string()),
             EnqueueError::Cancelled => ProxyError::BarrierCancelled,
+            EnqueueError::StatementTimeout => ProxyError::StatementTimeout,
             EnqueueError::Wal(w) if w.is_disk_full() => {
                 ProxyError::WalDiskFull(format!("could not write the write-behind WAL: {w}"))
             }

@@ -147,7 +147,7 @@ async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> an
 }
 
 /// Runs `sql` on `c` (simple protocol, or extended with `extended`): it must fail with
-/// PostgreSQL's statement-timeout error well before the 60 s barrier timeout.
+/// PostgreSQL's statement-timeout error well before the 60 s barrier or overflow timeout.
 async fn timed_out(c: &tokio_postgres::Client, sql: &str, extended: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let err = if extended {
@@ -165,7 +165,7 @@ async fn timed_out(c: &tokio_postgres::Client, sql: &str, extended: bool) -> any
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(20),
-        "{sql}: the statement timeout ended the wait, not the 60 s barrier timeout ({waited:?})"
+        "{sql}: the statement timeout ended the wait, not the 60 s timeout ({waited:?})"
     );
     Ok(())
 }
@@ -303,10 +303,12 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
     Ok(())
 }
 
-/// A cancel request also ends a wait for room in the queue (`overflow = block`): the statement
-/// fails with 57014 at once, nothing of it is queued, and the session goes on.
+/// A cancel request also ends a wait for room in the queue (`overflow = block`), and so does the
+/// session's `statement_timeout`: the statement fails with 57014 at once, nothing of it is
+/// queued, and the session goes on.
 #[tokio::test]
-async fn a_cancel_request_ends_a_wait_for_room_in_the_queue() -> anyhow::Result<()> {
+async fn a_cancel_request_or_statement_timeout_ends_a_wait_for_room_in_the_queue(
+) -> anyhow::Result<()> {
     let (cluster, _direct) = cluster_with_t().await?;
     let proxy = wb_proxy(
         &cluster,
@@ -328,10 +330,15 @@ async fn a_cancel_request_ends_a_wait_for_room_in_the_queue() -> anyhow::Result<
     c.batch_execute("INSERT INTO t VALUES (2, 2)").await?;
     cancelled_while_waiting(&c, "INSERT INTO t VALUES (3, 3)", false, "overflow_timeout").await?;
     assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
+    // The session's statement_timeout ends the wait too, in either protocol.
+    c.batch_execute("SET statement_timeout = '300ms'").await?;
+    timed_out(&c, "INSERT INTO t VALUES (4, 4)", false).await?;
+    timed_out(&c, "INSERT INTO t VALUES (5, 5)", true).await?;
+    c.batch_execute("RESET statement_timeout").await?;
     lock.batch_execute("COMMIT").await?;
     assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 2);
     assert_eq!(
-        query_i64(&c, "SELECT count(*) FROM t WHERE id = 3").await?,
+        query_i64(&c, "SELECT count(*) FROM t WHERE id >= 3").await?,
         0
     );
     Ok(())

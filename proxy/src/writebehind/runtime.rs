@@ -43,6 +43,9 @@ pub enum EnqueueError {
     /// The client cancelled the statement while it waited for room (`overflow = block`).
     #[error("canceling statement due to user request")]
     Cancelled,
+    /// The session's `statement_timeout` passed while it waited for room.
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
 }
 
 /// One database's runtime.
@@ -137,15 +140,22 @@ impl DbRuntime {
         self.enqueue_unless(changes, std::future::pending()).await
     }
 
-    /// As [`enqueue`](Self::enqueue), refused with [`EnqueueError::Cancelled`] if `cancelled`
-    /// completes while it waits for room (before anything is queued).
+    /// As [`enqueue`](Self::enqueue), refused with the error `interrupted` gives if it
+    /// completes while the write waits for room (before anything is queued).
     pub async fn enqueue_unless(
         &self,
         changes: Vec<Change>,
-        cancelled: impl std::future::Future<Output = ()>,
+        interrupted: impl std::future::Future<Output = EnqueueError>,
     ) -> Result<Enqueued, EnqueueError> {
         let overflow = self.limits().overflow;
-        self.enqueue_with(changes, overflow, cancelled).await
+        self.enqueue_with(changes, overflow, interrupted).await
+    }
+
+    /// Whether a write offered now would wait for room (`overflow = block`, at the bound).
+    pub fn would_block(&self) -> bool {
+        let l = self.limits();
+        let (rows, bytes) = self.queue.pending();
+        l.overflow == Overflow::Block && (rows >= l.max_rows || bytes >= l.max_bytes)
     }
 
     /// As [`enqueue`](Self::enqueue), waiting for room (as `overflow = block`) whatever the
@@ -160,11 +170,11 @@ impl DbRuntime {
         &self,
         changes: Vec<Change>,
         overflow: Overflow,
-        cancelled: impl std::future::Future<Output = ()>,
+        interrupted: impl std::future::Future<Output = EnqueueError>,
     ) -> Result<Enqueued, EnqueueError> {
         let l = self.limits();
         let deadline = tokio::time::Instant::now() + l.overflow_timeout;
-        let mut cancelled = std::pin::pin!(cancelled);
+        let mut interrupted = std::pin::pin!(interrupted);
         loop {
             let freed = self.queue.space_notified();
             let (rows, bytes) = self.queue.pending();
@@ -188,7 +198,7 @@ impl DbRuntime {
                         r = tokio::time::timeout_at(deadline, freed) => if r.is_err() {
                             return Err(full);
                         },
-                        _ = &mut cancelled => return Err(EnqueueError::Cancelled),
+                        e = &mut interrupted => return Err(e),
                     }
                 }
             }

@@ -191,12 +191,7 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
             if let Some(r) = done {
                 return (r.err().map(|e| Failed::Error(statement_barrier(e))), shown);
             }
-            let expired = async {
-                match limit {
-                    Some(limit) => tokio::time::sleep_until(started + limit).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expired = statement_timeout::expiry(started, limit);
             let failed = tokio::select! {
                 biased;
                 r = &mut barrier => r.err().map(statement_barrier),

@@ -331,10 +331,7 @@ impl Intercept {
         let mut changes = earlier.unwrap_or_default();
         changes.extend(plan.changes);
         if !changes.is_empty() {
-            let enqueued = wire
-                .interrupt()
-                .waiting(|cancelled| self.rt.enqueue_unless(changes.clone(), cancelled))
-                .await;
+            let enqueued = self.enqueue(changes.clone(), wire).await;
             let result = match enqueued {
                 Ok(Enqueued::PassThrough) if !answered_before => {
                     return self.forward(group, wire).await

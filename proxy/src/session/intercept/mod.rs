@@ -43,7 +43,7 @@ use crate::protocol::messages;
 use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
 use crate::writebehind::recognize::{OnConflict, Write};
-use crate::writebehind::runtime::{DbRuntime, Enqueued};
+use crate::writebehind::runtime::{DbRuntime, EnqueueError, Enqueued};
 use crate::writebehind::scope::Scope;
 use crate::writebehind::template::Template;
 use crate::writebehind::{lexer, recognize, validate};
@@ -388,10 +388,7 @@ impl Intercept {
                     && wire.drained().await == b'I'
                     && !self.settings_changed(wire)
                 {
-                    let enqueued = wire
-                        .interrupt()
-                        .waiting(|cancelled| self.rt.enqueue_unless(changes, cancelled))
-                        .await;
+                    let enqueued = self.enqueue(changes, wire).await;
                     match enqueued {
                         Ok(Enqueued::Acked) => {
                             let mut out = BytesMut::with_capacity(32 * tags.len());
@@ -442,6 +439,33 @@ impl Intercept {
             }
         }
         Some((index, catalog))
+    }
+
+    /// Offers a statement's changes to the queue (the session is idle between transactions).
+    /// A wait for room ends at the client's cancel request, or when the session's
+    /// statement_timeout (asked of it only when the queue is full now) passes.
+    async fn enqueue<W: Wire>(
+        &self,
+        changes: Vec<Change>,
+        wire: &mut W,
+    ) -> Result<Enqueued, EnqueueError> {
+        let started = tokio::time::Instant::now();
+        let limit = if self.rt.would_block() {
+            statement_timeout::ask(wire, b'I', false).await.limit()
+        } else {
+            None
+        };
+        let interrupt = wire.interrupt();
+        interrupt
+            .waiting(|cancelled| {
+                self.rt.enqueue_unless(changes, async move {
+                    tokio::select! {
+                        _ = cancelled => EnqueueError::Cancelled,
+                        _ = statement_timeout::expiry(started, limit) => EnqueueError::StatementTimeout,
+                    }
+                })
+            })
+            .await
     }
 
     /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not

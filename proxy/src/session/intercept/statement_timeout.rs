@@ -5,6 +5,7 @@
 use crate::session::wire::{NotAsked, Wire};
 use bytes::Bytes;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// `pg_catalog.current_setting(text)`: a built-in function, the same oid in every release.
 const CURRENT_SETTING: u32 = 2077;
@@ -18,6 +19,24 @@ pub(super) enum StatementTimeout {
     /// The question itself failed (its own statement timeout): PostgreSQL's ErrorResponse.
     /// Inside a transaction block it aborted the transaction, so the client must have it.
     Failed(Bytes),
+}
+
+impl StatementTimeout {
+    /// The limit; none when the question failed (between transactions that changes nothing).
+    pub(super) fn limit(self) -> Option<Duration> {
+        match self {
+            StatementTimeout::Limit(limit) => limit,
+            StatementTimeout::Failed(_) => None,
+        }
+    }
+}
+
+/// Completes when `limit` (if any) has passed since `started`.
+pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep_until(started + limit).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Asks the session, in transaction state `status`, for its `statement_timeout`: between

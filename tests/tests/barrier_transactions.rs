@@ -25,6 +25,24 @@ async fn cluster_with_t() -> anyhow::Result<(Cluster, tokio_postgres::Client)> {
     .await
 }
 
+/// Runs `sql` on `c` (simple protocol, or extended with `extended`), which must fail with
+/// 57014; returns the error and how long it took.
+async fn query_canceled(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    extended: bool,
+) -> (tokio_postgres::Error, Duration) {
+    let started = std::time::Instant::now();
+    let err = if extended {
+        c.query(sql, &[]).await.map(|_| ())
+    } else {
+        c.simple_query(sql).await.map(|_| ())
+    }
+    .expect_err("the wait cannot complete");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{sql}: {err}");
+    (err, started.elapsed())
+}
+
 /// Runs `sql` on `c` (simple protocol, or extended with `extended`) and cancels it from
 /// another connection after 500 ms: it must fail with 57014 well before the 60 s timeout it
 /// waits for (`what`).
@@ -39,16 +57,9 @@ async fn cancelled_while_waiting(
         tokio::time::sleep(Duration::from_millis(500)).await;
         token.cancel_query(tokio_postgres::NoTls).await
     });
-    let started = std::time::Instant::now();
-    let err = if extended {
-        c.query(sql, &[]).await.map(|_| ())
-    } else {
-        c.simple_query(sql).await.map(|_| ())
-    }
-    .expect_err("cancelled while waiting");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let (_, waited) = query_canceled(c, sql, extended).await;
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        waited < Duration::from_secs(20),
         "the cancel ended the wait, not the 60 s {what}"
     );
     canceller.await??;
@@ -149,20 +160,12 @@ async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> an
 /// Runs `sql` on `c` (simple protocol, or extended with `extended`): it must fail with
 /// PostgreSQL's statement-timeout error well before the 60 s barrier or overflow timeout.
 async fn timed_out(c: &tokio_postgres::Client, sql: &str, extended: bool) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let err = if extended {
-        c.query(sql, &[]).await.map(|_| ())
-    } else {
-        c.simple_query(sql).await.map(|_| ())
-    }
-    .expect_err("the barrier cannot complete");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let (err, waited) = query_canceled(c, sql, extended).await;
     assert_eq!(
         err.as_db_error().map(|e| e.message()),
         Some("canceling statement due to statement timeout"),
         "{sql}"
     );
-    let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(20),
         "{sql}: the statement timeout ended the wait, not the 60 s timeout ({waited:?})"

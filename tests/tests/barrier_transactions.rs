@@ -25,6 +25,33 @@ async fn cluster_with_t() -> anyhow::Result<(Cluster, tokio_postgres::Client)> {
     .await
 }
 
+/// A session through `proxy` with the acknowledged write `t (1, 1)` pending, and a direct
+/// session whose lock on `t` keeps the worker from applying it until it commits.
+async fn pending_behind_a_lock(
+    cluster: &Cluster,
+    proxy: &Proxy,
+) -> anyhow::Result<(tokio_postgres::Client, tokio_postgres::Client)> {
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let lock = cluster.connect("postgres").await?;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    Ok((c, lock))
+}
+
+/// The transaction of `c` is aborted, as PostgreSQL aborts it after an error (25P02 until it
+/// ends): ROLLBACK ends it.
+async fn ends_aborted_transaction(c: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(
+        aborted.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{aborted}"
+    );
+    c.batch_execute("ROLLBACK").await?;
+    Ok(())
+}
+
 /// Runs `sql` on `c` (simple protocol, or extended with `extended`), which must fail with
 /// 57014; returns the error and how long it took.
 async fn query_canceled(
@@ -131,13 +158,8 @@ async fn a_deferred_foreign_key_sees_writes_acknowledged_before_commit() -> anyh
 async fn a_barrier_timeout_between_transactions_fails_only_the_statement() -> anyhow::Result<()> {
     let (cluster, direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "1s"])?;
-    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let (c, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
     c.batch_execute("PREPARE q AS SELECT 41 + 1").await?;
-    // The worker cannot apply while this lock is held.
-    let lock = cluster.connect("postgres").await?;
-    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
-        .await?;
-    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
     let err = c
         .simple_query("SELECT count(*) FROM t")
         .await
@@ -189,11 +211,7 @@ async fn statement_timeout_bounds_a_barrier_wait() -> anyhow::Result<()> {
         )
         .await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
-    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    let lock = cluster.connect("postgres").await?;
-    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
-        .await?;
-    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    let (c, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
 
     // Between transactions: SET, simple protocol; the session goes on.
     c.batch_execute("SET statement_timeout = '300ms'").await?;
@@ -208,13 +226,7 @@ async fn statement_timeout_bounds_a_barrier_wait() -> anyhow::Result<()> {
     c.batch_execute("RESET statement_timeout; BEGIN; SET LOCAL statement_timeout = '300ms'")
         .await?;
     timed_out(&c, "SELECT count(*) FROM t WHERE id < 10", true).await?;
-    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
-    assert_eq!(
-        aborted.code(),
-        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
-        "{aborted}"
-    );
-    c.batch_execute("ROLLBACK").await?;
+    ends_aborted_transaction(&c).await?;
     // A role default, which only PostgreSQL knows.
     let patient = writebehind_tests::connect(&proxy.conninfo("patient", "postgres")).await?;
     timed_out(&patient, "SELECT count(*) FROM t", false).await?;
@@ -232,11 +244,7 @@ async fn statement_timeout_bounds_a_barrier_wait() -> anyhow::Result<()> {
 async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::Result<()> {
     let (cluster, _direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
-    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    let lock = cluster.connect("postgres").await?;
-    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
-        .await?;
-    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    let (c, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
     cancelled_while_waiting(&c, "SELECT count(*) FROM t", false, "barrier_timeout").await?;
     assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
     lock.batch_execute("COMMIT").await?;
@@ -252,11 +260,7 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
 ) -> anyhow::Result<()> {
     let (cluster, _direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "2s"])?;
-    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    let lock = cluster.connect("postgres").await?;
-    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
-        .await?;
-    c.batch_execute("INSERT INTO t VALUES (1, 1)").await?;
+    let (c, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
 
     // A timeout, simple protocol.
     c.batch_execute("BEGIN; SELECT 1").await?;
@@ -265,13 +269,7 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
         .await
         .expect_err("the barrier cannot complete");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
-    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
-    assert_eq!(
-        aborted.code(),
-        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
-        "{aborted}"
-    );
-    c.batch_execute("ROLLBACK").await?;
+    ends_aborted_transaction(&c).await?;
     assert_eq!(query_i64(&c, "SELECT 7::int8").await?, 7);
 
     // A cancel, extended protocol, with the barrier timeout far away.
@@ -287,13 +285,7 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
         "barrier_timeout",
     )
     .await?;
-    let aborted = c.simple_query("SELECT 1").await.expect_err("aborted");
-    assert_eq!(
-        aborted.code(),
-        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
-        "{aborted}"
-    );
-    c.batch_execute("ROLLBACK").await?;
+    ends_aborted_transaction(&c).await?;
     lock.batch_execute("COMMIT").await?;
     assert_eq!(
         query_i64(&c1, "SELECT count(*) FROM t WHERE id = 1").await?,

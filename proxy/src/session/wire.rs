@@ -229,6 +229,21 @@ pub trait Wire {
     ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
 }
 
+/// The text answer among the replies to the proxy's own question: the first column of the
+/// first DataRow, or the value of a FunctionCallResponse (`None` for NULL or no answer).
+pub fn answer_text(replies: &[Bytes]) -> Option<&str> {
+    let (msg, at) = replies.iter().find_map(|m| match m.first() {
+        // 'D', length (4), column count (2), then the first column's length and text.
+        Some(b'D') => Some((m, 7)),
+        // 'V', length (4), then the value's length and text.
+        Some(b'V') => Some((m, 5)),
+        _ => None,
+    })?;
+    let len = i32::from_be_bytes(msg.get(at..at + 4)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    std::str::from_utf8(msg.get(at + 4..at + 4 + len)?).ok()
+}
+
 /// Why the proxy's own query could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotAsked {

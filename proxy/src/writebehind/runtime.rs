@@ -82,6 +82,13 @@ struct Limits {
     fsync: bool,
 }
 
+impl Limits {
+    /// Whether `rows` and `bytes` pending reach the bound.
+    fn full(&self, (rows, bytes): (usize, usize)) -> bool {
+        rows >= self.max_rows || bytes >= self.max_bytes
+    }
+}
+
 /// Why the catalog is reloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reload {
@@ -154,8 +161,7 @@ impl DbRuntime {
     /// Whether a write offered now would wait for room (`overflow = block`, at the bound).
     pub fn would_block(&self) -> bool {
         let l = self.limits();
-        let (rows, bytes) = self.queue.pending();
-        l.overflow == Overflow::Block && (rows >= l.max_rows || bytes >= l.max_bytes)
+        l.overflow == Overflow::Block && l.full(self.queue.pending())
     }
 
     /// As [`enqueue`](Self::enqueue), waiting for room (as `overflow = block`) whatever the
@@ -178,7 +184,7 @@ impl DbRuntime {
         loop {
             let freed = self.queue.space_notified();
             let (rows, bytes) = self.queue.pending();
-            if rows < l.max_rows && bytes < l.max_bytes {
+            if !l.full((rows, bytes)) {
                 break;
             }
             self.overflows

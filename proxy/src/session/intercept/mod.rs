@@ -25,7 +25,8 @@
 //! extended protocol's groups; `barrier_scope.rs` the barrier's scope (and the catalog reload
 //! after the session's own DDL); `statements.rs` the prepared statements as PostgreSQL knows
 //! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution;
-//! `statement_timeout.rs` the session's statement_timeout, which bounds a barrier's wait.
+//! `statement_timeout.rs` the session's statement_timeout, which bounds a barrier's wait and
+//! a wait for room in the queue.
 
 mod barrier;
 mod barrier_scope;

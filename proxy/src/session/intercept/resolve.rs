@@ -9,7 +9,7 @@
 //! every answer and raises the session's resolution epoch, so statements prepared earlier are
 //! resolved again before their next write is acknowledged, as PostgreSQL re-plans them.
 
-use crate::session::wire::{NotAsked, Wire};
+use crate::session::wire::{answer_text, NotAsked, Wire};
 use crate::writebehind::recognize::TableName;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -152,12 +152,7 @@ fn error_code(msg: &[u8]) -> Option<&[u8]> {
 /// The first column of the first DataRow in `replies` as an oid; `None` for NULL or anything
 /// unexpected.
 fn first_oid(replies: &[Bytes]) -> Option<u32> {
-    let row = replies.iter().find(|m| m.first() == Some(&b'D'))?;
-    // 'D', length (4), column count (2), first column's length (4), its text.
-    let len = i32::from_be_bytes(row.get(7..11)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?;
-    let text = std::str::from_utf8(row.get(11..11 + len)?).ok()?;
-    text.parse::<u32>().ok()
+    answer_text(replies)?.parse::<u32>().ok()
 }
 
 #[cfg(test)]

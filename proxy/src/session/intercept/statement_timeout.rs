@@ -1,8 +1,9 @@
-//! The session's `statement_timeout`, for a read barrier that has to wait: asked of the
-//! session's own connection, so that SET, SET LOCAL, role and database defaults and
-//! `set_config` all count as they do for the statement itself.
+//! The session's `statement_timeout`, for a read barrier that has to wait and a write that
+//! waits for room in a full queue: asked of the session's own connection, so that SET, SET
+//! LOCAL, role and database defaults and `set_config` all count as they do for the statement
+//! itself.
 
-use crate::session::wire::{NotAsked, Wire};
+use crate::session::wire::{answer_text, NotAsked, Wire};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -55,31 +56,10 @@ pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8, may_show: bool) -> St
             if let Some(error) = replies.iter().find(|m| m.first() == Some(&b'E')) {
                 return StatementTimeout::Failed(error.clone());
             }
-            let value = replies.iter().find_map(|m| match m.first() {
-                Some(b'V') => function_result(m),
-                Some(b'D') => first_column(m),
-                _ => None,
-            });
-            StatementTimeout::Limit(value.and_then(parse))
+            StatementTimeout::Limit(answer_text(&replies).and_then(parse))
         }
         Err(NotAsked::Busy | NotAsked::Lost) => StatementTimeout::Limit(None),
     }
-}
-
-/// The text of a FunctionCallResponse (`V`: length, then the value; -1 for NULL).
-fn function_result(msg: &[u8]) -> Option<&str> {
-    let len = msg.get(5..9)?;
-    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-    let len = usize::try_from(len).ok()?;
-    std::str::from_utf8(msg.get(9..9 + len)?).ok()
-}
-
-/// The first column of a DataRow (`D`: column count, then length and value of each).
-fn first_column(msg: &[u8]) -> Option<&str> {
-    let len = msg.get(7..11)?;
-    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-    let len = usize::try_from(len).ok()?;
-    std::str::from_utf8(msg.get(11..11 + len)?).ok()
 }
 
 /// A time setting as PostgreSQL shows it (`0`, `250ms`, `5s`, `2min`, `1h`, `1d`; a bare
@@ -120,16 +100,17 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_function_result() {
-        let mut msg = vec![b'V', 0, 0, 0, 13];
-        msg.extend_from_slice(&5i32.to_be_bytes());
-        msg.extend_from_slice(b"250ms");
-        assert_eq!(function_result(&msg), Some("250ms"));
-        let null = [b'V', 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(function_result(&null), None);
+    fn reads_a_function_result_and_a_row() {
+        let mut value = vec![b'V', 0, 0, 0, 13];
+        value.extend_from_slice(&5i32.to_be_bytes());
+        value.extend_from_slice(b"250ms");
+        assert_eq!(answer_text(&[Bytes::from(value)]), Some("250ms"));
+        let null = Bytes::from_static(&[b'V', 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(answer_text(&[null]), None);
         let mut row = vec![b'D', 0, 0, 0, 12, 0, 1];
         row.extend_from_slice(&1i32.to_be_bytes());
         row.push(b'0');
-        assert_eq!(first_column(&row), Some("0"));
+        let done = Bytes::from_static(b"C\0\0\0\x09SHOW\0");
+        assert_eq!(answer_text(&[Bytes::from(row), done]), Some("0"));
     }
 }

@@ -31,15 +31,15 @@ def parse(name, sql):
     return message(b"P", cstr(name) + cstr(sql) + struct.pack("!H", 0))
 
 
-def bind(statement, params=()):
-    body = cstr("") + cstr(statement) + struct.pack("!HH", 0, len(params))
+def bind(statement, params=(), portal=""):
+    body = cstr(portal) + cstr(statement) + struct.pack("!HH", 0, len(params))
     for p in params:
         body += struct.pack("!i", len(p)) + p.encode()
     return message(b"B", body + struct.pack("!H", 0))
 
 
-def execute():
-    return message(b"E", cstr("") + struct.pack("!I", 0))
+def execute(portal="", rows=0):
+    return message(b"E", cstr(portal) + struct.pack("!I", rows))
 
 
 def function_call(oid, *args):
@@ -293,6 +293,25 @@ def review_scenarios(s, key):
         if block:
             r += s.exchange(query("COMMIT"))
         yield f"unnamed statement across a waiting barrier (transaction block: {block})", r
+
+    # Inside a transaction block: an unnamed portal left suspended, then a read that waits at
+    # the barrier (through a named portal), then the portal's rest; and a group that binds the
+    # unnamed statement an earlier group parsed, waiting at the barrier for another session's
+    # write.
+    k = key + 8
+    r = s.exchange(query(f"INSERT INTO public.wbt (id, n) VALUES ({k}, 5)"))
+    r += s.exchange(query("BEGIN"))
+    r += s.exchange(parse("", "SELECT generate_series(1, 3)"), bind(""), execute(rows=1), SYNC)
+    r += s.exchange(parse(f"rd{k}", f"SELECT n FROM public.wbt WHERE id = {k}"),
+                    bind(f"rd{k}", portal="named"), execute("named"), SYNC)
+    r += s.exchange(execute(), SYNC)
+    r += s.exchange(parse("", f"SELECT n FROM public.wbt WHERE id = {k + 1}"), SYNC)
+    other = Session(s.sock.getpeername()[1])
+    r += other.exchange(query(f"INSERT INTO public.wbt (id, n) VALUES ({k + 1}, 6)"))
+    other.close()
+    r += s.exchange(bind(""), execute(), SYNC)
+    r += s.exchange(query("COMMIT"))
+    yield "suspended unnamed portal and earlier unnamed statement across waiting barriers", r
 
 
 def skip_scenarios(s, key):

@@ -240,6 +240,36 @@ async fn statement_timeout_bounds_a_barrier_wait() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The proxy's question for `statement_timeout` while a barrier waits takes no snapshot: a
+/// REPEATABLE READ transaction whose first statement waits still sees the writes it waited for
+/// (a FunctionCall there would fix the snapshot before they are applied). (protocol_parity.py
+/// checks that the unnamed statement and portal outlive the question.)
+#[tokio::test]
+async fn the_question_during_a_barrier_wait_takes_no_snapshot() -> anyhow::Result<()> {
+    let (cluster, direct) = cluster_with_t().await?;
+    let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
+    // The transaction begins with nothing pending (a BEGIN waits at the barrier too).
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.batch_execute("SET statement_timeout = '30s'; BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let (_writer, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        lock.batch_execute("COMMIT").await.map(|()| lock)
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(
+        query_i64(&c, "SELECT count(*) FROM t").await?,
+        1,
+        "the snapshot is taken after the wait"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500), "it waited");
+    c.batch_execute("COMMIT").await?;
+    release.await??;
+    assert_eq!(query_i64(&direct, "SELECT sum(v)::int8 FROM t").await?, 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::Result<()> {
     let (cluster, _direct) = cluster_with_t().await?;

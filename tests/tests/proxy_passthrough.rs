@@ -516,3 +516,94 @@ async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// An upstream given as a Unix-socket directory (libpq's `?host=/dir`): client sessions, cancel
+/// requests and the proxy's own connections (catalog, shipping) all use PostgreSQL's socket, with
+/// every TCP login refused by pg_hba.
+#[tokio::test]
+async fn a_unix_socket_upstream_serves_sessions_cancels_and_write_behind() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let admin = cluster.connect("postgres").await?;
+    admin
+        .batch_execute(
+            "CREATE TABLE unix_c (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             SELECT writebehind.enable('unix_c');",
+        )
+        .await?;
+    cluster
+        .prepend_hba(&["host all all 127.0.0.1/32 reject"])
+        .await?;
+    let url = format!(
+        "postgresql://postgres@/postgres?host={}&port={}",
+        cluster.dir.display(),
+        cluster.port
+    );
+    let proxy = Proxy::spawn(&url, &["--flush-interval", "1h"])?;
+    let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let local: bool = client
+        .query_one(
+            "SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(local, "the session's backend was reached over the socket");
+
+    // A cancel request reaches the backend through the socket too.
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("the query is cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    canceller.await??;
+
+    // Write-behind: acknowledged, read through the barrier, shipped by the proxy's own
+    // connections (which TCP would not let in).
+    client
+        .simple_query("INSERT INTO unix_c (id, n) VALUES (1, 5)")
+        .await?;
+    let n: i64 = client
+        .query_one("SELECT n FROM unix_c WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 5, "read through the barrier, shipped over the socket");
+    let st = writebehind_tests::settled_status(&admin, "unix_c", Duration::from_secs(15)).await?;
+    assert_eq!(
+        (st.acked, st.applied),
+        (1, 1),
+        "acknowledged and shipped by the proxy: {st:?}"
+    );
+    drop(proxy);
+
+    // A socket directory where PostgreSQL does not listen: the client gets 08006 naming it.
+    let proxy = Proxy::spawn(
+        &format!(
+            "postgresql://postgres@/postgres?host=/nonexistent&port={}",
+            cluster.port
+        ),
+        &[],
+    )?;
+    let err = tokio_postgres::connect(
+        &proxy.conninfo("postgres", "postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("no socket there");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
+        "{err}"
+    );
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("/nonexistent/.s.PGSQL."), "{message}");
+    Ok(())
+}

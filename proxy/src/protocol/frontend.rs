@@ -48,22 +48,26 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     buf.put_u8(0);
 }
 
-/// Appends a FunctionCall of the function numbered `oid` with text arguments and a text
-/// result (a frontend message of the proxy's own).
-pub fn function_call(buf: &mut BytesMut, oid: u32, args: &[&str]) {
+/// Appends `SHOW setting` as an extended-protocol exchange under the statement and portal
+/// `name` (Parse, Bind, Execute, both closed, Sync; frontend messages of the proxy's own).
+pub fn show_exchange(buf: &mut BytesMut, name: &str, setting: &str) {
     use bytes::BufMut;
-    let body: usize = 4 + 2 + 2 + 2 + args.iter().map(|a| 4 + a.len()).sum::<usize>() + 2;
-    buf.put_u8(b'F');
-    buf.put_u32((body + 4) as u32);
-    buf.put_u32(oid);
-    buf.put_i16(1); // one format code for every argument: text
-    buf.put_i16(0);
-    buf.put_i16(args.len() as i16);
-    for arg in args {
-        buf.put_i32(arg.len() as i32);
-        buf.put_slice(arg.as_bytes());
-    }
-    buf.put_i16(0); // the result in text
+    let sql = format!("SHOW {setting}");
+    let message = |buf: &mut BytesMut, ty: u8, parts: &[&[u8]]| {
+        buf.put_u8(ty);
+        buf.put_u32((4 + parts.iter().map(|p| p.len()).sum::<usize>()) as u32);
+        parts.iter().for_each(|p| buf.put_slice(p));
+    };
+    let (n, z) = (name.as_bytes(), &[0u8][..]);
+    // Parse: name, text, no parameter types.
+    message(buf, b'P', &[n, z, sql.as_bytes(), z, &[0, 0]]);
+    // Bind: portal, statement, no formats, no parameters, results in text.
+    message(buf, b'B', &[n, z, n, z, &[0, 0, 0, 0, 0, 0]]);
+    // Execute every row.
+    message(buf, b'E', &[n, z, &[0, 0, 0, 0]]);
+    message(buf, b'C', &[b"P", n, z]);
+    message(buf, b'C', &[b"S", n, z]);
+    message(buf, b'S', &[]);
 }
 
 /// Decodes one whole message (type byte, length, body).
@@ -203,6 +207,46 @@ mod tests {
     use super::*;
 
     use crate::protocol::framed as msg;
+
+    #[test]
+    fn the_show_exchange_is_well_formed_and_uses_only_its_own_names() {
+        let mut buf = BytesMut::new();
+        show_exchange(&mut buf, "wb.x", "statement_timeout");
+        let mut at = 0;
+        let mut got = Vec::new();
+        while at < buf.len() {
+            let len = u32::from_be_bytes(buf[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+            got.push(decode(&buf[at..at + 1 + len]).expect("well formed"));
+            at += 1 + len;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(
+            got,
+            vec![
+                Frontend::Parse {
+                    name: "wb.x",
+                    sql: "SHOW statement_timeout",
+                    param_types: vec![]
+                },
+                Frontend::Bind {
+                    portal: "wb.x",
+                    statement: "wb.x",
+                    formats: vec![],
+                    params: vec![]
+                },
+                Frontend::Execute { portal: "wb.x" },
+                Frontend::Close {
+                    kind: b'P',
+                    name: "wb.x"
+                },
+                Frontend::Close {
+                    kind: b'S',
+                    name: "wb.x"
+                },
+                Frontend::Sync,
+            ]
+        );
+    }
 
     #[test]
     fn extended_messages_decode_and_reassemble() {

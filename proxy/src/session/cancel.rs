@@ -5,7 +5,6 @@ use crate::protocol::startup::cancel_packet;
 use dashmap::DashMap;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// What a cancel request does to a session waiting in the proxy (for a read barrier, or for
@@ -104,7 +103,7 @@ impl CancelMap {
         let Some(addr) = target.addr else {
             return; // an admin console session not waiting: nothing to cancel
         };
-        match TcpStream::connect(&addr).await {
+        match super::upstream::dial(&addr).await {
             Ok(mut s) => {
                 if let Err(error) = s.write_all(&cancel_packet(target.pid, target.secret)).await {
                     tracing::warn!(%error, "forwarding a cancel request failed");

@@ -46,6 +46,13 @@ where
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<OwnTlsConnect, std::io::Error> {
         let connector = self.0.clone().map_err(std::io::Error::other)?;
+        // No name for a Unix-domain socket (a multi-host list that mixes them with TCP hosts
+        // asks for TLS on every host); the certificate is not verified by name anyway.
+        let domain = if domain.is_empty() {
+            "localhost"
+        } else {
+            domain
+        };
         let name = ServerName::try_from(domain.to_string())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Ok(OwnTlsConnect(connector, name))

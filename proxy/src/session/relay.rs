@@ -76,25 +76,8 @@ pub async fn run(
         }
     };
     on_upstream(&addr);
-    // Plain TCP splits into owned halves (no lock); TLS streams split with tokio's lock.
-    match (client, upstream) {
-        (Stream::Plain(c), Stream::Plain(u)) => {
-            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
-        }
-        (Stream::Plain(c), Stream::Tls(u)) => {
-            let ((cr, cw), (ur, uw)) = (c.into_split(), tokio::io::split(*u));
-            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
-        }
-        (Stream::Tls(c), Stream::Plain(u)) => {
-            let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), u.into_split());
-            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
-        }
-        (Stream::Tls(c), Stream::Tls(u)) => {
-            let ((cr, cw), (ur, uw)) = (tokio::io::split(*c), tokio::io::split(*u));
-            pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
-        }
-    }
+    let ((cr, cw), (ur, uw)) = (client.into_split(), upstream.into_split());
+    pipe(cr, cw, ur, uw, startup, shared, database, addr, intercept).await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,8 +1,9 @@
-//! The upstream PostgreSQL: its URL (one or more hosts) and opening a client session's own
-//! connection to the current primary.
+//! The upstream PostgreSQL: its URL (one or more hosts, TCP or Unix-socket directories) and
+//! opening a client session's own connection to the current primary.
 
+use super::tls::Stream;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// How client sessions' upstream connections use TLS (libpq's `sslmode` subset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +28,16 @@ impl SslMode {
 }
 
 /// A parsed `postgresql://USER@HOST:PORT[,HOST:PORT…]/DB[?target_session_attrs=…&sslmode=…]` URL.
+/// As in libpq, a host that starts with `/` (given as `?host=/var/run/postgresql` or
+/// percent-encoded in the authority) is the directory of PostgreSQL's Unix-domain socket, and
+/// `?host=` / `?port=` override the authority's hosts and ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     /// The proxy's own user for its connections.
     pub user: String,
     /// The proxy's own database.
     pub dbname: String,
-    /// Hosts in the order they are tried.
+    /// Hosts in the order they are tried (a host starting with `/` is a socket directory).
     pub hosts: Vec<(String, u16)>,
     /// Whether only a read-write server (a primary) may be used.
     pub read_write: bool,
@@ -91,28 +95,14 @@ impl UpstreamUrl {
             }
             _ => text.to_string(),
         };
-        let mut hosts = Vec::new();
-        for h in hostlist.split(',').filter(|h| !h.is_empty()) {
-            let (host, port) = match h.rsplit_once(':') {
-                Some((host, port)) => (
-                    host,
-                    port.parse::<u16>()
-                        .map_err(|_| format!("bad port in {h:?}"))?,
-                ),
-                None => (h, 5432),
-            };
-            hosts.push((
-                host.trim_matches(|c| c == '[' || c == ']').to_string(),
-                port,
-            ));
-        }
-        if hosts.is_empty() {
-            return Err("no host given".into());
-        }
+        let mut host_param = None;
+        let mut port_param = None;
         let mut read_write = false;
         let mut sslmode = SslMode::Prefer;
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             match kv.split_once('=') {
+                Some(("host", v)) => host_param = Some(percent_decoded(v)),
+                Some(("port", v)) => port_param = Some(percent_decoded(v)),
                 Some(("target_session_attrs", "read-write")) => read_write = true,
                 Some(("target_session_attrs", "any")) => read_write = false,
                 Some(("target_session_attrs", other)) => {
@@ -131,6 +121,55 @@ impl UpstreamUrl {
                     ))
                 }
                 _ => {}
+            }
+        }
+        let mut hosts = Vec::new();
+        match &host_param {
+            Some(list) => {
+                for h in list.split(',').filter(|h| !h.is_empty()) {
+                    hosts.push((h.to_string(), 5432));
+                }
+            }
+            None => {
+                for h in hostlist.split(',').filter(|h| !h.is_empty()) {
+                    let (host, port) = match h.rsplit_once(':').filter(|_| !h.ends_with(']')) {
+                        Some((host, port)) => (
+                            host,
+                            port.parse::<u16>()
+                                .map_err(|_| format!("bad port in {h:?}"))?,
+                        ),
+                        None => (h, 5432),
+                    };
+                    hosts.push((
+                        percent_decoded(host.trim_matches(|c| c == '[' || c == ']')),
+                        port,
+                    ));
+                }
+            }
+        }
+        if hosts.is_empty() {
+            return Err(
+                "no host given (host:port, or a Unix-socket directory as ?host=/var/run/postgresql)"
+                    .into(),
+            );
+        }
+        if let Some(list) = &port_param {
+            let ports = list
+                .split(',')
+                .map(|p| p.parse::<u16>().map_err(|_| format!("bad port {p:?}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            match ports.as_slice() {
+                [one] => hosts.iter_mut().for_each(|h| h.1 = *one),
+                many if many.len() == hosts.len() => {
+                    hosts.iter_mut().zip(many).for_each(|(h, p)| h.1 = *p)
+                }
+                _ => {
+                    return Err(format!(
+                        "port= gives {} ports for {} hosts",
+                        ports.len(),
+                        hosts.len()
+                    ))
+                }
             }
         }
         Ok(Self {
@@ -162,7 +201,13 @@ impl UpstreamUrl {
         if let Some(p) = &self.password {
             c.password(p);
         }
-        c.ssl_mode(self.sslmode.for_tokio_postgres());
+        // As libpq, no TLS over a Unix-domain socket (tokio-postgres would try it).
+        let all_local = self.hosts.iter().all(|(h, _)| h.starts_with('/'));
+        c.ssl_mode(if all_local {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            self.sslmode.for_tokio_postgres()
+        });
         for (h, p) in &self.hosts {
             c.host(h).port(*p);
         }
@@ -173,24 +218,45 @@ impl UpstreamUrl {
     }
 }
 
-/// Opens a TCP connection for a client session: the first host that accepts, or with
+/// Where a host of the URL is reached: `host:port`, or for a socket directory the socket's
+/// path (`DIR/.s.PGSQL.PORT`, PostgreSQL's naming).
+pub fn endpoint(host: &str, port: u16) -> String {
+    if host.starts_with('/') {
+        format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'))
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Connects to an [`endpoint`]: a Unix-domain socket for a path, else TCP without Nagle.
+pub async fn dial(endpoint: &str) -> std::io::Result<Stream> {
+    if endpoint.starts_with('/') {
+        Ok(Stream::Unix(UnixStream::connect(endpoint).await?))
+    } else {
+        let s = TcpStream::connect(endpoint).await?;
+        s.set_nodelay(true)?;
+        Ok(Stream::Plain(s))
+    }
+}
+
+/// Opens a connection for a client session: the first host that accepts, or with
 /// `read-write`, the first host that is not in recovery (checked through the proxy's own login).
+/// Returns the stream, its [`endpoint`] and the host's name (for TLS).
 pub async fn connect(
     url: &UpstreamUrl,
     timeout: Duration,
-) -> std::io::Result<(TcpStream, String, String)> {
+) -> std::io::Result<(Stream, String, String)> {
     let mut last_err = std::io::Error::new(std::io::ErrorKind::NotFound, "no upstream host");
     for (host, port) in &url.hosts {
-        let addr = format!("{host}:{port}");
+        let addr = endpoint(host, *port);
         if url.read_write && url.hosts.len() > 1 && !is_primary(url, host, *port, timeout).await {
             continue;
         }
-        match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => {
-                s.set_nodelay(true)?;
-                return Ok((s, addr, host.clone()));
+        match tokio::time::timeout(timeout, dial(&addr)).await {
+            Ok(Ok(s)) => return Ok((s, addr, host.clone())),
+            Ok(Err(e)) => {
+                last_err = std::io::Error::new(e.kind(), format!("connecting to {addr}: {e}"))
             }
-            Ok(Err(e)) => last_err = e,
             Err(_) => {
                 last_err = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -204,12 +270,17 @@ pub async fn connect(
 
 async fn is_primary(url: &UpstreamUrl, host: &str, port: u16, timeout: Duration) -> bool {
     let mut c = tokio_postgres::Config::new();
+    let sslmode = if host.starts_with('/') {
+        tokio_postgres::config::SslMode::Disable
+    } else {
+        url.sslmode.for_tokio_postgres()
+    };
     c.user(&url.user)
         .dbname(&url.dbname)
         .host(host)
         .port(port)
         .connect_timeout(timeout)
-        .ssl_mode(url.sslmode.for_tokio_postgres());
+        .ssl_mode(sslmode);
     let tls = super::own_tls::OwnTls::new();
     let Ok(Ok((client, conn))) = tokio::time::timeout(timeout, c.connect(tls)).await else {
         return false;
@@ -228,16 +299,20 @@ async fn is_primary(url: &UpstreamUrl, host: &str, port: u16, timeout: Duration)
 }
 
 /// Negotiates TLS on a fresh upstream connection per `sslmode` (SSLRequest, then a handshake
-/// if the server answers `S`).
+/// if the server answers `S`). A Unix-domain socket stays plain, as libpq leaves it.
 pub async fn negotiate_tls(
-    mut tcp: TcpStream,
+    stream: Stream,
     host: &str,
     sslmode: SslMode,
     connector: Option<&tokio_rustls::TlsConnector>,
-) -> std::io::Result<super::tls::Stream> {
+) -> std::io::Result<Stream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(connector) = connector.filter(|_| sslmode != SslMode::Disable) else {
-        return Ok(super::tls::Stream::Plain(tcp));
+        return Ok(stream);
+    };
+    let mut tcp = match stream {
+        Stream::Plain(tcp) => tcp,
+        other => return Ok(other),
     };
     let mut request = [0u8; 8];
     request[..4].copy_from_slice(&8i32.to_be_bytes());
@@ -248,13 +323,13 @@ pub async fn negotiate_tls(
             let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let tls = connector.connect(name, tcp).await?;
-            Ok(super::tls::Stream::Tls(Box::new(tls.into())))
+            Ok(Stream::Tls(Box::new(tls.into())))
         }
         b'N' if sslmode == SslMode::Require => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "the server does not support SSL, but sslmode=require",
         )),
-        b'N' => Ok(super::tls::Stream::Plain(tcp)),
+        b'N' => Ok(Stream::Plain(tcp)),
         other => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
@@ -281,6 +356,30 @@ mod tests {
         assert!(m.read_write);
         assert!(UpstreamUrl::parse("mysql://x").is_err());
         assert!(UpstreamUrl::parse("postgresql://u@h:notaport/db").is_err());
+    }
+
+    #[test]
+    fn unix_socket_directories_and_host_port_parameters() {
+        let u = UpstreamUrl::parse("postgresql://wb@/app?host=/var/run/postgresql&port=5491")
+            .expect("parse");
+        assert_eq!(u.hosts, vec![("/var/run/postgresql".to_string(), 5491)]);
+        assert_eq!(
+            endpoint(&u.hosts[0].0, u.hosts[0].1),
+            "/var/run/postgresql/.s.PGSQL.5491"
+        );
+        let e = UpstreamUrl::parse("postgresql://wb@%2Ftmp%2Fpg%2F:5433/app").expect("parse");
+        assert_eq!(
+            endpoint(&e.hosts[0].0, e.hosts[0].1),
+            "/tmp/pg/.s.PGSQL.5433"
+        );
+        let m = UpstreamUrl::parse("postgresql://wb@x/app?host=a,b&port=1,2").expect("parse");
+        assert_eq!(m.hosts, vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+        assert_eq!(endpoint("a", 1), "a:1");
+        let v6 = UpstreamUrl::parse("postgresql://wb@[::1]/app").expect("parse");
+        assert_eq!(v6.hosts, vec![("::1".to_string(), 5432)]);
+        assert!(UpstreamUrl::parse("postgresql://wb@/app").is_err());
+        assert!(UpstreamUrl::parse("postgresql://wb@/app?host=a,b&port=1,2,3").is_err());
+        assert!(UpstreamUrl::parse("postgresql://wb@/app?host=/s&port=x").is_err());
     }
 
     #[test]

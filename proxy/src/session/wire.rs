@@ -217,15 +217,15 @@ pub trait Wire {
         sql: &str,
         when: &[u8],
     ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
-    /// Calls the function numbered `oid` with text arguments (a FunctionCall of the proxy's
-    /// own) on the session's connection once it is idle, outside or inside a transaction
-    /// block, and returns PostgreSQL's replies up to (not including) ReadyForQuery. Unlike
-    /// [`ask`](Self::ask) it leaves the unnamed statement and portal alone; inside a
-    /// transaction block an error it gets aborts the client's transaction.
-    fn call(
+    /// Reads the session's `setting` once its connection is idle, outside or inside a
+    /// transaction block: `SHOW` through the extended protocol, under a statement and portal
+    /// name of the proxy's own that it closes in the same exchange. Unlike [`ask`](Self::ask)
+    /// it leaves the unnamed statement and portal alone, and SHOW takes no snapshot (a
+    /// REPEATABLE READ transaction's is still to come); inside a transaction block an error
+    /// it gets aborts the client's transaction. Returns the replies up to ReadyForQuery.
+    fn show(
         &mut self,
-        oid: u32,
-        args: &[&str],
+        setting: &str,
     ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
 }
 
@@ -407,17 +407,20 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.private(msg, when).await
     }
 
-    async fn call(&mut self, oid: u32, args: &[&str]) -> Result<Vec<Bytes>, NotAsked> {
-        let mut msg = BytesMut::with_capacity(64);
-        crate::protocol::frontend::function_call(&mut msg, oid, args);
-        self.private(msg, b"IT").await
+    async fn show(&mut self, setting: &str) -> Result<Vec<Bytes>, NotAsked> {
+        let mut msgs = BytesMut::with_capacity(128);
+        // Random, so that one left behind by a failed exchange cannot collide with the next.
+        let name = format!("writebehind.show.{:016x}", rand::random::<u64>());
+        crate::protocol::frontend::show_exchange(&mut msgs, &name, setting);
+        self.private(msgs, b"IT").await
     }
 }
 
 impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> RelayWire<'_, UW, W> {
-    /// Sends `msg` (one Query or FunctionCall of the proxy's own) once the session is idle in
-    /// one of the transaction states `when`, and collects its replies up to ReadyForQuery.
-    async fn private(&mut self, msg: BytesMut, when: &[u8]) -> Result<Vec<Bytes>, NotAsked> {
+    /// Sends `msgs` (one Query, or extended-protocol messages up to a Sync, of the proxy's own)
+    /// once the session is idle in one of the transaction states `when`, and collects their
+    /// replies up to ReadyForQuery.
+    async fn private(&mut self, msgs: BytesMut, when: &[u8]) -> Result<Vec<Bytes>, NotAsked> {
         let status = self.drained().await;
         if self.shared.lost.load(Ordering::Acquire) {
             return Err(NotAsked::Lost);
@@ -431,8 +434,8 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> RelayWire<'_, UW, W> {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.shared.private.store(true, Ordering::Release);
-        self.shared.on_sent(self.counter, msg.first().copied());
-        if self.upstream.write_all(&msg).await.is_err() {
+        self.note_sent(&msgs, &[]);
+        if self.upstream.write_all(&msgs).await.is_err() {
             return Err(NotAsked::Lost);
         }
         self.private_done().await?;

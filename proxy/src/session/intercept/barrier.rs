@@ -5,7 +5,7 @@
 use super::statement_timeout::{self, StatementTimeout};
 use super::{Intercept, Lexed};
 use crate::error::ProxyError;
-use crate::protocol::frontend::{self, Frontend};
+use crate::protocol::frontend;
 use crate::protocol::messages;
 use crate::session::wire::Wire;
 use crate::writebehind::scope::Scope;
@@ -58,7 +58,7 @@ impl Intercept {
         let writes =
             !scope.is_empty() && self.rt.some_without_read_barrier() && self.group_may_write(msgs);
         let started = tokio::time::Instant::now();
-        let (failed, shown) = {
+        let failed = {
             let barrier = async {
                 match &scope {
                     Scope::All => self.rt.barrier_all(writes, self.barrier_timeout).await,
@@ -72,33 +72,16 @@ impl Intercept {
                 // its statement_timeout.
                 let first = std::future::poll_fn(|cx| Poll::Ready(barrier.as_mut().poll(cx))).await;
                 match first {
-                    Poll::Ready(r) => (r.err().map(|e| Failed::Error(statement_barrier(e))), false),
-                    Poll::Pending => {
-                        let fresh = injected.iter().any(String::is_empty);
-                        let may_show = !uses_earlier_unnamed(msgs, fresh);
-                        wait_bounded(barrier, wire, status, may_show, started).await
-                    }
+                    Poll::Ready(r) => r.err().map(|e| Failed::Error(statement_barrier(e))),
+                    Poll::Pending => wait_bounded(barrier, wire, status, started).await,
                 }
             } else {
                 match barrier.await {
-                    Ok(()) => (None, false),
+                    Ok(()) => None,
                     Err(e) => return Err(ProxyError::Barrier(e.to_string())),
                 }
             }
         };
-        if shown {
-            // The proxy's SHOW dropped the unnamed statement and portal upstream; the group
-            // makes them anew if it uses them.
-            let remade = parsed_here.iter().chain(injected).any(String::is_empty);
-            if !remade {
-                if let Some(stmt) = self.stmts.get_mut("") {
-                    stmt.on_server = false;
-                }
-            }
-            if !binds_unnamed_portal(msgs) {
-                self.portals.remove("");
-            }
-        }
         if let Some(failed) = failed {
             // PostgreSQL saw none of it: the group's own statements do not exist, and
             // those the proxy would have materialized are still its alone.
@@ -157,24 +140,21 @@ fn statement_barrier(e: impl std::fmt::Display) -> ProxyError {
 
 /// Waits for `barrier` until it is done, the client cancels, or the session's
 /// `statement_timeout` (counted from `started`) passes; a cancel meanwhile is the proxy's
-/// alone. Returns the failure, and whether the question was a SHOW (which drops the unnamed
-/// statement and portal; `may_show`: the group does not use those an earlier one left).
+/// alone. Returns the failure.
 async fn wait_bounded<W: Wire, E: std::fmt::Display>(
     mut barrier: Pin<&mut impl Future<Output = Result<(), E>>>,
     wire: &mut W,
     status: u8,
-    may_show: bool,
     started: Instant,
-) -> (Option<Failed>, bool) {
+) -> Option<Failed> {
     let interrupt = wire.interrupt();
     interrupt
         .waiting(|cancelled| async move {
             let mut cancelled = std::pin::pin!(cancelled);
-            let shown = status == b'T' && may_show;
             // The question and the barrier go on together: the barrier may be done first.
             let mut done = None;
             let limit = {
-                let ask = statement_timeout::ask(wire, status, may_show);
+                let ask = statement_timeout::ask(wire, status);
                 let mut ask = std::pin::pin!(ask);
                 loop {
                     tokio::select! {
@@ -185,11 +165,11 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
                 }
             };
             let limit = match limit {
-                StatementTimeout::Failed(error) => return (Some(Failed::Reply(error)), shown),
+                StatementTimeout::Failed(error) => return Some(Failed::Reply(error)),
                 StatementTimeout::Limit(limit) => limit,
             };
             if let Some(r) = done {
-                return (r.err().map(|e| Failed::Error(statement_barrier(e))), shown);
+                return r.err().map(|e| Failed::Error(statement_barrier(e)));
             }
             let expired = statement_timeout::expiry(started, limit);
             let failed = tokio::select! {
@@ -198,50 +178,7 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
                 _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
                 _ = expired => Some(ProxyError::StatementTimeout),
             };
-            (failed.map(Failed::Error), shown)
+            failed.map(Failed::Error)
         })
         .await
-}
-
-/// Whether `msgs` use the unnamed statement or portal as an earlier group left them
-/// (`fresh`: the unnamed statement's Parse goes before them).
-fn uses_earlier_unnamed(msgs: &[Bytes], fresh: bool) -> bool {
-    let mut statement = fresh;
-    let mut portal = false;
-    for raw in msgs {
-        match frontend::decode(raw) {
-            Ok(Frontend::Parse { name: "", .. }) => statement = true,
-            Ok(Frontend::Bind {
-                portal: p,
-                statement: s,
-                ..
-            }) => {
-                if s.is_empty() && !statement {
-                    return true;
-                }
-                if p.is_empty() {
-                    portal = true;
-                }
-            }
-            Ok(Frontend::Describe {
-                kind: b'S',
-                name: "",
-            }) if !statement => return true,
-            Ok(
-                Frontend::Describe {
-                    kind: b'P',
-                    name: "",
-                }
-                | Frontend::Execute { portal: "" },
-            ) if !portal => return true,
-            _ => {}
-        }
-    }
-    false
-}
-
-/// Whether `msgs` bind the unnamed portal.
-fn binds_unnamed_portal(msgs: &[Bytes]) -> bool {
-    msgs.iter()
-        .any(|raw| matches!(frontend::decode(raw), Ok(Frontend::Bind { portal: "", .. })))
 }

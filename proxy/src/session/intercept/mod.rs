@@ -452,7 +452,7 @@ impl Intercept {
     ) -> Result<Enqueued, EnqueueError> {
         let started = tokio::time::Instant::now();
         let limit = if self.rt.would_block() {
-            statement_timeout::ask(wire, b'I', false).await.limit()
+            statement_timeout::ask(wire, b'I').await.limit()
         } else {
             None
         };

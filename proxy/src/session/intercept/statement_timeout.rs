@@ -8,16 +8,13 @@ use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// `pg_catalog.current_setting(text)`: a built-in function, the same oid in every release.
-const CURRENT_SETTING: u32 = 2077;
-
 /// What the session said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum StatementTimeout {
     /// The timeout, `None` when it is off (0), or when the session could not be asked (its
     /// connection is gone, or it is in a failed transaction).
     Limit(Option<Duration>),
-    /// The question itself failed (its own statement timeout): PostgreSQL's ErrorResponse.
+    /// The question itself failed (a cancel or timeout meanwhile): PostgreSQL's ErrorResponse.
     /// Inside a transaction block it aborted the transaction, so the client must have it.
     Failed(Bytes),
 }
@@ -40,18 +37,14 @@ pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
     }
 }
 
-/// Asks the session, in transaction state `status`, for its `statement_timeout`: between
-/// transactions with a FunctionCall; inside a transaction block with `SHOW` when `may_show`
-/// (a FunctionCall there would take the transaction's snapshot before the barrier is done,
-/// and a REPEATABLE READ transaction would not see the writes it waits for), else not at
-/// all.
-pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8, may_show: bool) -> StatementTimeout {
-    let replies = match status {
-        b'I' => wire.call(CURRENT_SETTING, &["statement_timeout"]).await,
-        b'T' if may_show => wire.ask("SHOW statement_timeout", b"T").await,
-        _ => return StatementTimeout::Limit(None),
-    };
-    match replies {
+/// Asks the session, idle in transaction state `status`, for its `statement_timeout` (a SHOW
+/// that leaves the unnamed statement and portal and the transaction's snapshot alone); a
+/// failed transaction is not asked.
+pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8) -> StatementTimeout {
+    if !matches!(status, b'I' | b'T') {
+        return StatementTimeout::Limit(None);
+    }
+    match wire.show("statement_timeout").await {
         Ok(replies) => {
             if let Some(error) = replies.iter().find(|m| m.first() == Some(&b'E')) {
                 return StatementTimeout::Failed(error.clone());

@@ -270,6 +270,55 @@ async fn the_question_during_a_barrier_wait_takes_no_snapshot() -> anyhow::Resul
     Ok(())
 }
 
+/// While a barrier waits, the session's backend is idle upstream: the proxy keeps PostgreSQL's
+/// idle timeouts (`idle_session_timeout` between transactions,
+/// `idle_in_transaction_session_timeout` inside a transaction block) from ending the session,
+/// as they would not end a statement that runs. Without it PostgreSQL ends the session (FATAL
+/// 57P05 / 25P03) after 400 ms.
+#[tokio::test]
+async fn a_barrier_wait_longer_than_the_idle_timeouts_keeps_the_session() -> anyhow::Result<()> {
+    let (cluster, direct) = cluster_with_t().await?;
+    let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
+    let release_after = |lock: tokio_postgres::Client| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            lock.batch_execute("COMMIT").await.map(|()| lock)
+        })
+    };
+
+    let (writer, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    c.batch_execute("SET idle_session_timeout = '400ms'")
+        .await?;
+    let release = release_after(lock);
+    let started = std::time::Instant::now();
+    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "it waited"
+    );
+    let lock = release.await??;
+
+    c.batch_execute(
+        "SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = '400ms'; BEGIN",
+    )
+    .await?;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .await?;
+    writer.batch_execute("INSERT INTO t VALUES (2, 2)").await?;
+    let release = release_after(lock);
+    let started = std::time::Instant::now();
+    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "it waited"
+    );
+    c.batch_execute("COMMIT").await?;
+    release.await??;
+    assert_eq!(query_i64(&direct, "SELECT sum(v)::int8 FROM t").await?, 3);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_cancel_request_ends_a_barrier_wait_between_transactions() -> anyhow::Result<()> {
     let (cluster, _direct) = cluster_with_t().await?;

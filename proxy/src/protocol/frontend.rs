@@ -48,9 +48,10 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     buf.put_u8(0);
 }
 
-/// Appends `SHOW setting` as an extended-protocol exchange under the statement and portal
-/// `name` (Parse, Bind, Execute, both closed, Sync; frontend messages of the proxy's own).
-pub fn show_exchange(buf: &mut BytesMut, name: &str, setting: &str) {
+/// Appends `SHOW setting` through the extended protocol under the statement and portal `name`
+/// (Parse, Bind, Execute, then both closed; frontend messages of the proxy's own, for a Sync
+/// to end).
+pub fn show(buf: &mut BytesMut, name: &str, setting: &str) {
     use bytes::BufMut;
     let sql = format!("SHOW {setting}");
     let message = |buf: &mut BytesMut, ty: u8, parts: &[&[u8]]| {
@@ -67,7 +68,6 @@ pub fn show_exchange(buf: &mut BytesMut, name: &str, setting: &str) {
     message(buf, b'E', &[n, z, &[0, 0, 0, 0]]);
     message(buf, b'C', &[b"P", n, z]);
     message(buf, b'C', &[b"S", n, z]);
-    message(buf, b'S', &[]);
 }
 
 /// Decodes one whole message (type byte, length, body).
@@ -209,9 +209,9 @@ mod tests {
     use crate::protocol::framed as msg;
 
     #[test]
-    fn the_show_exchange_is_well_formed_and_uses_only_its_own_names() {
+    fn a_show_is_well_formed_and_uses_only_its_own_names() {
         let mut buf = BytesMut::new();
-        show_exchange(&mut buf, "wb.x", "statement_timeout");
+        show(&mut buf, "wb.x", "statement_timeout");
         let mut at = 0;
         let mut got = Vec::new();
         while at < buf.len() {
@@ -243,7 +243,6 @@ mod tests {
                     kind: b'S',
                     name: "wb.x"
                 },
-                Frontend::Sync,
             ]
         );
     }

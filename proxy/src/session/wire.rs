@@ -217,31 +217,43 @@ pub trait Wire {
         sql: &str,
         when: &[u8],
     ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
-    /// Reads the session's `setting` once its connection is idle, outside or inside a
-    /// transaction block: `SHOW` through the extended protocol, under a statement and portal
-    /// name of the proxy's own that it closes in the same exchange. Unlike [`ask`](Self::ask)
-    /// it leaves the unnamed statement and portal alone, and SHOW takes no snapshot (a
-    /// REPEATABLE READ transaction's is still to come); inside a transaction block an error
-    /// it gets aborts the client's transaction. Returns the replies up to ReadyForQuery.
+    /// Reads the session's `settings` once its connection is idle, outside or inside a
+    /// transaction block: a `SHOW` of each through the extended protocol, under statement and
+    /// portal names of the proxy's own that it closes in the same exchange. Unlike
+    /// [`ask`](Self::ask) it leaves the unnamed statement and portal alone, and SHOW takes no
+    /// snapshot (a REPEATABLE READ transaction's is still to come); inside a transaction block
+    /// an error it gets aborts the client's transaction. Returns the replies up to
+    /// ReadyForQuery (a DataRow per setting, in order).
     fn show(
         &mut self,
-        setting: &str,
+        settings: &[&str],
     ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
 }
 
 /// The text answer among the replies to the proxy's own question: the first column of the
-/// first DataRow, or the value of a FunctionCallResponse (`None` for NULL or no answer).
+/// first DataRow (`None` for NULL or no row).
 pub fn answer_text(replies: &[Bytes]) -> Option<&str> {
-    let (msg, at) = replies.iter().find_map(|m| match m.first() {
-        // 'D', length (4), column count (2), then the first column's length and text.
-        Some(b'D') => Some((m, 7)),
-        // 'V', length (4), then the value's length and text.
-        Some(b'V') => Some((m, 5)),
-        _ => None,
-    })?;
-    let len = i32::from_be_bytes(msg.get(at..at + 4)?.try_into().ok()?);
+    replies
+        .iter()
+        .find(|m| m.first() == Some(&b'D'))
+        .and_then(|m| first_column(m))
+}
+
+/// The first column of every DataRow among the replies, in order (`None` for NULL).
+pub fn answer_texts(replies: &[Bytes]) -> Vec<Option<&str>> {
+    replies
+        .iter()
+        .filter(|m| m.first() == Some(&b'D'))
+        .map(|m| first_column(m))
+        .collect()
+}
+
+/// A DataRow's first column as text: 'D', length (4), column count (2), then the column's
+/// length and bytes.
+fn first_column(row: &[u8]) -> Option<&str> {
+    let len = i32::from_be_bytes(row.get(7..11)?.try_into().ok()?);
     let len = usize::try_from(len).ok()?;
-    std::str::from_utf8(msg.get(at + 4..at + 4 + len)?).ok()
+    std::str::from_utf8(row.get(11..11 + len)?).ok()
 }
 
 /// Why the proxy's own query could not run.
@@ -407,11 +419,14 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         self.private(msg, when).await
     }
 
-    async fn show(&mut self, setting: &str) -> Result<Vec<Bytes>, NotAsked> {
-        let mut msgs = BytesMut::with_capacity(128);
+    async fn show(&mut self, settings: &[&str]) -> Result<Vec<Bytes>, NotAsked> {
+        let mut msgs = BytesMut::with_capacity(128 * settings.len());
         // Random, so that one left behind by a failed exchange cannot collide with the next.
-        let name = format!("writebehind.show.{:016x}", rand::random::<u64>());
-        crate::protocol::frontend::show_exchange(&mut msgs, &name, setting);
+        let prefix = format!("writebehind.show.{:016x}", rand::random::<u64>());
+        for (i, setting) in settings.iter().enumerate() {
+            crate::protocol::frontend::show(&mut msgs, &format!("{prefix}.{i}"), setting);
+        }
+        msgs.extend_from_slice(&[b'S', 0, 0, 0, 4]);
         self.private(msgs, b"IT").await
     }
 }

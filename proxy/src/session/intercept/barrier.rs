@@ -2,7 +2,7 @@
 //! their scope and waits until they are applied; a wait that times out or is cancelled fails
 //! only the statement (or, inside a transaction block, the transaction, as PostgreSQL would).
 
-use super::statement_timeout::{self, StatementTimeout};
+use super::session_timeouts::{self, Asked};
 use super::{Intercept, Lexed};
 use crate::error::ProxyError;
 use crate::protocol::frontend;
@@ -130,7 +130,7 @@ impl Intercept {
 enum Failed {
     /// The proxy's error.
     Error(ProxyError),
-    /// PostgreSQL's ErrorResponse to the proxy's question about statement_timeout.
+    /// PostgreSQL's ErrorResponse to the proxy's own SHOW (the question, or a keepalive).
     Reply(Bytes),
 }
 
@@ -140,7 +140,7 @@ fn statement_barrier(e: impl std::fmt::Display) -> ProxyError {
 
 /// Waits for `barrier` until it is done, the client cancels, or the session's
 /// `statement_timeout` (counted from `started`) passes; a cancel meanwhile is the proxy's
-/// alone. Returns the failure.
+/// alone, and the session's backend is kept from timing out idle. Returns the failure.
 async fn wait_bounded<W: Wire, E: std::fmt::Display>(
     mut barrier: Pin<&mut impl Future<Output = Result<(), E>>>,
     wire: &mut W,
@@ -153,32 +153,40 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
             let mut cancelled = std::pin::pin!(cancelled);
             // The question and the barrier go on together: the barrier may be done first.
             let mut done = None;
-            let limit = {
-                let ask = statement_timeout::ask(wire, status);
+            let asked = {
+                let ask = session_timeouts::ask(wire, status);
                 let mut ask = std::pin::pin!(ask);
                 loop {
                     tokio::select! {
                         biased;
-                        limit = &mut ask => break limit,
+                        asked = &mut ask => break asked,
                         r = &mut barrier, if done.is_none() => done = Some(r),
                     }
                 }
             };
-            let limit = match limit {
-                StatementTimeout::Failed(error) => return Some(Failed::Reply(error)),
-                StatementTimeout::Limit(limit) => limit,
+            let limits = match asked {
+                Asked::Failed(error) => return Some(Failed::Reply(error)),
+                Asked::Limits(limits) => limits,
             };
             if let Some(r) = done {
                 return r.err().map(|e| Failed::Error(statement_barrier(e)));
             }
-            let expired = statement_timeout::expiry(started, limit);
-            let failed = tokio::select! {
-                biased;
-                r = &mut barrier => r.err().map(statement_barrier),
-                _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
-                _ = expired => Some(ProxyError::StatementTimeout),
-            };
-            failed.map(Failed::Error)
+            let mut expired = std::pin::pin!(session_timeouts::expiry(started, limits.statement));
+            loop {
+                let failed = tokio::select! {
+                    biased;
+                    r = &mut barrier => r.err().map(statement_barrier),
+                    _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
+                    _ = &mut expired => Some(ProxyError::StatementTimeout),
+                    _ = session_timeouts::keepalive_due(limits.idle) => {
+                        match session_timeouts::keep_alive(wire).await {
+                            Ok(()) => continue,
+                            Err(error) => return Some(Failed::Reply(error)),
+                        }
+                    }
+                };
+                return failed.map(Failed::Error);
+            }
         })
         .await
 }

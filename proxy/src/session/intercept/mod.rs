@@ -25,14 +25,14 @@
 //! extended protocol's groups; `barrier_scope.rs` the barrier's scope (and the catalog reload
 //! after the session's own DDL); `statements.rs` the prepared statements as PostgreSQL knows
 //! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution;
-//! `statement_timeout.rs` the session's statement_timeout, which bounds a barrier's wait and
-//! a wait for room in the queue.
+//! `session_timeouts.rs` the session's statement_timeout, which bounds a barrier's wait and
+//! a wait for room in the queue, and its idle timeout, kept off meanwhile.
 
 mod barrier;
 mod barrier_scope;
 mod extended;
 mod resolve;
-mod statement_timeout;
+mod session_timeouts;
 mod statements;
 mod sync_setting;
 
@@ -444,25 +444,35 @@ impl Intercept {
 
     /// Offers a statement's changes to the queue (the session is idle between transactions).
     /// A wait for room ends at the client's cancel request, or when the session's
-    /// statement_timeout (asked of it only when the queue is full now) passes.
+    /// statement_timeout (asked of it only when the queue is full now) passes; meanwhile the
+    /// session's backend is kept from timing out idle.
     async fn enqueue<W: Wire>(
         &self,
         changes: Vec<Change>,
         wire: &mut W,
     ) -> Result<Enqueued, EnqueueError> {
         let started = tokio::time::Instant::now();
-        let limit = if self.rt.would_block() {
-            statement_timeout::ask(wire, b'I').await.limit()
+        let limits = if self.rt.would_block() {
+            session_timeouts::ask(wire, b'I').await.limits()
         } else {
-            None
+            session_timeouts::Limits::default()
         };
         let interrupt = wire.interrupt();
         interrupt
             .waiting(|cancelled| {
                 self.rt.enqueue_unless(changes, async move {
-                    tokio::select! {
-                        _ = cancelled => EnqueueError::Cancelled,
-                        _ = statement_timeout::expiry(started, limit) => EnqueueError::StatementTimeout,
+                    let mut cancelled = std::pin::pin!(cancelled);
+                    let mut expired =
+                        std::pin::pin!(session_timeouts::expiry(started, limits.statement));
+                    loop {
+                        tokio::select! {
+                            _ = &mut cancelled => return EnqueueError::Cancelled,
+                            _ = &mut expired => return EnqueueError::StatementTimeout,
+                            _ = session_timeouts::keepalive_due(limits.idle) => {
+                                // Between transactions an error of it aborts nothing.
+                                let _ = session_timeouts::keep_alive(wire).await;
+                            }
+                        }
                     }
                 })
             })

@@ -1,0 +1,167 @@
+//! The session's own timeouts around a wait in the proxy (a read barrier that has to wait, a
+//! write waiting for room in a full queue): `statement_timeout`, asked of the session's
+//! connection so that SET, SET LOCAL, role and database defaults and `set_config` all count as
+//! they do for the statement itself; and the idle timeout PostgreSQL would apply to the
+//! backend, idle meanwhile (`idle_in_transaction_session_timeout` inside a transaction block,
+//! `idle_session_timeout` outside), which a SHOW every third of it keeps from firing: to the
+//! client the statement is running, and PostgreSQL does not end a session mid-statement.
+
+use crate::session::wire::{answer_texts, NotAsked, Wire};
+use bytes::Bytes;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the session said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Asked {
+    /// Its timeouts; none known when it could not be asked (its connection is gone, or it is
+    /// in a failed transaction).
+    Limits(Limits),
+    /// The question itself failed (a cancel or timeout meanwhile): PostgreSQL's ErrorResponse.
+    /// Inside a transaction block it aborted the transaction, so the client must have it.
+    Failed(Bytes),
+}
+
+impl Asked {
+    /// The limits; none when the question failed (between transactions that changes nothing).
+    pub(super) fn limits(self) -> Limits {
+        match self {
+            Asked::Limits(limits) => limits,
+            Asked::Failed(_) => Limits::default(),
+        }
+    }
+}
+
+/// The session's timeouts that matter while it waits in the proxy (`None`: off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Limits {
+    /// `statement_timeout`: the wait fails with 57014 when it passes.
+    pub statement: Option<Duration>,
+    /// The idle timeout PostgreSQL applies to the backend meanwhile.
+    pub idle: Option<Duration>,
+}
+
+/// The setting PostgreSQL times an idle backend by in transaction state `status`.
+fn idle_setting(status: u8) -> &'static str {
+    if status == b'T' {
+        "idle_in_transaction_session_timeout"
+    } else {
+        "idle_session_timeout"
+    }
+}
+
+/// Asks the session, idle in transaction state `status`, for its timeouts (SHOWs that leave
+/// the unnamed statement and portal and the transaction's snapshot alone); a failed
+/// transaction is not asked.
+pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8) -> Asked {
+    if !matches!(status, b'I' | b'T') {
+        return Asked::Limits(Limits::default());
+    }
+    match wire
+        .show(&["statement_timeout", idle_setting(status)])
+        .await
+    {
+        Ok(replies) => {
+            if let Some(error) = replies.iter().find(|m| m.first() == Some(&b'E')) {
+                return Asked::Failed(error.clone());
+            }
+            let shown = answer_texts(&replies);
+            let at = |i: usize| shown.get(i).copied().flatten().and_then(parse);
+            Asked::Limits(Limits {
+                statement: at(0),
+                idle: at(1),
+            })
+        }
+        Err(NotAsked::Busy | NotAsked::Lost) => Asked::Limits(Limits::default()),
+    }
+}
+
+/// Completes when `limit` (if any) has passed since `started`.
+pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep_until(started + limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when a session idle upstream since now, under idle timeout `idle`, needs
+/// [`keep_alive`]: after a third of it (never for no timeout).
+pub(super) async fn keepalive_due(idle: Option<Duration>) {
+    match idle {
+        Some(idle) => tokio::time::sleep((idle / 3).max(Duration::from_millis(1))).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps the session's backend from timing out idle: one SHOW. Its ErrorResponse, if it got
+/// one (inside a transaction block that aborted the transaction).
+pub(super) async fn keep_alive<W: Wire>(wire: &mut W) -> Result<(), Bytes> {
+    match wire.show(&["statement_timeout"]).await {
+        Ok(replies) => match replies.into_iter().find(|m| m.first() == Some(&b'E')) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        },
+        // Gone or busy: the statement learns it when it goes upstream.
+        Err(NotAsked::Busy | NotAsked::Lost) => Ok(()),
+    }
+}
+
+/// A time setting as PostgreSQL shows it (`0`, `250ms`, `5s`, `2min`, `1h`, `1d`; a bare
+/// number is milliseconds): `None` for 0 (no timeout) or anything else.
+fn parse(shown: &str) -> Option<Duration> {
+    let digits = shown
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(shown.len());
+    let (number, unit) = shown.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_show_prints() {
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("2min"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("3d"), Some(Duration::from_secs(3 * 86_400)));
+        assert_eq!(parse("ms"), None);
+        assert_eq!(parse("5 s"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn reads_each_show_in_order() {
+        let row = |text: &str| {
+            let mut row = vec![b'D', 0, 0, 0, 0, 0, 1];
+            row.extend_from_slice(&(text.len() as i32).to_be_bytes());
+            row.extend_from_slice(text.as_bytes());
+            let len = (row.len() - 1) as u32;
+            row[1..5].copy_from_slice(&len.to_be_bytes());
+            Bytes::from(row)
+        };
+        let done = Bytes::from_static(b"C\0\0\0\x09SHOW\0");
+        let replies = [row("0"), done.clone(), row("250ms"), done];
+        assert_eq!(answer_texts(&replies), vec![Some("0"), Some("250ms")]);
+        assert_eq!(
+            answer_texts(&replies[..2])
+                .into_iter()
+                .map(|t| t.and_then(parse))
+                .collect::<Vec<_>>(),
+            vec![None]
+        );
+    }
+}

@@ -279,9 +279,9 @@ def review_scenarios(s, key):
     yield "Closes in a group of writes", r
 
     # A read that waits at the barrier (the write before it is pending) asks the session for
-    # (search_path is pg_catalog since the scenario above)
-    # its statement_timeout: between transactions by a FunctionCall, inside a transaction
-    # block by a Query, whose loss of the unnamed statement the client must not see.
+    # its timeouts (SHOWs under names of the proxy's own, in and out of a transaction block):
+    # the client's unnamed statement must outlive them. (search_path is pg_catalog since the
+    # scenario above, hence public.wbt.)
     for k, block in ((key + 6, False), (key + 7, True)):
         r = s.exchange(query(f"INSERT INTO public.wbt (id, n) VALUES ({k}, 5)"))
         if block:

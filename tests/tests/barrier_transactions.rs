@@ -379,7 +379,8 @@ async fn a_failed_barrier_inside_a_transaction_aborts_it_and_keeps_the_session(
 
 /// A cancel request also ends a wait for room in the queue (`overflow = block`), and so does the
 /// session's `statement_timeout`: the statement fails with 57014 at once, nothing of it is
-/// queued, and the session goes on.
+/// queued, and the session goes on. A wait longer than `idle_session_timeout` does not end the
+/// session.
 #[tokio::test]
 async fn a_cancel_request_or_statement_timeout_ends_a_wait_for_room_in_the_queue(
 ) -> anyhow::Result<()> {
@@ -409,10 +410,21 @@ async fn a_cancel_request_or_statement_timeout_ends_a_wait_for_room_in_the_queue
     timed_out(&c, "INSERT INTO t VALUES (4, 4)", false).await?;
     timed_out(&c, "INSERT INTO t VALUES (5, 5)", true).await?;
     c.batch_execute("RESET statement_timeout").await?;
-    lock.batch_execute("COMMIT").await?;
-    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 2);
+    // A wait longer than the session's idle_session_timeout: the proxy keeps the backend from
+    // ending the session (PostgreSQL: FATAL 57P05 after 400 ms), and the write is acknowledged
+    // once there is room.
+    c.batch_execute("SET idle_session_timeout = '400ms'")
+        .await?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        lock.batch_execute("COMMIT").await
+    });
+    c.batch_execute("INSERT INTO t VALUES (6, 6)").await?;
+    c.batch_execute("RESET idle_session_timeout").await?;
+    release.await??;
+    assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 3);
     assert_eq!(
-        query_i64(&c, "SELECT count(*) FROM t WHERE id >= 3").await?,
+        query_i64(&c, "SELECT count(*) FROM t WHERE id BETWEEN 3 AND 5").await?,
         0
     );
     Ok(())

@@ -66,8 +66,19 @@ pub fn show(buf: &mut BytesMut, name: &str, setting: &str) {
     message(buf, b'B', &[n, z, n, z, &[0, 0, 0, 0, 0, 0]]);
     // Execute every row.
     message(buf, b'E', &[n, z, &[0, 0, 0, 0]]);
-    message(buf, b'C', &[b"P", n, z]);
-    message(buf, b'C', &[b"S", n, z]);
+    close(buf, b'P', name);
+    close(buf, b'S', name);
+}
+
+/// Appends a Close of the statement (`kind` `S`) or portal (`P`) `name` (a frontend message of
+/// the proxy's own).
+pub fn close(buf: &mut BytesMut, kind: u8, name: &str) {
+    use bytes::BufMut;
+    buf.put_u8(b'C');
+    buf.put_u32((4 + 1 + name.len() + 1) as u32);
+    buf.put_u8(kind);
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
 }
 
 /// Decodes one whole message (type byte, length, body).

@@ -123,54 +123,73 @@ impl UpstreamUrl {
                 _ => {}
             }
         }
-        let mut hosts = Vec::new();
-        match &host_param {
-            Some(list) => {
-                for h in list.split(',').filter(|h| !h.is_empty()) {
-                    hosts.push((h.to_string(), 5432));
-                }
-            }
-            None => {
-                for h in hostlist.split(',').filter(|h| !h.is_empty()) {
-                    let (host, port) = match h.rsplit_once(':').filter(|_| !h.ends_with(']')) {
-                        Some((host, port)) => (
-                            host,
-                            port.parse::<u16>()
-                                .map_err(|_| format!("bad port in {h:?}"))?,
-                        ),
-                        None => (h, 5432),
-                    };
-                    hosts.push((
-                        percent_decoded(host.trim_matches(|c| c == '[' || c == ']')),
-                        port,
-                    ));
-                }
-            }
+        // The authority's hosts, each with its port if it gives one.
+        let mut given = Vec::new();
+        for h in hostlist.split(',') {
+            let (host, port) = match h.rsplit_once(':').filter(|_| !h.ends_with(']')) {
+                Some((host, port)) => (
+                    host,
+                    Some(
+                        port.parse::<u16>()
+                            .map_err(|_| format!("bad port in {h:?}"))?,
+                    ),
+                ),
+                None => (h, None),
+            };
+            given.push((
+                percent_decoded(host.trim_matches(|c| c == '[' || c == ']')),
+                port,
+            ));
         }
-        if hosts.is_empty() {
+        // `?host=` replaces the authority's hosts, whose ports (`postgresql://:5491/db?host=/s`)
+        // then count as a port list, as `?port=` does (which wins).
+        let (mut hosts, mut ports): (Vec<(String, u16)>, Vec<u16>) = match &host_param {
+            Some(list) => (
+                list.split(',').map(|h| (h.to_string(), 5432)).collect(),
+                given.iter().filter_map(|(_, p)| *p).collect(),
+            ),
+            None => (
+                given
+                    .iter()
+                    .map(|(h, p)| (h.clone(), p.unwrap_or(5432)))
+                    .collect(),
+                Vec::new(),
+            ),
+        };
+        if hosts.iter().any(|(h, _)| h.is_empty()) {
             return Err(
-                "no host given (host:port, or a Unix-socket directory as ?host=/var/run/postgresql)"
+                "empty host (give host:port, or a Unix-socket directory as ?host=/var/run/postgresql)"
                     .into(),
             );
         }
         if let Some(list) = &port_param {
-            let ports = list
+            ports = list
                 .split(',')
                 .map(|p| p.parse::<u16>().map_err(|_| format!("bad port {p:?}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            match ports.as_slice() {
-                [one] => hosts.iter_mut().for_each(|h| h.1 = *one),
-                many if many.len() == hosts.len() => {
-                    hosts.iter_mut().zip(many).for_each(|(h, p)| h.1 = *p)
-                }
-                _ => {
-                    return Err(format!(
-                        "port= gives {} ports for {} hosts",
-                        ports.len(),
-                        hosts.len()
-                    ))
-                }
+        }
+        match ports.as_slice() {
+            [] => {}
+            [one] => hosts.iter_mut().for_each(|h| h.1 = *one),
+            many if many.len() == hosts.len() => {
+                hosts.iter_mut().zip(many).for_each(|(h, p)| h.1 = *p)
             }
+            _ => {
+                return Err(format!(
+                    "{} ports given for {} hosts",
+                    ports.len(),
+                    hosts.len()
+                ))
+            }
+        }
+        let local = hosts.iter().filter(|(h, _)| h.starts_with('/')).count();
+        if sslmode == SslMode::Require && local > 0 && local < hosts.len() {
+            // libpq would skip TLS on the socket only; tokio-postgres, which the proxy's own
+            // connections use, has one sslmode for every host.
+            return Err(
+                "sslmode=require with both Unix-socket and TCP hosts is not supported: list one kind"
+                    .into(),
+            );
         }
         Ok(Self {
             user: if user.is_empty() {
@@ -377,9 +396,19 @@ mod tests {
         assert_eq!(endpoint("a", 1), "a:1");
         let v6 = UpstreamUrl::parse("postgresql://wb@[::1]/app").expect("parse");
         assert_eq!(v6.hosts, vec![("::1".to_string(), 5432)]);
+        let p = UpstreamUrl::parse("postgresql://wb@:5491/app?host=/tmp").expect("parse");
+        assert_eq!(
+            p.hosts,
+            vec![("/tmp".to_string(), 5491)],
+            "the authority's port"
+        );
         assert!(UpstreamUrl::parse("postgresql://wb@/app").is_err());
+        assert!(UpstreamUrl::parse("postgresql://wb@:5491/app").is_err());
+        assert!(UpstreamUrl::parse("postgresql://wb@a,/app").is_err());
         assert!(UpstreamUrl::parse("postgresql://wb@/app?host=a,b&port=1,2,3").is_err());
         assert!(UpstreamUrl::parse("postgresql://wb@/app?host=/s&port=x").is_err());
+        assert!(UpstreamUrl::parse("postgresql://wb@/app?host=/s,db&sslmode=require").is_err());
+        assert!(UpstreamUrl::parse("postgresql://wb@/app?host=/s&sslmode=require").is_ok());
     }
 
     #[test]

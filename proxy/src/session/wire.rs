@@ -228,6 +228,10 @@ pub trait Wire {
         &mut self,
         settings: &[&str],
     ) -> impl std::future::Future<Output = Result<Vec<Bytes>, NotAsked>>;
+    /// Sends a lone Sync of the proxy's own once the session's connection is idle (in any
+    /// transaction state) and waits for its ReadyForQuery: PostgreSQL does nothing but answer,
+    /// and re-arms its idle timeouts from then.
+    fn sync(&mut self) -> impl std::future::Future<Output = Result<(), NotAsked>>;
 }
 
 /// The text answer among the replies to the proxy's own question: the first column of the
@@ -421,20 +425,44 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
 
     async fn show(&mut self, settings: &[&str]) -> Result<Vec<Bytes>, NotAsked> {
         let mut msgs = BytesMut::with_capacity(128 * settings.len());
-        // Random, so that one left behind by a failed exchange cannot collide with the next.
+        // Random, so that one left behind cannot collide with the next.
         let prefix = format!("writebehind.show.{:016x}", rand::random::<u64>());
-        for (i, setting) in settings.iter().enumerate() {
-            crate::protocol::frontend::show(&mut msgs, &format!("{prefix}.{i}"), setting);
+        let names: Vec<String> = (0..settings.len())
+            .map(|i| format!("{prefix}.{i}"))
+            .collect();
+        for (name, setting) in names.iter().zip(settings) {
+            crate::protocol::frontend::show(&mut msgs, name, setting);
         }
-        msgs.extend_from_slice(&[b'S', 0, 0, 0, 4]);
-        self.private(msgs, b"IT").await
+        msgs.extend_from_slice(SYNC);
+        let replies = self.private(msgs, b"IT").await?;
+        if replies.iter().any(|m| m.first() == Some(&b'E')) {
+            // PostgreSQL skipped the Closes after the error: close what it may have parsed
+            // (Close is answered in a failed transaction too, and a missing name is no error).
+            let mut closes = BytesMut::with_capacity(64 * names.len());
+            for name in &names {
+                crate::protocol::frontend::close(&mut closes, b'P', name);
+                crate::protocol::frontend::close(&mut closes, b'S', name);
+            }
+            closes.extend_from_slice(SYNC);
+            self.private(closes, b"ITE").await?;
+        }
+        Ok(replies)
+    }
+
+    async fn sync(&mut self) -> Result<(), NotAsked> {
+        self.private(BytesMut::from(SYNC), b"ITE").await.map(|_| ())
     }
 }
+
+/// A Sync message.
+const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
 
 impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> RelayWire<'_, UW, W> {
     /// Sends `msgs` (one Query, or extended-protocol messages up to a Sync, of the proxy's own)
     /// once the session is idle in one of the transaction states `when`, and collects their
-    /// replies up to ReadyForQuery.
+    /// replies up to ReadyForQuery. Not to be dropped once begun: a message half written
+    /// would leave the session's connection unusable (callers run it to the end, never as a
+    /// losing branch of a `select!`).
     async fn private(&mut self, msgs: BytesMut, when: &[u8]) -> Result<Vec<Bytes>, NotAsked> {
         let status = self.drained().await;
         if self.shared.lost.load(Ordering::Acquire) {

@@ -130,7 +130,7 @@ impl Intercept {
 enum Failed {
     /// The proxy's error.
     Error(ProxyError),
-    /// PostgreSQL's ErrorResponse to the proxy's own SHOW (the question, or a keepalive).
+    /// PostgreSQL's ErrorResponse to the proxy's question.
     Reply(Bytes),
 }
 
@@ -179,10 +179,8 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
                     _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
                     _ = &mut expired => Some(ProxyError::StatementTimeout),
                     _ = session_timeouts::keepalive_due(limits.idle) => {
-                        match session_timeouts::keep_alive(wire).await {
-                            Ok(()) => continue,
-                            Err(error) => return Some(Failed::Reply(error)),
-                        }
+                        session_timeouts::keep_alive(wire).await;
+                        continue;
                     }
                 };
                 return failed.map(Failed::Error);

@@ -459,22 +459,25 @@ impl Intercept {
         };
         let interrupt = wire.interrupt();
         interrupt
-            .waiting(|cancelled| {
-                self.rt.enqueue_unless(changes, async move {
-                    let mut cancelled = std::pin::pin!(cancelled);
-                    let mut expired =
-                        std::pin::pin!(session_timeouts::expiry(started, limits.statement));
-                    loop {
-                        tokio::select! {
-                            _ = &mut cancelled => return EnqueueError::Cancelled,
-                            _ = &mut expired => return EnqueueError::StatementTimeout,
-                            _ = session_timeouts::keepalive_due(limits.idle) => {
-                                // Between transactions an error of it aborts nothing.
-                                let _ = session_timeouts::keep_alive(wire).await;
-                            }
+            .waiting(|cancelled| async move {
+                let expired = session_timeouts::expiry(started, limits.statement);
+                let stop = async move {
+                    tokio::select! {
+                        _ = cancelled => EnqueueError::Cancelled,
+                        _ = expired => EnqueueError::StatementTimeout,
+                    }
+                };
+                let mut enqueued = std::pin::pin!(self.rt.enqueue_unless(changes, stop));
+                // The keepalive runs between polls of the wait, never inside it: a wait that
+                // ends cannot drop an exchange half sent.
+                loop {
+                    tokio::select! {
+                        r = &mut enqueued => return r,
+                        _ = session_timeouts::keepalive_due(limits.idle) => {
+                            session_timeouts::keep_alive(wire).await;
                         }
                     }
-                })
+                }
             })
             .await
     }

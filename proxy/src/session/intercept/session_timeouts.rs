@@ -3,7 +3,7 @@
 //! connection so that SET, SET LOCAL, role and database defaults and `set_config` all count as
 //! they do for the statement itself; and the idle timeout PostgreSQL would apply to the
 //! backend, idle meanwhile (`idle_in_transaction_session_timeout` inside a transaction block,
-//! `idle_session_timeout` outside), which a SHOW every third of it keeps from firing: to the
+//! `idle_session_timeout` outside), which a Sync every third of it keeps from firing: to the
 //! client the statement is running, and PostgreSQL does not end a session mid-statement.
 
 use crate::session::wire::{answer_texts, NotAsked, Wire};
@@ -57,12 +57,20 @@ pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8) -> Asked {
     if !matches!(status, b'I' | b'T') {
         return Asked::Limits(Limits::default());
     }
-    match wire
+    let both = wire
         .show(&["statement_timeout", idle_setting(status)])
-        .await
-    {
+        .await;
+    let replies = match both {
+        // PostgreSQL before 14 has no idle_session_timeout; between transactions the error
+        // aborted nothing, and statement_timeout alone is asked again.
+        Ok(replies) if status == b'I' && error_in(&replies).is_some() => {
+            wire.show(&["statement_timeout"]).await
+        }
+        other => other,
+    };
+    match replies {
         Ok(replies) => {
-            if let Some(error) = replies.iter().find(|m| m.first() == Some(&b'E')) {
+            if let Some(error) = error_in(&replies) {
                 return Asked::Failed(error.clone());
             }
             let shown = answer_texts(&replies);
@@ -76,6 +84,11 @@ pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8) -> Asked {
     }
 }
 
+/// The ErrorResponse among the replies, if any.
+fn error_in(replies: &[Bytes]) -> Option<&Bytes> {
+    replies.iter().find(|m| m.first() == Some(&b'E'))
+}
+
 /// Completes when `limit` (if any) has passed since `started`.
 pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
     match limit {
@@ -85,25 +98,18 @@ pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
 }
 
 /// Completes when a session idle upstream since now, under idle timeout `idle`, needs
-/// [`keep_alive`]: after a third of it (never for no timeout).
+/// [`keep_alive`]: after a third of it (never for no timeout; at most every 5 ms).
 pub(super) async fn keepalive_due(idle: Option<Duration>) {
     match idle {
-        Some(idle) => tokio::time::sleep((idle / 3).max(Duration::from_millis(1))).await,
+        Some(idle) => tokio::time::sleep((idle / 3).max(Duration::from_millis(5))).await,
         None => std::future::pending().await,
     }
 }
 
-/// Keeps the session's backend from timing out idle: one SHOW. Its ErrorResponse, if it got
-/// one (inside a transaction block that aborted the transaction).
-pub(super) async fn keep_alive<W: Wire>(wire: &mut W) -> Result<(), Bytes> {
-    match wire.show(&["statement_timeout"]).await {
-        Ok(replies) => match replies.into_iter().find(|m| m.first() == Some(&b'E')) {
-            Some(error) => Err(error),
-            None => Ok(()),
-        },
-        // Gone or busy: the statement learns it when it goes upstream.
-        Err(NotAsked::Busy | NotAsked::Lost) => Ok(()),
-    }
+/// Keeps the session's backend from timing out idle: a lone Sync, which PostgreSQL only
+/// answers (it cannot fail; a session gone or busy learns it when its statement goes on).
+pub(super) async fn keep_alive<W: Wire>(wire: &mut W) {
+    let _ = wire.sync().await;
 }
 
 /// A time setting as PostgreSQL shows it (`0`, `250ms`, `5s`, `2min`, `1h`, `1d`; a bare

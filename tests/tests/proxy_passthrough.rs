@@ -11,6 +11,51 @@ fn setup() -> anyhow::Result<(Cluster, Proxy)> {
     Ok((cluster, proxy))
 }
 
+/// Cancels a long `pg_sleep` of `client` through the proxy's cancel key; the session goes on.
+async fn cancel_a_sleep(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("the query is cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    canceller.await??;
+    Ok(())
+}
+
+/// Writes `table (id, n) = (1, 5)` through `client` (write-behind), reads it back through the
+/// barrier, and checks that the proxy acknowledged and shipped it.
+async fn write_behind_round_trip(
+    client: &tokio_postgres::Client,
+    admin: &tokio_postgres::Client,
+    table: &str,
+) -> anyhow::Result<()> {
+    client
+        .simple_query(&format!("INSERT INTO {table} (id, n) VALUES (1, 5)"))
+        .await?;
+    let n: i64 = client
+        .query_one(&format!("SELECT n FROM {table} WHERE id = 1"), &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 5, "read through the barrier");
+    let st = writebehind_tests::settled_status(admin, table, Duration::from_secs(15)).await?;
+    assert_eq!(
+        (st.acked, st.applied),
+        (1, 1),
+        "acknowledged and shipped by the proxy: {st:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn psql_multi_statement_describe_copy_and_errors_in_transactions() -> anyhow::Result<()> {
     let (cluster, proxy) = setup()?;
@@ -190,22 +235,7 @@ async fn tokio_postgres_prepared_binary_copy_cancel_and_notify() -> anyhow::Resu
     assert_eq!(text.lines().count(), 2050);
 
     // Cancel a long query through the proxy's own cancel key.
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let started = std::time::Instant::now();
-    let err = client
-        .simple_query("SELECT pg_sleep(20)")
-        .await
-        .expect_err("the query is cancelled");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
-    canceller.await??;
+    cancel_a_sleep(&client).await?;
     // The session is still usable.
     let n: i64 = client
         .query_one("SELECT count(*) FROM b", &[])
@@ -468,20 +498,7 @@ async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
         &["--flush-interval", "1h"],
     )?;
     let client = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    client
-        .simple_query("INSERT INTO tls_c (id, n) VALUES (1, 5)")
-        .await?;
-    let n: i64 = client
-        .query_one("SELECT n FROM tls_c WHERE id = 1", &[])
-        .await?
-        .get(0);
-    assert_eq!(n, 5, "read through the barrier, shipped over TLS");
-    let st = writebehind_tests::settled_status(&admin, "tls_c", Duration::from_secs(15)).await?;
-    assert_eq!(
-        (st.acked, st.applied),
-        (1, 1),
-        "acknowledged and shipped by the proxy: {st:?}"
-    );
+    write_behind_round_trip(&client, &admin, "tls_c").await?;
     let (own, encrypted): (i64, i64) = admin
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE s.ssl)
@@ -550,37 +567,9 @@ async fn a_unix_socket_upstream_serves_sessions_cancels_and_write_behind() -> an
     assert!(local, "the session's backend was reached over the socket");
 
     // A cancel request reaches the backend through the socket too.
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let err = client
-        .simple_query("SELECT pg_sleep(20)")
-        .await
-        .expect_err("the query is cancelled");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-    );
-    canceller.await??;
-
-    // Write-behind: acknowledged, read through the barrier, shipped by the proxy's own
-    // connections (which TCP would not let in).
-    client
-        .simple_query("INSERT INTO unix_c (id, n) VALUES (1, 5)")
-        .await?;
-    let n: i64 = client
-        .query_one("SELECT n FROM unix_c WHERE id = 1", &[])
-        .await?
-        .get(0);
-    assert_eq!(n, 5, "read through the barrier, shipped over the socket");
-    let st = writebehind_tests::settled_status(&admin, "unix_c", Duration::from_secs(15)).await?;
-    assert_eq!(
-        (st.acked, st.applied),
-        (1, 1),
-        "acknowledged and shipped by the proxy: {st:?}"
-    );
+    cancel_a_sleep(&client).await?;
+    // Write-behind, shipped by the proxy's own connections (which TCP would not let in).
+    write_behind_round_trip(&client, &admin, "unix_c").await?;
     drop(proxy);
 
     // A socket directory where PostgreSQL does not listen: the client gets 08006 naming it.

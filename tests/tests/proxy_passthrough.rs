@@ -32,6 +32,27 @@ async fn cancel_a_sleep(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs in through `proxy`, which must fail with FATAL 08006 (the upstream cannot be reached
+/// as configured); returns the message the client got.
+async fn login_fails_with_08006(proxy: &Proxy) -> anyhow::Result<String> {
+    let err = tokio_postgres::connect(
+        &proxy.conninfo("postgres", "postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("the login fails");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
+        "{err}"
+    );
+    Ok(err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default())
+}
+
 /// Writes `table (id, n) = (1, 5)` through `client` (write-behind), reads it back through the
 /// barrier, and checks that the proxy acknowledged and shipped it.
 async fn write_behind_round_trip(
@@ -519,18 +540,7 @@ async fn tls_toward_postgres_per_sslmode() -> anyhow::Result<()> {
     admin.simple_query("ALTER SYSTEM SET ssl = off").await?;
     admin.simple_query("SELECT pg_reload_conf()").await?;
     let proxy = Proxy::spawn(&format!("{}?sslmode=require", cluster.url("postgres")), &[])?;
-    let err = tokio_postgres::connect(
-        &proxy.conninfo("postgres", "postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .err()
-    .expect("no SSL upstream");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
-        "{err}"
-    );
+    login_fails_with_08006(&proxy).await?;
     Ok(())
 }
 
@@ -580,19 +590,7 @@ async fn a_unix_socket_upstream_serves_sessions_cancels_and_write_behind() -> an
         ),
         &[],
     )?;
-    let err = tokio_postgres::connect(
-        &proxy.conninfo("postgres", "postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .err()
-    .expect("no socket there");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
-        "{err}"
-    );
-    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    let message = login_fails_with_08006(&proxy).await?;
     assert!(message.contains("/nonexistent/.s.PGSQL."), "{message}");
     Ok(())
 }

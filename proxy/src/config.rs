@@ -100,6 +100,10 @@ pub struct Settings {
     /// Users allowed on the admin console (database `writebehind`), comma-separated.
     #[arg(long, env = "WRITEBEHIND_ADMIN_USERS", value_delimiter = ',')]
     pub admin_users: Option<Vec<String>>,
+    /// Directory for a Unix-domain socket `.s.PGSQL.<listen port>` that clients may use too
+    /// (as PgBouncer's `unix_socket_dir`; off by default).
+    #[arg(long, env = "WRITEBEHIND_UNIX_SOCKET_DIR")]
+    pub unix_socket_dir: Option<PathBuf>,
     /// PEM certificate for TLS toward clients.
     #[arg(long, env = "WRITEBEHIND_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -172,6 +176,7 @@ pub struct Config {
     pub barrier_timeout: Duration,
     pub metrics_listen: Option<String>,
     pub admin_users: Vec<String>,
+    pub unix_socket_dir: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_client_conn: usize,
@@ -226,6 +231,7 @@ impl Settings {
             barrier_timeout,
             metrics_listen,
             admin_users,
+            unix_socket_dir,
             tls_cert,
             tls_key,
             max_client_conn,
@@ -310,6 +316,7 @@ impl Settings {
                 .map(|u| u.trim().to_string())
                 .filter(|u| !u.is_empty())
                 .collect(),
+            unix_socket_dir: self.unix_socket_dir.filter(|d| !d.as_os_str().is_empty()),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             max_client_conn: positive("max_client_conn", self.max_client_conn, 1000)?,

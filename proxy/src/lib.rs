@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod event_loops;
 pub mod live_config;
+pub mod local_socket;
 pub mod metrics;
 pub mod protocol;
 pub mod recovery;

@@ -1,11 +1,13 @@
-//! The accept loop and graceful shutdown: stop accepting, let sessions finish up to
-//! `shutdown_timeout`, return.
+//! The accept loop (the TCP address, and the local Unix-domain socket if configured) and
+//! graceful shutdown: stop accepting, let sessions finish up to `shutdown_timeout`, return.
 
 use crate::config::Config;
 use crate::event_loops::EventLoops;
+use crate::local_socket::LocalSocket;
+use crate::session::tls::Stream;
 use crate::session::{self, cancel::CancelMap, Shared};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -58,22 +60,29 @@ pub async fn run(
         None => None,
     };
     let signals = tokio::spawn(crate::signals::serve(shared.clone()));
+    let local = match &shared.config.unix_socket_dir {
+        Some(dir) => Some(LocalSocket::bind(dir, listener.local_addr()?.port()).await?),
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    info!(listen = %listener.local_addr()?, upstream = %shared.config.upstream.text, event_loops = loops.count(), "writebehind-proxy ready");
+    info!(listen = %listener.local_addr()?, unix_socket = ?local.as_ref().map(|l| l.path().display().to_string()), upstream = %shared.config.upstream.text, event_loops = loops.count(), "writebehind-proxy ready");
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listener, local.as_ref()) => match accepted {
                 Ok((sock, peer)) => match loops.take_turn() {
-                    None => {
-                        tasks.spawn(session::handle(sock, peer, shared.clone()));
-                    }
+                    None => match sock.into_stream() {
+                        Ok(sock) => {
+                            tasks.spawn(session::handle(sock, peer, shared.clone()));
+                        }
+                        Err(error) => warn!(%error, %peer, "cannot take an accepted connection"),
+                    },
                     // The socket moves to the other loop's I/O driver.
                     Some(event_loop) => match sock.into_std() {
                         Ok(sock) => {
                             let shared = shared.clone();
                             tasks.spawn_on(
                                 async move {
-                                    match tokio::net::TcpStream::from_std(sock) {
+                                    match sock.into_stream() {
                                         Ok(sock) => session::handle(sock, peer, shared).await,
                                         Err(error) => warn!(%error, %peer, "cannot take over an accepted connection"),
                                     }
@@ -94,6 +103,7 @@ pub async fn run(
         }
     }
     drop(listener);
+    drop(local);
     let active = tasks.len();
     let shutdown_timeout = shared.live.get().shutdown_timeout;
     info!(active, timeout = ?shutdown_timeout, "shutting down: no new clients, waiting for sessions");
@@ -127,4 +137,64 @@ pub async fn run(
     }
     drop(loops);
     Ok(())
+}
+
+/// An accepted connection, on the accepting thread's I/O driver.
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// An accepted connection between I/O drivers.
+enum Handed {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// The next connection on either listener, with a name for its client.
+async fn accept(
+    tcp: &TcpListener,
+    local: Option<&LocalSocket>,
+) -> std::io::Result<(Accepted, String)> {
+    let unix = async {
+        match local {
+            Some(l) => l.listener.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tcp.accept() => r.map(|(s, peer)| (Accepted::Tcp(s), peer.to_string())),
+        r = unix => r.map(|(s, _)| (Accepted::Unix(s), "unix".to_string())),
+    }
+}
+
+impl Accepted {
+    /// A session's stream on this thread (TCP without Nagle's delay).
+    fn into_stream(self) -> std::io::Result<Stream> {
+        match self {
+            Accepted::Tcp(s) => {
+                s.set_nodelay(true)?;
+                Ok(Stream::Plain(s))
+            }
+            Accepted::Unix(s) => Ok(Stream::Unix(s)),
+        }
+    }
+
+    /// Detached from this thread's I/O driver, for another event loop.
+    fn into_std(self) -> std::io::Result<Handed> {
+        match self {
+            Accepted::Tcp(s) => s.into_std().map(Handed::Tcp),
+            Accepted::Unix(s) => s.into_std().map(Handed::Unix),
+        }
+    }
+}
+
+impl Handed {
+    /// A session's stream on the event loop it was handed to.
+    fn into_stream(self) -> std::io::Result<Stream> {
+        match self {
+            Handed::Tcp(s) => Accepted::Tcp(TcpStream::from_std(s)?).into_stream(),
+            Handed::Unix(s) => Ok(Stream::Unix(UnixStream::from_std(s)?)),
+        }
+    }
 }

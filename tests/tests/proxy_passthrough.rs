@@ -594,3 +594,65 @@ async fn a_unix_socket_upstream_serves_sessions_cancels_and_write_behind() -> an
     assert!(message.contains("/nonexistent/.s.PGSQL."), "{message}");
     Ok(())
 }
+
+/// `unix_socket_dir`: local clients reach the proxy through `DIR/.s.PGSQL.<port>` as they reach
+/// PostgreSQL (psql -h DIR, libpq's host=DIR), a cancel request too; the admin console names
+/// them `unix`; the file is gone after a graceful exit.
+#[tokio::test]
+async fn local_clients_through_the_unix_socket_dir() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let dir = std::env::temp_dir().join(format!("wb-sock-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    let dir_text = dir.to_string_lossy().into_owned();
+    let proxy = Proxy::spawn(
+        &cluster.url("postgres"),
+        &["--unix-socket-dir", &dir_text, "--admin-users", "postgres"],
+    )?;
+    let socket = dir.join(format!(".s.PGSQL.{}", proxy.port));
+    assert!(socket.exists(), "{}", socket.display());
+
+    let (ok, out, err) = run_cmd(std::process::Command::new("psql").args([
+        "-h",
+        &dir_text,
+        "-p",
+        &proxy.port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-Atc",
+        "SELECT 6 * 7",
+    ]))?;
+    assert!(
+        ok && out.trim() == "42",
+        "psql through the socket: {out} {err}"
+    );
+
+    let local = format!(
+        "host={dir_text} port={} user=postgres dbname=postgres",
+        proxy.port
+    );
+    let client = writebehind_tests::connect(&local).await?;
+    cancel_a_sleep(&client).await?;
+    let admin = writebehind_tests::connect(&format!(
+        "host={dir_text} port={} user=postgres dbname=writebehind",
+        proxy.port
+    ))
+    .await?;
+    let clients = admin.simple_query("SHOW CLIENTS").await?;
+    let unix = clients
+        .iter()
+        .filter(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+                if r.columns().iter().position(|c| c.name() == "addr").and_then(|i| r.get(i)) == Some("unix"))
+        })
+        .count();
+    assert!(unix >= 2, "the socket's clients are named unix: {unix}");
+    drop((client, admin));
+
+    proxy.signal("TERM")?;
+    let gone = writebehind_tests::wait_until(Duration::from_secs(20), || !socket.exists());
+    assert!(gone, "the socket file is removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -254,6 +254,7 @@ pub fn config_rows(c: &crate::config::Config) -> Vec<(&'static str, String)> {
             c.metrics_listen.clone().unwrap_or_default(),
         ),
         ("admin_users", c.admin_users.join(",")),
+        ("unix_socket_dir", path(&c.unix_socket_dir)),
         ("max_client_conn", c.max_client_conn.to_string()),
         ("max_message_size", c.max_message_size.to_string()),
         ("connect_timeout", d(c.connect_timeout)),

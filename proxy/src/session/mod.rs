@@ -16,12 +16,10 @@ use crate::error::ProxyError;
 use crate::protocol::startup::{read_packet, StartupError, StartupPacket};
 use crate::stats::{ClientGuard, ClientInfo, Stats};
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tls::Stream;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::{debug, info, instrument, warn};
 
 /// State shared by every session.
@@ -42,16 +40,13 @@ pub struct Shared {
     pub terminate: tokio::sync::watch::Sender<bool>,
 }
 
-/// Serves one accepted connection to its end.
+/// Serves one accepted connection (TCP, or the local Unix-domain socket; `peer` names the
+/// client) to its end.
 #[instrument(skip_all, fields(conn_id, peer = %peer))]
-pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn handle(sock: Stream, peer: String, shared: Arc<Shared>) {
     let conn_id = shared.stats.next_client_id();
     tracing::Span::current().record("conn_id", conn_id);
-    let _ = sock.set_nodelay(true);
-    let login = tokio::time::timeout(
-        shared.live.get().login_timeout,
-        read_startup(Stream::Plain(sock), &shared),
-    );
+    let login = tokio::time::timeout(shared.live.get().login_timeout, read_startup(sock, &shared));
     let Ok(Some((mut sock, raw, params))) = login.await else {
         debug!("no startup message within login_timeout, or none at all: closed");
         return;
@@ -74,7 +69,7 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ClientInfo {
             user: user.clone(),
             database: database.clone(),
-            addr: peer.to_string(),
+            addr: peer,
             upstream: None,
             connected_at: SystemTime::now(),
         },

@@ -274,33 +274,32 @@ async fn the_question_during_a_barrier_wait_takes_no_snapshot() -> anyhow::Resul
 /// idle timeouts (`idle_session_timeout` between transactions,
 /// `idle_in_transaction_session_timeout` inside a transaction block) from ending the session,
 /// as they would not end a statement that runs. Without it PostgreSQL ends the session (FATAL
-/// 57P05 / 25P03) after 400 ms.
+/// 57P05 / 25P03) after 1 s.
 #[tokio::test]
 async fn a_barrier_wait_longer_than_the_idle_timeouts_keeps_the_session() -> anyhow::Result<()> {
     let (cluster, direct) = cluster_with_t().await?;
     let proxy = wb_proxy(&cluster, &["--barrier-timeout", "60s"])?;
     let release_after = |lock: tokio_postgres::Client| {
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
             lock.batch_execute("COMMIT").await.map(|()| lock)
         })
     };
 
     let (writer, lock) = pending_behind_a_lock(&cluster, &proxy).await?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
-    c.batch_execute("SET idle_session_timeout = '400ms'")
-        .await?;
+    c.batch_execute("SET idle_session_timeout = '1s'").await?;
     let release = release_after(lock);
     let started = std::time::Instant::now();
     assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 1);
     assert!(
-        started.elapsed() >= Duration::from_millis(1200),
+        started.elapsed() >= Duration::from_millis(2000),
         "it waited"
     );
     let lock = release.await??;
 
     c.batch_execute(
-        "SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = '400ms'; BEGIN",
+        "SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = '1s'; BEGIN",
     )
     .await?;
     lock.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
@@ -310,7 +309,7 @@ async fn a_barrier_wait_longer_than_the_idle_timeouts_keeps_the_session() -> any
     let started = std::time::Instant::now();
     assert_eq!(query_i64(&c, "SELECT count(*) FROM t").await?, 2);
     assert!(
-        started.elapsed() >= Duration::from_millis(1000),
+        started.elapsed() >= Duration::from_millis(1800),
         "it waited"
     );
     c.batch_execute("COMMIT").await?;
@@ -411,12 +410,11 @@ async fn a_cancel_request_or_statement_timeout_ends_a_wait_for_room_in_the_queue
     timed_out(&c, "INSERT INTO t VALUES (5, 5)", true).await?;
     c.batch_execute("RESET statement_timeout").await?;
     // A wait longer than the session's idle_session_timeout: the proxy keeps the backend from
-    // ending the session (PostgreSQL: FATAL 57P05 after 400 ms), and the write is acknowledged
+    // ending the session (PostgreSQL: FATAL 57P05 after 1 s), and the write is acknowledged
     // once there is room.
-    c.batch_execute("SET idle_session_timeout = '400ms'")
-        .await?;
+    c.batch_execute("SET idle_session_timeout = '1s'").await?;
     let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         lock.batch_execute("COMMIT").await
     });
     c.batch_execute("INSERT INTO t VALUES (6, 6)").await?;

@@ -2,6 +2,7 @@
 //! Describe, Execute, Close), borrowing from the message bytes, and reassembling whole
 //! messages from a byte stream.
 
+use super::put;
 use bytes::{Bytes, BytesMut};
 
 /// A decoded frontend message; `raw` of the caller keeps the bytes to forward.
@@ -49,23 +50,14 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
 }
 
 /// Appends `SHOW setting` through the extended protocol under the statement and portal `name`
-/// (Parse, Bind, Execute, then both closed; frontend messages of the proxy's own, for a Sync
-/// to end).
+/// (Parse, Bind, Execute every row in text, then both closed; frontend messages of the
+/// proxy's own, for a [`sync`] to end).
 pub fn show(buf: &mut BytesMut, name: &str, setting: &str) {
-    use bytes::BufMut;
-    let sql = format!("SHOW {setting}");
-    let message = |buf: &mut BytesMut, ty: u8, parts: &[&[u8]]| {
-        buf.put_u8(ty);
-        buf.put_u32((4 + parts.iter().map(|p| p.len()).sum::<usize>()) as u32);
-        parts.iter().for_each(|p| buf.put_slice(p));
-    };
-    let (n, z) = (name.as_bytes(), &[0u8][..]);
-    // Parse: name, text, no parameter types.
-    message(buf, b'P', &[n, z, sql.as_bytes(), z, &[0, 0]]);
-    // Bind: portal, statement, no formats, no parameters, results in text.
-    message(buf, b'B', &[n, z, n, z, &[0, 0, 0, 0, 0, 0]]);
-    // Execute every row.
-    message(buf, b'E', &[n, z, &[0, 0, 0, 0]]);
+    use pgwire::messages::extendedquery::{Bind, Execute, Parse};
+    let named = || Some(name.to_string());
+    put(buf, &Parse::new(named(), format!("SHOW {setting}"), vec![]));
+    put(buf, &Bind::new(named(), named(), vec![], vec![], vec![]));
+    put(buf, &Execute::new(named(), 0));
     close(buf, b'P', name);
     close(buf, b'S', name);
 }
@@ -73,12 +65,13 @@ pub fn show(buf: &mut BytesMut, name: &str, setting: &str) {
 /// Appends a Close of the statement (`kind` `S`) or portal (`P`) `name` (a frontend message of
 /// the proxy's own).
 pub fn close(buf: &mut BytesMut, kind: u8, name: &str) {
-    use bytes::BufMut;
-    buf.put_u8(b'C');
-    buf.put_u32((4 + 1 + name.len() + 1) as u32);
-    buf.put_u8(kind);
-    buf.put_slice(name.as_bytes());
-    buf.put_u8(0);
+    use pgwire::messages::extendedquery::Close;
+    put(buf, &Close::new(kind, Some(name.to_string())));
+}
+
+/// Appends a Sync (a frontend message of the proxy's own).
+pub fn sync(buf: &mut BytesMut) {
+    put(buf, &pgwire::messages::extendedquery::Sync::new());
 }
 
 /// Decodes one whole message (type byte, length, body).
@@ -223,6 +216,7 @@ mod tests {
     fn a_show_is_well_formed_and_uses_only_its_own_names() {
         let mut buf = BytesMut::new();
         show(&mut buf, "wb.x", "statement_timeout");
+        sync(&mut buf);
         let mut at = 0;
         let mut got = Vec::new();
         while at < buf.len() {
@@ -254,6 +248,7 @@ mod tests {
                     kind: b'S',
                     name: "wb.x"
                 },
+                Frontend::Sync,
             ]
         );
     }

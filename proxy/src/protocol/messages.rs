@@ -1,12 +1,12 @@
 //! Backend messages the proxy sends itself, encoded with pgwire's message codecs.
 
+use super::put;
 use bytes::BytesMut;
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{
     CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
-use pgwire::messages::Message;
 
 /// Severity of an error the proxy raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,14 +15,6 @@ pub enum Severity {
     Error,
     /// The session ends.
     Fatal,
-}
-
-fn put<M: Message>(buf: &mut BytesMut, m: &M) {
-    // Encoding into a BytesMut only fails for messages over pgwire's size limits, which the
-    // proxy's own small messages never reach.
-    if let Err(error) = m.encode(buf) {
-        tracing::error!(%error, "encoding a backend message failed");
-    }
 }
 
 /// ErrorResponse with severity, SQLSTATE and message (and an optional hint).

@@ -6,6 +6,16 @@ pub mod frontend;
 pub mod messages;
 pub mod startup;
 
+/// Appends message `m`, encoded with pgwire's codec (a message of the proxy's own, to a client
+/// or to PostgreSQL).
+pub(crate) fn put<M: pgwire::messages::Message>(buf: &mut bytes::BytesMut, m: &M) {
+    // Encoding into a BytesMut only fails for messages over pgwire's size limits, which the
+    // proxy's own small messages never reach.
+    if let Err(error) = m.encode(buf) {
+        tracing::error!(%error, "encoding a message of the proxy's own failed");
+    }
+}
+
 /// A message of type `ty` with `body`, framed as on the wire (type, length, body): for the
 /// unit tests of the codecs.
 #[cfg(test)]

@@ -182,7 +182,7 @@ impl UpstreamUrl {
                 ))
             }
         }
-        let local = hosts.iter().filter(|(h, _)| h.starts_with('/')).count();
+        let local = hosts.iter().filter(|(h, _)| is_socket_dir(h)).count();
         if sslmode == SslMode::Require && local > 0 && local < hosts.len() {
             // libpq would skip TLS on the socket only; tokio-postgres, which the proxy's own
             // connections use, has one sslmode for every host.
@@ -220,13 +220,7 @@ impl UpstreamUrl {
         if let Some(p) = &self.password {
             c.password(p);
         }
-        // As libpq, no TLS over a Unix-domain socket (tokio-postgres would try it).
-        let all_local = self.hosts.iter().all(|(h, _)| h.starts_with('/'));
-        c.ssl_mode(if all_local {
-            tokio_postgres::config::SslMode::Disable
-        } else {
-            self.sslmode.for_tokio_postgres()
-        });
+        c.ssl_mode(self.own_sslmode(self.hosts.iter().map(|(h, _)| h.as_str())));
         for (h, p) in &self.hosts {
             c.host(h).port(*p);
         }
@@ -235,12 +229,30 @@ impl UpstreamUrl {
         }
         c
     }
+
+    /// The sslmode of the proxy's own connections to `hosts`: as libpq, no TLS over a
+    /// Unix-domain socket (tokio-postgres would try it), so none when every host is one.
+    fn own_sslmode<'a>(
+        &self,
+        mut hosts: impl Iterator<Item = &'a str>,
+    ) -> tokio_postgres::config::SslMode {
+        if hosts.all(is_socket_dir) {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            self.sslmode.for_tokio_postgres()
+        }
+    }
+}
+
+/// Whether a host of the URL is a Unix-socket directory (it starts with `/`, as in libpq).
+fn is_socket_dir(host: &str) -> bool {
+    host.starts_with('/')
 }
 
 /// Where a host of the URL is reached: `host:port`, or for a socket directory the socket's
 /// path (`DIR/.s.PGSQL.PORT`, PostgreSQL's naming).
 pub fn endpoint(host: &str, port: u16) -> String {
-    if host.starts_with('/') {
+    if is_socket_dir(host) {
         format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'))
     } else {
         format!("{host}:{port}")
@@ -289,17 +301,12 @@ pub async fn connect(
 
 async fn is_primary(url: &UpstreamUrl, host: &str, port: u16, timeout: Duration) -> bool {
     let mut c = tokio_postgres::Config::new();
-    let sslmode = if host.starts_with('/') {
-        tokio_postgres::config::SslMode::Disable
-    } else {
-        url.sslmode.for_tokio_postgres()
-    };
     c.user(&url.user)
         .dbname(&url.dbname)
         .host(host)
         .port(port)
         .connect_timeout(timeout)
-        .ssl_mode(sslmode);
+        .ssl_mode(url.own_sslmode(std::iter::once(host)));
     let tls = super::own_tls::OwnTls::new();
     let Ok(Ok((client, conn))) = tokio::time::timeout(timeout, c.connect(tls)).await else {
         return false;

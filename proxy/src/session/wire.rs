@@ -252,6 +252,11 @@ pub fn answer_texts(replies: &[Bytes]) -> Vec<Option<&str>> {
         .collect()
 }
 
+/// The ErrorResponse among the replies to the proxy's own question, if any.
+pub fn error_reply(replies: &[Bytes]) -> Option<&Bytes> {
+    replies.iter().find(|m| m.first() == Some(&b'E'))
+}
+
 /// A DataRow's first column as text: 'D', length (4), column count (2), then the column's
 /// length and bytes.
 fn first_column(row: &[u8]) -> Option<&str> {
@@ -399,7 +404,7 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         if self.shared.lost.load(Ordering::Acquire) {
             return Err(ProxyError::UpstreamLost);
         }
-        parses.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        crate::protocol::frontend::sync(&mut parses);
         self.shared.private.store(true, Ordering::Release);
         self.note_sent(&parses, refs);
         if self.upstream.write_all(&parses).await.is_err() {
@@ -433,9 +438,9 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
         for (name, setting) in names.iter().zip(settings) {
             crate::protocol::frontend::show(&mut msgs, name, setting);
         }
-        msgs.extend_from_slice(SYNC);
+        crate::protocol::frontend::sync(&mut msgs);
         let replies = self.private(msgs, b"IT").await?;
-        if replies.iter().any(|m| m.first() == Some(&b'E')) {
+        if error_reply(&replies).is_some() {
             // PostgreSQL skipped the Closes after the error: close what it may have parsed
             // (Close is answered in a failed transaction too, and a missing name is no error).
             let mut closes = BytesMut::with_capacity(64 * names.len());
@@ -443,19 +448,18 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
                 crate::protocol::frontend::close(&mut closes, b'P', name);
                 crate::protocol::frontend::close(&mut closes, b'S', name);
             }
-            closes.extend_from_slice(SYNC);
+            crate::protocol::frontend::sync(&mut closes);
             self.private(closes, b"ITE").await?;
         }
         Ok(replies)
     }
 
     async fn sync(&mut self) -> Result<(), NotAsked> {
-        self.private(BytesMut::from(SYNC), b"ITE").await.map(|_| ())
+        let mut sync = BytesMut::with_capacity(5);
+        crate::protocol::frontend::sync(&mut sync);
+        self.private(sync, b"ITE").await.map(|_| ())
     }
 }
-
-/// A Sync message.
-const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
 
 impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> RelayWire<'_, UW, W> {
     /// Sends `msgs` (one Query, or extended-protocol messages up to a Sync, of the proxy's own)

@@ -171,20 +171,17 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
             if let Some(r) = done {
                 return r.err().map(|e| Failed::Error(statement_barrier(e)));
             }
-            let mut expired = std::pin::pin!(session_timeouts::expiry(started, limits.statement));
-            loop {
-                let failed = tokio::select! {
+            let expired = session_timeouts::expiry(started, limits.statement);
+            let failed = session_timeouts::kept_alive(wire, limits.idle, async {
+                tokio::select! {
                     biased;
                     r = &mut barrier => r.err().map(statement_barrier),
                     _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
-                    _ = &mut expired => Some(ProxyError::StatementTimeout),
-                    _ = session_timeouts::keepalive_due(limits.idle) => {
-                        session_timeouts::keep_alive(wire).await;
-                        continue;
-                    }
-                };
-                return failed.map(Failed::Error);
-            }
+                    _ = expired => Some(ProxyError::StatementTimeout),
+                }
+            })
+            .await;
+            failed.map(Failed::Error)
         })
         .await
 }

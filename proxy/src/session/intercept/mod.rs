@@ -467,17 +467,8 @@ impl Intercept {
                         _ = expired => EnqueueError::StatementTimeout,
                     }
                 };
-                let mut enqueued = std::pin::pin!(self.rt.enqueue_unless(changes, stop));
-                // The keepalive runs between polls of the wait, never inside it: a wait that
-                // ends cannot drop an exchange half sent.
-                loop {
-                    tokio::select! {
-                        r = &mut enqueued => return r,
-                        _ = session_timeouts::keepalive_due(limits.idle) => {
-                            session_timeouts::keep_alive(wire).await;
-                        }
-                    }
-                }
+                let enqueued = self.rt.enqueue_unless(changes, stop);
+                session_timeouts::kept_alive(wire, limits.idle, enqueued).await
             })
             .await
     }

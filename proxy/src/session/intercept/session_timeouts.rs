@@ -6,7 +6,7 @@
 //! `idle_session_timeout` outside), which a Sync every third of it keeps from firing: to the
 //! client the statement is running, and PostgreSQL does not end a session mid-statement.
 
-use crate::session::wire::{answer_texts, NotAsked, Wire};
+use crate::session::wire::{answer_texts, error_reply, NotAsked, Wire};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -63,14 +63,14 @@ pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8) -> Asked {
     let replies = match both {
         // PostgreSQL before 14 has no idle_session_timeout; between transactions the error
         // aborted nothing, and statement_timeout alone is asked again.
-        Ok(replies) if status == b'I' && error_in(&replies).is_some() => {
+        Ok(replies) if status == b'I' && error_reply(&replies).is_some() => {
             wire.show(&["statement_timeout"]).await
         }
         other => other,
     };
     match replies {
         Ok(replies) => {
-            if let Some(error) = error_in(&replies) {
+            if let Some(error) = error_reply(&replies) {
                 return Asked::Failed(error.clone());
             }
             let shown = answer_texts(&replies);
@@ -84,11 +84,6 @@ pub(super) async fn ask<W: Wire>(wire: &mut W, status: u8) -> Asked {
     }
 }
 
-/// The ErrorResponse among the replies, if any.
-fn error_in(replies: &[Bytes]) -> Option<&Bytes> {
-    replies.iter().find(|m| m.first() == Some(&b'E'))
-}
-
 /// Completes when `limit` (if any) has passed since `started`.
 pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
     match limit {
@@ -97,19 +92,29 @@ pub(super) async fn expiry(started: Instant, limit: Option<Duration>) {
     }
 }
 
-/// Completes when a session idle upstream since now, under idle timeout `idle`, needs
-/// [`keep_alive`]: after a third of it (never for no timeout; at most every 5 ms).
-pub(super) async fn keepalive_due(idle: Option<Duration>) {
-    match idle {
-        Some(idle) => tokio::time::sleep((idle / 3).max(Duration::from_millis(5))).await,
-        None => std::future::pending().await,
+/// Runs `wait` while the session's backend idles upstream under idle timeout `idle`, keeping
+/// it from timing out: a lone Sync (which PostgreSQL only answers) every third of the timeout
+/// (at most every 5 ms; never without a timeout). The Sync goes between polls of `wait`, never
+/// inside it, so however `wait` ends no exchange is left half sent.
+pub(super) async fn kept_alive<W: Wire, T>(
+    wire: &mut W,
+    idle: Option<Duration>,
+    wait: impl std::future::Future<Output = T>,
+) -> T {
+    let mut wait = std::pin::pin!(wait);
+    let Some(idle) = idle else {
+        return wait.await;
+    };
+    let every = (idle / 3).max(Duration::from_millis(5));
+    loop {
+        tokio::select! {
+            out = &mut wait => return out,
+            _ = tokio::time::sleep(every) => {
+                // It cannot fail; a session gone or busy learns it when its statement goes on.
+                let _ = wire.sync().await;
+            }
+        }
     }
-}
-
-/// Keeps the session's backend from timing out idle: a lone Sync, which PostgreSQL only
-/// answers (it cannot fail; a session gone or busy learns it when its statement goes on).
-pub(super) async fn keep_alive<W: Wire>(wire: &mut W) {
-    let _ = wire.sync().await;
 }
 
 /// A time setting as PostgreSQL shows it (`0`, `250ms`, `5s`, `2min`, `1h`, `1d`; a bare

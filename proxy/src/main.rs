@@ -7,6 +7,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use writebehind_proxy::config::{LogFormat, Settings};
 use writebehind_proxy::event_loops::EventLoops;
 
+/// mimalloc: the per-message allocations of the session path cost about half what glibc's
+/// malloc takes (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     let config = match settings.merged().and_then(Settings::validate) {

@@ -4,7 +4,8 @@
 
 use super::scope::{Names, Relation, Scope};
 use crate::ship::FlushSchedule;
-use std::collections::{BTreeSet, HashMap};
+use foldhash::HashMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -8,7 +8,7 @@
 //! of consecutive rows of one shape are packed together.
 
 use super::encode::{copy_row, field, Change, ColumnChange};
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 /// The fewest changes worth a packed row.
 const MIN_PACKED: usize = 2;
@@ -85,7 +85,7 @@ fn key_of(c: &Change) -> Option<(u32, &[String])> {
 /// Appends batch (`proxy_id`, `seq`)'s COPY text for `changes` (folded, in order) to `out`;
 /// returns how many packed rows it wrote.
 pub fn encode_batch(out: &mut Vec<u8>, proxy_id: &str, seq: i64, changes: &[Change]) -> usize {
-    let mut per_key: HashMap<(u32, &[String]), usize> = HashMap::new();
+    let mut per_key: HashMap<(u32, &[String]), usize> = HashMap::with_capacity(changes.len());
     for c in changes {
         if let Some(k) = key_of(c) {
             *per_key.entry(k).or_default() += 1;
@@ -93,7 +93,7 @@ pub fn encode_batch(out: &mut Vec<u8>, proxy_id: &str, seq: i64, changes: &[Chan
     }
     // Each packable change's group, groups in order of their first change.
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut index: HashMap<Shape<'_>, usize> = HashMap::new();
+    let mut index: HashMap<Shape<'_>, usize> = HashMap::with_capacity(8);
     let mut member: Vec<Option<usize>> = vec![None; changes.len()];
     let mut run = 0;
     let mut previous: Option<Shape<'_>> = None;

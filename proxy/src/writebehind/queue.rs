@@ -21,7 +21,9 @@ use super::journal;
 use super::pack;
 use crate::ship::{BatchSource, BatchTable, EncodedBatch, PendingTable};
 use crate::wal::{Wal, WalError};
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -209,8 +211,8 @@ impl Queue {
     }
 
     /// Per table: what this process acknowledged, coalesced, shipped and holds.
-    pub fn table_counts(&self) -> HashMap<u32, TableCounts> {
-        self.lock().tables.clone()
+    pub fn table_counts(&self) -> std::collections::HashMap<u32, TableCounts> {
+        self.lock().tables.iter().map(|(r, c)| (*r, *c)).collect()
     }
 
     /// Changes waiting to be shipped (in flight not counted).
@@ -404,7 +406,7 @@ fn key_role(c: &Change) -> KeyRole<'_> {
 /// an UPDATE of a key whose previous change in the run was an UPDATE counts as merged. (A SET
 /// followed by an increment does not merge, so the batch may come out a little larger.)
 fn rows_prefix<'a>(changes: impl Iterator<Item = &'a Change>, max_rows: usize) -> usize {
-    let mut updating: HashSet<(u32, &[String])> = HashSet::new();
+    let mut updating: HashSet<(u32, &[String])> = HashSet::with_capacity(max_rows.min(4096));
     let (mut rows, mut n) = (0usize, 0usize);
     for c in changes {
         let new_row = match key_role(c) {
@@ -430,53 +432,88 @@ fn rows_prefix<'a>(changes: impl Iterator<Item = &'a Change>, max_rows: usize) -
 /// the same key merges into it (a later value wins; integer increments add up). Every other
 /// change stays where it is, so each key's changes keep their order.
 pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
-    let mut out: Vec<Change> = Vec::new();
-    let mut last: HashMap<(u32, Vec<String>), usize> = HashMap::new();
+    let (lower, _) = changes.size_hint();
+    let mut out: Vec<Change> = Vec::with_capacity(lower);
+    // The hash of (table, key) → the index in `out` of that key's last UPDATE since its last
+    // INSERT or DELETE. Keys are not cloned: the entry's key is compared before merging, so
+    // two keys of one hash only miss a merge (each key's latest UPDATE or reset always
+    // overwrites or removes the entry of its hash, so an entry never stands for an older one).
+    let hasher = foldhash::fast::RandomState::default();
+    let mut last: HashMap<u64, usize> = HashMap::with_capacity(lower.min(4096));
     for c in changes {
-        let slot = match key_role(&c) {
-            KeyRole::Update((relid, key)) => Some((relid, key.to_vec())),
-            KeyRole::Resets((relid, key)) => {
-                last.remove(&(relid, key.to_vec()));
+        let update = match key_role(&c) {
+            KeyRole::Update(k) => Some(hasher.hash_one(k)),
+            KeyRole::Resets(k) => {
+                last.remove(&hasher.hash_one(k));
                 None
             }
             KeyRole::Keyless => None,
         };
-        if let (Some(k), Change::Update { columns: next, .. }) = (&slot, &c) {
-            if let Some(&i) = last.get(k) {
-                if let Some(Change::Update { columns: prev, .. }) = out.get_mut(i) {
-                    if let Some(merged) = merge(prev, next) {
-                        *prev = merged;
-                        continue;
-                    }
-                }
+        let Some(h) = update else {
+            out.push(c);
+            continue;
+        };
+        let merged = match (last.get(&h).and_then(|&i| out.get_mut(i)), c) {
+            (
+                Some(Change::Update {
+                    relid: r0,
+                    key: k0,
+                    columns: prev,
+                }),
+                Change::Update {
+                    relid,
+                    key,
+                    columns: next,
+                },
+            ) if *r0 == relid && *k0 == key && mergeable(prev, &next) => {
+                merge(prev, next);
+                None
             }
-        }
-        out.push(c);
-        if let Some(k) = slot {
-            last.insert(k, out.len() - 1);
+            (_, c) => Some(c),
+        };
+        if let Some(c) = merged {
+            out.push(c);
+            last.insert(h, out.len() - 1);
         }
     }
     out
 }
 
-fn merge(
-    prev: &[(String, ColumnChange)],
-    next: &[(String, ColumnChange)],
-) -> Option<Vec<(String, ColumnChange)>> {
-    let mut out = prev.to_vec();
-    for (col, change) in next {
-        match (out.iter_mut().find(|(c, _)| c == col), change) {
-            (None, ch) => out.push((col.clone(), ch.clone())),
-            (Some((_, slot)), ColumnChange::Set(v)) => *slot = ColumnChange::Set(v.clone()),
-            (Some((_, ColumnChange::Add(a))), ColumnChange::Add(b)) => {
-                let sum = a.parse::<i64>().ok()?.checked_add(b.parse::<i64>().ok()?)?;
-                *a = sum.to_string();
+/// Whether the column changes `next` of a key may merge into its earlier `prev`: not a set
+/// followed by an increment of the same column (the worker folds that exactly), not an
+/// increment whose sum leaves bigint, not a column named twice.
+fn mergeable(prev: &[(String, ColumnChange)], next: &[(String, ColumnChange)]) -> bool {
+    next.iter().enumerate().all(|(i, (col, change))| {
+        !next[..i].iter().any(|(c, _)| c == col)
+            && match (prev.iter().find(|(c, _)| c == col), change) {
+                (None, _) | (Some(_), ColumnChange::Set(_)) => true,
+                (Some((_, ColumnChange::Add(a))), ColumnChange::Add(b)) => add(a, b).is_some(),
+                (Some((_, ColumnChange::Set(_))), ColumnChange::Add(_)) => false,
             }
-            // A set followed by an increment: keep them apart (the worker folds exactly).
-            (Some(_), ColumnChange::Add(_)) => return None,
+    })
+}
+
+/// Merges `next` into `prev` in place (a later value wins, increments add up); call only when
+/// [`mergeable`].
+fn merge(prev: &mut Vec<(String, ColumnChange)>, next: Vec<(String, ColumnChange)>) {
+    for (col, change) in next {
+        match (prev.iter_mut().find(|(c, _)| *c == col), change) {
+            (None, ch) => prev.push((col, ch)),
+            (Some((_, ColumnChange::Add(a))), ColumnChange::Add(b)) => {
+                if let Some(sum) = add(a, &b) {
+                    a.clear();
+                    // Writing into a String cannot fail.
+                    let _ = std::fmt::Write::write_fmt(a, format_args!("{sum}"));
+                }
+            }
+            (Some((_, slot)), ch) => *slot = ch,
         }
     }
-    Some(out)
+}
+
+/// The sum of two integer increments, when both are integers and it fits in bigint.
+fn add(a: &str, b: &str) -> Option<i64> {
+    a.parse::<i64>().ok()?.checked_add(b.parse::<i64>().ok()?)
 }
 
 #[cfg(test)]
@@ -518,6 +555,53 @@ mod tests {
         assert_eq!(
             fold(vec![set.clone(), inc("c", "1")].into_iter()),
             vec![set, inc("c", "1")]
+        );
+    }
+
+    #[test]
+    fn changes_that_cannot_merge_stay_apart_and_unchanged() {
+        let upd = |id: &str, cols: &[(&str, ColumnChange)]| Change::Update {
+            relid: 1,
+            key: vec![id.into()],
+            columns: cols
+                .iter()
+                .map(|(c, v)| (c.to_string(), v.clone()))
+                .collect(),
+        };
+        let add = |d: &str| ColumnChange::Add(d.into());
+        let set = |v: &str| ColumnChange::Set(Some(v.into()));
+        // A sum past bigint, a column named twice, another table's same key: three rows each.
+        let max = i64::MAX.to_string();
+        for batch in [
+            vec![upd("a", &[("n", add(&max))]), upd("a", &[("n", add("1"))])],
+            vec![
+                upd("a", &[("n", add("1"))]),
+                upd("a", &[("n", add("1")), ("n", add("2"))]),
+            ],
+        ] {
+            assert_eq!(fold(batch.clone().into_iter()), batch);
+        }
+        let other = Change::Update {
+            relid: 2,
+            key: vec!["a".into()],
+            columns: vec![("n".into(), add("1"))],
+        };
+        let two = vec![upd("a", &[("n", add("1"))]), other];
+        assert_eq!(fold(two.clone().into_iter()), two);
+        // Columns merge one by one: a later set wins, increments add up, new columns join.
+        let out = fold(
+            vec![
+                upd("a", &[("n", add("2")), ("s", set("x"))]),
+                upd("a", &[("s", set("y")), ("n", add("-5")), ("m", add("1"))]),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            out,
+            vec![upd(
+                "a",
+                &[("n", add("-3")), ("s", set("y")), ("m", add("1"))]
+            )]
         );
     }
 

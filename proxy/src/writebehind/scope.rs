@@ -9,7 +9,8 @@
 //! quoted ones included) and comments never do.
 
 use super::lexer::Token;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeSet;
 
 /// What a statement may read of the write-behind tables.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,7 +50,7 @@ use crate::writebehind::template::Template;
 use crate::writebehind::{lexer, recognize, validate};
 use barrier::AfterBarrier;
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::Duration;
 use sync_setting::{sync_setting, SyncSetting};

@@ -12,7 +12,7 @@
 use crate::session::wire::{answer_text, NotAsked, Wire};
 use crate::writebehind::recognize::TableName;
 use bytes::Bytes;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 

@@ -140,7 +140,7 @@ impl Template {
                 Some(bytes) => Some(decode(bytes, format, *self.param_types.get(i)?)?),
             });
         }
-        validate::changes(&substitute(&self.write, &texts)?, table)
+        validate::bound_changes(&self.write, &texts, table)
     }
 }
 
@@ -191,63 +191,6 @@ fn decode(bytes: &[u8], format: i16, oid: u32) -> Option<String> {
         },
         _ => None,
     }
-}
-
-/// `write` with every `$n` replaced by its bound value (a typed string constant, or NULL).
-fn substitute(write: &Write, texts: &[Option<String>]) -> Option<Write> {
-    let sub = |v: &Value| -> Option<Value> {
-        Some(match v {
-            Value::Param { n, .. } => match texts.get((*n as usize).checked_sub(1)?)? {
-                None => Value::Null,
-                Some(t) => Value::Const {
-                    text: t.clone(),
-                    cast: None,
-                    number: false,
-                },
-            },
-            other => other.clone(),
-        })
-    };
-    let key = |k: &[(String, Value)]| -> Option<Vec<(String, Value)>> {
-        k.iter().map(|(c, v)| Some((c.clone(), sub(v)?))).collect()
-    };
-    Some(match write {
-        Write::Insert {
-            table,
-            columns,
-            rows,
-            on_conflict,
-        } => Write::Insert {
-            table: table.clone(),
-            columns: columns.clone(),
-            rows: rows
-                .iter()
-                .map(|r| r.iter().map(sub).collect::<Option<Vec<_>>>())
-                .collect::<Option<Vec<_>>>()?,
-            on_conflict: on_conflict.clone(),
-        },
-        Write::Update { table, set, key: k } => Write::Update {
-            table: table.clone(),
-            set: set
-                .iter()
-                .map(|(c, e)| {
-                    Some((
-                        c.clone(),
-                        match e {
-                            SetExpr::Assign(v) => SetExpr::Assign(sub(v)?),
-                            SetExpr::Add(v) => SetExpr::Add(sub(v)?),
-                            SetExpr::Sub(v) => SetExpr::Sub(sub(v)?),
-                        },
-                    ))
-                })
-                .collect::<Option<Vec<_>>>()?,
-            key: key(k)?,
-        },
-        Write::Delete { table, key: k } => Write::Delete {
-            table: table.clone(),
-            key: key(k)?,
-        },
-    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,17 @@ use super::recognize::{OnConflict, SetExpr, Value, Write};
 /// Converts `write` on `table` into changes, or `None` to pass the statement through.
 /// Only constant values are handled here (simple query protocol).
 pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
+    bound_changes(write, &[], table)
+}
+
+/// As [`changes`], with `params` bound to `$1..$n` (text form, `None` for NULL; extended
+/// protocol): a bound value counts as a string constant of that text, as an untyped literal
+/// would. A `$n` with nothing bound to it, or with a cast, passes the statement through.
+pub fn bound_changes(
+    write: &Write,
+    params: &[Option<String>],
+    table: &Table,
+) -> Option<Vec<Change>> {
     // Row-level security: the worker would bypass the writer's policies. A keyed table whose
     // primary key was dropped (`writebehind.tables.key_columns` emptied by the DDL trigger):
     // no key to coalesce or apply by.
@@ -94,7 +105,7 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
                             }
                         }
                         Some(_) if col.default_only => return None, // 428C9
-                        Some(v) => values.push((col.name.clone(), constant(v, col)?)),
+                        Some(v) => values.push((col.name.clone(), constant(val(v, params), col)?)),
                     }
                 }
                 // Every NOT NULL column without a default must have a value.
@@ -146,7 +157,7 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
             if table.append {
                 return None;
             }
-            let key = key_values(key, table)?;
+            let key = key_values(key, params, table)?;
             let mut columns = Vec::new();
             for (name, expr) in set {
                 let col = table.column(name)?;
@@ -158,14 +169,14 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
                 }
                 let change = match expr {
                     SetExpr::Assign(v) => {
-                        let v = constant(v, col)?;
+                        let v = constant(val(v, params), col)?;
                         if v.is_none() && col.not_null {
                             return None;
                         }
                         ColumnChange::Set(v)
                     }
-                    SetExpr::Add(v) => ColumnChange::Add(delta(v, col)?),
-                    SetExpr::Sub(v) => ColumnChange::Add(negate(&delta(v, col)?)),
+                    SetExpr::Add(v) => ColumnChange::Add(delta(val(v, params), col)?),
+                    SetExpr::Sub(v) => ColumnChange::Add(negate(&delta(val(v, params), col)?)),
                 };
                 columns.push((name.clone(), change));
             }
@@ -181,14 +192,18 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
             }
             Some(vec![Change::Delete {
                 relid: table.relid,
-                key: key_values(key, table)?,
+                key: key_values(key, params, table)?,
             }])
         }
     }
 }
 
 /// The key's values in key-column order; `None` unless the WHERE names exactly the key.
-fn key_values(key: &[(String, Value)], table: &Table) -> Option<Vec<String>> {
+fn key_values(
+    key: &[(String, Value)],
+    params: &[Option<String>],
+    table: &Table,
+) -> Option<Vec<String>> {
     if key.len() != table.key.len() {
         return None;
     }
@@ -197,11 +212,12 @@ fn key_values(key: &[(String, Value)], table: &Table) -> Option<Vec<String>> {
         .iter()
         .map(|k| {
             let (_, v) = key.iter().find(|(n, _)| n == k)?;
+            let v = val(v, params);
             let col = table.column(k)?;
             // A comparison, not an assignment: a bare number against a string column is an
             // error in PostgreSQL (42883, text = integer), not the number's text.
             let string_column = matches!(col.type_name.as_str(), "text" | "character varying");
-            if string_column && matches!(v, Value::Const { number: true, .. }) {
+            if string_column && matches!(v, Val::Const { number: true, .. }) {
                 return None;
             }
             canonical_key(constant(v, col)??, col)
@@ -209,12 +225,50 @@ fn key_values(key: &[(String, Value)], table: &Table) -> Option<Vec<String>> {
         .collect()
 }
 
+/// A value as validation sees it: a `$n` replaced by what was bound to it.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Null,
+    Default,
+    Const {
+        text: &'a str,
+        cast: Option<&'a str>,
+        number: bool,
+    },
+    /// A `$n` with nothing bound to it (or a cast, which binding does not handle).
+    Unbound,
+}
+
+fn val<'a>(v: &'a Value, params: &'a [Option<String>]) -> Val<'a> {
+    match v {
+        Value::Null => Val::Null,
+        Value::Default => Val::Default,
+        Value::Const { text, cast, number } => Val::Const {
+            text,
+            cast: cast.as_deref(),
+            number: *number,
+        },
+        Value::Param { n, cast: None } => {
+            match (*n as usize).checked_sub(1).and_then(|i| params.get(i)) {
+                Some(None) => Val::Null,
+                Some(Some(text)) => Val::Const {
+                    text,
+                    cast: None,
+                    number: false,
+                },
+                None => Val::Unbound,
+            }
+        }
+        Value::Param { cast: Some(_), .. } => Val::Unbound,
+    }
+}
+
 /// A constant's text form if PostgreSQL would accept it for `col` exactly as the worker will
 /// cast it; `Some(None)` for NULL; `None` when not certain.
-fn constant(v: &Value, col: &Column) -> Option<Option<String>> {
+fn constant(v: Val<'_>, col: &Column) -> Option<Option<String>> {
     match v {
-        Value::Null => Some(None),
-        Value::Const { text, cast, number } => {
+        Val::Null => Some(None),
+        Val::Const { text, cast, number } => {
             if let Some(c) = cast {
                 if !same_type(c, &col.type_name) {
                     return None;
@@ -224,18 +278,18 @@ fn constant(v: &Value, col: &Column) -> Option<Option<String>> {
             // the number (`1e3` → `1000`, `.5` → `0.5`, `007` → `7`): only accept spellings
             // that are already that text.
             let string_column = matches!(col.type_name.as_str(), "text" | "character varying");
-            if *number && string_column && !canonical_number(text) {
+            if number && string_column && !canonical_number(text) {
                 return None;
             }
-            valid_text(text, col).then(|| Some(text.clone()))
+            valid_text(text, col).then(|| Some(text.to_string()))
         }
-        _ => None,
+        Val::Default | Val::Unbound => None,
     }
 }
 
 /// The increment's text if it is an exact numeric literal and the column is numeric.
-fn delta(v: &Value, col: &Column) -> Option<String> {
-    let Value::Const {
+fn delta(v: Val<'_>, col: &Column) -> Option<String> {
+    let Val::Const {
         text, cast: None, ..
     } = v
     else {
@@ -252,7 +306,7 @@ fn delta(v: &Value, col: &Column) -> Option<String> {
             && is_decimal(text)
             && within_scale(text, col.typmod)
     };
-    ok.then(|| text.clone())
+    ok.then(|| text.to_string())
 }
 
 /// Whether a numeric literal's text is exactly what PostgreSQL prints for its value: no

@@ -438,6 +438,8 @@ pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
     // INSERT or DELETE. Keys are not cloned: the entry's key is compared before merging, so
     // two keys of one hash only miss a merge (each key's latest UPDATE or reset always
     // overwrites or removes the entry of its hash, so an entry never stands for an older one).
+    // foldhash is seeded per process; keys chosen to collide in buckets cost at most a batch's
+    // worth of probing, and a full collision only a missed merge.
     let hasher = foldhash::fast::RandomState::default();
     let mut last: HashMap<u64, usize> = HashMap::with_capacity(lower.min(4096));
     for c in changes {
@@ -481,7 +483,8 @@ pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
 
 /// Whether the column changes `next` of a key may merge into its earlier `prev`: not a set
 /// followed by an increment of the same column (the worker folds that exactly), not an
-/// increment whose sum leaves bigint, not a column named twice.
+/// increment whose sum leaves bigint. A column named twice in one change is refused too; the
+/// proxy never makes one (validation passes such an UPDATE through, 42601 in PostgreSQL).
 fn mergeable(prev: &[(String, ColumnChange)], next: &[(String, ColumnChange)]) -> bool {
     next.iter().enumerate().all(|(i, (col, change))| {
         !next[..i].iter().any(|(c, _)| c == col)
@@ -570,7 +573,8 @@ mod tests {
         };
         let add = |d: &str| ColumnChange::Add(d.into());
         let set = |v: &str| ColumnChange::Set(Some(v.into()));
-        // A sum past bigint, a column named twice, another table's same key: three rows each.
+        // A sum past bigint, a column named twice (never made by validation), another table's
+        // same key: two changes each, unchanged.
         let max = i64::MAX.to_string();
         for batch in [
             vec![upd("a", &[("n", add(&max))]), upd("a", &[("n", add("1"))])],

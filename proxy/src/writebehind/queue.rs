@@ -432,6 +432,11 @@ fn rows_prefix<'a>(changes: impl Iterator<Item = &'a Change>, max_rows: usize) -
 /// the same key merges into it (a later value wins; integer increments add up). Every other
 /// change stays where it is, so each key's changes keep their order.
 pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
+    fold_with(changes, &foldhash::fast::RandomState::default())
+}
+
+/// [`fold`] with keys hashed by `hasher` (the tests make every key collide).
+fn fold_with(changes: impl Iterator<Item = Change>, hasher: &impl BuildHasher) -> Vec<Change> {
     let (lower, _) = changes.size_hint();
     let mut out: Vec<Change> = Vec::with_capacity(lower);
     // The hash of (table, key) → the index in `out` of that key's last UPDATE since its last
@@ -440,7 +445,6 @@ pub fn fold(changes: impl Iterator<Item = Change>) -> Vec<Change> {
     // overwrites or removes the entry of its hash, so an entry never stands for an older one).
     // foldhash is seeded per process; keys chosen to collide in buckets cost at most a batch's
     // worth of probing, and a full collision only a missed merge.
-    let hasher = foldhash::fast::RandomState::default();
     let mut last: HashMap<u64, usize> = HashMap::with_capacity(lower.min(4096));
     for c in changes {
         let update = match key_role(&c) {
@@ -607,6 +611,132 @@ mod tests {
                 &[("n", add("-3")), ("s", set("y")), ("m", add("1"))]
             )]
         );
+    }
+
+    /// Rows by (table, key): column → value (`None` = NULL).
+    type Rows = std::collections::BTreeMap<(u32, Vec<String>), Vec<(String, Option<i64>)>>;
+
+    /// Applies changes one after the other, as the worker would without folding.
+    fn apply(rows: &mut Rows, changes: &[Change]) {
+        for c in changes {
+            match c {
+                Change::Insert {
+                    relid,
+                    key: Some(key),
+                    values,
+                    ..
+                } => {
+                    let row = values
+                        .iter()
+                        .map(|(c, v)| (c.clone(), v.as_ref().and_then(|v| v.parse().ok())))
+                        .collect();
+                    rows.insert((*relid, key.clone()), row);
+                }
+                Change::Insert { .. } => {}
+                Change::Delete { relid, key } => {
+                    rows.remove(&(*relid, key.clone()));
+                }
+                Change::Update {
+                    relid,
+                    key,
+                    columns,
+                } => {
+                    let Some(row) = rows.get_mut(&(*relid, key.clone())) else {
+                        continue; // UPDATE of a missing key: no row
+                    };
+                    for (col, ch) in columns {
+                        let slot = match row.iter_mut().find(|(c, _)| c == col) {
+                            Some((_, v)) => v,
+                            None => {
+                                row.push((col.clone(), None));
+                                &mut row.last_mut().expect("just pushed").1
+                            }
+                        };
+                        *slot = match ch {
+                            ColumnChange::Set(v) => v.as_ref().and_then(|v| v.parse().ok()),
+                            ColumnChange::Add(d) => {
+                                slot.zip(d.parse::<i64>().ok()).map(|(a, b)| a + b)
+                            }
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every key in one bucket: each key's last UPDATE is found only by comparing keys.
+    #[derive(Default)]
+    struct Collide;
+    impl std::hash::Hasher for Collide {
+        fn finish(&self) -> u64 {
+            7
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn folding_changes_nothing_a_key_ends_up_with_even_when_every_key_collides() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(20261202);
+        let collide = std::hash::BuildHasherDefault::<Collide>::default();
+        let random = foldhash::fast::RandomState::default();
+        let value = |rng: &mut StdRng| Some(rng.random_range(-5..6i64).to_string());
+        let mut merged = 0;
+        for _ in 0..2000 {
+            let n = rng.random_range(1..40);
+            let changes: Vec<Change> = (0..n)
+                .map(|_| {
+                    let relid = rng.random_range(1..3);
+                    let key = vec![["a", "b", "c"][rng.random_range(0..3)].to_string()];
+                    match rng.random_range(0..10) {
+                        0 => Change::Delete { relid, key },
+                        1 => Change::Insert {
+                            relid,
+                            key: Some(key),
+                            values: vec![
+                                ("n".into(), value(&mut rng)),
+                                ("m".into(), value(&mut rng)),
+                            ],
+                            op: b'I',
+                            conflict_set: None,
+                        },
+                        _ => {
+                            let mut columns = Vec::new();
+                            for col in ["n", "m"] {
+                                let change = match rng.random_range(0..4) {
+                                    0 => ColumnChange::Set(value(&mut rng)),
+                                    1 => ColumnChange::Set(None),
+                                    2 => ColumnChange::Add(rng.random_range(-5..6i64).to_string()),
+                                    _ => continue,
+                                };
+                                columns.push((col.to_string(), change));
+                            }
+                            if columns.is_empty() {
+                                columns.push(("n".into(), ColumnChange::Add("1".into())));
+                            }
+                            Change::Update {
+                                relid,
+                                key,
+                                columns,
+                            }
+                        }
+                    }
+                })
+                .collect();
+            let mut expected = Rows::new();
+            apply(&mut expected, &changes);
+            for folded in [
+                fold_with(changes.clone().into_iter(), &collide),
+                fold_with(changes.clone().into_iter(), &random),
+            ] {
+                let mut got = Rows::new();
+                apply(&mut got, &folded);
+                assert_eq!(got, expected, "{changes:?} folded into {folded:?}");
+                merged += changes.len() - folded.len();
+            }
+        }
+        // Folding did merge (the comparison above is not vacuous).
+        assert!(merged > 1000, "only {merged} merges");
     }
 
     #[test]

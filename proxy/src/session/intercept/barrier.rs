@@ -41,6 +41,9 @@ impl Intercept {
         }
         let scope = self.scope(msgs, lexed, wire).await;
         tracing::trace!(?scope, "barrier scope");
+        if scope.is_empty() {
+            return Ok(AfterBarrier::Pass);
+        }
         // With whole groups in hand, the statement can fail as if PostgreSQL had refused
         // its first message: nothing of it ran. Then a barrier that times out or is
         // cancelled fails only the statement: between transactions the proxy answers the
@@ -48,15 +51,14 @@ impl Intercept {
         // transaction fails as PostgreSQL fails it. Mid-group (or in a failed
         // transaction) a timeout ends the session, and a cancel is not heeded.
         let whole = matches!(msgs.last().and_then(|m| m.first()), Some(b'S' | b'Q'));
-        let status = if !scope.is_empty() && whole && !self.mid_group {
+        let status = if whole && !self.mid_group {
             wire.drained().await
         } else {
             0
         };
         let failable = matches!(status, b'I' | b'T');
         // Only asked when it matters: some table skips the wait for reads.
-        let writes =
-            !scope.is_empty() && self.rt.some_without_read_barrier() && self.group_may_write(msgs);
+        let writes = self.rt.some_without_read_barrier() && self.group_may_write(msgs);
         let started = tokio::time::Instant::now();
         let failed = {
             let barrier = async {
@@ -66,14 +68,18 @@ impl Intercept {
                     Scope::Tables(t) => self.rt.barrier(t, writes, self.barrier_timeout).await,
                 }
             };
-            let mut barrier = std::pin::pin!(barrier);
+            // On the heap, as the wait below: both are large, and a session's future is
+            // moved at every message (docs/BENCHMARKS.md, instructions per transaction).
+            let mut barrier = Box::pin(barrier);
             if failable {
                 // Nothing to wait for passes at once; only a real wait asks the session for
                 // its statement_timeout.
                 let first = std::future::poll_fn(|cx| Poll::Ready(barrier.as_mut().poll(cx))).await;
                 match first {
                     Poll::Ready(r) => r.err().map(|e| Failed::Error(statement_barrier(e))),
-                    Poll::Pending => wait_bounded(barrier, wire, status, started).await,
+                    Poll::Pending => {
+                        Box::pin(wait_bounded(barrier.as_mut(), wire, status, started)).await
+                    }
                 }
             } else {
                 match barrier.await {

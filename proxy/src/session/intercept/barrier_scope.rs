@@ -127,7 +127,7 @@ impl Intercept {
         if self.mid_group || wire.drained().await != b'I' {
             return false; // not committed yet
         }
-        if let Err(error) = self.rt.reload_catalog().await {
+        if let Err(error) = Box::pin(self.rt.reload_catalog()).await {
             tracing::debug!(%error, "reloading the catalog after a schema change failed");
             return false;
         }

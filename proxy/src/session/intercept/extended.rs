@@ -196,7 +196,7 @@ impl Intercept {
                     {
                         return None; // PostgreSQL answers 42P05
                     }
-                    let prepared = self.prepare(sql, &param_types, wire).await?;
+                    let prepared = Box::pin(self.prepare(sql, &param_types, wire)).await?;
                     plan.parsed.push((
                         plan.replies.len(),
                         name.to_string(),
@@ -303,9 +303,7 @@ impl Intercept {
         {
             return Some(prepared);
         }
-        let again = self
-            .prepare(&prepared.sql, &prepared.declared, wire)
-            .await?;
+        let again = Box::pin(self.prepare(&prepared.sql, &prepared.declared, wire)).await?;
         (again.template.param_types() == prepared.template.param_types()).then_some(again)
     }
 

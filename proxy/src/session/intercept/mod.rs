@@ -250,7 +250,9 @@ impl Intercept {
                 // whether or not its messages already streamed upstream (asyncpg sends
                 // Parse/Describe/Flush, then the Query of a COPY): the next group is a new one.
                 self.streaming = false;
-                self.on_query(msg, wire).await
+                // On the heap: its future is the largest, and a session's is moved at every
+                // message (docs/BENCHMARKS.md, instructions per transaction).
+                Box::pin(self.on_query(msg, wire)).await
             }
             _ => {
                 let mut group = self.take_group();
@@ -453,24 +455,25 @@ impl Intercept {
     ) -> Result<Enqueued, EnqueueError> {
         let started = tokio::time::Instant::now();
         let limits = if self.rt.would_block() {
-            session_timeouts::ask(wire, b'I').await.limits()
+            Box::pin(session_timeouts::ask(wire, b'I')).await.limits()
         } else {
             session_timeouts::Limits::default()
         };
         let interrupt = wire.interrupt();
-        interrupt
-            .waiting(|cancelled| async move {
-                let expired = session_timeouts::expiry(started, limits.statement);
-                let stop = async move {
-                    tokio::select! {
-                        _ = cancelled => EnqueueError::Cancelled,
-                        _ = expired => EnqueueError::StatementTimeout,
-                    }
-                };
-                let enqueued = self.rt.enqueue_unless(changes, stop);
-                session_timeouts::kept_alive(wire, limits.idle, enqueued).await
-            })
-            .await
+        // On the heap: waiting for room is large and rare, and a session's future is moved at
+        // every message (docs/BENCHMARKS.md, instructions per transaction).
+        Box::pin(interrupt.waiting(|cancelled| async move {
+            let expired = session_timeouts::expiry(started, limits.statement);
+            let stop = async move {
+                tokio::select! {
+                    _ = cancelled => EnqueueError::Cancelled,
+                    _ = expired => EnqueueError::StatementTimeout,
+                }
+            };
+            let enqueued = self.rt.enqueue_unless(changes, stop);
+            session_timeouts::kept_alive(wire, limits.idle, enqueued).await
+        }))
+        .await
     }
 
     /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not
@@ -567,7 +570,7 @@ impl Intercept {
                         wire.note_listening();
                     }
                     if let Some(g) = changers::deallocated(stmts.as_deref().ok(), sql) {
-                        self.materialize_local(wire).await?;
+                        Box::pin(self.materialize_local(wire)).await?;
                         gone.push(g);
                     }
                     // Remember it, so a later group outside a transaction can be local.
@@ -586,7 +589,7 @@ impl Intercept {
                     let prepared = match writes {
                         Some(writes) if self.enabled => {
                             let asking = may_ask.then_some(&mut *wire);
-                            self.prepare_writes(writes, sql, &param_types, asking).await
+                            Box::pin(self.prepare_writes(writes, sql, &param_types, asking)).await
                         }
                         _ => None,
                     };

@@ -147,6 +147,25 @@ impl DbRuntime {
         self.enqueue_unless(changes, std::future::pending()).await
     }
 
+    /// [`enqueue`](Self::enqueue) when it needs no wait: the queue has room and the WAL is not
+    /// fsynced per write. Otherwise the changes come back, for the waiting path.
+    pub fn enqueue_now(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<Result<Enqueued, EnqueueError>, Vec<Change>> {
+        let l = self.limits();
+        if l.fsync || l.full(self.queue.pending()) {
+            return Err(changes);
+        }
+        Ok(self
+            .queue
+            .push(changes)
+            .map(|_| Enqueued::Acked)
+            .map_err(|e| match e {
+                QueueError::Wal(w) => EnqueueError::Wal(w),
+            }))
+    }
+
     /// As [`enqueue`](Self::enqueue), refused with the error `interrupted` gives if it
     /// completes while the write waits for room (before anything is queued).
     pub async fn enqueue_unless(

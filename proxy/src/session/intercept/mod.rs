@@ -454,6 +454,11 @@ impl Intercept {
         wire: &mut W,
     ) -> Result<Enqueued, EnqueueError> {
         let started = tokio::time::Instant::now();
+        // Room in the queue and no fsync to wait for: nothing below is needed.
+        let changes = match self.rt.enqueue_now(changes) {
+            Ok(enqueued) => return enqueued,
+            Err(changes) => changes,
+        };
         let limits = if self.rt.would_block() {
             Box::pin(session_timeouts::ask(wire, b'I')).await.limits()
         } else {

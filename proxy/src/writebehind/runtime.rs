@@ -48,6 +48,14 @@ pub enum EnqueueError {
     StatementTimeout,
 }
 
+impl From<QueueError> for EnqueueError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Wal(w) => EnqueueError::Wal(w),
+        }
+    }
+}
+
 /// One database's runtime.
 pub struct DbRuntime {
     pub catalog: watch::Receiver<Arc<Catalog>>,
@@ -161,9 +169,7 @@ impl DbRuntime {
             .queue
             .push(changes)
             .map(|_| Enqueued::Acked)
-            .map_err(|e| match e {
-                QueueError::Wal(w) => EnqueueError::Wal(w),
-            }))
+            .map_err(EnqueueError::from))
     }
 
     /// As [`enqueue`](Self::enqueue), refused with the error `interrupted` gives if it
@@ -228,9 +234,7 @@ impl DbRuntime {
                 }
             }
         }
-        let lsn = self.queue.push(changes).map_err(|e| match e {
-            QueueError::Wal(w) => EnqueueError::Wal(w),
-        })?;
+        let lsn = self.queue.push(changes)?;
         if l.fsync {
             if let Some(wal) = self.queue.wal() {
                 wal.wait_synced(lsn).await?;

@@ -64,7 +64,6 @@ impl Intercept {
             let barrier = async {
                 match &scope {
                     Scope::All => self.rt.barrier_all(writes, self.barrier_timeout).await,
-                    Scope::Tables(t) if t.is_empty() => Ok(()),
                     Scope::Tables(t) => self.rt.barrier(t, writes, self.barrier_timeout).await,
                 }
             };

@@ -453,12 +453,12 @@ impl Intercept {
         changes: Vec<Change>,
         wire: &mut W,
     ) -> Result<Enqueued, EnqueueError> {
-        let started = tokio::time::Instant::now();
         // Room in the queue and no fsync to wait for: nothing below is needed.
         let changes = match self.rt.enqueue_now(changes) {
             Ok(enqueued) => return enqueued,
             Err(changes) => changes,
         };
+        let started = tokio::time::Instant::now();
         let limits = if self.rt.would_block() {
             Box::pin(session_timeouts::ask(wire, b'I')).await.limits()
         } else {

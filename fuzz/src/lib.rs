@@ -9,7 +9,7 @@ use writebehind_proxy::writebehind::catalog::{
 use writebehind_proxy::writebehind::encode::{self, Change, ColumnChange};
 use writebehind_proxy::writebehind::recognize::Write;
 use writebehind_proxy::writebehind::template::Template;
-use writebehind_proxy::writebehind::{journal, lexer, pack, queue, recognize, validate};
+use writebehind_proxy::writebehind::{coalesce, journal, lexer, pack, recognize, validate};
 
 fn col(name: &str, type_name: &str, typmod: i32) -> Column {
     let max_chars = (matches!(type_name, "character varying" | "character") && typmod >= 4)
@@ -214,7 +214,7 @@ fn effect(
     rows
 }
 
-/// `queue::fold` (coalescing before shipping) keeps the effect of the changes, never grows the
+/// `coalesce::fold` (coalescing before shipping) keeps the effect of the changes, never grows the
 /// list, and its output still encodes.
 pub fn check_fold(changes: Vec<Change>) {
     if changes.len() < 2 {
@@ -222,7 +222,7 @@ pub fn check_fold(changes: Vec<Change>) {
     }
     let before = effect(&changes);
     let n = changes.len();
-    let folded = queue::fold(changes.into_iter());
+    let folded = coalesce::fold(changes.into_iter());
     assert!(folded.len() <= n, "fold grew the batch");
     assert_eq!(
         effect(&folded),

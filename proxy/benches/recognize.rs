@@ -6,7 +6,7 @@ use writebehind_proxy::writebehind::catalog::{
     Catalog, Column, Table, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BATCH_ROWS,
 };
 use writebehind_proxy::writebehind::template::Template;
-use writebehind_proxy::writebehind::{encode, lexer, queue, recognize, validate};
+use writebehind_proxy::writebehind::{coalesce, encode, lexer, recognize, validate};
 
 fn median_ns(mut f: impl FnMut() -> bool, rounds: usize, per_round: usize) -> f64 {
     let mut samples = Vec::with_capacity(rounds);
@@ -79,7 +79,7 @@ fn main() {
                 let Some(changes) = validate::changes(&write, t) else {
                     return false;
                 };
-                for c in queue::fold(changes.into_iter()) {
+                for c in coalesce::fold(changes.into_iter()) {
                     encode::copy_row(&mut out, "proxy-1", 1, &c);
                 }
                 !out.is_empty()
@@ -118,7 +118,7 @@ fn prepared(catalog: &Catalog) {
             let Some(changes) = t.bind(&[Some(&delta), Some(b"12345")], &[1, 0], table) else {
                 return false;
             };
-            for c in queue::fold(changes.into_iter()) {
+            for c in coalesce::fold(changes.into_iter()) {
                 encode::copy_row(&mut out, "proxy-1", 1, &c);
             }
             !out.is_empty()

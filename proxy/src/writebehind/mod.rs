@@ -4,6 +4,7 @@
 //! per-database runtime sessions use.
 
 pub mod catalog;
+pub mod coalesce;
 pub mod databases;
 pub mod encode;
 pub mod journal;

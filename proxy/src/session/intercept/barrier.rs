@@ -67,8 +67,7 @@ impl Intercept {
                     Scope::Tables(t) => self.rt.barrier(t, writes, self.barrier_timeout).await,
                 }
             };
-            // On the heap, as the wait below: both are large, and a session's future is
-            // moved at every message (docs/BENCHMARKS.md, instructions per transaction).
+            // Boxed, as the wait below: see the module doc of `intercept`.
             let mut barrier = Box::pin(barrier);
             if failable {
                 // Nothing to wait for passes at once; only a real wait asks the session for

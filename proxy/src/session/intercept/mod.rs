@@ -26,10 +26,16 @@
 //! after the session's own DDL); `statements.rs` the prepared statements as PostgreSQL knows
 //! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution;
 //! `session_timeouts.rs` the session's statement_timeout, which bounds a barrier's wait and
-//! a wait for room in the queue, and its idle timeout, kept off meanwhile.
+//! a wait for room in the queue, and its idle timeout, kept off meanwhile; `enqueue.rs` a
+//! statement's changes offered to the queue.
+//!
+//! A session's future is moved at every client message, so futures awaited only on rare
+//! paths (a Query's handling, the barrier and its wait, the wait for room in the queue, a
+//! catalog reload, re-preparing) are boxed: inline they made it 9 kB (docs/BENCHMARKS.md).
 
 mod barrier;
 mod barrier_scope;
+mod enqueue;
 mod extended;
 mod resolve;
 mod session_timeouts;
@@ -44,7 +50,7 @@ use crate::protocol::messages;
 use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
 use crate::writebehind::recognize::{OnConflict, Write};
-use crate::writebehind::runtime::{DbRuntime, EnqueueError, Enqueued};
+use crate::writebehind::runtime::{DbRuntime, Enqueued};
 use crate::writebehind::scope::Scope;
 use crate::writebehind::template::Template;
 use crate::writebehind::{lexer, recognize, validate};
@@ -250,9 +256,7 @@ impl Intercept {
                 // whether or not its messages already streamed upstream (asyncpg sends
                 // Parse/Describe/Flush, then the Query of a COPY): the next group is a new one.
                 self.streaming = false;
-                // On the heap: its future is the largest, and a session's is moved at every
-                // message (docs/BENCHMARKS.md, instructions per transaction).
-                Box::pin(self.on_query(msg, wire)).await
+                Box::pin(self.on_query(msg, wire)).await // boxed: see the module doc
             }
             _ => {
                 let mut group = self.take_group();
@@ -442,43 +446,6 @@ impl Intercept {
             }
         }
         Some((index, catalog))
-    }
-
-    /// Offers a statement's changes to the queue (the session is idle between transactions).
-    /// A wait for room ends at the client's cancel request, or when the session's
-    /// statement_timeout (asked of it only when the queue is full now) passes; meanwhile the
-    /// session's backend is kept from timing out idle.
-    async fn enqueue<W: Wire>(
-        &self,
-        changes: Vec<Change>,
-        wire: &mut W,
-    ) -> Result<Enqueued, EnqueueError> {
-        // Room in the queue and no fsync to wait for: nothing below is needed.
-        let changes = match self.rt.enqueue_now(changes) {
-            Ok(enqueued) => return enqueued,
-            Err(changes) => changes,
-        };
-        let started = tokio::time::Instant::now();
-        let limits = if self.rt.would_block() {
-            Box::pin(session_timeouts::ask(wire, b'I')).await.limits()
-        } else {
-            session_timeouts::Limits::default()
-        };
-        let interrupt = wire.interrupt();
-        // On the heap: waiting for room is large and rare, and a session's future is moved at
-        // every message (docs/BENCHMARKS.md, instructions per transaction).
-        Box::pin(interrupt.waiting(|cancelled| async move {
-            let expired = session_timeouts::expiry(started, limits.statement);
-            let stop = async move {
-                tokio::select! {
-                    _ = cancelled => EnqueueError::Cancelled,
-                    _ = expired => EnqueueError::StatementTimeout,
-                }
-            };
-            let enqueued = self.rt.enqueue_unless(changes, stop);
-            session_timeouts::kept_alive(wire, limits.idle, enqueued).await
-        }))
-        .await
     }
 
     /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not

@@ -385,6 +385,12 @@ BEGIN
                AND t.key_columns IS DISTINCT FROM coalesce(writebehind._primary_key(t.relid), '{}');
             PERFORM pg_notify('writebehind_registry', 'ddl ' || r.objid);
         END LOOP;
+        -- Who may write what may have changed: proxies forget the privileges they cached.
+        -- (Role membership and attributes fire no event trigger; proxies poll the roles.)
+        IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+                   WHERE c.command_tag IN ('GRANT', 'REVOKE')) THEN
+            PERFORM pg_notify('writebehind_registry', 'privileges');
+        END IF;
         IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE NOT c.in_extension
                    AND c.schema_name IS DISTINCT FROM 'pg_temp'
                    AND NOT coalesce(c.schema_name LIKE 'pg\_temp\_%', false)) THEN

@@ -4,6 +4,7 @@
 
 use super::catalog::Catalog;
 use super::encode::Change;
+use super::privileges;
 use super::queue::{Journal, Queue};
 use super::report::{self, Reporter};
 use super::runtime::{open_own, DbRuntime, Reload};
@@ -355,7 +356,7 @@ impl WriteBehind {
             queue,
             barrier,
             own: Mutex::new(Arc::new(own)),
-            privileges: DashMap::new(),
+            privileges: Default::default(),
             live: self.live.clone(),
             fsync: self.config.durability == Durability::Fsync,
             overflows: std::sync::atomic::AtomicU64::new(0),
@@ -373,27 +374,35 @@ impl WriteBehind {
         };
         let reports = report::spawn(Arc::downgrade(&rt), reporter);
         self.tasks().push(reports);
+        // Role membership and attributes change without a notification: looked at each second.
+        let roles = privileges::watch_roles(Arc::downgrade(&rt));
+        self.tasks().push(roles);
         // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);
         let reloader = tokio::spawn(async move {
             while let Some(first) = note_rx.recv().await {
                 // A burst of notifications (a migration's DDL) makes one reload: it starts
                 // after all of them arrived, so it sees what each one announced.
-                let mut registry = first == Reload::Registry;
+                let mut notes = vec![first];
                 while let Ok(more) = note_rx.try_recv() {
-                    registry |= more == Reload::Registry;
+                    notes.push(more);
                 }
                 let Some(rt) = weak.upgrade() else { return };
-                match rt.reload_catalog().await {
-                    Ok(()) => {
-                        // A registry change may change who may write what. A reconnection
-                        // keeps the caches: clearing them would make every session's next
-                        // write wait for the barrier behind the backlog of an outage.
-                        if registry {
-                            rt.privileges.clear();
-                        }
-                    }
-                    Err(error) => warn!(%error, "reloading the write-behind catalog failed"),
+                // A registry change or a GRANT/REVOKE may change who may write what. A
+                // reconnection keeps the answers (the roles watcher sees what changed
+                // meanwhile): forgetting them would make every session's next write ask
+                // again behind the backlog of an outage.
+                if notes
+                    .iter()
+                    .any(|n| matches!(n, Reload::Registry | Reload::Privileges))
+                {
+                    rt.privileges.forget();
+                }
+                if notes.iter().all(|n| *n == Reload::Privileges) {
+                    continue; // the catalog does not hold privileges
+                }
+                if let Err(error) = rt.reload_catalog().await {
+                    warn!(%error, "reloading the write-behind catalog failed");
                 }
             }
         });

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod journal;
 pub mod lexer;
 pub mod pack;
+pub mod privileges;
 pub mod queue;
 pub mod recognize;
 pub mod report;

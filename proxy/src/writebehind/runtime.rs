@@ -4,6 +4,7 @@
 
 use super::catalog::Catalog;
 use super::encode::Change;
+use super::privileges::{Privilege, Privileges};
 use super::queue::{Queue, QueueError};
 use super::report::Applied;
 use crate::config::Overflow;
@@ -11,7 +12,6 @@ use crate::live_config::LiveConfig;
 use crate::session::own_tls::OwnTls;
 use crate::ship::{Barrier, BarrierError};
 use crate::wal::WalError;
-use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,7 +67,8 @@ pub struct DbRuntime {
     /// The runtime's own connection (catalog, privileges, registry notifications); replaced
     /// when it breaks.
     pub(super) own: Mutex<Arc<tokio_postgres::Client>>,
-    pub(super) privileges: DashMap<(String, u32, &'static str), bool>,
+    /// PostgreSQL's answers on who may write which table, with their generation.
+    pub privileges: Privileges,
     /// The running configuration (pending bound and overflow policy are reloadable).
     pub(super) live: Arc<LiveConfig>,
     /// Acknowledgements wait for the group fsync (durability `fsync`).
@@ -104,6 +105,8 @@ pub(super) enum Reload {
     Registry,
     /// Other DDL (`schema`): views, functions, triggers or keys may have changed.
     Schema,
+    /// A GRANT or REVOKE (`privileges`): who may write what may have changed.
+    Privileges,
     /// The own connection was re-established after it broke.
     Reconnected,
 }
@@ -120,10 +123,10 @@ pub(super) async fn open_own(
         use futures::StreamExt;
         while let Some(Ok(m)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let why = if n.payload() == "schema" {
-                    Reload::Schema
-                } else {
-                    Reload::Registry
+                let why = match n.payload() {
+                    "schema" => Reload::Schema,
+                    "privileges" => Reload::Privileges,
+                    _ => Reload::Registry,
                 };
                 let _ = notes.send(why);
             }
@@ -243,28 +246,11 @@ impl DbRuntime {
         Ok(Enqueued::Acked)
     }
 
-    /// Whether `user` holds `privilege` (INSERT, UPDATE, DELETE) on the whole table.
-    pub async fn allowed(&self, user: &str, relid: u32, privilege: &'static str) -> bool {
-        let k = (user.to_string(), relid, privilege);
-        if let Some(v) = self.privileges.get(&k) {
-            return *v;
-        }
-        let ok = self
-            .own()
-            .query_one(
-                "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3)",
-                &[&user, &(relid as i64), &privilege],
-            )
+    /// Whether `user` holds `privilege` on the whole table (see `privileges.rs`).
+    pub async fn allowed(&self, user: &str, relid: u32, privilege: Privilege) -> bool {
+        self.privileges
+            .allowed(&self.own(), user, relid, privilege)
             .await
-            .and_then(|r| r.try_get::<_, bool>(0));
-        match ok {
-            Ok(ok) => {
-                self.privileges.insert(k, ok);
-                ok
-            }
-            // Not known (PostgreSQL unreachable): not acknowledged, and asked again next time.
-            Err(_) => false,
-        }
     }
 
     /// The pending bound and overflow policy in force now.

@@ -132,6 +132,9 @@ impl Intercept {
             return false;
         }
         self.schema_stale = false;
+        // A GRANT, REVOKE or change of owner may be among them: their notification may come
+        // after this session's next write.
+        self.rt.privileges.forget();
         true
     }
 

@@ -140,6 +140,7 @@ impl Intercept {
         }
         let write = writes.pop()?;
         let epoch = self.resolver.epoch();
+        let privileges = self.rt.privileges.generation();
         let (index, catalog) = self.acceptable(&write, wire).await?;
         let table = catalog.tables.get(index)?;
         let relid = table.relid;
@@ -151,6 +152,7 @@ impl Intercept {
             declared: declared.to_vec(),
             sql: sql.to_string(),
             epoch,
+            privileges,
         }))
     }
 
@@ -291,8 +293,8 @@ impl Intercept {
         }
     }
 
-    /// `prepared`, re-prepared if the catalog or the session's name resolution changed since
-    /// (the same parameter types, or `None`).
+    /// `prepared`, re-prepared if the catalog, the session's name resolution or the cached
+    /// privileges changed since (the same parameter types, or `None`).
     pub(super) async fn current<W: Wire>(
         &self,
         prepared: Arc<Prepared>,
@@ -300,6 +302,7 @@ impl Intercept {
     ) -> Option<Arc<Prepared>> {
         if Arc::ptr_eq(&prepared.catalog, &self.rt.catalog.borrow())
             && prepared.epoch == self.resolver.epoch()
+            && prepared.privileges == self.rt.privileges.generation()
         {
             return Some(prepared);
         }

@@ -49,6 +49,7 @@ use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
 use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
+use crate::writebehind::privileges::Privilege;
 use crate::writebehind::recognize::{OnConflict, Write};
 use crate::writebehind::runtime::{DbRuntime, Enqueued};
 use crate::writebehind::scope::Scope;
@@ -90,6 +91,8 @@ struct Prepared {
     sql: String,
     /// The session's resolution epoch its table name was resolved in.
     epoch: u64,
+    /// The privileges generation its user's privileges were checked in.
+    privileges: u64,
 }
 
 /// One session's interception state.
@@ -440,7 +443,7 @@ impl Intercept {
         let wire = wire.filter(|_| !self.mid_group);
         let relid = self.resolver.resolve(name, catalog.ticket, wire).await?;
         let index = catalog.tables.iter().position(|t| t.relid == relid)?;
-        for p in privileges(write) {
+        for &p in privileges(write) {
             if !self.rt.allowed(&self.user, relid, p).await {
                 return None; // PostgreSQL raises 42501 itself
             }
@@ -649,19 +652,20 @@ fn write_table(w: &Write) -> &recognize::TableName {
 /// The table privileges PostgreSQL checks for `w`. SELECT is needed for the key columns a
 /// WHERE or a conflict target reads and the columns `n = n + k` reads; the proxy asks for it
 /// on the whole table (a role with column grants only passes through, and PostgreSQL decides).
-fn privileges(w: &Write) -> &'static [&'static str] {
+fn privileges(w: &Write) -> &'static [Privilege] {
+    use Privilege::{Delete, Insert, Select, Update};
     match w {
         Write::Insert {
             on_conflict: Some(OnConflict::Update { .. }),
             ..
-        } => &["INSERT", "UPDATE", "SELECT"],
+        } => &[Insert, Update, Select],
         Write::Insert {
             on_conflict: Some(_),
             ..
-        } => &["INSERT", "SELECT"],
-        Write::Insert { .. } => &["INSERT"],
-        Write::Update { .. } => &["UPDATE", "SELECT"],
-        Write::Delete { .. } => &["DELETE", "SELECT"],
+        } => &[Insert, Select],
+        Write::Insert { .. } => &[Insert],
+        Write::Update { .. } => &[Update, Select],
+        Write::Delete { .. } => &[Delete, Select],
     }
 }
 

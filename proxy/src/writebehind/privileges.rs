@@ -1,0 +1,140 @@
+//! Whether a session's user may write a write-behind table: PostgreSQL's own answer
+//! (`has_table_privilege`), cached per database until something that may change it happens.
+//!
+//! What invalidates the answers (each bumps the [`generation`](Privileges::generation)):
+//! - a GRANT or REVOKE in the database (the extension's event trigger notifies `privileges`),
+//!   DDL on a registered table and every other registry notification;
+//! - a change of role membership or of a role's attributes (superuser, inherit, renames,
+//!   drops), which fires no event trigger: the roles are polled once a second;
+//! - DDL of a session through this proxy, once it committed (before the notification comes).
+//!
+//! Statements prepared as acknowledgeable writes remember the generation they were checked in
+//! and are checked again when it changed.
+
+use super::runtime::DbRuntime;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
+use std::time::Duration;
+
+/// How often the roles are compared with the last look.
+const ROLES_POLL: Duration = Duration::from_secs(1);
+
+/// A fingerprint of everything about roles that `has_table_privilege` depends on besides the
+/// tables' ACLs: every role (name, superuser, inherit, …) and every membership (whole rows,
+/// so the columns later versions add count too).
+const ROLES_FINGERPRINT: &str = "SELECT md5(
+    coalesce((SELECT string_agg(r::text, ',' ORDER BY r.oid) FROM pg_catalog.pg_roles r), '')
+    || '/' ||
+    coalesce((SELECT string_agg(m::text, ',' ORDER BY m::text) FROM pg_catalog.pg_auth_members m), ''))";
+
+/// A table privilege PostgreSQL checks for a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Privilege {
+    Insert,
+    Update,
+    Delete,
+    Select,
+}
+
+impl Privilege {
+    /// The name `has_table_privilege` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+            Privilege::Select => "SELECT",
+        }
+    }
+}
+
+/// One database's cached answers.
+#[derive(Default)]
+pub struct Privileges {
+    /// Bumped by every invalidation. An answer counts only in the generation it was asked in,
+    /// so one that was in flight while something changed is never used.
+    generation: AtomicU64,
+    /// (user, relid, privilege) → (generation asked in, allowed).
+    answers: DashMap<(String, u32, Privilege), (u64, bool)>,
+}
+
+impl Privileges {
+    /// The current generation: answers and prepared statements checked in an earlier one are
+    /// out of date.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Forgets every answer: the next check of each asks PostgreSQL again.
+    pub fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.answers.clear();
+    }
+
+    /// Whether `user` holds `privilege` on the whole table `relid`, asked through `own` when
+    /// no answer of the current generation is cached. Not known (PostgreSQL unreachable):
+    /// `false`, not cached.
+    pub async fn allowed(
+        &self,
+        own: &tokio_postgres::Client,
+        user: &str,
+        relid: u32,
+        privilege: Privilege,
+    ) -> bool {
+        let generation = self.generation();
+        let key = (user.to_string(), relid, privilege);
+        if let Some(entry) = self.answers.get(&key) {
+            let (asked_in, allowed) = *entry;
+            if asked_in == generation {
+                return allowed;
+            }
+        }
+        let answer = own
+            .query_one(
+                "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3)",
+                &[&user, &i64::from(relid), &privilege.as_str()],
+            )
+            .await
+            .and_then(|r| r.try_get::<_, bool>(0));
+        match answer {
+            Ok(allowed) => {
+                self.answers.insert(key, (generation, allowed));
+                allowed
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Polls the roles of `rt`'s database once a second and forgets every answer when they
+/// changed (and at the first look, which has nothing to compare with: answers given before
+/// it may be older than it). Ends when the runtime is dropped; a failed look (PostgreSQL
+/// away) is tried again a second later.
+pub fn watch_roles(rt: Weak<DbRuntime>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ROLES_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let Some(rt) = rt.upgrade() else { return };
+            let seen = rt
+                .own()
+                .query_one(ROLES_FINGERPRINT, &[])
+                .await
+                .and_then(|r| r.try_get::<_, String>(0));
+            match seen {
+                Ok(seen) if last.as_deref() != Some(seen.as_str()) => {
+                    if last.is_some() {
+                        tracing::info!("roles changed: cached privileges forgotten");
+                    }
+                    rt.privileges.forget();
+                    last = Some(seen);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "looking at the roles failed"),
+            }
+        }
+    })
+}

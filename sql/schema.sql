@@ -218,6 +218,10 @@ BEGIN
         PERFORM writebehind._raise('0A000', format('table "%s" has row-level security enabled', tbl),
             'The apply worker writes as the table owner, which would bypass the policies of the writing role. Disable row-level security or do not enable write-behind.');
     END IF;
+    IF c.relhasrules THEN
+        PERFORM writebehind._raise('0A000', format('table "%s" has rules', tbl),
+            'Rules rewrite each statement, and the apply worker''s INSERT ... ON CONFLICT cannot be used on a table with INSERT or UPDATE rules. Use triggers, or do not enable write-behind.');
+    END IF;
     IF mode NOT IN ('keyed', 'append') THEN
         PERFORM writebehind._raise('22023', format('unknown write-behind mode "%s"', mode),
             'Valid modes are "keyed" (the table has a primary key) and "append" (insert-only, no key).');
@@ -342,7 +346,12 @@ BEGIN
         PERFORM writebehind._raise('42704', format('table "%s" is not write-behind', tbl),
             'Nothing to disable.');
     END IF;
-    PERFORM writebehind._check_table(tbl, 'append');
+    -- Only ownership: a table that gained row-level security or rules since it was enabled
+    -- (which enable() refuses) must still be disabled.
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        PERFORM writebehind._raise('42501', format('must be owner of table %s', tbl),
+            'Only the table''s owner (or a member of its role) can change its write-behind registration.');
+    END IF;
     -- Tell proxies first so they stop acknowledging, then drain what is queued.
     PERFORM pg_notify('writebehind_registry', 'disable ' || tbl::oid);
     PERFORM writebehind.flush(tbl);

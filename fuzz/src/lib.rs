@@ -40,6 +40,9 @@ pub fn catalog() -> Catalog {
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         row_security: false,
+        rules: false,
+        children: false,
+        referenced: Vec::new(),
         key: vec!["id".into()],
         columns: vec![
             id,
@@ -69,6 +72,9 @@ pub fn catalog() -> Catalog {
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         row_security: false,
+        rules: false,
+        children: false,
+        referenced: Vec::new(),
         key: vec!["a".into(), "b".into()],
         columns: vec![
             k1,
@@ -86,6 +92,9 @@ pub fn catalog() -> Catalog {
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         row_security: false,
+        rules: false,
+        children: false,
+        referenced: Vec::new(),
         key: vec![],
         columns: vec![col("at", "bigint", -1), col("msg", "text", -1)],
     };

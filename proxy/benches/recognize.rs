@@ -143,6 +143,9 @@ fn catalog() -> Catalog {
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         row_security: false,
+        rules: false,
+        children: false,
+        referenced: Vec::new(),
         key: vec!["id".into()],
         columns,
     };

@@ -16,12 +16,14 @@ pub enum Frontend<'a> {
         sql: &'a str,
         param_types: Vec<u32>,
     },
-    /// `B`: portal, statement, parameter format codes, values (`None` = NULL).
+    /// `B`: portal, statement, parameter format codes, values (`None` = NULL), and how many
+    /// result format codes follow them.
     Bind {
         portal: &'a str,
         statement: &'a str,
         formats: Vec<i16>,
         params: Vec<Option<&'a [u8]>>,
+        result_formats: usize,
     },
     /// `D`: `S` (statement) or `P` (portal) and its name.
     Describe { kind: u8, name: &'a str },
@@ -115,12 +117,18 @@ pub fn decode(msg: &[u8]) -> Result<Frontend<'_>, Malformed> {
                     Err(_) => return Err(bad),
                 });
             }
-            // Result format codes follow; the proxy answers no rows, so they do not matter.
+            // Result format codes follow: only their number matters to the proxy, which
+            // answers no rows (PostgreSQL refuses more than one for a statement without).
+            let result_formats = usize::try_from(r.i16().ok_or(bad)?).map_err(|_| bad)?;
+            for _ in 0..result_formats {
+                r.i16().ok_or(bad)?;
+            }
             Frontend::Bind {
                 portal,
                 statement,
                 formats,
                 params,
+                result_formats,
             }
         }
         b'D' | b'C' => {
@@ -237,7 +245,8 @@ mod tests {
                     portal: "wb.x",
                     statement: "wb.x",
                     formats: vec![],
-                    params: vec![]
+                    params: vec![],
+                    result_formats: 0,
                 },
                 Frontend::Execute { portal: "wb.x" },
                 Frontend::Close {
@@ -301,6 +310,7 @@ mod tests {
                 statement: "s1",
                 formats: vec![1],
                 params: vec![Some(&five[..]), None],
+                result_formats: 0,
             })
         );
         // Truncated bodies are errors, never panics.

@@ -3,6 +3,7 @@
 //! the client locally, and ask the session's own connection a question of the proxy's.
 
 use crate::error::ProxyError;
+use crate::writebehind::catalog::{Formats, FORMAT_SETTINGS};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -30,6 +31,8 @@ pub struct Shared {
     /// PostgreSQL reported a setting the write-behind path cannot follow
     /// (`changers::reported_setting_unsafe`); it stays set.
     pub unsafe_setting: AtomicBool,
+    /// The last TimeZone, DateStyle and IntervalStyle PostgreSQL reported.
+    pub formats: std::sync::Mutex<Formats>,
     /// The last `writebehind.sync` PostgreSQL reported (the extension marks it GUC_REPORT, so
     /// role and database defaults, `set_config` and functions count): 0 none yet, 1 off, 2 on.
     pub reported_sync: AtomicU8,
@@ -72,6 +75,7 @@ impl Default for Shared {
             private: AtomicBool::new(false),
             private_replies: std::sync::Mutex::new(Vec::new()),
             unsafe_setting: AtomicBool::new(false),
+            formats: std::sync::Mutex::new(Formats::default()),
             reported_sync: AtomicU8::new(0),
             interrupt: std::sync::Arc::default(),
             unsynced: AtomicBool::new(false),
@@ -89,6 +93,10 @@ impl Shared {
         if let Some((name, value)) = super::changers::parameter_status(msg) {
             if super::changers::reported_setting_unsafe(name, value) {
                 self.unsafe_setting.store(true, Ordering::Release);
+            }
+            if let Some(i) = FORMAT_SETTINGS.iter().position(|s| *s == name) {
+                let mut formats = self.formats.lock().unwrap_or_else(|e| e.into_inner());
+                formats.0[i] = Some(value.to_string());
             }
             if name == "writebehind.sync" {
                 // PostgreSQL prints a boolean setting as `on` or `off`.
@@ -189,6 +197,8 @@ pub trait Wire {
     /// The last value of `writebehind.sync` PostgreSQL reported, if any (read after
     /// [`drained`](Self::drained)).
     fn reported_sync(&self) -> Option<bool>;
+    /// The session's TimeZone, DateStyle and IntervalStyle as PostgreSQL last reported them.
+    fn formats(&self) -> Formats;
     /// What a CancelRequest with this session's key does while the session waits in the
     /// proxy (for a barrier, or for room in the queue): see
     /// [`Interrupt::waiting`](super::cancel::Interrupt::waiting).
@@ -379,6 +389,14 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
 
     fn settings_unsafe(&self) -> bool {
         self.shared.unsafe_setting.load(Ordering::Acquire)
+    }
+
+    fn formats(&self) -> Formats {
+        self.shared
+            .formats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn reported_sync(&self) -> Option<bool> {

@@ -30,6 +30,11 @@ pub struct Column {
     /// Its default depends on the session (`current_user`, `current_setting(…)`, …): the
     /// worker, a different session, would compute another value.
     pub session_default: bool,
+    /// Its default may depend on TimeZone, DateStyle or IntervalStyle (`current_date`,
+    /// `now()` into a `timestamp` column, a value printed as text, …): the worker computes it
+    /// with the catalog's [`formats`](Catalog::formats), so a session whose settings differ
+    /// has such an INSERT pass through.
+    pub format_default: bool,
 }
 
 /// One registered table.
@@ -53,6 +58,18 @@ pub struct Table {
     /// turned on afterwards): policies depend on the role and the rows, which only PostgreSQL
     /// can judge, and the worker writes as the table's owner. No write is acknowledged.
     pub row_security: bool,
+    /// The table has rules (`relhasrules`): they rewrite the statement (a `DO INSTEAD` changes
+    /// the command tag), and the worker's `INSERT … ON CONFLICT` is refused on a table with
+    /// INSERT or UPDATE rules (0A000). No write is acknowledged.
+    pub rules: bool,
+    /// The table has inheritance children (`relhassubclass`): an UPDATE or DELETE of the
+    /// parent writes their rows too. Only INSERTs are acknowledged.
+    pub children: bool,
+    /// Its columns that foreign keys of *other* write-behind tables reference. The worker
+    /// applies tables parents first, so a DELETE of such a row, or a change of such a
+    /// column, would apply before the children's earlier changes that free it (23503): those
+    /// pass through, after the barrier has applied the children's.
+    pub referenced: Vec<String>,
 }
 
 impl Column {
@@ -68,6 +85,7 @@ impl Column {
             default_only: false,
             nondeterministic: false,
             session_default: false,
+            format_default: false,
         }
     }
 }
@@ -86,6 +104,9 @@ impl Table {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
             row_security: false,
+            rules: false,
+            children: false,
+            referenced: Vec::new(),
         }
     }
 
@@ -106,6 +127,14 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// `writebehind.enable`'s default `max_batch_rows`.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 10_000;
 
+/// The settings that decide how values print and which day it is, in [`Formats`] order
+/// (all three are reported by PostgreSQL in ParameterStatus).
+pub const FORMAT_SETTINGS: [&str; 3] = ["TimeZone", "DateStyle", "IntervalStyle"];
+
+/// A session's [`FORMAT_SETTINGS`] (`None` until reported).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Formats(pub [Option<String>; 3]);
+
 /// The registered tables of a database.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -116,6 +145,10 @@ pub struct Catalog {
     /// Loads are numbered in the order they started: a later one is never replaced by an
     /// earlier one that finished after it.
     pub ticket: u64,
+    /// TimeZone, DateStyle and IntervalStyle as a session of the proxy's own role sees them
+    /// by default: what the apply worker computes defaults with (see
+    /// [`Column::format_default`]).
+    pub formats: Formats,
 }
 
 /// The query that loads the catalog: one row per column of every registered table.
@@ -129,6 +162,18 @@ pub const LOAD_SQL: &str = "
                       WHERE co.oid = a.attcollation), false),
            c.relrowsecurity,
            COALESCE((SELECT pg_get_expr(d.adbin, d.adrelid) ~* '\\m(current_user|session_user|current_role|user|current_setting|current_schemas?|current_query|inet_(client|server)_(addr|port)|pg_backend_pid|txid_current|pg_current_xact_id|pg_my_temp_schema|pg_trigger_depth)\\M'
+                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false),
+           c.relhasrules, c.relhassubclass,
+           ARRAY(SELECT DISTINCT ra.attname::text
+                   FROM pg_constraint co
+                   JOIN writebehind.tables rt ON rt.relid = co.conrelid
+                   CROSS JOIN unnest(co.confkey) AS k(attnum)
+                   JOIN pg_attribute ra ON ra.attrelid = c.oid AND ra.attnum = k.attnum
+                  WHERE co.contype = 'f' AND co.confrelid = c.oid AND co.conrelid <> c.oid),
+           COALESCE((SELECT a.attgenerated = ''
+                            AND pg_get_expr(d.adbin, d.adrelid) !~ '^(\\(?''([^'']|'''')*''::[a-z0-9_ .\"\\[\\](),]+\\)?|\\(?-?[0-9.]+\\)?|true|false|NULL|nextval\\(''([^'']|'''')*''::regclass\\)|gen_random_uuid\\(\\)|random\\(\\))$'
+                            AND NOT (a.atttypid = 'timestamptz'::regtype
+                                     AND pg_get_expr(d.adbin, d.adrelid) ~ '^(now\\(\\)|CURRENT_TIMESTAMP|transaction_timestamp\\(\\)|statement_timestamp\\(\\)|clock_timestamp\\(\\))$')
                        FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false)
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
@@ -228,6 +273,9 @@ impl Catalog {
                     ),
                     max_batch_rows: usize::try_from(r.try_get::<_, i32>(13)?).unwrap_or(1),
                     row_security: r.try_get(15)?,
+                    rules: r.try_get(17)?,
+                    children: r.try_get(18)?,
+                    referenced: r.try_get(19)?,
                 });
             }
             let type_name: String = r.try_get(6)?;
@@ -247,6 +295,7 @@ impl Catalog {
                     default_only: r.try_get(10)?,
                     nondeterministic: r.try_get(14)?,
                     session_default: r.try_get(16)?,
+                    format_default: r.try_get(20)?,
                 });
             }
         }
@@ -294,6 +343,14 @@ impl Catalog {
         if catalog.names.at_commit != Scope::All {
             catalog.names.at_commit = Scope::Tables(at_commit);
         }
+        let row = client
+            .query_one(
+                "SELECT current_setting('TimeZone'), current_setting('DateStyle'),
+                        current_setting('IntervalStyle')",
+                &[],
+            )
+            .await?;
+        catalog.formats = Formats([row.try_get(0)?, row.try_get(1)?, row.try_get(2)?]);
         catalog.ticket = ticket;
         Ok(catalog)
     }
@@ -311,6 +368,7 @@ impl Catalog {
             by_name,
             names: Names::default(),
             ticket: 0,
+            formats: Formats::default(),
         }
     }
 

@@ -208,7 +208,20 @@ impl Parser<'_> {
     fn cast(&mut self) -> Option<Option<String>> {
         if matches!(self.peek(), Some(Token::Op(o)) if o == "::") {
             self.i += 1;
-            let ty = self.ident()?;
+            let ty = match self.next()? {
+                Token::Word(w) if !RESERVED.contains(&w.as_str()) => w.clone(),
+                // Quoted, a name is only pg_type's own: `"int4"` is a type, `"integer"` is
+                // not (42704), as the grammar's keyword type names are unquoted only.
+                Token::QuotedIdent(q)
+                    if matches!(
+                        q.as_str(),
+                        "int2" | "int4" | "int8" | "bool" | "numeric" | "text" | "uuid"
+                    ) =>
+                {
+                    q.clone()
+                }
+                _ => return None,
+            };
             if self.is_punct('(') || self.is_punct('[') || self.is_punct('.') {
                 return None; // typmods, arrays and qualified types pass through
             }

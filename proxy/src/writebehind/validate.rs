@@ -27,6 +27,13 @@ pub fn bound_changes(
     if table.row_security || (!table.append && table.key.is_empty()) {
         return None;
     }
+    // Rules, inheritance children, rows other write-behind tables reference: see `Table`.
+    if table.rules
+        || (table.children && !matches!(write, Write::Insert { .. }))
+        || frees_referenced(write, table)
+    {
+        return None;
+    }
     match write {
         Write::Insert {
             columns,
@@ -47,16 +54,8 @@ pub fn bound_changes(
             }
             // A default that depends on the session (the role, a custom setting) is computed
             // by PostgreSQL in the writer's session, not later by the worker.
-            for col in table.columns.iter().filter(|c| c.session_default) {
-                let defaulted = match names.iter().position(|n| *n == col.name) {
-                    None => true,
-                    Some(pos) => rows
-                        .iter()
-                        .any(|r| matches!(r.get(pos), Some(Value::Default))),
-                };
-                if defaulted {
-                    return None;
-                }
+            if leaves_default(write, table, |c| c.session_default) {
+                return None;
             }
             let (op, conflict_set) = match on_conflict {
                 None => (b'I', None),
@@ -287,24 +286,85 @@ fn constant(v: Val<'_>, col: &Column) -> Option<Option<String>> {
     }
 }
 
-/// The increment's text if it is an exact numeric literal and the column is numeric.
+/// Whether `write` is an INSERT that leaves a column `which` picks to its default (omitted,
+/// or `DEFAULT` in some row).
+pub fn leaves_default(write: &Write, table: &Table, which: impl Fn(&Column) -> bool) -> bool {
+    let Write::Insert { columns, rows, .. } = write else {
+        return false;
+    };
+    table.columns.iter().filter(|c| which(c)).any(|col| {
+        let pos = match columns {
+            Some(cols) => cols.iter().position(|n| *n == col.name),
+            None => table.columns.iter().position(|c| c.name == col.name),
+        };
+        match pos {
+            None => true,
+            Some(pos) => rows
+                .iter()
+                .any(|r| matches!(r.get(pos), None | Some(Value::Default))),
+        }
+    })
+}
+
+/// Whether `write` deletes a row of `table` that another write-behind table may reference,
+/// or changes a column such a reference uses (a key column of an INSERT is a new row's).
+fn frees_referenced(write: &Write, table: &Table) -> bool {
+    if table.referenced.is_empty() {
+        return false;
+    }
+    let referenced = |c: &String| table.referenced.contains(c) && !table.key.contains(c);
+    match write {
+        Write::Delete { .. } => true,
+        Write::Update { set, .. } => set.iter().any(|(c, _)| table.referenced.contains(c)),
+        Write::Insert {
+            columns,
+            on_conflict,
+            ..
+        } => {
+            let named = match columns {
+                Some(cols) => cols.iter().any(referenced),
+                None => table.columns.iter().any(|c| referenced(&c.name)),
+            };
+            let updated = match on_conflict {
+                Some(OnConflict::Update { set, .. }) => set.iter().any(referenced),
+                _ => false,
+            };
+            named || updated
+        }
+    }
+}
+
+/// The increment's text if it is an exact numeric literal and the column is numeric. A quoted
+/// literal (or a bound parameter) is of the column's own type for PostgreSQL, so it must fit
+/// that type (`n + '3000000000'` on an `integer` is 22003); a bare number is typed by its size
+/// and only the sum is assigned to the column.
 fn delta(v: Val<'_>, col: &Column) -> Option<String> {
     let Val::Const {
-        text, cast: None, ..
+        text,
+        cast: None,
+        number,
     } = v
     else {
         return None;
     };
     let integral = matches!(col.type_name.as_str(), "smallint" | "integer" | "bigint");
     let ok = if integral {
+        let range = match col.type_name.as_str() {
+            "smallint" => i64::from(i16::MIN)..=i64::from(i16::MAX),
+            "integer" => i64::from(i32::MIN)..=i64::from(i32::MAX),
+            _ => i64::MIN..=i64::MAX,
+        };
         text.trim_start_matches('-')
             .bytes()
             .all(|c| c.is_ascii_digit())
-            && text.parse::<i64>().is_ok()
+            && text
+                .parse::<i64>()
+                .is_ok_and(|d| number || range.contains(&d))
     } else {
         matches!(col.type_name.as_str(), "numeric")
             && is_decimal(text)
             && within_scale(text, col.typmod)
+            && fits_numeric(text, -1)
     };
     ok.then(|| text.to_string())
 }
@@ -375,11 +435,14 @@ fn within_scale(text: &str, typmod: i32) -> bool {
 }
 
 /// Whether a decimal fits `numeric(p,s)` without overflow (22003), with no rounding able to
-/// carry into a new digit; unconstrained numerics (`typmod < 0`) always fit. Anything
+/// carry into a new digit; unconstrained numerics (`typmod < 0`) fit within PostgreSQL's own
+/// limits (131072 digits before the point, 16383 after; kept one short of each). Anything
 /// uncertain (negative scale, rounding at the boundary) answers false: it passes through.
 fn fits_numeric(text: &str, typmod: i32) -> bool {
     if typmod < 0 {
-        return true;
+        let s = text.strip_prefix('-').unwrap_or(text);
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        return int.trim_start_matches('0').len() < 131_072 && frac.len() < 16_383;
     }
     let t = typmod - 4;
     let (precision, scale) = ((t >> 16) & 0xffff, t & 0xffff);

@@ -3,7 +3,7 @@
 //! one record; a Flush answers what came so far and journals it at Sync; anything else makes
 //! the rest of the group pass through.
 
-use super::{recognize_all, tag, Intercept, Prepared, Stmt};
+use super::{recognize_all, tag, worker_formats_differ, Intercept, Prepared, Stmt};
 use crate::error::ProxyError;
 use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
@@ -218,8 +218,12 @@ impl Intercept {
                     statement,
                     formats,
                     params,
+                    result_formats,
                 } => {
-                    if !p.is_empty() {
+                    // PostgreSQL refuses a Bind whose format codes do not match (08P01): it
+                    // must see this one.
+                    let odd_formats = formats.len() > 1 && formats.len() != params.len();
+                    if !p.is_empty() || odd_formats || result_formats > 1 {
                         return None;
                     }
                     let stored = self
@@ -232,6 +236,10 @@ impl Intercept {
                             .push((statement.to_string(), prepared.clone()));
                     }
                     let table = prepared.catalog.table(prepared.relid)?;
+                    let write = prepared.template.write();
+                    if worker_formats_differ(write, table, &prepared.catalog, &*wire) {
+                        return None;
+                    }
                     let changes = prepared.template.bind(&params, &formats, table)?;
                     portal = Some((changes, tag(prepared.template.write())));
                     messages::bind_complete(&mut out);

@@ -376,6 +376,7 @@ impl Intercept {
                             match catalog
                                 .tables
                                 .get(table)
+                                .filter(|t| !worker_formats_differ(w, t, &catalog, &*wire))
                                 .and_then(|t| validate::changes(w, t))
                             {
                                 Some(c) => {
@@ -667,6 +668,18 @@ fn privileges(w: &Write) -> &'static [Privilege] {
         Write::Update { .. } => &[Update, Select],
         Write::Delete { .. } => &[Delete, Select],
     }
+}
+
+/// Whether `w` leaves a column to a default that the worker would compute with other
+/// TimeZone, DateStyle or IntervalStyle settings than this session has (see
+/// `Column::format_default`): then PostgreSQL computes it in the session.
+fn worker_formats_differ<W: Wire>(
+    w: &Write,
+    table: &crate::writebehind::catalog::Table,
+    catalog: &Catalog,
+    wire: &W,
+) -> bool {
+    validate::leaves_default(w, table, |c| c.format_default) && wire.formats() != catalog.formats
 }
 
 /// The command tag PostgreSQL sends for `w` when every row is written.

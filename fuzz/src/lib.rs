@@ -43,6 +43,7 @@ pub fn catalog() -> Catalog {
         rules: false,
         children: false,
         referenced: Vec::new(),
+        upsert: true,
         key: vec!["id".into()],
         columns: vec![
             id,
@@ -75,6 +76,7 @@ pub fn catalog() -> Catalog {
         rules: false,
         children: false,
         referenced: Vec::new(),
+        upsert: true,
         key: vec!["a".into(), "b".into()],
         columns: vec![
             k1,
@@ -95,6 +97,7 @@ pub fn catalog() -> Catalog {
         rules: false,
         children: false,
         referenced: Vec::new(),
+        upsert: true,
         key: vec![],
         columns: vec![col("at", "bigint", -1), col("msg", "text", -1)],
     };

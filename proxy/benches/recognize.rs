@@ -146,6 +146,7 @@ fn catalog() -> Catalog {
         rules: false,
         children: false,
         referenced: Vec::new(),
+        upsert: true,
         key: vec!["id".into()],
         columns,
     };

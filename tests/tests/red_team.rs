@@ -1,10 +1,13 @@
-//! Writes the proxy once acknowledged from memory although PostgreSQL answers them differently:
-//! quoted increments that PostgreSQL types as the column's type, quoted keyword type names,
-//! tables with rules or inheritance children, foreign keys between two write-behind tables, a
-//! malformed Bind, a numeric beyond PostgreSQL's limits. In each test the client must get
-//! exactly what PostgreSQL gives directly (SQLSTATE, command tag, rows), and after a read
-//! through the proxy (its barrier ships anything pending and waits until it is applied) the
-//! tables must hold what PostgreSQL would hold, with nothing dead-lettered.
+//! Writes the proxy once acknowledged from memory although PostgreSQL answers them differently.
+//! From a first red-team pass: quoted increments that PostgreSQL types as the column's type,
+//! quoted keyword type names, tables with rules or inheritance children, foreign keys between
+//! two write-behind tables, a malformed Bind, a numeric beyond PostgreSQL's limits, defaults
+//! that depend on the time zone or date style. From a second: self-referencing cascades,
+//! identifiers longer than 63 bytes, the upsert policy and the UPDATE privilege, NOT NULL
+//! domains. In each test the client must get exactly what PostgreSQL gives directly
+//! (SQLSTATE, command tag, rows), and after a read through the proxy (its barrier ships
+//! anything pending and waits until it is applied) the tables must hold what PostgreSQL would
+//! hold, with nothing dead-lettered.
 
 use std::io::Write;
 use tokio_postgres::error::SqlState;
@@ -503,5 +506,142 @@ async fn defaults_are_computed_with_the_writers_time_zone_and_date_style() -> an
     )
     .await?;
     assert_eq!(applied, ["true"]);
+    Ok(())
+}
+
+/// Round 2. With a self-referencing foreign key `ON DELETE CASCADE`, re-parenting a row and
+/// then deleting its old parent keeps the row (the cascade finds no child left): PostgreSQL
+/// ends with rows 2 and 3. Pending together, the worker must not delete row 1 (and cascade into
+/// row 2) before row 2's re-parenting applies.
+#[tokio::test]
+async fn a_self_referencing_cascade_sees_earlier_changes_first() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup(
+        "CREATE TABLE tree (id int PRIMARY KEY, parent int REFERENCES tree (id) ON DELETE CASCADE,
+                            n int);
+         INSERT INTO tree VALUES (1, NULL, 0), (2, 1, 0), (3, NULL, 0);
+         SELECT writebehind.enable('tree');",
+        &["--flush-interval", "1h"],
+    )
+    .await?;
+    for sql in [
+        "UPDATE tree SET n = 9 WHERE id = 1",
+        "UPDATE tree SET parent = 3 WHERE id = 2",
+        "DELETE FROM tree WHERE id = 1",
+    ] {
+        assert_eq!(answer(&c, sql).await, Ok(1), "{sql}");
+    }
+    assert_eq!(
+        after_barrier(
+            &c,
+            &direct,
+            "SELECT id || ':' || coalesce(parent::text, '-') || ':' || n FROM tree ORDER BY id"
+        )
+        .await?,
+        ["2:3:0", "3:-:0"]
+    );
+    Ok(())
+}
+
+/// Round 2. PostgreSQL truncates identifiers to 63 bytes, so a longer spelling names the same
+/// table: a read spelled that way must wait for the acknowledged write (read-your-writes),
+/// and a write spelled that way must apply after it.
+#[tokio::test]
+async fn a_name_longer_than_63_bytes_is_the_truncated_table() -> anyhow::Result<()> {
+    let name = "l".repeat(63);
+    let (_cluster, direct, _proxy, c) = setup(
+        &format!(
+            "CREATE TABLE {name} (id int PRIMARY KEY, n int);
+             INSERT INTO {name} VALUES (1, 0);
+             SELECT writebehind.enable('{name}');"
+        ),
+        &["--flush-interval", "1h"],
+    )
+    .await?;
+    let long = format!("{name}xxxx");
+    let sql = format!("UPDATE {name} SET n = 1 WHERE id = 1");
+    assert_eq!(answer(&c, &sql).await, Ok(1), "{sql}");
+    assert_eq!(
+        rows(&c, &format!("SELECT n FROM {long}")).await?,
+        ["1"],
+        "read through the longer spelling"
+    );
+    let sql = format!("UPDATE {name} SET n = 2 WHERE id = 1");
+    assert_eq!(answer(&c, &sql).await, Ok(1), "{sql}");
+    let sql = format!("UPDATE {long} SET n = 3 WHERE id = 1");
+    assert_eq!(answer(&c, &sql).await, Ok(1), "{sql}");
+    assert_eq!(
+        after_barrier(&c, &direct, &format!("SELECT n FROM {name}")).await?,
+        ["3"]
+    );
+    Ok(())
+}
+
+/// Round 2. With the table's `on_conflict` policy `upsert`, the worker applies an INSERT of an
+/// existing key as an update, as the table's owner. A role that may INSERT but not UPDATE
+/// gets what PostgreSQL says to its plain INSERT of an existing key (23505), and the row keeps
+/// its value; its INSERT of a new key is written.
+#[tokio::test]
+async fn a_role_without_update_cannot_overwrite_through_the_upsert_policy() -> anyhow::Result<()> {
+    let (_cluster, direct, proxy, _c) = setup(
+        "CREATE TABLE owned (id int PRIMARY KEY, s text);
+         INSERT INTO owned VALUES (1, 'owner''s');
+         SELECT writebehind.enable('owned');
+         CREATE ROLE ins_only LOGIN;
+         GRANT INSERT, SELECT ON owned TO ins_only;
+         GRANT USAGE ON SCHEMA writebehind TO ins_only;",
+        &[],
+    )
+    .await?;
+    let c = writebehind_tests::connect(&proxy.conninfo("ins_only", "postgres")).await?;
+    let sql = "INSERT INTO owned VALUES (1, 'overwritten')";
+    assert_eq!(
+        answer(&c, sql).await,
+        Err(SqlState::UNIQUE_VIOLATION),
+        "{sql}"
+    );
+    let sql = "INSERT INTO owned VALUES (2, 'new')";
+    assert_eq!(answer(&c, sql).await, Ok(1), "{sql}");
+    assert_eq!(
+        after_barrier(&c, &direct, "SELECT id || ':' || s FROM owned ORDER BY id").await?,
+        ["1:owner's", "2:new"]
+    );
+    Ok(())
+}
+
+/// Round 2. A column of a NOT NULL domain left out of an INSERT is NULL, which the domain
+/// refuses (23502); a domain CHECK that NULL fails likewise (23514). Nothing is written.
+#[tokio::test]
+async fn an_omitted_column_of_a_not_null_domain_is_refused() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup(
+        "CREATE DOMAIN nn_int AS int NOT NULL;
+         CREATE DOMAIN present AS text CHECK (VALUE IS NOT NULL);
+         CREATE TABLE dn (id int PRIMARY KEY, n int, d nn_int, p present DEFAULT 'x');
+         CREATE TABLE dc (id int PRIMARY KEY, p present);
+         SELECT writebehind.enable('dn'); SELECT writebehind.enable('dc');",
+        &[],
+    )
+    .await?;
+    for (sql, code) in [
+        (
+            "INSERT INTO dn (id, n) VALUES (1, 1)",
+            SqlState::NOT_NULL_VIOLATION,
+        ),
+        (
+            "INSERT INTO dn VALUES (1, 1, DEFAULT)",
+            SqlState::NOT_NULL_VIOLATION,
+        ),
+        ("INSERT INTO dc (id) VALUES (1)", SqlState::CHECK_VIOLATION),
+    ] {
+        assert_eq!(answer(&c, sql).await, Err(code), "{sql}");
+    }
+    assert_eq!(
+        after_barrier(
+            &c,
+            &direct,
+            "SELECT (SELECT count(*) FROM dn) + (SELECT count(*) FROM dc)"
+        )
+        .await?,
+        ["0"]
+    );
     Ok(())
 }

@@ -699,7 +699,7 @@ async fn privileges_follow_grant_revoke_and_role_membership() -> anyhow::Result<
     direct
         .batch_execute(
             "CREATE ROLE writer LOGIN; CREATE ROLE team NOLOGIN;
-             GRANT SELECT, INSERT ON counters TO writer;
+             GRANT SELECT, INSERT, UPDATE ON counters TO writer;
              GRANT USAGE ON SCHEMA writebehind TO writer;",
         )
         .await?;

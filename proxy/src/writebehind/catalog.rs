@@ -18,6 +18,8 @@ pub struct Column {
     pub type_name: String,
     /// `character varying(n)` / `character(n)` length limit, if any.
     pub max_chars: Option<usize>,
+    /// NOT NULL, or of a domain (at any depth) with NOT NULL or a CHECK constraint, which a
+    /// NULL may fail: an INSERT that leaves it NULL passes through.
     pub not_null: bool,
     pub has_default: bool,
     /// `atttypmod` (-1 when unconstrained), e.g. precision and scale of `numeric(p,s)`.
@@ -65,11 +67,15 @@ pub struct Table {
     /// The table has inheritance children (`relhassubclass`): an UPDATE or DELETE of the
     /// parent writes their rows too. Only INSERTs are acknowledged.
     pub children: bool,
-    /// Its columns that foreign keys of *other* write-behind tables reference. The worker
-    /// applies tables parents first, so a DELETE of such a row, or a change of such a
-    /// column, would apply before the children's earlier changes that free it (23503): those
-    /// pass through, after the barrier has applied the children's.
+    /// Its columns that foreign keys of write-behind tables (itself included) reference. The
+    /// worker applies tables parents first, and a table's changes by step and key rather
+    /// than in acknowledgement order, so a DELETE of such a row (and its cascades), or a
+    /// change of such a column, could apply before the children's earlier changes that free
+    /// or move them: those pass through, after the barrier has applied what is pending.
     pub referenced: Vec<String>,
+    /// `on_conflict = 'upsert'`: the worker turns an INSERT of an existing key into an
+    /// update, so a plain INSERT needs the UPDATE privilege too.
+    pub upsert: bool,
 }
 
 impl Column {
@@ -107,6 +113,7 @@ impl Table {
             rules: false,
             children: false,
             referenced: Vec::new(),
+            upsert: true,
         }
     }
 
@@ -155,7 +162,16 @@ pub struct Catalog {
 pub const LOAD_SQL: &str = "
     SELECT c.oid::int8, n.nspname::text, c.relname::text, t.mode, t.key_columns,
            a.attname::text, format_type(a.atttypid, NULL), a.atttypmod,
-           a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+           a.attnotnull OR EXISTS (
+               WITH RECURSIVE dom(oid) AS (
+                   SELECT a.atttypid
+                   UNION ALL
+                   SELECT ty.typbasetype FROM pg_type ty JOIN dom ON ty.oid = dom.oid
+                    WHERE ty.typtype = 'd')
+               SELECT 1 FROM dom JOIN pg_type ty ON ty.oid = dom.oid
+                WHERE ty.typtype = 'd'
+                  AND (ty.typnotnull OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contypid = ty.oid))),
+           a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
            a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier,
            (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows,
            COALESCE((SELECT NOT co.collisdeterministic FROM pg_collation co
@@ -169,12 +185,13 @@ pub const LOAD_SQL: &str = "
                    JOIN writebehind.tables rt ON rt.relid = co.conrelid
                    CROSS JOIN unnest(co.confkey) AS k(attnum)
                    JOIN pg_attribute ra ON ra.attrelid = c.oid AND ra.attnum = k.attnum
-                  WHERE co.contype = 'f' AND co.confrelid = c.oid AND co.conrelid <> c.oid),
+                  WHERE co.contype = 'f' AND co.confrelid = c.oid),
            COALESCE((SELECT a.attgenerated = ''
                             AND pg_get_expr(d.adbin, d.adrelid) !~ '^(\\(?''([^'']|'''')*''::[a-z0-9_ .\"\\[\\](),]+\\)?|\\(?-?[0-9.]+\\)?|true|false|NULL|nextval\\(''([^'']|'''')*''::regclass\\)|gen_random_uuid\\(\\)|random\\(\\))$'
                             AND NOT (a.atttypid = 'timestamptz'::regtype
                                      AND pg_get_expr(d.adbin, d.adrelid) ~ '^(now\\(\\)|CURRENT_TIMESTAMP|transaction_timestamp\\(\\)|statement_timestamp\\(\\)|clock_timestamp\\(\\))$')
-                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false)
+                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false),
+           t.on_conflict = 'upsert'
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -276,6 +293,7 @@ impl Catalog {
                     rules: r.try_get(17)?,
                     children: r.try_get(18)?,
                     referenced: r.try_get(19)?,
+                    upsert: r.try_get(21)?,
                 });
             }
             let type_name: String = r.try_get(6)?;

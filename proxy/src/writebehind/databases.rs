@@ -252,6 +252,8 @@ impl WriteBehind {
         let catalog = Catalog::load(&own, 1)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
+        // The roles as they are before any privilege is asked: what the watcher compares with.
+        let roles = privileges::roles_fingerprint(&own).await.ok();
         // Without an apply worker nothing shipped here would ever apply: acknowledge nothing.
         // Start-up replay ships what the WAL holds all the same (it is applied once a worker
         // serves the database).
@@ -375,8 +377,8 @@ impl WriteBehind {
         let reports = report::spawn(Arc::downgrade(&rt), reporter);
         self.tasks().push(reports);
         // Role membership and attributes change without a notification: looked at each second.
-        let roles = privileges::watch_roles(Arc::downgrade(&rt));
-        self.tasks().push(roles);
+        let watcher = privileges::watch_roles(Arc::downgrade(&rt), roles);
+        self.tasks().push(watcher);
         // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);
         let reloader = tokio::spawn(async move {

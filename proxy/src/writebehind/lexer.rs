@@ -33,6 +33,11 @@ pub enum LexError {
     BadEscape(usize),
 }
 
+/// PostgreSQL truncates longer identifiers to this many bytes (NAMEDATALEN - 1), so two
+/// spellings that differ after it name the same relation: such text is not lexed with
+/// certainty (every name of a statement must compare as PostgreSQL compares it).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 /// Lexes `sql`. `standard_conforming_strings` is the session's setting: when off, backslashes
 /// in plain '' strings are escapes (as in E'').
 pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, LexError> {
@@ -82,7 +87,7 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                         }
                     }
                 }
-                if s.is_empty() {
+                if s.is_empty() || s.len() > MAX_IDENTIFIER_BYTES {
                     return Err(LexError::Unsupported(i));
                 }
                 out.push(Token::QuotedIdent(s));
@@ -155,7 +160,7 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                     j += 1;
                 }
                 let word = &sql[i..j];
-                if !word.is_ascii() {
+                if !word.is_ascii() || word.len() > MAX_IDENTIFIER_BYTES {
                     // Non-ASCII identifiers fold by locale in PostgreSQL: not certain here.
                     return Err(LexError::Unsupported(i));
                 }
@@ -424,6 +429,14 @@ mod tests {
         assert!(matches!(lex("X'1F'", true), Err(LexError::Unsupported(0))));
         assert!(matches!(lex(r"E'\xff'", true), Err(LexError::BadEscape(_))));
         assert!(matches!(lex("'open", true), Err(LexError::Unterminated(_))));
+        // PostgreSQL would truncate these to 63 bytes, which another spelling may match.
+        let long = "l".repeat(64);
+        assert!(lex(&"l".repeat(63), true).is_ok());
+        assert!(matches!(lex(&long, true), Err(LexError::Unsupported(0))));
+        assert!(matches!(
+            lex(&format!("\"{long}\""), true),
+            Err(LexError::Unsupported(0))
+        ));
     }
 
     #[test]

@@ -107,23 +107,26 @@ impl Privileges {
     }
 }
 
+/// The roles' fingerprint now (see [`ROLES_FINGERPRINT`]).
+pub async fn roles_fingerprint(
+    own: &tokio_postgres::Client,
+) -> Result<String, tokio_postgres::Error> {
+    own.query_one(ROLES_FINGERPRINT, &[]).await?.try_get(0)
+}
+
 /// Polls the roles of `rt`'s database once a second and forgets every answer when they
-/// changed (and at the first look, which has nothing to compare with: answers given before
-/// it may be older than it). Ends when the runtime is dropped; a failed look (PostgreSQL
-/// away) is tried again a second later.
-pub fn watch_roles(rt: Weak<DbRuntime>) -> tokio::task::JoinHandle<()> {
+/// changed since `first` (taken before any answer was given; when it is `None`, the first
+/// successful look forgets too, as answers given before it may be older than it). Ends when
+/// the runtime is dropped; a failed look (PostgreSQL away) is tried again a second later.
+pub fn watch_roles(rt: Weak<DbRuntime>, first: Option<String>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ROLES_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last: Option<String> = None;
+        let mut last = first;
         loop {
             tick.tick().await;
             let Some(rt) = rt.upgrade() else { return };
-            let seen = rt
-                .own()
-                .query_one(ROLES_FINGERPRINT, &[])
-                .await
-                .and_then(|r| r.try_get::<_, String>(0));
+            let seen = roles_fingerprint(&rt.own()).await;
             match seen {
                 Ok(seen) if last.as_deref() != Some(seen.as_str()) => {
                     if last.is_some() {

@@ -132,7 +132,12 @@ pub(super) async fn open_own(
             }
         }
     });
-    client.batch_execute("LISTEN writebehind_registry").await?;
+    // The catalog's query is large enough for the planner to JIT-compile it, which costs
+    // hundreds of milliseconds per load (the catalog would lag DDL that long); none of the
+    // own connection's queries runs long enough to gain from it.
+    client
+        .batch_execute("SET jit = off; LISTEN writebehind_registry")
+        .await?;
     Ok((client, task))
 }
 

@@ -444,7 +444,7 @@ impl Intercept {
         let wire = wire.filter(|_| !self.mid_group);
         let relid = self.resolver.resolve(name, catalog.ticket, wire).await?;
         let index = catalog.tables.iter().position(|t| t.relid == relid)?;
-        for &p in privileges(write) {
+        for &p in privileges(write, catalog.tables.get(index)?) {
             if !self.rt.allowed(&self.user, relid, p).await {
                 return None; // PostgreSQL raises 42501 itself
             }
@@ -653,7 +653,9 @@ fn write_table(w: &Write) -> &recognize::TableName {
 /// The table privileges PostgreSQL checks for `w`. SELECT is needed for the key columns a
 /// WHERE or a conflict target reads and the columns `n = n + k` reads; the proxy asks for it
 /// on the whole table (a role with column grants only passes through, and PostgreSQL decides).
-fn privileges(w: &Write) -> &'static [Privilege] {
+/// A plain INSERT into a table whose `on_conflict` policy is `upsert` may update an existing
+/// row when the worker applies it: it needs what `ON CONFLICT DO UPDATE` needs.
+fn privileges(w: &Write, table: &crate::writebehind::catalog::Table) -> &'static [Privilege] {
     use Privilege::{Delete, Insert, Select, Update};
     match w {
         Write::Insert {
@@ -664,6 +666,7 @@ fn privileges(w: &Write) -> &'static [Privilege] {
             on_conflict: Some(_),
             ..
         } => &[Insert, Select],
+        Write::Insert { .. } if table.upsert && !table.append => &[Insert, Update, Select],
         Write::Insert { .. } => &[Insert],
         Write::Update { .. } => &[Update, Select],
         Write::Delete { .. } => &[Delete, Select],

@@ -14,7 +14,7 @@
 use super::runtime::DbRuntime;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How often the roles are compared with the last look.
@@ -72,37 +72,74 @@ impl Privileges {
         self.answers.clear();
     }
 
-    /// Whether `user` holds `privilege` on the whole table `relid`, asked through `own` when
-    /// no answer of the current generation is cached. Not known (PostgreSQL unreachable):
-    /// `false`, not cached.
+    /// Whether `user` holds `privilege` on the whole table `relid`, and the generation the
+    /// answer belongs to; asked through `own` (called only then) when no answer of the
+    /// current generation is cached. `None`: not known (PostgreSQL unreachable), not cached.
     pub async fn allowed(
         &self,
-        own: &tokio_postgres::Client,
+        own: impl FnOnce() -> Arc<tokio_postgres::Client>,
         user: &str,
         relid: u32,
         privilege: Privilege,
-    ) -> bool {
+    ) -> Option<Answer> {
         let generation = self.generation();
         let key = (user.to_string(), relid, privilege);
         if let Some(entry) = self.answers.get(&key) {
             let (asked_in, allowed) = *entry;
             if asked_in == generation {
-                return allowed;
+                return Some(Answer {
+                    generation,
+                    allowed,
+                });
             }
         }
-        let answer = own
+        let allowed = own()
             .query_one(
                 "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3)",
                 &[&user, &i64::from(relid), &privilege.as_str()],
             )
             .await
-            .and_then(|r| r.try_get::<_, bool>(0));
-        match answer {
-            Ok(allowed) => {
-                self.answers.insert(key, (generation, allowed));
-                allowed
-            }
-            Err(_) => false,
+            .and_then(|r| r.try_get::<_, bool>(0))
+            .ok()?;
+        self.answers.insert(key, (generation, allowed));
+        Some(Answer {
+            generation,
+            allowed,
+        })
+    }
+}
+
+/// PostgreSQL's answer on one privilege, and the [`generation`](Privileges::generation) it
+/// was asked in.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub generation: u64,
+    pub allowed: bool,
+}
+
+/// One session's copy of the answers it used, so that its writes look them up without
+/// allocating or touching the shared map; dropped as a whole when the generation moves on.
+#[derive(Debug, Default)]
+pub struct SessionPrivileges {
+    generation: u64,
+    answers: foldhash::HashMap<(u32, Privilege), bool>,
+}
+
+impl SessionPrivileges {
+    /// The answer for `relid` and `privilege` in `generation`, if this session has it.
+    pub fn get(&mut self, generation: u64, relid: u32, privilege: Privilege) -> Option<bool> {
+        if self.generation != generation {
+            self.answers.clear();
+            self.generation = generation;
+            return None;
+        }
+        self.answers.get(&(relid, privilege)).copied()
+    }
+
+    /// Keeps `answer` if it belongs to the generation this session is in.
+    pub fn keep(&mut self, relid: u32, privilege: Privilege, answer: Answer) {
+        if answer.generation == self.generation {
+            self.answers.insert((relid, privilege), answer.allowed);
         }
     }
 }

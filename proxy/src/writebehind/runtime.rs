@@ -4,7 +4,7 @@
 
 use super::catalog::Catalog;
 use super::encode::Change;
-use super::privileges::{Privilege, Privileges};
+use super::privileges::{Answer, Privilege, Privileges};
 use super::queue::{Queue, QueueError};
 use super::report::Applied;
 use crate::config::Overflow;
@@ -252,9 +252,9 @@ impl DbRuntime {
     }
 
     /// Whether `user` holds `privilege` on the whole table (see `privileges.rs`).
-    pub async fn allowed(&self, user: &str, relid: u32, privilege: Privilege) -> bool {
+    pub async fn allowed(&self, user: &str, relid: u32, privilege: Privilege) -> Option<Answer> {
         self.privileges
-            .allowed(&self.own(), user, relid, privilege)
+            .allowed(|| self.own(), user, relid, privilege)
             .await
     }
 

@@ -49,7 +49,7 @@ use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
 use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
-use crate::writebehind::privileges::Privilege;
+use crate::writebehind::privileges::{Privilege, SessionPrivileges};
 use crate::writebehind::recognize::{OnConflict, Write};
 use crate::writebehind::runtime::{DbRuntime, Enqueued};
 use crate::writebehind::scope::Scope;
@@ -130,6 +130,8 @@ pub struct Intercept {
     serials: u64,
     /// COPY FROM STDIN data is flowing (CopyData sent, no CopyDone or CopyFail yet).
     copying: bool,
+    /// The answers on privileges this session used (see `privileges.rs`).
+    privileges: std::sync::Mutex<SessionPrivileges>,
 }
 
 /// A Query's tokens, when it was lexed already.
@@ -162,6 +164,7 @@ impl Intercept {
             resolver: resolve::Resolver::default(),
             serials: 0,
             copying: false,
+            privileges: Default::default(),
         }
     }
 
@@ -444,12 +447,29 @@ impl Intercept {
         let wire = wire.filter(|_| !self.mid_group);
         let relid = self.resolver.resolve(name, catalog.ticket, wire).await?;
         let index = catalog.tables.iter().position(|t| t.relid == relid)?;
+        let generation = self.rt.privileges.generation();
         for &p in privileges(write, catalog.tables.get(index)?) {
-            if !self.rt.allowed(&self.user, relid, p).await {
-                return None; // PostgreSQL raises 42501 itself
+            if !self.allowed(generation, relid, p).await {
+                return None; // PostgreSQL raises 42501 itself (or cannot be asked now)
             }
         }
         Some((index, catalog))
+    }
+
+    /// Whether the session's user holds `privilege` on `relid` (asked in `generation`): this
+    /// session's own copy first, then the runtime's answers, then PostgreSQL.
+    async fn allowed(&self, generation: u64, relid: u32, privilege: Privilege) -> bool {
+        let memo = || self.privileges.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(allowed) = memo().get(generation, relid, privilege) {
+            return allowed;
+        }
+        match self.rt.allowed(&self.user, relid, privilege).await {
+            Some(answer) => {
+                memo().keep(relid, privilege, answer);
+                answer.allowed
+            }
+            None => false,
+        }
     }
 
     /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not

@@ -609,7 +609,9 @@ async fn local_clients_through_the_unix_socket_dir() -> anyhow::Result<()> {
         &["--unix-socket-dir", &dir_text, "--admin-users", "postgres"],
     )?;
     let socket = dir.join(format!(".s.PGSQL.{}", proxy.port));
-    assert!(socket.exists(), "{}", socket.display());
+    // The socket is bound just after the TCP listener the spawn waited for.
+    let bound = writebehind_tests::wait_until(Duration::from_secs(10), || socket.exists());
+    assert!(bound, "{}", socket.display());
 
     let (ok, out, err) = run_cmd(std::process::Command::new("psql").args([
         "-h",

@@ -645,3 +645,34 @@ async fn an_omitted_column_of_a_not_null_domain_is_refused() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// Round 2 review. A client that pipelines `SET timezone` and the next write (the write's
+/// Bind sent before PostgreSQL answered the SET) gets the write computed in the new time
+/// zone: the proxy compares the session's settings once the SET's reply is in.
+#[tokio::test]
+async fn a_time_zone_set_just_before_in_a_pipeline_counts() -> anyhow::Result<()> {
+    let (_cluster, direct, _proxy, c) = setup(
+        "CREATE TABLE d (id int PRIMARY KEY, day date DEFAULT current_date,
+                         tz timestamptz DEFAULT now());
+         SELECT writebehind.enable('d');",
+        &["--flush-interval", "1h"],
+    )
+    .await?;
+    let insert = c.prepare("INSERT INTO d (id) VALUES ($1)").await?;
+    let (set, written) = tokio::join!(
+        c.batch_execute("SET timezone = 'Pacific/Kiritimati'"),
+        c.execute(&insert, &[&1i32])
+    );
+    set?;
+    assert_eq!(written?, 1);
+    assert_eq!(
+        rows(
+            &direct,
+            "SELECT (day = (tz AT TIME ZONE 'Pacific/Kiritimati')::date)::text FROM d WHERE id = 1"
+        )
+        .await?,
+        ["true"],
+        "computed by PostgreSQL in the session's new time zone"
+    );
+    Ok(())
+}

@@ -30,7 +30,8 @@ pub struct Column {
     /// text may be equal, so the text cannot identify a key.
     pub nondeterministic: bool,
     /// Its default depends on the session (`current_user`, `current_setting(…)`, …): the
-    /// worker, a different session, would compute another value.
+    /// worker, a different session, would compute another value. A column without a default
+    /// of its own whose domain has one counts too (the domain's default is not classified).
     pub session_default: bool,
     /// Its default may depend on TimeZone, DateStyle or IntervalStyle (`current_date`,
     /// `now()` into a `timestamp` column, a value printed as text, …): the worker computes it
@@ -178,7 +179,15 @@ pub const LOAD_SQL: &str = "
                       WHERE co.oid = a.attcollation), false),
            c.relrowsecurity,
            COALESCE((SELECT pg_get_expr(d.adbin, d.adrelid) ~* '\\m(current_user|session_user|current_role|user|current_setting|current_schemas?|current_query|inet_(client|server)_(addr|port)|pg_backend_pid|txid_current|pg_current_xact_id|pg_my_temp_schema|pg_trigger_depth)\\M'
-                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false),
+                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false)
+           OR (NOT a.atthasdef AND EXISTS (
+               WITH RECURSIVE dom(oid) AS (
+                   SELECT a.atttypid
+                   UNION ALL
+                   SELECT ty.typbasetype FROM pg_type ty JOIN dom ON ty.oid = dom.oid
+                    WHERE ty.typtype = 'd')
+               SELECT 1 FROM dom JOIN pg_type ty ON ty.oid = dom.oid
+                WHERE ty.typtype = 'd' AND ty.typdefaultbin IS NOT NULL)),
            c.relhasrules, c.relhassubclass,
            ARRAY(SELECT DISTINCT ra.attname::text
                    FROM pg_constraint co

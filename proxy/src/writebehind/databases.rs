@@ -252,8 +252,8 @@ impl WriteBehind {
         let catalog = Catalog::load(&own, 1)
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
-        // The roles as they are before any privilege is asked: what the watcher compares with.
-        let roles = privileges::roles_fingerprint(&own).await.ok();
+        // What privileges depend on, before any is asked: what the watcher compares with.
+        let baseline = privileges::fingerprint(&own).await.ok();
         // Without an apply worker nothing shipped here would ever apply: acknowledge nothing.
         // Start-up replay ships what the WAL holds all the same (it is applied once a worker
         // serves the database).
@@ -376,8 +376,11 @@ impl WriteBehind {
         };
         let reports = report::spawn(Arc::downgrade(&rt), reporter);
         self.tasks().push(reports);
-        // Role membership and attributes change without a notification: looked at each second.
-        let watcher = privileges::watch_roles(Arc::downgrade(&rt), roles);
+        // Role membership and attributes (and a few ACL changes) send no notification.
+        if let Some(baseline) = baseline {
+            rt.privileges.observe(baseline);
+        }
+        let watcher = privileges::watch(Arc::downgrade(&rt));
         self.tasks().push(watcher);
         // Reload the catalog on every registry NOTIFY, and after a reconnection.
         let weak = Arc::downgrade(&rt);
@@ -399,9 +402,6 @@ impl WriteBehind {
                     .any(|n| matches!(n, Reload::Registry | Reload::Privileges))
                 {
                     rt.privileges.forget();
-                }
-                if notes.iter().all(|n| *n == Reload::Privileges) {
-                    continue; // the catalog does not hold privileges
                 }
                 if let Err(error) = rt.reload_catalog().await {
                     warn!(%error, "reloading the write-behind catalog failed");

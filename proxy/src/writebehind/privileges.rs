@@ -5,7 +5,9 @@
 //! - a GRANT or REVOKE in the database (the extension's event trigger notifies `privileges`),
 //!   DDL on a registered table and every other registry notification;
 //! - a change of role membership or of a role's attributes (superuser, inherit, renames,
-//!   drops), which fires no event trigger: the roles are polled once a second;
+//!   drops), or of a registered table's owner or ACL by a command that sends no notification
+//!   (`REASSIGN OWNED`, `DROP OWNED`, a REVOKE while the own connection was down): a
+//!   fingerprint of them is looked at once a second, and comes with every answer;
 //! - DDL of a session through this proxy, once it committed (before the notification comes).
 //!
 //! Statements prepared as acknowledgeable writes remember the generation they were checked in
@@ -17,16 +19,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// How often the roles are compared with the last look.
-const ROLES_POLL: Duration = Duration::from_secs(1);
+/// How often the fingerprint is compared with the last look.
+const POLL: Duration = Duration::from_secs(1);
 
-/// A fingerprint of everything about roles that `has_table_privilege` depends on besides the
-/// tables' ACLs: every role (name, superuser, inherit, …) and every membership (whole rows,
-/// so the columns later versions add count too).
-const ROLES_FINGERPRINT: &str = "SELECT md5(
-    coalesce((SELECT string_agg(r::text, ',' ORDER BY r.oid) FROM pg_catalog.pg_roles r), '')
-    || '/' ||
-    coalesce((SELECT string_agg(m::text, ',' ORDER BY m::text) FROM pg_catalog.pg_auth_members m), ''))";
+/// A fingerprint (SQL expression) of everything `has_table_privilege` depends on: every role
+/// (name, superuser, inherit, …), every membership (whole rows, so the columns later versions
+/// add count too), and the owner and ACL of every registered table (`REASSIGN OWNED` and
+/// `DROP OWNED` fire no event trigger, and a REVOKE made while the own connection was down
+/// sends its notification to no one).
+macro_rules! fingerprint {
+    () => {
+        "encode(sha256(convert_to(
+            coalesce((SELECT string_agg(r::text, ',' ORDER BY r.oid) FROM pg_catalog.pg_roles r), '')
+            || '/' ||
+            coalesce((SELECT string_agg(m::text, ',' ORDER BY m::text)
+                        FROM pg_catalog.pg_auth_members m), '')
+            || '/' ||
+            coalesce((SELECT string_agg(c.oid::text || ':' || c.relowner::text || ':'
+                                        || coalesce(c.relacl::text, ''), ',' ORDER BY c.oid)
+                        FROM pg_catalog.pg_class c JOIN writebehind.tables t ON t.relid = c.oid), ''),
+            'UTF8')), 'hex')"
+    };
+}
+
+/// The fingerprint alone (the watcher's look).
+const FINGERPRINT: &str = concat!("SELECT ", fingerprint!());
+
+/// One answer, and the fingerprint of what it depended on when PostgreSQL gave it.
+const ASK: &str = concat!(
+    "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3), ",
+    fingerprint!()
+);
 
 /// A table privilege PostgreSQL checks for a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +80,10 @@ pub struct Privileges {
     generation: AtomicU64,
     /// (user, relid, privilege) → (generation asked in, allowed).
     answers: DashMap<(String, u32, Privilege), (u64, bool)>,
+    /// The fingerprint every cached answer was given under. Whoever sees another one (the
+    /// watcher, or an answer that came with it) forgets them all and takes it, so a change
+    /// undone between two looks cannot leave an answer of the changed state behind.
+    baseline: std::sync::Mutex<Option<String>>,
 }
 
 impl Privileges {
@@ -70,6 +97,18 @@ impl Privileges {
     pub fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.answers.clear();
+    }
+
+    /// Takes `seen` as the fingerprint of what the answers depend on; when it differs from
+    /// the one they were given under, forgets them all and returns true.
+    pub fn observe(&self, seen: String) -> bool {
+        let mut baseline = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
+        if baseline.as_deref() == Some(seen.as_str()) {
+            return false;
+        }
+        *baseline = Some(seen);
+        self.forget();
+        true
     }
 
     /// Whether `user` holds `privilege` on the whole table `relid`, and the generation the
@@ -93,15 +132,16 @@ impl Privileges {
                 });
             }
         }
-        let allowed = own()
-            .query_one(
-                "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3)",
-                &[&user, &i64::from(relid), &privilege.as_str()],
-            )
+        let row = own()
+            .query_one(ASK, &[&user, &i64::from(relid), &privilege.as_str()])
             .await
-            .and_then(|r| r.try_get::<_, bool>(0))
             .ok()?;
-        self.answers.insert(key, (generation, allowed));
+        let allowed: bool = row.try_get(0).ok()?;
+        // Given under another fingerprint: used for this write only, and every answer given
+        // under the old one is forgotten.
+        if !self.observe(row.try_get(1).ok()?) {
+            self.answers.insert(key, (generation, allowed));
+        }
         Some(Answer {
             generation,
             allowed,
@@ -144,36 +184,30 @@ impl SessionPrivileges {
     }
 }
 
-/// The roles' fingerprint now (see [`ROLES_FINGERPRINT`]).
-pub async fn roles_fingerprint(
-    own: &tokio_postgres::Client,
-) -> Result<String, tokio_postgres::Error> {
-    own.query_one(ROLES_FINGERPRINT, &[]).await?.try_get(0)
+/// The fingerprint now (see `fingerprint!`).
+pub async fn fingerprint(own: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
+    own.query_one(FINGERPRINT, &[]).await?.try_get(0)
 }
 
-/// Polls the roles of `rt`'s database once a second and forgets every answer when they
-/// changed since `first` (taken before any answer was given; when it is `None`, the first
-/// successful look forgets too, as answers given before it may be older than it). Ends when
-/// the runtime is dropped; a failed look (PostgreSQL away) is tried again a second later.
-pub fn watch_roles(rt: Weak<DbRuntime>, first: Option<String>) -> tokio::task::JoinHandle<()> {
+/// Looks at the fingerprint of `rt`'s database once a second and forgets every answer when it
+/// changed (see [`Privileges::observe`]). Ends when the runtime is dropped; a failed look
+/// (PostgreSQL away) is tried again a second later.
+pub fn watch(rt: Weak<DbRuntime>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ROLES_POLL);
+        let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = first;
         loop {
             tick.tick().await;
             let Some(rt) = rt.upgrade() else { return };
-            let seen = roles_fingerprint(&rt.own()).await;
-            match seen {
-                Ok(seen) if last.as_deref() != Some(seen.as_str()) => {
-                    if last.is_some() {
-                        tracing::info!("roles changed: cached privileges forgotten");
+            match fingerprint(&rt.own()).await {
+                Ok(seen) => {
+                    if rt.privileges.observe(seen) {
+                        tracing::info!(
+                            "roles or table privileges changed: cached answers forgotten"
+                        );
                     }
-                    rt.privileges.forget();
-                    last = Some(seen);
                 }
-                Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "looking at the roles failed"),
+                Err(error) => tracing::debug!(%error, "looking at roles and privileges failed"),
             }
         }
     })

@@ -341,6 +341,15 @@ pub fn may_change_schema(stmts: &[&[Token]]) -> bool {
     })
 }
 
+/// Whether one of `stmts` may change who may write a table: GRANT, REVOKE, REASSIGN OWNED,
+/// ALTER (an owner, a role) or DROP (OWNED, a role).
+pub fn may_change_privileges(stmts: &[&[Token]]) -> bool {
+    const KINDS: &[&str] = &["grant", "revoke", "reassign", "alter", "drop"];
+    stmts
+        .iter()
+        .any(|t| matches!(t.first(), Some(Token::Word(w)) if KINDS.contains(&w.as_str())))
+}
+
 /// Whether every one of `stmts` only reads: it starts with SELECT, TABLE, VALUES or SHOW (or
 /// a parenthesis) and names none of the words that write, lock for update or create
 /// (INSERT, UPDATE, DELETE, MERGE, INTO, TRUNCATE, COPY). Only such statements skip the wait

@@ -132,9 +132,11 @@ impl Intercept {
             return false;
         }
         self.schema_stale = false;
-        // A GRANT, REVOKE or change of owner may be among them: their notification may come
-        // after this session's next write.
-        self.rt.privileges.forget();
+        // A GRANT, REVOKE or change of owner among them: their notification (or the next
+        // look at the fingerprint) may come after this session's next write.
+        if std::mem::take(&mut self.privileges_stale) {
+            self.rt.privileges.forget();
+        }
         true
     }
 
@@ -142,6 +144,7 @@ impl Intercept {
     pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token]]) -> Scope {
         if scope::may_change_schema(stmts) {
             self.schema_stale = true;
+            self.privileges_stale |= scope::may_change_privileges(stmts);
             // It may create, rename or drop a relation that a table name of this session
             // denotes: asked again (once it committed), not waiting for the catalog reload.
             self.resolver.forget();

@@ -3,11 +3,12 @@
 //! one record; a Flush answers what came so far and journals it at Sync; anything else makes
 //! the rest of the group pass through.
 
-use super::{recognize_all, tag, worker_formats_differ, Intercept, Prepared, Stmt};
+use super::{formats_hold, leaves_format_default, recognize_all, tag, Intercept, Prepared, Stmt};
 use crate::error::ProxyError;
 use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
 use crate::session::wire::Wire;
+use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
 use crate::writebehind::recognize::Write;
 use crate::writebehind::runtime::Enqueued;
@@ -33,9 +34,18 @@ pub(super) struct Plan {
     refreshed: Vec<(String, Arc<Prepared>)>,
     /// Statements of the session (not of the group) the group uses.
     used: Vec<String>,
+    /// A Bind leaves a default that depends on the session's formats (see
+    /// `leaves_format_default`): the catalog they must match once every earlier reply is in.
+    formats: Option<Arc<Catalog>>,
 }
 
 impl Plan {
+    /// Whether the session's formats still match what the plan's defaults need (call after
+    /// `wire.drained()`: a SET passed through just before has reported its value by then).
+    pub(super) fn formats_hold<W: Wire>(&self, wire: &W) -> bool {
+        self.formats.as_ref().is_none_or(|c| formats_hold(c, wire))
+    }
+
     /// Whether carrying the plan out needs nothing of PostgreSQL (no Close to send it): only
     /// such a plan answers a Flush.
     pub(super) fn all_local(&self) -> bool {
@@ -182,6 +192,7 @@ impl Intercept {
             closed: Vec::new(),
             refreshed: Vec::new(),
             used: Vec::new(),
+            formats: None,
         };
         // Bound portals of the group (only the unnamed one): changes and tag.
         let mut portal: Option<(Vec<Change>, String)> = None;
@@ -236,9 +247,11 @@ impl Intercept {
                             .push((statement.to_string(), prepared.clone()));
                     }
                     let table = prepared.catalog.table(prepared.relid)?;
-                    let write = prepared.template.write();
-                    if worker_formats_differ(write, table, &prepared.catalog, &*wire) {
-                        return None;
+                    if leaves_format_default(prepared.template.write(), table) {
+                        if !formats_hold(&prepared.catalog, &*wire) {
+                            return None;
+                        }
+                        plan.formats = Some(prepared.catalog.clone());
                     }
                     let changes = prepared.template.bind(&params, &formats, table)?;
                     portal = Some((changes, tag(prepared.template.write())));
@@ -331,7 +344,8 @@ impl Intercept {
         if earlier.is_none()
             && (wire.drained().await != b'I'
                 || self.settings_changed(wire)
-                || !self.still_known(&plan, wire))
+                || !self.still_known(&plan, wire)
+                || !plan.formats_hold(wire))
         {
             return self.forward(group, wire).await;
         }

@@ -121,6 +121,8 @@ pub struct Intercept {
     /// A statement that may have changed the schema passed through: the catalog's names may
     /// be out of date until reloaded after it committed.
     schema_stale: bool,
+    /// Among them, one that may have changed privileges: they are forgotten at that reload.
+    privileges_stale: bool,
     /// The last messages that passed through did not end with a Sync or Query: what they did
     /// is not committed yet.
     mid_group: bool,
@@ -164,6 +166,7 @@ impl Intercept {
             resolver: resolve::Resolver::default(),
             serials: 0,
             copying: false,
+            privileges_stale: false,
             privileges: Default::default(),
         }
     }
@@ -243,7 +246,8 @@ impl Intercept {
                         if self.open.is_some()
                             || (wire.drained().await == b'I'
                                 && !self.settings_changed(wire)
-                                && self.still_known(&plan, wire))
+                                && self.still_known(&plan, wire)
+                                && plan.formats_hold(wire))
                         {
                             return self.answer_partial(plan, wire).await;
                         }
@@ -373,15 +377,17 @@ impl Intercept {
                 let mut changes = Vec::new();
                 let mut tags = Vec::with_capacity(writes.len());
                 let mut all = true;
+                // A write leaves a default that depends on the session's formats: compared
+                // once PostgreSQL reported what came before (below).
+                let mut formats_matter: Option<Arc<Catalog>> = None;
                 for w in &writes {
                     match self.acceptable(w, Some(&mut *wire)).await {
                         Some((table, catalog)) => {
-                            match catalog
-                                .tables
-                                .get(table)
-                                .filter(|t| !worker_formats_differ(w, t, &catalog, &*wire))
-                                .and_then(|t| validate::changes(w, t))
-                            {
+                            let t = catalog.tables.get(table);
+                            if t.is_some_and(|t| leaves_format_default(w, t)) {
+                                formats_matter = Some(catalog.clone());
+                            }
+                            match t.and_then(|t| validate::changes(w, t)) {
                                 Some(c) => {
                                     changes.extend(c);
                                     tags.push(tag(w));
@@ -401,6 +407,7 @@ impl Intercept {
                     && !self.mid_group
                     && wire.drained().await == b'I'
                     && !self.settings_changed(wire)
+                    && formats_matter.is_none_or(|c| formats_hold(&c, &*wire))
                 {
                     let enqueued = self.enqueue(changes, wire).await;
                     match enqueued {
@@ -693,16 +700,17 @@ fn privileges(w: &Write, table: &crate::writebehind::catalog::Table) -> &'static
     }
 }
 
-/// Whether `w` leaves a column to a default that the worker would compute with other
-/// TimeZone, DateStyle or IntervalStyle settings than this session has (see
-/// `Column::format_default`): then PostgreSQL computes it in the session.
-fn worker_formats_differ<W: Wire>(
-    w: &Write,
-    table: &crate::writebehind::catalog::Table,
-    catalog: &Catalog,
-    wire: &W,
-) -> bool {
-    validate::leaves_default(w, table, |c| c.format_default) && wire.formats() != catalog.formats
+/// Whether `w` leaves a column to a default that depends on TimeZone, DateStyle or
+/// IntervalStyle (see `Column::format_default`). The worker computes it with the catalog's
+/// [`formats`](Catalog::formats): a session whose reported settings differ has PostgreSQL
+/// compute it, so they are compared once every earlier reply (and ParameterStatus) is in.
+fn leaves_format_default(w: &Write, table: &crate::writebehind::catalog::Table) -> bool {
+    validate::leaves_default(w, table, |c| c.format_default)
+}
+
+/// Whether the session's formats, as PostgreSQL last reported them, are `catalog`'s.
+fn formats_hold<W: Wire>(catalog: &Catalog, wire: &W) -> bool {
+    wire.formats() == catalog.formats
 }
 
 /// The command tag PostgreSQL sends for `w` when every row is written.

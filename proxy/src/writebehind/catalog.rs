@@ -163,15 +163,7 @@ pub struct Catalog {
 pub const LOAD_SQL: &str = "
     SELECT c.oid::int8, n.nspname::text, c.relname::text, t.mode, t.key_columns,
            a.attname::text, format_type(a.atttypid, NULL), a.atttypmod,
-           a.attnotnull OR EXISTS (
-               WITH RECURSIVE dom(oid) AS (
-                   SELECT a.atttypid
-                   UNION ALL
-                   SELECT ty.typbasetype FROM pg_type ty JOIN dom ON ty.oid = dom.oid
-                    WHERE ty.typtype = 'd')
-               SELECT 1 FROM dom JOIN pg_type ty ON ty.oid = dom.oid
-                WHERE ty.typtype = 'd'
-                  AND (ty.typnotnull OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contypid = ty.oid))),
+           a.attnotnull OR dom.refuses_null,
            a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
            a.attgenerated <> '' OR a.attidentity = 'a', t.read_barrier,
            (extract(epoch FROM t.flush_interval) * 1e6)::int8, t.max_batch_rows,
@@ -180,14 +172,7 @@ pub const LOAD_SQL: &str = "
            c.relrowsecurity,
            COALESCE((SELECT pg_get_expr(d.adbin, d.adrelid) ~* '\\m(current_user|session_user|current_role|user|current_setting|current_schemas?|current_query|inet_(client|server)_(addr|port)|pg_backend_pid|txid_current|pg_current_xact_id|pg_my_temp_schema|pg_trigger_depth)\\M'
                        FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false)
-           OR (NOT a.atthasdef AND EXISTS (
-               WITH RECURSIVE dom(oid) AS (
-                   SELECT a.atttypid
-                   UNION ALL
-                   SELECT ty.typbasetype FROM pg_type ty JOIN dom ON ty.oid = dom.oid
-                    WHERE ty.typtype = 'd')
-               SELECT 1 FROM dom JOIN pg_type ty ON ty.oid = dom.oid
-                WHERE ty.typtype = 'd' AND ty.typdefaultbin IS NOT NULL)),
+           OR (NOT a.atthasdef AND dom.has_default),
            c.relhasrules, c.relhassubclass,
            ARRAY(SELECT DISTINCT ra.attname::text
                    FROM pg_constraint co
@@ -205,6 +190,20 @@ pub const LOAD_SQL: &str = "
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+     -- The column's domains, at any depth: whether one refuses NULL (NOT NULL, or a CHECK a
+     -- NULL may fail) and whether one has a default.
+     CROSS JOIN LATERAL (
+        WITH RECURSIVE chain(oid) AS (
+            SELECT a.atttypid
+            UNION ALL
+            SELECT ty.typbasetype FROM pg_type ty JOIN chain ON ty.oid = chain.oid
+             WHERE ty.typtype = 'd')
+        SELECT COALESCE(bool_or(ty.typnotnull
+                                OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contypid = ty.oid)),
+                        false) AS refuses_null,
+               COALESCE(bool_or(ty.typdefaultbin IS NOT NULL), false) AS has_default
+          FROM chain JOIN pg_type ty ON ty.oid = chain.oid
+         WHERE ty.typtype = 'd') dom
      ORDER BY c.oid, a.attnum";
 
 /// Schemas whose relations, functions and operators are PostgreSQL's own.

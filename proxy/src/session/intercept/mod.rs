@@ -27,7 +27,8 @@
 //! them; `sync_setting.rs` the `writebehind.sync` switch; `resolve.rs` name resolution;
 //! `session_timeouts.rs` the session's statement_timeout, which bounds a barrier's wait and
 //! a wait for room in the queue, and its idle timeout, kept off meanwhile; `enqueue.rs` a
-//! statement's changes offered to the queue.
+//! statement's changes offered to the queue; `privileges.rs` the privileges a write needs and
+//! whether the session's user holds them.
 //!
 //! A session's future is moved at every client message, so futures awaited only on rare
 //! paths (a Query's handling, the barrier and its wait, the wait for room in the queue, a
@@ -37,6 +38,7 @@ mod barrier;
 mod barrier_scope;
 mod enqueue;
 mod extended;
+mod privileges;
 mod resolve;
 mod session_timeouts;
 mod statements;
@@ -49,8 +51,8 @@ use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::messages;
 use crate::writebehind::catalog::Catalog;
 use crate::writebehind::encode::Change;
-use crate::writebehind::privileges::{Privilege, SessionPrivileges};
-use crate::writebehind::recognize::{OnConflict, Write};
+use crate::writebehind::privileges::SessionPrivileges;
+use crate::writebehind::recognize::Write;
 use crate::writebehind::runtime::{DbRuntime, Enqueued};
 use crate::writebehind::scope::Scope;
 use crate::writebehind::template::Template;
@@ -132,7 +134,7 @@ pub struct Intercept {
     serials: u64,
     /// COPY FROM STDIN data is flowing (CopyData sent, no CopyDone or CopyFail yet).
     copying: bool,
-    /// The answers on privileges this session used (see `privileges.rs`).
+    /// The answers on privileges this session used (see `writebehind/privileges.rs`).
     privileges: std::sync::Mutex<SessionPrivileges>,
 }
 
@@ -455,28 +457,12 @@ impl Intercept {
         let relid = self.resolver.resolve(name, catalog.ticket, wire).await?;
         let index = catalog.tables.iter().position(|t| t.relid == relid)?;
         let generation = self.rt.privileges.generation();
-        for &p in privileges(write, catalog.tables.get(index)?) {
+        for &p in privileges::needed(write, catalog.tables.get(index)?) {
             if !self.allowed(generation, relid, p).await {
                 return None; // PostgreSQL raises 42501 itself (or cannot be asked now)
             }
         }
         Some((index, catalog))
-    }
-
-    /// Whether the session's user holds `privilege` on `relid` (asked in `generation`): this
-    /// session's own copy first, then the runtime's answers, then PostgreSQL.
-    async fn allowed(&self, generation: u64, relid: u32, privilege: Privilege) -> bool {
-        let memo = || self.privileges.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(allowed) = memo().get(generation, relid, privilege) {
-            return allowed;
-        }
-        match self.rt.allowed(&self.user, relid, privilege).await {
-            Some(answer) => {
-                memo().keep(relid, privilege, answer);
-                answer.allowed
-            }
-            None => false,
-        }
     }
 
     /// Passes `msgs` through after the barrier; statements they use that PostgreSQL does not
@@ -674,29 +660,6 @@ fn write_table(w: &Write) -> &recognize::TableName {
         Write::Insert { table, .. } | Write::Update { table, .. } | Write::Delete { table, .. } => {
             table
         }
-    }
-}
-
-/// The table privileges PostgreSQL checks for `w`. SELECT is needed for the key columns a
-/// WHERE or a conflict target reads and the columns `n = n + k` reads; the proxy asks for it
-/// on the whole table (a role with column grants only passes through, and PostgreSQL decides).
-/// A plain INSERT into a table whose `on_conflict` policy is `upsert` may update an existing
-/// row when the worker applies it: it needs what `ON CONFLICT DO UPDATE` needs.
-fn privileges(w: &Write, table: &crate::writebehind::catalog::Table) -> &'static [Privilege] {
-    use Privilege::{Delete, Insert, Select, Update};
-    match w {
-        Write::Insert {
-            on_conflict: Some(OnConflict::Update { .. }),
-            ..
-        } => &[Insert, Update, Select],
-        Write::Insert {
-            on_conflict: Some(_),
-            ..
-        } => &[Insert, Select],
-        Write::Insert { .. } if table.upsert && !table.append => &[Insert, Update, Select],
-        Write::Insert { .. } => &[Insert],
-        Write::Update { .. } => &[Update, Select],
-        Write::Delete { .. } => &[Delete, Select],
     }
 }
 

@@ -9,6 +9,7 @@ pub mod databases;
 pub mod encode;
 pub mod journal;
 pub mod lexer;
+pub mod literal;
 pub mod pack;
 pub mod privileges;
 pub mod queue;

@@ -5,6 +5,9 @@
 
 use super::catalog::{Column, Table};
 use super::encode::{negate, Change, ColumnChange};
+use super::literal::{
+    canonical_key, canonical_number, fits_numeric, is_decimal, same_type, valid_text, within_scale,
+};
 use super::recognize::{OnConflict, SetExpr, Value, Write};
 
 /// Converts `write` on `table` into changes, or `None` to pass the statement through.
@@ -367,144 +370,6 @@ fn delta(v: Val<'_>, col: &Column) -> Option<String> {
             && fits_numeric(text, -1)
     };
     ok.then(|| text.to_string())
-}
-
-/// Whether a numeric literal's text is exactly what PostgreSQL prints for its value: no
-/// exponent, no leading `+`, no superfluous leading zero, digits on both sides of a `.`, and
-/// no negative zero (`-0`, `-0.00` print without the sign).
-fn canonical_number(text: &str) -> bool {
-    let (negative, s) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = match s.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (s, None),
-    };
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
-    let int_ok = digits(int) && (int == "0" || !int.starts_with('0'));
-    let frac_ok = frac.is_none_or(digits);
-    let zero = s.bytes().all(|c| c == b'0' || c == b'.');
-    int_ok && frac_ok && !(negative && zero)
-}
-
-/// The key text that identifies a row for coalescing, or `None` when the text cannot: two
-/// values PostgreSQL finds equal must get the same key text, or the coalescer and the worker
-/// would order their changes differently. Integer, boolean and uuid keys written differently
-/// (`007`/`7`, `t`/`true`, upper/lower-case uuid) are normalized; the normalized text is the
-/// same value for PostgreSQL. A numeric key is taken only in the one spelling PostgreSQL's
-/// equality allows for its value (`5`, `5.5`; not `5.0`, `05`, `.5`, `-0`, nor more decimals
-/// than a `numeric(p,s)` keeps): normalizing it would change the display scale an INSERT
-/// stores. A key in a nondeterministic collation
-/// (`'A'` may equal `'a'`) is never taken. Those statements pass through.
-fn canonical_key(text: String, col: &Column) -> Option<String> {
-    if col.nondeterministic {
-        return None;
-    }
-    Some(match col.type_name.as_str() {
-        "smallint" | "integer" | "bigint" => {
-            text.parse::<i64>().map(|v| v.to_string()).unwrap_or(text)
-        }
-        "boolean" => match text.as_str() {
-            "t" | "true" => "true".to_string(),
-            "f" | "false" => "false".to_string(),
-            _ => text,
-        },
-        "uuid" => text.to_ascii_lowercase(),
-        "numeric" => {
-            let frac = text.split_once('.').map_or("", |(_, f)| f);
-            // numeric(p,s) rounds to s digits on input: 5.555 and 5.556 would be one key.
-            if !canonical_number(&text) || frac.ends_with('0') || !within_scale(&text, col.typmod) {
-                return None;
-            }
-            text
-        }
-        _ => text,
-    })
-}
-
-/// Whether a decimal has at most the scale `s` of `numeric(p,s)` (always, for `typmod < 0`):
-/// then PostgreSQL stores it without rounding, and exact sums of such values (coalesced
-/// increments) round nowhere either, as PostgreSQL's one statement at a time would not.
-fn within_scale(text: &str, typmod: i32) -> bool {
-    if typmod < 4 {
-        return true;
-    }
-    let scale = ((typmod - 4) & 0xffff) as usize;
-    text.split_once('.').map_or(0, |(_, f)| f.len()) <= scale
-}
-
-/// Whether a decimal fits `numeric(p,s)` without overflow (22003), with no rounding able to
-/// carry into a new digit; unconstrained numerics (`typmod < 0`) fit within PostgreSQL's own
-/// limits (131072 digits before the point, 16383 after; kept one short of each). Anything
-/// uncertain (negative scale, rounding at the boundary) answers false: it passes through.
-fn fits_numeric(text: &str, typmod: i32) -> bool {
-    if typmod < 0 {
-        let s = text.strip_prefix('-').unwrap_or(text);
-        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-        return int.trim_start_matches('0').len() < 131_072 && frac.len() < 16_383;
-    }
-    let t = typmod - 4;
-    let (precision, scale) = ((t >> 16) & 0xffff, t & 0xffff);
-    if scale > precision {
-        return false; // negative or exotic scales (PG 15) are left to PostgreSQL
-    }
-    let s = text.strip_prefix('-').unwrap_or(text);
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let int_digits = int.trim_start_matches('0').len() as i32;
-    let room = precision - scale;
-    int_digits < room || (int_digits == room && frac.len() as i32 <= scale)
-}
-
-fn same_type(cast: &str, type_name: &str) -> bool {
-    let canonical = match cast {
-        "int" | "int4" | "integer" => "integer",
-        "int8" | "bigint" => "bigint",
-        "int2" | "smallint" => "smallint",
-        "text" => "text",
-        "bool" | "boolean" => "boolean",
-        "numeric" | "decimal" => "numeric",
-        "uuid" => "uuid",
-        _ => return false,
-    };
-    canonical == type_name
-}
-
-fn is_decimal(s: &str) -> bool {
-    let s = s.strip_prefix('-').unwrap_or(s);
-    let (i, f) = s.split_once('.').unwrap_or((s, ""));
-    !(i.is_empty() && f.is_empty())
-        && i.bytes().all(|c| c.is_ascii_digit())
-        && f.bytes().all(|c| c.is_ascii_digit())
-}
-
-/// Whether `text` is input PostgreSQL accepts for the column, for the types the proxy knows;
-/// any other type is refused (the statement passes through).
-fn valid_text(text: &str, col: &Column) -> bool {
-    match col.type_name.as_str() {
-        "smallint" => text.parse::<i16>().is_ok(),
-        "integer" => text.parse::<i32>().is_ok(),
-        "bigint" => text.parse::<i64>().is_ok(),
-        "numeric" => {
-            is_decimal(text) && fits_numeric(text, col.typmod) && within_scale(text, col.typmod)
-        }
-        "boolean" => matches!(text, "true" | "false" | "t" | "f"),
-        "text" => !text.contains('\0'),
-        "character varying" => {
-            !text.contains('\0') && col.max_chars.is_none_or(|m| text.chars().count() <= m)
-        }
-        "uuid" => {
-            text.len() == 36
-                && text.bytes().enumerate().all(|(i, c)| {
-                    if matches!(i, 8 | 13 | 18 | 23) {
-                        c == b'-'
-                    } else {
-                        c.is_ascii_hexdigit()
-                    }
-                })
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]

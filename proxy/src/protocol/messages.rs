@@ -1,11 +1,10 @@
 //! Backend messages the proxy sends itself, encoded with pgwire's message codecs.
 
 use super::put;
+use bytes::BufMut;
 use bytes::BytesMut;
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
-use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
-};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
 
 /// Severity of an error the proxy raises.
@@ -65,7 +64,12 @@ pub fn ready(buf: &mut BytesMut) {
 
 /// CommandComplete with a tag.
 pub fn complete(buf: &mut BytesMut, tag: &str) {
-    put(buf, &CommandComplete::new(tag.to_string()));
+    // By hand: pgwire's CommandComplete owns its tag, a copy per acknowledged write.
+    buf.reserve(tag.len() + 6);
+    buf.put_u8(b'C');
+    buf.put_i32(tag.len() as i32 + 5);
+    buf.put_slice(tag.as_bytes());
+    buf.put_u8(0);
 }
 
 /// AuthenticationOk.
@@ -157,5 +161,22 @@ pub fn parameter_description(buf: &mut BytesMut, oids: &[u32]) {
     buf.extend_from_slice(&(oids.len() as u16).to_be_bytes());
     for o in oids {
         buf.extend_from_slice(&o.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire::messages::response::CommandComplete;
+
+    #[test]
+    fn command_complete_is_encoded_as_pgwire_does() {
+        for tag in ["UPDATE 1", "INSERT 0 12", ""] {
+            let mut ours = BytesMut::new();
+            complete(&mut ours, tag);
+            let mut theirs = BytesMut::new();
+            put(&mut theirs, &CommandComplete::new(tag.to_string()));
+            assert_eq!(ours, theirs, "{tag}");
+        }
     }
 }

@@ -37,6 +37,8 @@ pub fn canonical_key(text: String, col: &Column) -> Option<String> {
         return None;
     }
     Some(match col.type_name.as_str() {
+        // Already as PostgreSQL prints it (the common case): kept without a copy.
+        "smallint" | "integer" | "bigint" if canonical_number(&text) && !text.contains('.') => text,
         "smallint" | "integer" | "bigint" => {
             text.parse::<i64>().map(|v| v.to_string()).unwrap_or(text)
         }

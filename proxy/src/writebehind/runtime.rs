@@ -23,7 +23,8 @@ pub enum Enqueued {
     /// Journaled (per the durability mode) and queued: acknowledge it.
     Acked,
     /// The pending bound is reached and `overflow = sync`: send the statement to PostgreSQL.
-    PassThrough,
+    /// The changes come back, unqueued, for a caller that cannot pass through any more.
+    PassThrough(Vec<Change>),
 }
 
 /// Why a write was refused; nothing of it was queued.
@@ -229,7 +230,7 @@ impl DbRuntime {
                 max_bytes: l.max_bytes,
             };
             match overflow {
-                Overflow::Sync => return Ok(Enqueued::PassThrough),
+                Overflow::Sync => return Ok(Enqueued::PassThrough(changes)),
                 Overflow::Error => return Err(full),
                 Overflow::Block => {
                     self.barrier.flusher().wake();

@@ -6,6 +6,7 @@ use super::catalog::{Column, Table};
 use super::encode::Change;
 use super::recognize::{SetExpr, Value, Write};
 use super::validate;
+use std::borrow::Cow;
 
 /// A prepared write: parse once (per statement text), bind many times.
 #[derive(Debug, Clone)]
@@ -157,7 +158,7 @@ fn compatible(declared: u32, column: u32) -> bool {
 /// A parameter value's PostgreSQL text form, from text or binary format, for a parameter of
 /// type `oid` (integers are checked against their width, as PostgreSQL's input function
 /// would).
-fn decode(bytes: &[u8], format: i16, oid: u32) -> Option<String> {
+fn decode(bytes: &[u8], format: i16, oid: u32) -> Option<Cow<'_, str>> {
     match format {
         0 => {
             let text = std::str::from_utf8(bytes).ok()?;
@@ -167,30 +168,36 @@ fn decode(bytes: &[u8], format: i16, oid: u32) -> Option<String> {
                 20 => text.trim().parse::<i64>().is_ok(),
                 _ => true,
             };
-            fits.then(|| text.to_string())
+            fits.then_some(Cow::Borrowed(text))
         }
-        1 => match (oid, bytes) {
-            (16, [b]) => Some(if *b != 0 { "true" } else { "false" }.into()),
-            (21, b) => Some(i16::from_be_bytes(b.try_into().ok()?).to_string()),
-            (23, b) => Some(i32::from_be_bytes(b.try_into().ok()?).to_string()),
-            (20, b) => Some(i64::from_be_bytes(b.try_into().ok()?).to_string()),
-            (25 | 1043, b) => std::str::from_utf8(b).ok().map(str::to_string),
-            (2950, b) if b.len() == 16 => {
-                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                Some(format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[0..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..32]
-                ))
-            }
-            // numeric's binary form and anything else: not decoded here.
-            _ => None,
-        },
+        1 => decode_binary(bytes, oid),
         _ => None,
     }
+}
+
+/// A binary-format parameter value's text form (see [`decode`]).
+fn decode_binary(bytes: &[u8], oid: u32) -> Option<Cow<'_, str>> {
+    Some(match (oid, bytes) {
+        (16, [b]) => Cow::Borrowed(if *b != 0 { "true" } else { "false" }),
+        (21, b) => i16::from_be_bytes(b.try_into().ok()?).to_string().into(),
+        (23, b) => i32::from_be_bytes(b.try_into().ok()?).to_string().into(),
+        (20, b) => i64::from_be_bytes(b.try_into().ok()?).to_string().into(),
+        (25 | 1043, b) => Cow::Borrowed(std::str::from_utf8(b).ok()?),
+        (2950, b) if b.len() == 16 => {
+            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+            .into()
+        }
+        // numeric's binary form and anything else: not decoded here.
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::literal::{
     canonical_key, canonical_number, fits_numeric, is_decimal, same_type, valid_text, within_scale,
 };
 use super::recognize::{OnConflict, SetExpr, Value, Write};
+use std::borrow::Cow;
 
 /// Converts `write` on `table` into changes, or `None` to pass the statement through.
 /// Only constant values are handled here (simple query protocol).
@@ -21,7 +22,7 @@ pub fn changes(write: &Write, table: &Table) -> Option<Vec<Change>> {
 /// would. A `$n` with nothing bound to it, or with a cast, passes the statement through.
 pub fn bound_changes(
     write: &Write,
-    params: &[Option<String>],
+    params: &[Option<Cow<'_, str>>],
     table: &Table,
 ) -> Option<Vec<Change>> {
     // Row-level security: the worker would bypass the writer's policies. A keyed table whose
@@ -203,7 +204,7 @@ pub fn bound_changes(
 /// The key's values in key-column order; `None` unless the WHERE names exactly the key.
 fn key_values(
     key: &[(String, Value)],
-    params: &[Option<String>],
+    params: &[Option<Cow<'_, str>>],
     table: &Table,
 ) -> Option<Vec<String>> {
     if key.len() != table.key.len() {
@@ -241,7 +242,7 @@ enum Val<'a> {
     Unbound,
 }
 
-fn val<'a>(v: &'a Value, params: &'a [Option<String>]) -> Val<'a> {
+fn val<'a>(v: &'a Value, params: &'a [Option<Cow<'_, str>>]) -> Val<'a> {
     match v {
         Value::Null => Val::Null,
         Value::Default => Val::Default,

@@ -14,13 +14,16 @@ use crate::writebehind::recognize::Write;
 use crate::writebehind::runtime::Enqueued;
 use crate::writebehind::template::Template;
 use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What answering a group locally takes: the replies, the changes to journal, and the
 /// statements it creates or closes.
 pub(super) struct Plan {
-    /// Reply pieces in order; `true` marks an Execute's reply.
-    replies: Vec<(BytesMut, bool)>,
+    /// The replies to the group's messages, in order.
+    replies: BytesMut,
+    /// Where each message's reply ends in `replies`, and whether it answers an Execute.
+    pieces: Vec<(usize, bool)>,
     changes: Vec<Change>,
     /// Statements parsed by the group: (index of the reply piece, name, statement).
     parsed: Vec<(usize, String, Stmt)>,
@@ -77,11 +80,11 @@ impl Intercept {
         if changes.is_empty() {
             return Ok(true);
         }
-        let refused = match self.rt.enqueue(changes.clone()).await {
+        let refused = match self.rt.enqueue(changes).await {
             Ok(Enqueued::Acked) => return Ok(true),
             // At the bound with overflow = sync: journaling is the only way left for changes
             // already answered; wait for room as `block` would.
-            Ok(Enqueued::PassThrough) => match self.rt.enqueue_waiting(changes).await {
+            Ok(Enqueued::PassThrough(changes)) => match self.rt.enqueue_waiting(changes).await {
                 Ok(()) => return Ok(true),
                 Err(e) => e,
             },
@@ -102,10 +105,6 @@ impl Intercept {
         wire: &mut W,
     ) -> Result<(), ProxyError> {
         self.keep_refreshed(&plan);
-        let mut out = BytesMut::with_capacity(64);
-        for (piece, _) in &plan.replies {
-            out.extend_from_slice(piece);
-        }
         for (_, name, mut stmt) in plan.parsed {
             stmt.serial = self.serial();
             self.stmts.insert(name, stmt);
@@ -114,7 +113,7 @@ impl Intercept {
             self.stmts.remove(&name);
         }
         self.open.get_or_insert_with(Vec::new).extend(plan.changes);
-        wire.reply(out).await
+        wire.reply(plan.replies).await
     }
 
     /// Whether every statement of the session `plan` uses still exists, once what PostgreSQL
@@ -186,7 +185,8 @@ impl Intercept {
     /// PostgreSQL.
     pub(super) async fn plan<W: Wire>(&self, group: &[Bytes], wire: &mut W) -> Option<Plan> {
         let mut plan = Plan {
-            replies: Vec::with_capacity(group.len()),
+            replies: BytesMut::with_capacity(16 * group.len()),
+            pieces: Vec::with_capacity(group.len()),
             changes: Vec::new(),
             parsed: Vec::new(),
             closed: Vec::new(),
@@ -195,9 +195,9 @@ impl Intercept {
             formats: None,
         };
         // Bound portals of the group (only the unnamed one): changes and tag.
-        let mut portal: Option<(Vec<Change>, String)> = None;
+        let mut portal: Option<(Vec<Change>, Cow<'static, str>)> = None;
         for raw in group {
-            let mut out = BytesMut::with_capacity(16);
+            let out = &mut plan.replies;
             let mut is_execute = false;
             match frontend::decode(raw).ok()? {
                 Frontend::Parse {
@@ -211,7 +211,7 @@ impl Intercept {
                     }
                     let prepared = Box::pin(self.prepare(sql, &param_types, wire)).await?;
                     plan.parsed.push((
-                        plan.replies.len(),
+                        plan.pieces.len(),
                         name.to_string(),
                         Stmt {
                             parse: raw.clone(),
@@ -222,7 +222,7 @@ impl Intercept {
                             serial: 0, // given when the plan is carried out
                         },
                     ));
-                    messages::parse_complete(&mut out);
+                    messages::parse_complete(out);
                 }
                 Frontend::Bind {
                     portal: p,
@@ -255,21 +255,25 @@ impl Intercept {
                     }
                     let changes = prepared.template.bind(&params, &formats, table)?;
                     portal = Some((changes, tag(prepared.template.write())));
-                    messages::bind_complete(&mut out);
+                    messages::bind_complete(out);
                 }
                 Frontend::Describe { kind: b'S', name } => {
                     let stmt = self.lookup(&plan.parsed, &mut plan.used, name)?;
                     let prepared = stmt.prepared.as_ref()?;
-                    messages::parameter_description(&mut out, prepared.template.param_types());
-                    messages::no_data(&mut out);
+                    messages::parameter_description(out, prepared.template.param_types());
+                    messages::no_data(out);
                 }
                 Frontend::Describe { name: "", .. } if portal.is_some() => {
-                    messages::no_data(&mut out);
+                    messages::no_data(out);
                 }
                 Frontend::Execute { portal: "" } => {
                     let (changes, t) = portal.take()?;
-                    plan.changes.extend(changes);
-                    messages::complete(&mut out, &t);
+                    if plan.changes.is_empty() {
+                        plan.changes = changes;
+                    } else {
+                        plan.changes.extend(changes);
+                    }
+                    messages::complete(out, &t);
                     is_execute = true;
                 }
                 Frontend::Close { kind: b'S', name } => {
@@ -285,21 +289,21 @@ impl Intercept {
                             .is_none_or(|s| s.on_server)
                             .then(|| raw.clone());
                         plan.closed
-                            .push((plan.replies.len(), name.to_string(), upstream));
+                            .push((plan.pieces.len(), name.to_string(), upstream));
                     }
-                    messages::close_complete(&mut out);
+                    messages::close_complete(out);
                 }
                 Frontend::Close {
                     kind: b'P',
                     name: "",
                 } => {
                     portal = None;
-                    messages::close_complete(&mut out);
+                    messages::close_complete(out);
                 }
-                Frontend::Sync => messages::ready(&mut out),
+                Frontend::Sync => messages::ready(out),
                 _ => return None,
             }
-            plan.replies.push((out, is_execute));
+            plan.pieces.push((plan.replies.len(), is_execute));
         }
         Some(plan)
     }
@@ -354,13 +358,13 @@ impl Intercept {
         let mut changes = earlier.unwrap_or_default();
         changes.extend(plan.changes);
         if !changes.is_empty() {
-            let enqueued = self.enqueue(changes.clone(), wire).await;
+            let enqueued = self.enqueue(changes, wire).await;
             let result = match enqueued {
-                Ok(Enqueued::PassThrough) if !answered_before => {
+                Ok(Enqueued::PassThrough(_)) if !answered_before => {
                     return self.forward(group, wire).await
                 }
                 // Part of the group was answered already: it cannot pass through any more.
-                Ok(Enqueued::PassThrough) => self.rt.enqueue_waiting(changes).await,
+                Ok(Enqueued::PassThrough(changes)) => self.rt.enqueue_waiting(changes).await,
                 Ok(Enqueued::Acked) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -368,28 +372,20 @@ impl Intercept {
                 failed = Some(ProxyError::from(e));
             }
         }
-        let mut out = BytesMut::with_capacity(64);
-        let mut cut = plan.replies.len();
-        match &failed {
-            None => {
-                for (piece, _) in &plan.replies {
-                    out.extend_from_slice(piece);
-                }
-            }
-            Some(e) => {
-                // Replies up to the first Execute, its error, then ReadyForQuery: PostgreSQL
-                // skips everything after an error up to Sync.
-                cut = plan
-                    .replies
-                    .iter()
-                    .position(|(_, exec)| *exec)
-                    .unwrap_or(plan.replies.len());
-                for (piece, _) in &plan.replies[..cut] {
-                    out.extend_from_slice(piece);
-                }
-                e.write_to(&mut out);
-                messages::ready(&mut out);
-            }
+        let mut out = plan.replies;
+        let mut cut = plan.pieces.len();
+        if let Some(e) = &failed {
+            // Replies up to the first Execute, its error, then ReadyForQuery: PostgreSQL
+            // skips everything after an error up to Sync.
+            cut = plan
+                .pieces
+                .iter()
+                .position(|(_, exec)| *exec)
+                .unwrap_or(plan.pieces.len());
+            let end = cut.checked_sub(1).map_or(0, |i| plan.pieces[i].0);
+            out.truncate(end);
+            e.write_to(&mut out);
+            messages::ready(&mut out);
         }
         for (at, name, mut stmt) in plan.parsed {
             if at < cut {

@@ -421,7 +421,7 @@ impl Intercept {
                             messages::ready(&mut out);
                             return wire.reply(out).await;
                         }
-                        Ok(Enqueued::PassThrough) => {}
+                        Ok(Enqueued::PassThrough(_)) => {}
                         Err(e) => {
                             // Refused before anything was queued: the client gets the error
                             // and the session goes on, as after any failed statement.
@@ -677,10 +677,11 @@ fn formats_hold<W: Wire>(catalog: &Catalog, wire: &W) -> bool {
 }
 
 /// The command tag PostgreSQL sends for `w` when every row is written.
-fn tag(w: &Write) -> String {
+fn tag(w: &Write) -> std::borrow::Cow<'static, str> {
     match w {
-        Write::Insert { rows, .. } => format!("INSERT 0 {}", rows.len()),
-        Write::Update { .. } => "UPDATE 1".to_string(),
-        Write::Delete { .. } => "DELETE 1".to_string(),
+        Write::Insert { rows, .. } if rows.len() == 1 => "INSERT 0 1".into(),
+        Write::Insert { rows, .. } => format!("INSERT 0 {}", rows.len()).into(),
+        Write::Update { .. } => "UPDATE 1".into(),
+        Write::Delete { .. } => "DELETE 1".into(),
     }
 }

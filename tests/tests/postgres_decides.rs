@@ -7,8 +7,9 @@
 //! that depend on the writer's session.
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
-use writebehind_tests::{query_i64, Cluster, Proxy};
+use writebehind_tests::{command_tag, query_i64, Cluster, Proxy};
 
 fn wb_proxy(cluster: &Cluster) -> anyhow::Result<Proxy> {
     Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])
@@ -87,15 +88,17 @@ async fn increments_add_up_as_postgres_adds_them() -> anyhow::Result<()> {
     let direct = cluster.connect("postgres").await?;
     direct
         .batch_execute(
-            "CREATE TABLE c (id int PRIMARY KEY, n int, s smallint, m numeric(5,2));
-             INSERT INTO c VALUES (1, -2000000000, -10000, 1.00);
+            "CREATE TABLE c (id int PRIMARY KEY, n int, s smallint, m numeric(5,2),
+                             r numeric(5,-2));
+             INSERT INTO c VALUES (1, -2000000000, -10000, 1.00, 100);
              SELECT writebehind.enable('c');",
         )
         .await?;
     let proxy = wb_proxy(&cluster)?;
     let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
     // PostgreSQL adds int4 + int8 as int8 and assigns the result, which fits; numeric(5,2)
-    // rounds after each statement (1.00 + 0.004 stays 1.00, twice).
+    // rounds after each statement (1.00 + 0.004 stays 1.00, twice), and numeric(5,-2) to
+    // hundreds (100 + 50 is 200, + 50 is 300; summed first it would be 200).
     c.batch_execute(
         "UPDATE c SET n = n + 3000000000 WHERE id = 1;
          UPDATE c SET s = s + 40000 WHERE id = 1;
@@ -103,11 +106,90 @@ async fn increments_add_up_as_postgres_adds_them() -> anyhow::Result<()> {
          UPDATE c SET m = m + 0.004 WHERE id = 1;",
     )
     .await?;
+    // One Query each: in one string with the statements above they would pass through with
+    // them.
+    for _ in 0..2 {
+        c.batch_execute("UPDATE c SET r = r + 50 WHERE id = 1")
+            .await?;
+    }
     assert_eq!(
-        text(&c, "SELECT n || ' ' || s || ' ' || m FROM c")
+        text(&c, "SELECT n || ' ' || s || ' ' || m || ' ' || r FROM c")
             .await?
             .as_deref(),
-        Some("1000000000 30000 1.00")
+        Some("1000000000 30000 1.00 300")
+    );
+    let dead = query_i64(&direct, "SELECT count(*) FROM writebehind.dead_letters").await?;
+    assert_eq!(dead, 0, "nothing was dead-lettered");
+    Ok(())
+}
+
+/// Words and type names PostgreSQL reads otherwise than as they are spelled: reserved words
+/// are no names (`user` is CURRENT_USER), a type name without a schema is looked up through
+/// the search path, and a compared varchar parameter is text.
+#[tokio::test]
+async fn reserved_words_and_type_names_mean_what_postgres_says() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE u (\"user\" text PRIMARY KEY, v int);
+             INSERT INTO u VALUES ('alice', 0), ('bob', 0);
+             CREATE TABLE \"order\" (id int PRIMARY KEY, \"desc\" text);
+             CREATE TABLE tx (id int PRIMARY KEY, s text);
+             CREATE TABLE pv (k varchar(5) PRIMARY KEY, v varchar(5));
+             CREATE SCHEMA s1;
+             CREATE DOMAIN s1.text AS pg_catalog.text CHECK (length(VALUE) < 3);
+             SELECT writebehind.enable('u'); SELECT writebehind.enable('\"order\"');
+             SELECT writebehind.enable('tx'); SELECT writebehind.enable('pv');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // CURRENT_USER is 'postgres': no row of alice's, and then every row.
+    assert_eq!(
+        command_tag(&c, "UPDATE u SET v = 10 WHERE user = 'alice'").await?,
+        0
+    );
+    for (sql, code) in [
+        (
+            "UPDATE \"order\" SET desc = 'y' WHERE id = 1",
+            SqlState::SYNTAX_ERROR,
+        ),
+        ("INSERT INTO order VALUES (1, 'x')", SqlState::SYNTAX_ERROR),
+        (
+            "INSERT INTO u (\"user\", v) VALUES ('carol', 1) ON CONFLICT (user) DO NOTHING",
+            SqlState::INVALID_COLUMN_REFERENCE,
+        ),
+    ] {
+        assert_eq!(fails_with(&c, sql).await, Some(code), "{sql}");
+    }
+    assert_eq!(
+        command_tag(&c, "DELETE FROM u WHERE user = 'postgres'").await?,
+        2
+    );
+    // With s1 before pg_catalog, `text` is the domain, whose CHECK refuses six letters.
+    c.batch_execute("SET search_path = s1, public, pg_catalog")
+        .await?;
+    assert_eq!(
+        fails_with(&c, "INSERT INTO tx VALUES (1, 'abcdef'::text)").await,
+        Some(SqlState::CHECK_VIOLATION)
+    );
+    c.batch_execute("RESET search_path; INSERT INTO tx VALUES (2, 'abcdef'::text)")
+        .await?;
+    assert_eq!(
+        text(&c, "SELECT string_agg(id || s, ',') FROM tx")
+            .await?
+            .as_deref(),
+        Some("2abcdef")
+    );
+    // Described by the proxy (the statement is one it acknowledges), as PostgreSQL would.
+    let st = c.prepare("UPDATE pv SET v = $1 WHERE k = $2").await?;
+    assert_eq!(st.params(), &[Type::VARCHAR, Type::TEXT]);
+    c.execute(&st, &[&"v", &"k"]).await?;
+    assert_eq!(
+        query_i64(&direct, "SELECT count(*) FROM u").await?
+            + query_i64(&direct, "SELECT count(*) FROM \"order\"").await?,
+        0
     );
     let dead = query_i64(&direct, "SELECT count(*) FROM writebehind.dead_letters").await?;
     assert_eq!(dead, 0, "nothing was dead-lettered");

@@ -62,7 +62,7 @@ const FALLBACK_WORDS: &[&str] = &[
 /// What `sql` does to session state the write-behind path relies on. `stmts` are its
 /// statements' tokens, or `None` when it could not be lexed (then any suspicious word
 /// disables).
-pub fn effect(stmts: Option<&[&[Token]]>, sql: &str) -> Effect {
+pub fn effect(stmts: Option<&[&[Token<'_>]]>, sql: &str) -> Effect {
     match stmts {
         Some(stmts) => stmts
             .iter()
@@ -81,7 +81,7 @@ pub fn effect(stmts: Option<&[&[Token]]>, sql: &str) -> Effect {
 }
 
 /// Whether `sql` (its statements' tokens, or `None` when it could not be lexed) runs LISTEN.
-pub fn listens(stmts: Option<&[&[Token]]>, sql: &str) -> bool {
+pub fn listens(stmts: Option<&[&[Token<'_>]]>, sql: &str) -> bool {
     match stmts {
         Some(stmts) => stmts
             .iter()
@@ -102,7 +102,7 @@ pub enum Deallocated {
 /// What the statements of `sql` deallocate (`None`: nothing). `stmts` are its statements'
 /// tokens, or `None` when it could not be lexed (then a mention of `deallocate` counts as
 /// `ALL`).
-pub fn deallocated(stmts: Option<&[&[Token]]>, sql: &str) -> Option<Deallocated> {
+pub fn deallocated(stmts: Option<&[&[Token<'_>]]>, sql: &str) -> Option<Deallocated> {
     let Some(stmts) = stmts else {
         return sql
             .to_ascii_lowercase()
@@ -121,7 +121,7 @@ pub fn deallocated(stmts: Option<&[&[Token]]>, sql: &str) -> Option<Deallocated>
         };
         match t.get(at) {
             Some(Word(w)) if w == "all" => return Some(Deallocated::All),
-            Some(Word(name) | QuotedIdent(name)) => names.push(name.clone()),
+            Some(Word(name) | QuotedIdent(name)) => names.push(name.to_string()),
             _ => return Some(Deallocated::All),
         }
     }
@@ -178,9 +178,9 @@ pub fn parameter_status(msg: &[u8]) -> Option<(&str, &str)> {
     Some((name, value))
 }
 
-fn statement_effect(t: &[Token]) -> Effect {
+fn statement_effect(t: &[Token<'_>]) -> Effect {
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
-    let named = |tok: &Token, name: &str| matches!(tok, Word(w) | QuotedIdent(w) if w == name);
+    let named = |tok: &Token<'_>, name: &str| matches!(tok, Word(w) | QuotedIdent(w) if w == name);
     // Anywhere: set_config(…) changes the setting it names, also written "set_config"(…).
     let set_config = t
         .iter()
@@ -205,7 +205,7 @@ fn statement_effect(t: &[Token]) -> Effect {
             };
             match t.get(at) {
                 Some(Word(name)) if name == SEARCH_PATH => Effect::Resolution,
-                Some(Word(name)) if SETTINGS.contains(&name.as_str()) => Effect::Disable,
+                Some(Word(name)) if SETTINGS.contains(&&**name) => Effect::Disable,
                 Some(Word(_)) => Effect::None,
                 // A quoted or unexpected setting name: be conservative.
                 _ => Effect::Disable,
@@ -233,7 +233,7 @@ fn statement_effect(t: &[Token]) -> Effect {
         }
         // SELECT … INTO [TEMP] t: creates a table (a temporary one as above; a plain one may
         // shadow a table of the same name further down the search_path).
-        Some(Word(w)) if ["select", "with", "table", "values"].contains(&w.as_str()) => match t
+        Some(Word(w)) if ["select", "with", "table", "values"].contains(&&**w) => match t
             .iter()
             .position(|tok| matches!(tok, Word(x) if x == "into"))
         {
@@ -261,7 +261,7 @@ fn statement_effect(t: &[Token]) -> Effect {
 /// a string constant the path does not rely on changes nothing (asyncpg calls
 /// `set_config('jit', 'off', false)` around its type introspection); `search_path`, the
 /// settings of [`SETTINGS`], `writebehind.*`, or a name computed any other way disable.
-fn set_config_effect(args: &[Token]) -> Effect {
+fn set_config_effect(args: &[Token<'_>]) -> Effect {
     let [Token::Str(name), Punct(','), ..] = args else {
         return Effect::Disable;
     };

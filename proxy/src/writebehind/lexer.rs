@@ -1,23 +1,27 @@
 //! A PostgreSQL-exact lexer for the statements the proxy may acknowledge: identifiers with case
 //! folding and quoting, numbers, string constants (standard and E'' escapes, dollar quoting,
 //! continuation across newlines), parameters, operators, comments. Whatever it is not certain
-//! about is an error, so that the statement passes through untouched.
+//! about is an error, so that the statement passes through untouched. Tokens borrow from the
+//! statement text; only a folded word, a quoted name with `""` or a string with escapes owns
+//! its text.
 
-/// One token.
+use std::borrow::Cow;
+
+/// One token of the text `'a`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Token {
+pub enum Token<'a> {
     /// An unquoted identifier or keyword, folded to lower case (ASCII, as PostgreSQL does).
-    Word(String),
+    Word(Cow<'a, str>),
     /// A quoted identifier (`"Name"`), exactly as written inside the quotes.
-    QuotedIdent(String),
+    QuotedIdent(Cow<'a, str>),
     /// A numeric constant as written (`42`, `1.5`, `.5`, `1e3`).
-    Number(String),
+    Number(&'a str),
     /// A string constant's value after escapes.
-    Str(String),
+    Str(Cow<'a, str>),
     /// `$n`.
     Param(u32),
     /// An operator (`=`, `+`, `-`, `::`, `<>`, …).
-    Op(String),
+    Op(&'a str),
     /// `(`, `)`, `,`, `;`, `.`, `[`, `]`.
     Punct(char),
 }
@@ -40,7 +44,7 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// Lexes `sql`. `standard_conforming_strings` is the session's setting: when off, backslashes
 /// in plain '' strings are escapes (as in E'').
-pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, LexError> {
+pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token<'_>>, LexError> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -70,28 +74,12 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                 return Err(LexError::Unsupported(i))
             }
             b'"' => {
-                let mut s = String::new();
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return Err(LexError::Unterminated("quoted identifier")),
-                        Some(b'"') if b.get(j + 1) == Some(&b'"') => {
-                            s.push('"');
-                            j += 2;
-                        }
-                        Some(b'"') => break,
-                        Some(_) => {
-                            let ch = next_char(sql, j);
-                            s.push(ch);
-                            j += ch.len_utf8();
-                        }
-                    }
-                }
+                let (s, n) = quoted_identifier(sql, i)?;
                 if s.is_empty() || s.len() > MAX_IDENTIFIER_BYTES {
                     return Err(LexError::Unsupported(i));
                 }
                 out.push(Token::QuotedIdent(s));
-                i = j + 1;
+                i = n;
             }
             b'$' => {
                 if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
@@ -109,18 +97,18 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                     i = j;
                 } else {
                     let (s, n) = dollar_quoted(sql, i)?;
-                    out.push(Token::Str(s));
+                    out.push(Token::Str(Cow::Borrowed(s)));
                     i = n;
                 }
             }
             b'0'..=b'9' => {
                 let n = number_end(b, i)?;
-                out.push(Token::Number(sql[i..n].to_string()));
+                out.push(Token::Number(&sql[i..n]));
                 i = n;
             }
             b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 let n = number_end(b, i)?;
-                out.push(Token::Number(sql[i..n].to_string()));
+                out.push(Token::Number(&sql[i..n]));
                 i = n;
             }
             b'(' | b')' | b',' | b';' | b'.' | b'[' | b']' => {
@@ -128,7 +116,7 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                 i += 1;
             }
             b':' if b.get(i + 1) == Some(&b':') => {
-                out.push(Token::Op("::".into()));
+                out.push(Token::Op("::"));
                 i += 2;
             }
             c if is_op_char(c) => {
@@ -151,7 +139,7 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                 {
                     op = &op[..op.len() - 1];
                 }
-                out.push(Token::Op(op.to_string()));
+                out.push(Token::Op(op));
                 i += op.len();
             }
             c if is_ident_start(c) => {
@@ -164,7 +152,12 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
                     // Non-ASCII identifiers fold by locale in PostgreSQL: not certain here.
                     return Err(LexError::Unsupported(i));
                 }
-                out.push(Token::Word(word.to_ascii_lowercase()));
+                let word = if word.bytes().any(|c| c.is_ascii_uppercase()) {
+                    Cow::Owned(word.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(word)
+                };
+                out.push(Token::Word(word));
                 i = j;
             }
             _ => return Err(LexError::Unsupported(i)),
@@ -174,7 +167,7 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token>, L
 }
 
 /// Splits a token list into statements at top-level semicolons (empty statements dropped).
-pub fn statements(tokens: &[Token]) -> Vec<&[Token]> {
+pub fn statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
     tokens
         .split(|t| *t == Token::Punct(';'))
         .filter(|s| !s.is_empty())
@@ -251,19 +244,28 @@ fn number_end(b: &[u8], start: usize) -> Result<usize, LexError> {
 }
 
 /// A '…' constant starting at `start` (the quote); with `escapes`, backslash escapes apply.
-/// Adjacent constants separated by whitespace containing a newline are concatenated.
-fn string_constant(sql: &str, start: usize, escapes: bool) -> Result<(String, usize), LexError> {
+/// Adjacent constants separated by whitespace containing a newline are concatenated. Borrowed
+/// from `sql` unless an escape, a doubled quote or a continuation changes the text.
+fn string_constant(
+    sql: &str,
+    start: usize,
+    escapes: bool,
+) -> Result<(Cow<'_, str>, usize), LexError> {
     let b = sql.as_bytes();
-    let mut out = String::new();
-    let mut i = start + 1;
+    let body = start + 1;
+    let mut i = body;
+    // Copied into `out` only from the first byte that is not taken as written.
+    let mut out: Option<String> = None;
     loop {
         match b.get(i) {
             None => return Err(LexError::Unterminated("string constant")),
             Some(b'\'') if b.get(i + 1) == Some(&b'\'') => {
-                out.push('\'');
+                out.get_or_insert_with(|| sql[body..i].to_string())
+                    .push('\'');
                 i += 2;
             }
             Some(b'\'') => {
+                let end = i;
                 i += 1;
                 // Continuation: whitespace with at least one newline, then another quote.
                 let mut j = i;
@@ -273,20 +275,57 @@ fn string_constant(sql: &str, start: usize, escapes: bool) -> Result<(String, us
                     j += 1;
                 }
                 if newline && b.get(j) == Some(&b'\'') {
+                    out.get_or_insert_with(|| sql[body..end].to_string());
                     i = j + 1;
                     continue;
                 }
-                return Ok((out, i));
+                return Ok(match out {
+                    Some(s) => (Cow::Owned(s), i),
+                    None => (Cow::Borrowed(&sql[body..end]), i),
+                });
             }
             Some(b'\\') if escapes => {
                 let (ch, n) = backslash_escape(sql, i)?;
-                out.push(ch);
+                out.get_or_insert_with(|| sql[body..i].to_string()).push(ch);
                 i = n;
             }
             Some(_) => {
                 let ch = next_char(sql, i);
-                out.push(ch);
+                if let Some(s) = out.as_mut() {
+                    s.push(ch);
+                }
                 i += ch.len_utf8();
+            }
+        }
+    }
+}
+
+/// A "…" identifier starting at `start` (the quote), and the index after its closing quote.
+fn quoted_identifier(sql: &str, start: usize) -> Result<(Cow<'_, str>, usize), LexError> {
+    let b = sql.as_bytes();
+    let body = start + 1;
+    let mut out: Option<String> = None;
+    let mut j = body;
+    loop {
+        match b.get(j) {
+            None => return Err(LexError::Unterminated("quoted identifier")),
+            Some(b'"') if b.get(j + 1) == Some(&b'"') => {
+                out.get_or_insert_with(|| sql[body..j].to_string())
+                    .push('"');
+                j += 2;
+            }
+            Some(b'"') => {
+                return Ok(match out {
+                    Some(s) => (Cow::Owned(s), j + 1),
+                    None => (Cow::Borrowed(&sql[body..j]), j + 1),
+                })
+            }
+            Some(_) => {
+                let ch = next_char(sql, j);
+                if let Some(s) = out.as_mut() {
+                    s.push(ch);
+                }
+                j += ch.len_utf8();
             }
         }
     }
@@ -349,7 +388,7 @@ fn backslash_escape(sql: &str, at: usize) -> Result<(char, usize), LexError> {
     }
 }
 
-fn dollar_quoted(sql: &str, start: usize) -> Result<(String, usize), LexError> {
+fn dollar_quoted(sql: &str, start: usize) -> Result<(&str, usize), LexError> {
     let b = sql.as_bytes();
     let mut j = start + 1;
     while j < b.len() && b[j] != b'$' {
@@ -365,7 +404,7 @@ fn dollar_quoted(sql: &str, start: usize) -> Result<(String, usize), LexError> {
     let body_start = j + 1;
     match sql[body_start..].find(tag) {
         Some(end) => Ok((
-            sql[body_start..body_start + end].to_string(),
+            &sql[body_start..body_start + end],
             body_start + end + tag.len(),
         )),
         None => Err(LexError::Unterminated("dollar-quoted string")),
@@ -377,10 +416,10 @@ mod tests {
     use super::*;
     use Token::*;
 
-    fn w(s: &str) -> Token {
+    fn w(s: &str) -> Token<'_> {
         Word(s.into())
     }
-    fn s(v: &str) -> Token {
+    fn s(v: &str) -> Token<'_> {
         Str(v.into())
     }
 
@@ -393,13 +432,13 @@ mod tests {
                 QuotedIdent("Counters".into()),
                 w("set"),
                 QuotedIdent("N".into()),
-                Op("=".into()),
+                Op("="),
                 w("n"),
-                Op("+".into()),
-                Number("1".into()),
+                Op("+"),
+                Number("1"),
                 w("where"),
                 w("id"),
-                Op("=".into()),
+                Op("="),
                 Param(1)
             ])
         );
@@ -440,6 +479,21 @@ mod tests {
     }
 
     #[test]
+    fn tokens_borrow_unless_the_text_changes() {
+        let borrowed = |t: &Token<'_>| match t {
+            Word(c) | QuotedIdent(c) | Str(c) => matches!(c, Cow::Borrowed(_)),
+            _ => true,
+        };
+        let toks = lex(r#"update "T" set v = 'x', w = $q$y$q$ where k = 1"#, true).expect("lex");
+        assert!(toks.iter().all(borrowed), "{toks:?}");
+        // Folding, a doubled quote, an escape or a continuation owns the changed text.
+        for sql in ["Update", r#""a""b""#, "'it''s'", r"E'a\tb'", "'a'\n'b'"] {
+            let toks = lex(sql, true).expect("lex");
+            assert!(!borrowed(&toks[0]), "{sql}: {toks:?}");
+        }
+    }
+
+    #[test]
     fn comments_numbers_and_operators() {
         assert_eq!(
             lex(
@@ -448,29 +502,21 @@ mod tests {
             ),
             Ok(vec![
                 w("select"),
-                Number("1".into()),
+                Number("1"),
                 Punct(','),
-                Number(".5".into()),
+                Number(".5"),
                 Punct(','),
-                Number("1e3".into()),
+                Number("1e3"),
                 Punct(','),
-                Number("2.5E-2".into())
+                Number("2.5E-2")
             ])
         );
         // "x=-1": '=' then '-' (PostgreSQL splits a trailing minus off a plain operator).
         assert_eq!(
             lex("x=-1", true),
-            Ok(vec![
-                w("x"),
-                Op("=".into()),
-                Op("-".into()),
-                Number("1".into())
-            ])
+            Ok(vec![w("x"), Op("="), Op("-"), Number("1")])
         );
-        assert_eq!(
-            lex("a::int", true),
-            Ok(vec![w("a"), Op("::".into()), w("int")])
-        );
+        assert_eq!(lex("a::int", true), Ok(vec![w("a"), Op("::"), w("int")]));
         assert!(lex("123abc", true).is_err());
         assert!(lex("0x1F", true).is_err());
         assert!(lex("1_000", true).is_err());

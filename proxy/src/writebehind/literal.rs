@@ -62,13 +62,19 @@ pub fn canonical_key(text: String, col: &Column) -> Option<String> {
 
 /// Whether a decimal has at most the scale `s` of `numeric(p,s)` (always, for `typmod < 0`):
 /// then PostgreSQL stores it without rounding, and exact sums of such values (coalesced
-/// increments) round nowhere either, as PostgreSQL's one statement at a time would not.
+/// increments) round nowhere either, as PostgreSQL's one statement at a time would not. A
+/// scale PostgreSQL 15 allows beyond `0..=p` (negative: `numeric(5,-2)` rounds to hundreds;
+/// stored in 11 bits, so it reads here as larger than `p`) answers false: every value rounds.
 pub fn within_scale(text: &str, typmod: i32) -> bool {
     if typmod < 4 {
         return true;
     }
-    let scale = ((typmod - 4) & 0xffff) as usize;
-    text.split_once('.').map_or(0, |(_, f)| f.len()) <= scale
+    let t = typmod - 4;
+    let (precision, scale) = ((t >> 16) & 0xffff, t & 0xffff);
+    if scale > precision {
+        return false;
+    }
+    text.split_once('.').map_or(0, |(_, f)| f.len()) <= scale as usize
 }
 
 /// Whether a decimal fits `numeric(p,s)` without overflow (22003), with no rounding able to
@@ -107,6 +113,17 @@ pub fn same_type(cast: &str, type_name: &str) -> bool {
         _ => return false,
     };
     canonical == type_name
+}
+
+/// Whether a cast name [`same_type`] accepts is an ordinary name, which PostgreSQL looks up
+/// through the session's search_path (`int4`, `text`, `uuid`: a schema listed before
+/// `pg_catalog` may have a type or domain of that name), rather than a keyword of the grammar
+/// (`integer`, `boolean`, `numeric`: always `pg_catalog`'s).
+pub fn found_by_search_path(cast: &str) -> bool {
+    !matches!(
+        cast,
+        "int" | "integer" | "bigint" | "smallint" | "boolean" | "numeric" | "decimal"
+    )
 }
 
 /// Whether `s` is a plain decimal: an optional `-`, digits, an optional `.` and digits, with at
@@ -175,6 +192,11 @@ mod tests {
         assert!(within_scale("1.25", NUMERIC_5_2));
         assert!(!within_scale("1.255", NUMERIC_5_2));
         assert!(within_scale("1.255555", -1));
+        // numeric(5,-2) (PostgreSQL 15 keeps the scale in 11 bits): everything rounds to
+        // hundreds, so no increment may be summed exactly.
+        let numeric_5_minus_2 = (5 << 16 | (-2i32 & 0x7ff)) + 4;
+        assert!(!within_scale("50", numeric_5_minus_2));
+        assert!(!fits_numeric("50", numeric_5_minus_2));
         // Unconstrained: PostgreSQL's own limits, one short of each.
         assert!(fits_numeric(&"9".repeat(131_071), -1));
         assert!(!fits_numeric(&"9".repeat(131_072), -1));
@@ -187,5 +209,7 @@ mod tests {
         assert!(!is_decimal("") && !is_decimal("1e5") && !is_decimal("+1") && !is_decimal("."));
         assert!(same_type("int4", "integer") && same_type("decimal", "numeric"));
         assert!(!same_type("int8", "integer") && !same_type("varchar", "text"));
+        assert!(found_by_search_path("int4") && found_by_search_path("text"));
+        assert!(!found_by_search_path("integer") && !found_by_search_path("boolean"));
     }
 }

@@ -73,10 +73,31 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// Whether a value of the statement is cast (`::type`) to a type name `pick` chooses.
+    pub fn any_cast(&self, pick: impl Fn(&str) -> bool) -> bool {
+        let hit = |v: &Value| match v {
+            Value::Const { cast, .. } | Value::Param { cast, .. } => {
+                cast.as_deref().is_some_and(&pick)
+            }
+            Value::Null | Value::Default => false,
+        };
+        match self {
+            Write::Insert { rows, .. } => rows.iter().flatten().any(hit),
+            Write::Update { set, key, .. } => {
+                set.iter()
+                    .any(|(_, SetExpr::Assign(v) | SetExpr::Add(v) | SetExpr::Sub(v))| hit(v))
+                    || key.iter().any(|(_, v)| hit(v))
+            }
+            Write::Delete { key, .. } => key.iter().any(|(_, v)| hit(v)),
+        }
+    }
+}
+
 /// Recognizes one statement (no trailing semicolon); `None` means: pass it through.
-pub fn recognize(tokens: &[Token]) -> Option<Write> {
+pub fn recognize(tokens: &[Token<'_>]) -> Option<Write> {
     let mut p = Parser { t: tokens, i: 0 };
-    let w = match p.word()?.as_str() {
+    let w = match p.word()? {
         "insert" => p.insert(),
         "update" => p.update(),
         "delete" => p.delete(),
@@ -85,51 +106,135 @@ pub fn recognize(tokens: &[Token]) -> Option<Write> {
     p.at_end().then_some(w)
 }
 
-/// Words that end or change a statement where a name is expected: never taken as names.
+/// Words never taken as names where the grammar expects one, sorted (binary search): every
+/// keyword PostgreSQL 15 reserves (`pg_get_keywords()`, category R) or allows only as a type or
+/// function name (T) — `user` is `CURRENT_USER`, `order` a syntax error — and the words that
+/// end or change the forms recognized here.
 const RESERVED: &[&str] = &[
-    "only",
-    "select",
-    "values",
-    "default",
-    "set",
-    "where",
-    "returning",
-    "on",
-    "from",
-    "using",
-    "as",
-    "with",
+    "all",
+    "analyse",
+    "analyze",
     "and",
-    "or",
-    "not",
-    "null",
-    "true",
-    "false",
-    "table",
-    "into",
-    "do",
-    "nothing",
-    "update",
-    "conflict",
-    "excluded",
-    "cast",
-    "is",
-    "in",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
     "between",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "conflict",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "excluded",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
     "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "nothing",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "set",
+    "similar",
+    "some",
+    "symmetric",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "update",
+    "user",
+    "using",
+    "values",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
 ];
 
-struct Parser<'a> {
-    t: &'a [Token],
+struct Parser<'t, 'a> {
+    t: &'t [Token<'a>],
     i: usize,
 }
 
-impl Parser<'_> {
-    fn peek(&self) -> Option<&Token> {
+fn is_reserved(word: &str) -> bool {
+    RESERVED.binary_search(&word).is_ok()
+}
+
+impl<'t, 'a> Parser<'t, 'a> {
+    fn peek(&self) -> Option<&'t Token<'a>> {
         self.t.get(self.i)
     }
 
-    fn next(&mut self) -> Option<&Token> {
+    fn next(&mut self) -> Option<&'t Token<'a>> {
         let t = self.t.get(self.i);
         self.i += 1;
         t
@@ -139,9 +244,9 @@ impl Parser<'_> {
         self.i == self.t.len()
     }
 
-    fn word(&mut self) -> Option<String> {
+    fn word(&mut self) -> Option<&'t str> {
         match self.next()? {
-            Token::Word(w) => Some(w.clone()),
+            Token::Word(w) => Some(w),
             _ => None,
         }
     }
@@ -163,13 +268,13 @@ impl Parser<'_> {
     }
 
     fn op(&mut self, o: &str) -> Option<()> {
-        matches!(self.next()?, Token::Op(x) if x == o).then_some(())
+        matches!(self.next()?, Token::Op(x) if *x == o).then_some(())
     }
 
     fn ident(&mut self) -> Option<String> {
         match self.next()? {
-            Token::Word(w) if !RESERVED.contains(&w.as_str()) => Some(w.clone()),
-            Token::QuotedIdent(q) => Some(q.clone()),
+            Token::Word(w) if !is_reserved(w) => Some(w.to_string()),
+            Token::QuotedIdent(q) => Some(q.to_string()),
             _ => None,
         }
     }
@@ -206,19 +311,19 @@ impl Parser<'_> {
 
     /// An optional `::type` (a single type word, e.g. `int`, `text`, `jsonb`, `timestamptz`).
     fn cast(&mut self) -> Option<Option<String>> {
-        if matches!(self.peek(), Some(Token::Op(o)) if o == "::") {
+        if matches!(self.peek(), Some(Token::Op(o)) if *o == "::") {
             self.i += 1;
             let ty = match self.next()? {
-                Token::Word(w) if !RESERVED.contains(&w.as_str()) => w.clone(),
+                Token::Word(w) if !is_reserved(w) => w.to_string(),
                 // Quoted, a name is only pg_type's own: `"int4"` is a type, `"integer"` is
                 // not (42704), as the grammar's keyword type names are unquoted only.
                 Token::QuotedIdent(q)
                     if matches!(
-                        q.as_str(),
+                        q.as_ref(),
                         "int2" | "int4" | "int8" | "bool" | "numeric" | "text" | "uuid"
                     ) =>
                 {
-                    q.clone()
+                    q.to_string()
                 }
                 _ => return None,
             };
@@ -231,36 +336,41 @@ impl Parser<'_> {
     }
 
     fn value(&mut self, allow_default: bool) -> Option<Value> {
-        let signed = matches!(self.peek(), Some(Token::Op(o)) if o == "-" || o == "+");
-        let v = match self.next()?.clone() {
+        let signed = matches!(self.peek(), Some(Token::Op(o)) if *o == "-" || *o == "+");
+        let v = match self.next()? {
             Token::Word(w) if w == "null" => Value::Null,
             Token::Word(w) if w == "default" && allow_default => return Some(Value::Default),
             // A boolean constant is typed (unlike a quoted string): `k = true` on a text
             // column is an error in PostgreSQL (42883), so it is recognized as a cast.
             Token::Word(w) if w == "true" || w == "false" => Value::Const {
-                text: w,
+                text: w.to_string(),
                 cast: Some("boolean".into()),
                 number: false,
             },
             Token::Number(n) => Value::Const {
-                text: n,
+                text: n.to_string(),
                 cast: None,
                 number: true,
             },
-            Token::Op(o) if o == "-" || o == "+" => match self.next()?.clone() {
+            Token::Op(o) if *o == "-" || *o == "+" => match self.next()? {
+                Token::Number(n) if *o == "-" => Value::Const {
+                    text: format!("-{n}"),
+                    cast: None,
+                    number: true,
+                },
                 Token::Number(n) => Value::Const {
-                    text: if o == "-" { format!("-{n}") } else { n },
+                    text: n.to_string(),
                     cast: None,
                     number: true,
                 },
                 _ => return None,
             },
             Token::Str(s) => Value::Const {
-                text: s,
+                text: s.to_string(),
                 cast: None,
                 number: false,
             },
-            Token::Param(n) => Value::Param { n, cast: None },
+            Token::Param(n) => Value::Param { n: *n, cast: None },
             _ => return None,
         };
         let cast = self.cast()?;
@@ -313,7 +423,7 @@ impl Parser<'_> {
             self.keyword("conflict")?;
             let target = self.ident_list()?;
             self.keyword("do")?;
-            match self.word()?.as_str() {
+            match self.word()? {
                 "nothing" => Some(OnConflict::Nothing { target }),
                 "update" => {
                     self.keyword("set")?;
@@ -358,8 +468,8 @@ impl Parser<'_> {
                 Token::Word(w) if *w == col => {
                     self.i += 1;
                     let add = match self.next()? {
-                        Token::Op(o) if o == "+" => true,
-                        Token::Op(o) if o == "-" => false,
+                        Token::Op(o) if *o == "+" => true,
+                        Token::Op(o) if *o == "-" => false,
                         _ => return None,
                     };
                     let v = self.value(false)?;
@@ -562,9 +672,40 @@ mod tests {
             "DELETE FROM t WHERE id = 1; DELETE FROM t WHERE id = 2",
             "TRUNCATE t",
             "COPY t FROM STDIN",
+            // Reserved words are no names: `order` is a syntax error, `user` is CURRENT_USER
+            // (this DELETE deletes every row when the session's user is 'postgres').
+            "INSERT INTO order VALUES (1)",
+            "INSERT INTO \"order\" (id, limit) VALUES (2, 3)",
+            "UPDATE \"order\" SET desc = 'y' WHERE id = 1",
+            "DELETE FROM u WHERE user = 'postgres'",
+            "UPDATE u SET v = 10 WHERE current_user = 'alice'",
+            "INSERT INTO u (\"user\", v) VALUES ('c', 1) ON CONFLICT (user) DO NOTHING",
+            "UPDATE t SET n = n + 1 WHERE left = 1",
         ] {
             assert_eq!(rec(sql), None, "{sql} must pass through");
         }
+    }
+
+    #[test]
+    fn reserved_words_are_sorted_and_quoted_ones_are_names() {
+        assert!(RESERVED.windows(2).all(|w| w[0] < w[1]));
+        for word in [
+            "user",
+            "order",
+            "limit",
+            "current_user",
+            "left",
+            "verbose",
+            "select",
+        ] {
+            assert!(is_reserved(word), "{word}");
+        }
+        // Unreserved and column-name keywords are names PostgreSQL accepts anywhere here.
+        for word in ["name", "key", "value", "type", "position", "time", "int"] {
+            assert!(!is_reserved(word), "{word}");
+        }
+        assert!(rec("DELETE FROM u WHERE \"user\" = 'postgres'").is_some());
+        assert!(rec("UPDATE \"order\" SET \"desc\" = 'y', name = 'n' WHERE id = 1").is_some());
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl Names {
     }
 
     /// The scope of a list of statements (a simple Query, or one Parse): the union of theirs.
-    pub fn scope(&self, stmts: &[&[Token]]) -> Scope {
+    pub fn scope(&self, stmts: &[&[Token<'_>]]) -> Scope {
         if !self.loaded {
             return Scope::All;
         }
@@ -255,10 +255,10 @@ impl Names {
     }
 
     /// The scope of one statement (no semicolon).
-    fn statement(&self, t: &[Token]) -> Scope {
+    fn statement(&self, t: &[Token<'_>]) -> Scope {
         use Token::{Op, Punct, QuotedIdent, Word};
         let kind = match t.first() {
-            Some(Word(w)) => w.as_str(),
+            Some(Word(w)) => &**w,
             Some(Punct('(')) => "select",
             _ => return Scope::All,
         };
@@ -290,16 +290,18 @@ impl Names {
             return Scope::All;
         }
         // EXPLAIN [ANALYZE] EXECUTE runs a prepared statement; PREPARE … AS EXECUTE too.
-        if matches!(kind, "explain" | "prepare") && t.iter().any(|x| *x == Word("execute".into())) {
+        if matches!(kind, "explain" | "prepare")
+            && t.iter().any(|x| matches!(x, Word(w) if w == "execute"))
+        {
             return Scope::All;
         }
         let mut tables = BTreeSet::new();
         let mut relation_named = false;
         for (i, tok) in t.iter().enumerate() {
             let name = match tok {
-                Word(w) => w.as_str(),
-                QuotedIdent(q) => q.as_str(),
-                Op(o) if self.operators.contains(o) => return Scope::All,
+                Word(w) => &**w,
+                QuotedIdent(q) => &**q,
+                Op(o) if self.operators.contains(*o) => return Scope::All,
                 _ => continue,
             };
             let call = t.get(i + 1) == Some(&Punct('('));
@@ -333,9 +335,9 @@ impl Names {
 
 /// Whether one of `stmts` may change the schema (any kind the analysis does not scope: DDL,
 /// DO, CALL, …): the names the catalog classified may be out of date after it.
-pub fn may_change_schema(stmts: &[&[Token]]) -> bool {
+pub fn may_change_schema(stmts: &[&[Token<'_>]]) -> bool {
     stmts.iter().any(|t| match t.first() {
-        Some(Token::Word(w)) => !SCOPED_KINDS.contains(&w.as_str()),
+        Some(Token::Word(w)) => !SCOPED_KINDS.contains(&&**w),
         Some(Token::Punct('(')) => false,
         _ => true,
     })
@@ -343,11 +345,11 @@ pub fn may_change_schema(stmts: &[&[Token]]) -> bool {
 
 /// Whether one of `stmts` may change who may write a table: GRANT, REVOKE, REASSIGN OWNED,
 /// ALTER (an owner, a role) or DROP (OWNED, a role).
-pub fn may_change_privileges(stmts: &[&[Token]]) -> bool {
+pub fn may_change_privileges(stmts: &[&[Token<'_>]]) -> bool {
     const KINDS: &[&str] = &["grant", "revoke", "reassign", "alter", "drop"];
     stmts
         .iter()
-        .any(|t| matches!(t.first(), Some(Token::Word(w)) if KINDS.contains(&w.as_str())))
+        .any(|t| matches!(t.first(), Some(Token::Word(w)) if KINDS.contains(&&**w)))
 }
 
 /// Whether every one of `stmts` only reads: it starts with SELECT, TABLE, VALUES or SHOW (or
@@ -356,7 +358,7 @@ pub fn may_change_privileges(stmts: &[&[Token]]) -> bool {
 /// for tables enabled with `read_barrier => false`: anything that may write such a table
 /// waits for its pending changes, which come first in each key's order. (A function called
 /// by a SELECT that writes one is not seen.)
-pub fn reads_only(stmts: &[&[Token]]) -> bool {
+pub fn reads_only(stmts: &[&[Token<'_>]]) -> bool {
     const READS: &[&str] = &["select", "table", "values", "show"];
     const WRITES: &[&str] = &[
         "insert", "update", "delete", "merge", "into", "truncate", "copy",
@@ -364,14 +366,14 @@ pub fn reads_only(stmts: &[&[Token]]) -> bool {
     !stmts.is_empty()
         && stmts.iter().all(|t| {
             let starts = match t.first() {
-                Some(Token::Word(w)) => READS.contains(&w.as_str()),
+                Some(Token::Word(w)) => READS.contains(&&**w),
                 Some(Token::Punct('(')) => true,
                 _ => false,
             };
             starts
                 && !t
                     .iter()
-                    .any(|x| matches!(x, Token::Word(w) if WRITES.contains(&w.as_str())))
+                    .any(|x| matches!(x, Token::Word(w) if WRITES.contains(&&**w)))
         })
 }
 
@@ -511,7 +513,9 @@ mod tests {
         }
         let mut n = names();
         n.at_commit = tables(&[WB]);
-        let tokens = |sql: &str| lexer::lex(sql, true).expect("lexes");
+        fn tokens(sql: &str) -> Vec<lexer::Token<'_>> {
+            lexer::lex(sql, true).expect("lexes")
+        }
         for sql in [
             "COMMIT",
             "END TRANSACTION",

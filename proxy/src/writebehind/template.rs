@@ -16,6 +16,9 @@ pub struct Template {
     param_types: Vec<u32>,
 }
 
+const TEXT: u32 = 25;
+const VARCHAR: u32 = 1043;
+
 /// The built-in type oid of a column type the proxy can bind, or `None`.
 fn type_oid(type_name: &str) -> Option<u32> {
     Some(match type_name {
@@ -23,8 +26,8 @@ fn type_oid(type_name: &str) -> Option<u32> {
         "bigint" => 20,
         "smallint" => 21,
         "integer" => 23,
-        "text" => 25,
-        "character varying" => 1043,
+        "text" => TEXT,
+        "character varying" => VARCHAR,
         "numeric" => 1700,
         "uuid" => 2950,
         _ => return None,
@@ -37,17 +40,21 @@ impl Template {
     /// columns of different types, not numbered `$1..$n` without gaps, declared with another
     /// type than PostgreSQL would infer, or of a type the proxy cannot bind.
     pub fn prepare(write: Write, table: &Table, declared: &[u32]) -> Option<Self> {
-        let mut slots: Vec<(u32, &Column)> = Vec::new();
-        let mut note = |v: &Value, col: &str| -> Option<()> {
+        // Per occurrence of a `$n`: its number, its column, and whether it is compared with
+        // the column (WHERE) rather than assigned to it.
+        let mut slots: Vec<(u32, &Column, bool)> = Vec::new();
+        let mut note = |v: &Value, col: &str, compared: bool| -> Option<()> {
             match v {
                 Value::Param { cast: Some(_), .. } => None,
                 Value::Param { n, cast: None } => {
-                    slots.push((*n, table.column(col)?));
+                    slots.push((*n, table.column(col)?, compared));
                     Some(())
                 }
                 _ => Some(()),
             }
         };
+        // In the order PostgreSQL's analysis meets them (it types a `$n` where it first
+        // sees it): an UPDATE's WHERE comes before its SET list.
         match &write {
             Write::Insert { columns, rows, .. } => {
                 for row in rows {
@@ -56,39 +63,48 @@ impl Template {
                             Some(c) => c.get(i)?.as_str(),
                             None => table.columns.get(i)?.name.as_str(),
                         };
-                        note(v, name)?;
+                        note(v, name, false)?;
                     }
                 }
             }
             Write::Update { set, key, .. } => {
+                for (c, v) in key {
+                    note(v, c, true)?;
+                }
                 for (c, e) in set {
                     let (SetExpr::Assign(v) | SetExpr::Add(v) | SetExpr::Sub(v)) = e;
-                    note(v, c)?;
-                }
-                for (c, v) in key {
-                    note(v, c)?;
+                    note(v, c, false)?;
                 }
             }
             Write::Delete { key, .. } => {
                 for (c, v) in key {
-                    note(v, c)?;
+                    note(v, c, true)?;
                 }
             }
         }
-        let count = slots.iter().map(|(n, _)| *n).max().unwrap_or(0) as usize;
+        let count = slots.iter().map(|(n, _, _)| *n).max().unwrap_or(0) as usize;
         // PostgreSQL allows at most 65535 parameters; a larger $n is its error to raise (and
         // must not size an allocation here).
         if count > u16::MAX as usize || declared.len() > count {
             return None; // extra declared parameters: PostgreSQL's own business
         }
         let mut param_types = vec![0u32; count];
-        for (n, col) in &slots {
-            let oid = type_oid(&col.type_name)?;
+        for (n, col, compared) in &slots {
+            let mut oid = type_oid(&col.type_name)?;
+            // varchar has no `=` of its own: `k = $1` is text = text, and $1 is text.
+            if *compared && oid == VARCHAR {
+                oid = TEXT;
+            }
             let slot = param_types.get_mut((*n as usize).checked_sub(1)?)?;
-            if *slot != 0 && *slot != oid {
+            // Typed text by a WHERE, a `$n` assigned to a varchar column after it stays text
+            // (assignment casts it); any other pair of types: PostgreSQL decides.
+            let keeps = *slot == oid || (*slot == TEXT && oid == VARCHAR && !compared);
+            if *slot != 0 && !keeps {
                 return None; // the same $n for columns of different types
             }
-            *slot = oid;
+            if *slot == 0 {
+                *slot = oid;
+            }
         }
         for (i, t) in param_types.iter_mut().enumerate() {
             let d = declared.get(i).copied().unwrap_or(0);
@@ -264,6 +280,34 @@ mod tests {
             .is_none()); // 22003
         assert!(t.bind(&[Some(b"4"), Some(b"1")], &[], &table()).is_some());
         assert!(prepare("DELETE FROM t WHERE id = $1 AND id = $1", &[]).is_none());
+    }
+
+    #[test]
+    fn a_varchar_compared_is_text_as_postgres_infers() {
+        let col = Column::plain;
+        let pv = Table::keyed(
+            "public",
+            "pv",
+            &["k"],
+            vec![col("k", "character varying"), col("v", "character varying")],
+        );
+        let types = |sql: &str| {
+            let toks = lexer::lex(sql, true).ok()?;
+            Template::prepare(recognize::recognize(&toks)?, &pv, &[])
+                .map(|t| t.param_types().to_vec())
+        };
+        // What PostgreSQL 15 infers for each (`PREPARE`, then pg_prepared_statements'
+        // parameter_types): varchar has no `=`, so a compared $n is text.
+        assert_eq!(types("DELETE FROM pv WHERE k = $1"), Some(vec![TEXT]));
+        assert_eq!(
+            types("UPDATE pv SET v = $1 WHERE k = $2"),
+            Some(vec![VARCHAR, TEXT])
+        );
+        assert_eq!(types("UPDATE pv SET v = $1 WHERE k = $1"), Some(vec![TEXT]));
+        assert_eq!(
+            types("INSERT INTO pv (k, v) VALUES ($1, $2)"),
+            Some(vec![VARCHAR, VARCHAR])
+        );
     }
 
     #[test]

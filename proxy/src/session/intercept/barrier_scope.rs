@@ -141,7 +141,7 @@ impl Intercept {
     }
 
     /// The scope of lexed statements; notes a possible schema change.
-    pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token]]) -> Scope {
+    pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token<'_>]]) -> Scope {
         if scope::may_change_schema(stmts) {
             self.schema_stale = true;
             self.privileges_stale |= scope::may_change_privileges(stmts);

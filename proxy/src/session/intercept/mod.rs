@@ -56,7 +56,7 @@ use crate::writebehind::recognize::Write;
 use crate::writebehind::runtime::{DbRuntime, Enqueued};
 use crate::writebehind::scope::Scope;
 use crate::writebehind::template::Template;
-use crate::writebehind::{lexer, recognize, validate};
+use crate::writebehind::{lexer, literal, recognize, validate};
 use barrier::AfterBarrier;
 use bytes::{Bytes, BytesMut};
 use foldhash::{HashMap, HashMapExt};
@@ -142,7 +142,7 @@ pub struct Intercept {
 enum Lexed<'a> {
     /// Not a Query: the messages are analysed.
     No,
-    Ok(&'a [&'a [lexer::Token]]),
+    Ok(&'a [&'a [lexer::Token<'a>]]),
     /// The lexer could not be certain.
     Failed,
 }
@@ -306,7 +306,11 @@ impl Intercept {
     /// Follows what `sql` (lexed into `stmts`, or `None` when it could not be) does to
     /// session state interception relies on (see `changers`): table names are resolved again
     /// after it, or interception ends for good. Returns its effect.
-    fn watch_session_changes(&mut self, stmts: Option<&[&[lexer::Token]]>, sql: &str) -> Effect {
+    fn watch_session_changes(
+        &mut self,
+        stmts: Option<&[&[lexer::Token<'_>]]>,
+        sql: &str,
+    ) -> Effect {
         if !self.enabled {
             return Effect::None;
         }
@@ -333,7 +337,9 @@ impl Intercept {
         // answers it.
         self.stmts.remove("");
         self.portals.remove("");
-        let sql = match frontend::decode(&msg) {
+        // The tokens borrow the text; `msg` itself goes on to PostgreSQL when not answered.
+        let text = msg.clone();
+        let sql = match frontend::decode(&text) {
             Ok(Frontend::Query(sql)) => sql,
             _ => return self.forward(vec![msg], wire).await,
         };
@@ -453,9 +459,18 @@ impl Intercept {
         }
         // Never in the middle of an extended-protocol group that went upstream unsynced: a
         // Query there would end the group's implicit transaction.
-        let wire = wire.filter(|_| !self.mid_group);
-        let relid = self.resolver.resolve(name, catalog.ticket, wire).await?;
+        let mut wire = wire.filter(|_| !self.mid_group);
+        let relid = self
+            .resolver
+            .resolve(name, catalog.ticket, wire.as_deref_mut())
+            .await?;
         let index = catalog.tables.iter().position(|t| t.relid == relid)?;
+        // `'x'::text` is pg_catalog's text only where the search path puts pg_catalog first.
+        if write.any_cast(literal::found_by_search_path)
+            && !self.resolver.builtin_types_first(wire).await
+        {
+            return None;
+        }
         let generation = self.rt.privileges.generation();
         for &p in privileges::needed(write, catalog.tables.get(index)?) {
             if !self.allowed(generation, relid, p).await {
@@ -648,7 +663,7 @@ fn recognize_all(sql: &str) -> Option<Vec<Write>> {
 }
 
 /// As [`recognize_all`], for statements already lexed.
-fn recognize_stmts(stmts: &[&[lexer::Token]]) -> Option<Vec<Write>> {
+fn recognize_stmts(stmts: &[&[lexer::Token<'_>]]) -> Option<Vec<Write>> {
     if stmts.is_empty() {
         return None;
     }

@@ -13,7 +13,7 @@ use crate::session::wire::{answer_text, NotAsked, Wire};
 use crate::writebehind::recognize::TableName;
 use bytes::Bytes;
 use foldhash::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 /// One session's answers.
@@ -27,7 +27,21 @@ pub struct Resolver {
     /// The session was asked since [`Resolver::take_asked`] was last called (the question
     /// replaced its unnamed prepared statement).
     asked: AtomicBool,
+    /// Whether `pg_catalog` comes first in the session's search path, so that a type name
+    /// written without a schema is the built-in type: [`UNKNOWN`], [`YES`] or [`NO`].
+    builtin_types: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
+/// Where `pg_catalog` stands in the session's effective search path (with the implicit
+/// schemas: a temporary schema that exists comes before it). Every name qualified, as in
+/// [`regclass_query`].
+const CATALOG_POSITION: &str =
+    "SELECT pg_catalog.array_position(pg_catalog.current_schemas(true), \
+     'pg_catalog'::pg_catalog.name)";
 
 impl Resolver {
     /// The session's resolution epoch: statements resolved in an older one are resolved again.
@@ -41,6 +55,7 @@ impl Resolver {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        *self.builtin_types.get_mut() = UNKNOWN;
         self.epoch += 1;
     }
 
@@ -79,6 +94,31 @@ impl Resolver {
             Err(NotAsked::Lost) => known.and_then(|(_, relid)| relid),
             Err(NotAsked::Busy) => None,
         }
+    }
+
+    /// Whether a type name written without a schema (`'5'::int4`) denotes the built-in type in
+    /// this session: `pg_catalog` is searched first (asked of the session through `wire`
+    /// once per resolution epoch). False when it cannot be asked: the write passes through.
+    pub async fn builtin_types_first<W: Wire>(&self, wire: Option<&mut W>) -> bool {
+        match self.builtin_types.load(Ordering::Acquire) {
+            YES => return true,
+            NO => return false,
+            _ => {}
+        }
+        let Some(wire) = wire else {
+            return false;
+        };
+        let Ok(replies) = wire.ask(CATALOG_POSITION, b"I").await else {
+            return false;
+        };
+        self.asked.store(true, Ordering::Release);
+        if replies.iter().any(|m| m.first() == Some(&b'E')) {
+            return false;
+        }
+        let first = answer_text(&replies) == Some("1");
+        self.builtin_types
+            .store(if first { YES } else { NO }, Ordering::Release);
+        first
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, (u64, Option<u32>)>> {

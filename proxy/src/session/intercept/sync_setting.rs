@@ -13,7 +13,7 @@ pub(super) enum SyncSetting {
 }
 
 /// Recognizes the statements of a Query as exactly one change of `writebehind.sync`.
-pub(super) fn sync_setting(stmts: &[&[lexer::Token]]) -> Option<SyncSetting> {
+pub(super) fn sync_setting(stmts: &[&[lexer::Token<'_>]]) -> Option<SyncSetting> {
     use lexer::Token::{Number, Op, Punct, Str, Word};
     let [t] = stmts else {
         return None;
@@ -33,7 +33,7 @@ pub(super) fn sync_setting(stmts: &[&[lexer::Token]]) -> Option<SyncSetting> {
     };
     let name =
         word(at, "writebehind") && t.get(at + 1) == Some(&Punct('.')) && word(at + 2, "sync");
-    let assign = matches!(t.get(at + 3), Some(Op(o)) if o == "=") || word(at + 3, "to");
+    let assign = matches!(t.get(at + 3), Some(Op(o)) if *o == "=") || word(at + 3, "to");
     if !name || !assign || t.len() != at + 5 {
         return None;
     }
@@ -41,7 +41,8 @@ pub(super) fn sync_setting(stmts: &[&[lexer::Token]]) -> Option<SyncSetting> {
         return Some(SyncSetting::Local);
     }
     let value = match t.get(at + 4)? {
-        Word(v) | Str(v) | Number(v) => v.to_ascii_lowercase(),
+        Word(v) | Str(v) => v.to_ascii_lowercase(),
+        Number(v) => v.to_ascii_lowercase(),
         _ => return None,
     };
     // PostgreSQL's boolean spellings (parse_bool), and DEFAULT (off).

@@ -303,6 +303,83 @@ async fn fk_parents_first_and_triggers_fire_as_the_owner() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A table owner's trigger runs inside a security-restricted operation whose settings are
+/// undone: it can leave nothing in the worker's session, whose own statements run as a
+/// superuser. Before, a trigger's `set_config('search_path', …, false)` made the worker's next
+/// catalog query read the owner's view (and so run the owner's function as a superuser), and
+/// `default_transaction_read_only` stopped every table's rounds.
+#[tokio::test]
+async fn an_owners_trigger_leaves_nothing_behind_in_the_worker() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE ROLE alice LOGIN;
+             CREATE SCHEMA alice AUTHORIZATION alice;
+             CREATE TABLE other (id int PRIMARY KEY, v text);
+             SELECT writebehind.enable('other');
+             SET ROLE alice;
+             CREATE TABLE alice.t (id int PRIMARY KEY, v text);
+             CREATE TABLE alice.t2 (id int PRIMARY KEY, v text);
+             CREATE FUNCTION alice.pwn() RETURNS name LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_user <> 'alice' THEN EXECUTE 'ALTER ROLE alice SUPERUSER'; END IF;
+               RETURN 'pg_writebehind';
+             END $$;
+             CREATE VIEW alice.pg_extension AS SELECT alice.pwn() AS extname, 0::oid AS oid;
+             CREATE FUNCTION alice.path() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM set_config('search_path', 'alice, pg_catalog', false); RETURN NEW; END $$;
+             CREATE TRIGGER t_path BEFORE INSERT ON alice.t FOR EACH ROW EXECUTE FUNCTION alice.path();
+             CREATE FUNCTION alice.ro() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM set_config('default_transaction_read_only', 'on', false); RETURN NEW; END $$;
+             CREATE TRIGGER t2_ro BEFORE INSERT ON alice.t2 FOR EACH ROW EXECUTE FUNCTION alice.ro();
+             SELECT writebehind.enable('alice.t'); SELECT writebehind.enable('alice.t2');
+             RESET ROLE;",
+        )
+        .await?;
+    let (t, t2, other) = (
+        relid(&client, "alice.t").await?,
+        relid(&client, "alice.t2").await?,
+        relid(&client, "other").await?,
+    );
+    let insert = |id: i64| Change {
+        op: 'I',
+        key: vec![id.to_string()],
+        data: Some(r#"{"v": "x"}"#.to_string()),
+    };
+    assert!(ship(&mut client, "owner", 1, t, &[insert(1)]).await?);
+    flush(&client).await?;
+    // Later rounds (and their catalog queries) come after the trigger ran.
+    for seq in 2..=4 {
+        assert!(ship(&mut client, "owner", seq, other, &[insert(seq)]).await?);
+        flush(&client).await?;
+    }
+    let superuser: bool = client
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'", &[])
+        .await?
+        .get(0);
+    assert!(
+        !superuser,
+        "the owner's code never ran as the worker's superuser"
+    );
+    assert!(ship(&mut client, "owner", 5, t2, &[insert(1)]).await?);
+    flush(&client).await?;
+    assert!(ship(&mut client, "owner", 6, other, &[insert(6)]).await?);
+    client
+        .execute("SELECT writebehind.flush('other', '20 s')", &[])
+        .await?;
+    let applied: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM other) + (SELECT count(*) FROM alice.t)
+                    + (SELECT count(*) FROM alice.t2)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(applied, 6, "every table goes on applying");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_terminated_worker_comes_back_and_nothing_is_lost_or_doubled() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;

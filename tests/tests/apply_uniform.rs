@@ -396,3 +396,37 @@ async fn append_tables_keep_the_order_and_triggers_see_every_row() -> anyhow::Re
     assert!(dead_letters(&client).await?.is_empty());
     Ok(())
 }
+
+/// An increment whose key holds a JSON null (malformed: the proxy never ships one) matches no
+/// row; the fast path counted it applied, the general path makes it a dead letter (22P02).
+/// Found by a review on 2026-12-03.
+#[tokio::test]
+async fn an_increment_of_a_null_key_is_a_dead_letter() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE cn (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+             INSERT INTO cn VALUES (1, 0);
+             SELECT writebehind.enable('cn');",
+        )
+        .await?;
+    let rel = relid(&client, "cn").await?;
+    let data = copy_escape(r#"{"n": {"add": "1"}}"#);
+    assert!(
+        ship_batch(&mut client, "cn", 1, || Ok(format!(
+            "cn\t1\t{rel}\tU\t[null]\t{data}\t\\N\n"
+        )))
+        .await?
+    );
+    flush(&client).await?;
+    assert_eq!(
+        dead_letters(&client).await?,
+        vec![("[null]".to_string(), "22P02".to_string())]
+    );
+    assert_eq!(
+        query_i64(&client, "SELECT n::int8 FROM cn WHERE id = 1").await?,
+        0
+    );
+    Ok(())
+}

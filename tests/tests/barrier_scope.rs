@@ -368,3 +368,77 @@ async fn a_table_without_read_barrier_is_read_without_waiting() -> anyhow::Resul
     assert_eq!(n().await?, 0, "overflow = sync wrote last");
     Ok(())
 }
+
+/// Found by a review on 2026-12-03 (each part fails against 3b109de): a table EXPLAIN ANALYZE
+/// makes, a built-in that runs SQL called by a quoted name, the first statement of another
+/// session's REPEATABLE READ transaction, and a sequence the table's default draws from.
+#[tokio::test]
+async fn reads_reached_in_less_obvious_ways_wait() -> anyhow::Result<()> {
+    // Everything made before the proxy starts: no catalog reload races the statements.
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE ws (id int PRIMARY KEY, n int, s serial);
+             SELECT writebehind.enable('ws');",
+        )
+        .await?;
+    let proxy = lazy_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // EXPLAIN ANALYZE CREATE TEMP TABLE wb: from then on `wb` is the temporary table, which
+    // PostgreSQL writes (and the session reads) and the proxy must not acknowledge for. (The
+    // session has resolved `wb` already.)
+    bump(&c, 1).await?;
+    c.batch_execute("EXPLAIN (ANALYZE) CREATE TEMP TABLE wb AS SELECT id, n FROM wb WHERE false")
+        .await?;
+    c.batch_execute("INSERT INTO wb (id, n) VALUES (100, 1)")
+        .await?;
+    assert_eq!(
+        first(&c, "SELECT count(*) FROM wb").await?.as_deref(),
+        Some("1"),
+        "the session's own temporary table holds its row"
+    );
+    assert_eq!(applied(&direct, 100).await?, None, "public.wb never got it");
+
+    // A second session: quoted built-ins, and a REPEATABLE READ snapshot taken after BEGIN.
+    let d = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    bump(&d, 2).await?;
+    assert_eq!(
+        first(
+            &d,
+            "SELECT \"query_to_xml\"('SELECT n FROM public.wb WHERE id = 2', false, true, '')::text LIKE '%<n>1</n>%'"
+        )
+        .await?
+        .as_deref(),
+        Some("t")
+    );
+    let r = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    r.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    bump(&d, 3).await?; // acknowledged before r's snapshot is taken
+    assert_eq!(
+        first(&r, "SELECT 'snapshot'").await?.as_deref(),
+        Some("snapshot")
+    );
+    assert_eq!(
+        first(&r, "SELECT n FROM public.wb WHERE id = 3")
+            .await?
+            .as_deref(),
+        Some("1"),
+        "the snapshot holds what was acknowledged before it"
+    );
+    r.batch_execute("COMMIT").await?;
+
+    // The serial column's sequence: the acknowledged insert has drawn from it.
+    d.batch_execute("INSERT INTO ws (id, n) VALUES (1, 1)")
+        .await?;
+    assert_eq!(
+        first(&d, "SELECT is_called FROM ws_s_seq")
+            .await?
+            .as_deref(),
+        Some("t")
+    );
+    drop(cluster);
+    Ok(())
+}

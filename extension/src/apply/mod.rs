@@ -346,22 +346,34 @@ pub(crate) const CUT_BEFORE_PACKED: &str =
                     row_number() OVER (ORDER BY i.id) AS rn, i.vals IS NOT NULL AS packed
                FROM writebehind.inbox i WHERE i.relid = $1 ORDER BY i.id LIMIT $2) c";
 
-/// Runs `f` with the current user switched to `owner` (never a superuser's implicit rights).
+/// Runs `f` as `owner`, the way PostgreSQL runs another role's code in its own maintenance
+/// commands (VACUUM, REFRESH MATERIALIZED VIEW): the current user switched, inside a
+/// security-restricted operation (no temporary objects, no SET ROLE, no LISTEN), and with every
+/// setting `f` changes — session-level ones included (`set_config(…, false)` in a trigger) —
+/// undone when it returns. The owner's triggers can leave nothing behind in the worker's
+/// session, whose own statements run as a superuser.
 pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_uid = pg_sys::InvalidOid;
     let mut saved_ctx = 0;
-    // SAFETY: plain calls into the user-id machinery; an ERROR inside `f` aborts the
-    // transaction, which restores the user id and security context itself.
-    unsafe {
+    // SAFETY: plain calls into the user-id and GUC machinery. An ERROR inside `f` aborts the
+    // (sub)transaction around it, which restores the user id, the security context and the
+    // settings of the levels it opened itself.
+    let nest = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_uid, &mut saved_ctx);
         pg_sys::SetUserIdAndSecContext(
             owner,
-            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            saved_ctx
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-    }
+        pg_sys::NewGUCNestLevel()
+    };
     let r = f();
-    // SAFETY: as above.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx) };
+    // SAFETY: as above; `nest` is the level opened above, and nothing in `f` outlives it.
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, nest);
+        pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx);
+    }
     r
 }
 

@@ -223,8 +223,11 @@ pub fn increment_sql(meta: &TableMeta, columns: &[String]) -> Statements {
         .map(|(i, e)| format!("{e} AS k{i}"))
         .collect::<Vec<_>>();
     // Each listed column holds exactly {"add": k} (so it is there), and nothing else is listed.
+    // A key with a NULL value matches no row: it must not count as applied (the general path
+    // makes it a dead letter).
     let mut fits = vec![
         format!("jsonb_array_length(v.k) = {nk}"),
+        "NOT (v.k @> '[null]'::jsonb)".to_string(),
         "(v.d - $3::text[]) = '{}'::jsonb".to_string(),
     ];
     for (j, c) in columns.iter().enumerate() {

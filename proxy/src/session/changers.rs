@@ -223,6 +223,21 @@ fn statement_effect(t: &[Token<'_>]) -> Effect {
         }
         // DO blocks: their body may SET anything.
         Some(Word(w)) if w == "do" => Effect::Disable,
+        // EXPLAIN ANALYZE runs a CREATE TABLE … AS or SELECT … INTO as they are (with no
+        // event trigger): a temporary table, or one that may shadow a table by name.
+        Some(Word(w)) if w == "explain" => {
+            let any = |words: &[&str]| {
+                t.iter()
+                    .any(|tok| matches!(tok, Word(x) if words.contains(&&**x)))
+            };
+            if !any(&["create", "into"]) {
+                Effect::None
+            } else if any(&["temp", "temporary"]) {
+                Effect::Disable
+            } else {
+                Effect::Resolution
+            }
+        }
         // CREATE [GLOBAL | LOCAL] TEMP[ORARY] …, CREATE OR REPLACE TEMP VIEW …: temporary
         // objects shadow tables and are unknown to the catalog the barrier's scope is read
         // from (a temporary view may read a write-behind table).
@@ -371,6 +386,8 @@ mod tests {
             "CREATE TABLE pg_temp.counters (id int)",
             "SELECT 1 AS id, 0 AS n INTO TEMP counters",
             "SELECT 1 AS id INTO TEMPORARY TABLE counters",
+            "EXPLAIN (ANALYZE) CREATE TEMP TABLE wb AS SELECT 1 AS id",
+            "EXPLAIN ANALYZE SELECT 1 AS id INTO TEMP wb",
             "SELECT set_config('search_path', 'x', false)",
             "SELECT pg_catalog.set_config('role', 'x', false)",
             "DO $$ BEGIN PERFORM 1; END $$",
@@ -406,6 +423,12 @@ mod tests {
             Effect::None,
             "reading pg_settings changes nothing"
         );
+        // A table made by EXPLAIN ANALYZE may shadow one by name; a plain EXPLAIN makes none.
+        assert_eq!(
+            effect_of("EXPLAIN (ANALYZE) SELECT id INTO s1.wb FROM public.wb"),
+            Effect::Resolution
+        );
+        assert_eq!(effect_of("EXPLAIN SELECT * FROM wb"), Effect::None);
     }
 
     #[test]

@@ -246,7 +246,8 @@ fn relations_sql() -> String {
     )
 }
 
-/// Pairs of tables linked by a foreign key or by inheritance (partitions included).
+/// Pairs of tables linked by a foreign key or by inheritance (partitions included), and
+/// sequences with the tables that draw from them.
 /// Deferrable foreign keys (child, parent, false) and deferrable constraint triggers
 /// (table, table, true): what a COMMIT may check.
 const DEFERRED_SQL: &str = "
@@ -259,7 +260,18 @@ const DEFERRED_SQL: &str = "
 const LINKS_SQL: &str = "
     SELECT conrelid::int8, confrelid::int8 FROM pg_constraint WHERE contype = 'f'
     UNION ALL
-    SELECT inhrelid::int8, inhparent::int8 FROM pg_inherits";
+    SELECT inhrelid::int8, inhparent::int8 FROM pg_inherits
+    UNION ALL
+    -- A sequence and the table that draws from it (a column default's nextval, serial or
+    -- identity): reading the sequence reads what the table's inserts did to it.
+    SELECT d.refobjid::int8, ad.adrelid::int8 FROM pg_depend d
+      JOIN pg_attrdef ad ON ad.oid = d.objid
+     WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+    UNION ALL
+    SELECT d.objid::int8, d.refobjid::int8 FROM pg_depend d
+      JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.deptype IN ('a', 'i')";
 
 /// Names of user-defined functions, procedures and aggregates, and of user-defined operators.
 fn routines_sql() -> String {

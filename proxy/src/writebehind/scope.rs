@@ -94,6 +94,10 @@ pub struct Names {
     functions: HashSet<String>,
     /// User-defined operators.
     operators: HashSet<String>,
+    /// A user-defined operator has a name the grammar reaches through keywords (`LIKE` is
+    /// `~~`, `BETWEEN` is `>=` and `<=`, `IN`, `CASE x WHEN`, `NULLIF`, `IS DISTINCT FROM`,
+    /// `JOIN … USING` are `=`): a statement with one of [`OPERATOR_WORDS`] may call it.
+    keyword_operators: bool,
     /// Write-behind tables whose apply runs user code (triggers, rules): what they write is
     /// unknown, so a statement that reads any relation waits for them.
     side_effects: BTreeSet<u32>,
@@ -126,6 +130,16 @@ const RUNS_SQL: &[&str] = &[
     "dblink_open",
     "dblink_fetch",
     "dblink_send_query",
+];
+
+/// Operator names the grammar reaches through keywords rather than symbols.
+const KEYWORD_OPERATORS: &[&str] = &[
+    "~~", "!~~", "~~*", "!~~*", "~", "!~", "=", "<>", "<", ">", "<=", ">=",
+];
+
+/// Words that resolve to one of [`KEYWORD_OPERATORS`] by name, through the search path.
+const OPERATOR_WORDS: &[&str] = &[
+    "like", "ilike", "similar", "between", "in", "distinct", "nullif", "case", "using", "natural",
 ];
 
 /// Statement kinds analysed by their names; every other kind (DDL, DO, CALL, EXECUTE, FETCH,
@@ -173,6 +187,7 @@ impl Names {
         functions: impl IntoIterator<Item = String>,
         operators: impl IntoIterator<Item = String>,
     ) -> Self {
+        let operators: HashSet<String> = operators.into_iter().collect();
         // Union-find over tables.
         let mut parent: HashMap<u32, u32> = HashMap::new();
         fn find(parent: &mut HashMap<u32, u32>, x: u32) -> u32 {
@@ -233,7 +248,10 @@ impl Names {
             loaded: true,
             relations: names,
             functions: functions.into_iter().collect(),
-            operators: operators.into_iter().collect(),
+            keyword_operators: operators
+                .iter()
+                .any(|o| KEYWORD_OPERATORS.contains(&o.as_str())),
+            operators,
             side_effects,
             at_commit: Scope::default(),
         }
@@ -266,15 +284,11 @@ impl Names {
             return Scope::All;
         }
         let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
-        let any_word = |w: &str| t.iter().any(|x| matches!(x, Word(y) if y == w));
         // A REPEATABLE READ or SERIALIZABLE transaction keeps the snapshot of its first
         // statement, which may read nothing write-behind (`SELECT 1`): everything acknowledged
-        // before it starts must be applied before it starts.
-        if matches!(kind, "begin" | "start" | "set")
-            && (any_word("repeatable")
-                || any_word("serializable")
-                || any_word("transaction_isolation"))
-        {
+        // before it starts must be applied before it starts (and, by the session, before
+        // that first statement: see [`snapshot_kept`]).
+        if snapshot_kept(t) {
             return Scope::All;
         }
         // Deferred constraints are checked when the transaction commits (or when SET
@@ -310,10 +324,11 @@ impl Names {
             if matches!(tok, Word(w) if w == "operator") && call {
                 return Scope::All; // OPERATOR(schema.op)
             }
-            if (call || attribute)
-                && (self.functions.contains(name)
-                    || (matches!(tok, Word(_)) && RUNS_SQL.contains(&name)))
-            {
+            // Quoted in lower case, a built-in's name is the same function.
+            if (call || attribute) && (self.functions.contains(name) || RUNS_SQL.contains(&name)) {
+                return Scope::All;
+            }
+            if self.keyword_operators && matches!(tok, Word(w) if OPERATOR_WORDS.contains(&&**w)) {
                 return Scope::All;
             }
             match self.relations.get(name) {
@@ -333,10 +348,30 @@ impl Names {
     }
 }
 
+/// Whether `t` starts a transaction (or sets one) whose snapshot, taken by its first
+/// statement, is kept to its end: BEGIN, START TRANSACTION or SET with REPEATABLE READ or
+/// SERIALIZABLE (or `transaction_isolation`).
+fn snapshot_kept(t: &[Token<'_>]) -> bool {
+    let any_word = |w: &str| t.iter().any(|x| matches!(x, Token::Word(y) if y == w));
+    matches!(t.first(), Some(Token::Word(k)) if k == "begin" || k == "start" || k == "set")
+        && (any_word("repeatable") || any_word("serializable") || any_word("transaction_isolation"))
+}
+
+/// Whether one of `stmts` starts (or sets) a transaction that keeps its first snapshot: the
+/// session's next statement takes it, and waits for everything acknowledged before it.
+pub fn keeps_snapshot(stmts: &[&[Token<'_>]]) -> bool {
+    stmts.iter().any(|t| snapshot_kept(t))
+}
+
 /// Whether one of `stmts` may change the schema (any kind the analysis does not scope: DDL,
 /// DO, CALL, …): the names the catalog classified may be out of date after it.
 pub fn may_change_schema(stmts: &[&[Token<'_>]]) -> bool {
     stmts.iter().any(|t| match t.first() {
+        // EXPLAIN ANALYZE CREATE TABLE … AS, … SELECT … INTO: a table made with no event
+        // trigger (so no notification) that may shadow a write-behind table.
+        Some(Token::Word(w)) if w == "explain" => t
+            .iter()
+            .any(|x| matches!(x, Token::Word(y) if y == "create" || y == "into")),
         Some(Token::Word(w)) => !SCOPED_KINDS.contains(&&**w),
         Some(Token::Punct('(')) => false,
         _ => true,
@@ -548,7 +583,9 @@ mod tests {
             "SELECT 1 === 2",
             "SELECT 1 OPERATOR(pg_catalog.+) 2",
             "SELECT query_to_xml('select * from wb', true, true, '')",
+            "SELECT \"query_to_xml\"('select * from wb', true, true, '')",
             "SELECT * FROM ts_stat('SELECT v FROM wb')",
+            "SELECT count(*) FROM pg_catalog.\"ts_stat\"('SELECT v FROM wb')",
             "DO $$ BEGIN PERFORM * FROM other; END $$",
             "CALL p()",
             "EXECUTE s(1)",
@@ -612,6 +649,53 @@ mod tests {
         assert!(changes("DO $$ BEGIN END $$"));
         assert!(!changes("SELECT 1; INSERT INTO t VALUES (1)"));
         assert!(!changes("BEGIN; COMMIT"));
+        // EXPLAIN ANALYZE runs these (with no event trigger): tables made.
+        assert!(changes(
+            "EXPLAIN (ANALYZE) CREATE TEMP TABLE wb AS SELECT 1"
+        ));
+        assert!(changes("EXPLAIN ANALYZE SELECT 1 INTO s1.wb"));
+        assert!(!changes("EXPLAIN SELECT * FROM wb"));
+    }
+
+    #[test]
+    fn operators_reached_through_keywords() {
+        // A user-defined `~~` (LIKE) or `=` may be what LIKE, IN, BETWEEN… call.
+        let with = |op: &str| {
+            Names::build(
+                &[rel(WB, "wb", WB, false), rel(300, "other", 300, false)],
+                &[],
+                &[WB],
+                [],
+                [op.to_string()],
+            )
+        };
+        let s = |n: &Names, sql: &str| {
+            let tokens = lexer::lex(sql, true).expect("lexes");
+            n.scope(&lexer::statements(&tokens))
+        };
+        for sql in [
+            "SELECT id LIKE 2 FROM other",
+            "SELECT 1 FROM other WHERE id IN (1, 2)",
+            "SELECT 1 FROM other WHERE id BETWEEN 1 AND 2",
+            "SELECT CASE id WHEN 1 THEN 2 END FROM other",
+            "SELECT nullif(id, 1) FROM other",
+            "SELECT 1 FROM other a JOIN other b USING (id)",
+        ] {
+            assert_eq!(s(&with("~~"), sql), Scope::All, "{sql}");
+            assert_eq!(s(&with("==="), sql), tables(&[]), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_kept_snapshot_is_noticed() {
+        let keeps = |sql: &str| {
+            let tokens = lexer::lex(sql, true).expect("lexes");
+            keeps_snapshot(&lexer::statements(&tokens))
+        };
+        assert!(keeps("BEGIN ISOLATION LEVEL REPEATABLE READ"));
+        assert!(keeps("BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+        assert!(!keeps("BEGIN"));
+        assert!(!keeps("SELECT 'repeatable'"));
     }
 
     #[test]

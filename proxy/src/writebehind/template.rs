@@ -89,21 +89,28 @@ impl Template {
             return None; // extra declared parameters: PostgreSQL's own business
         }
         let mut param_types = vec![0u32; count];
+        // Per `$n`: typed by a comparison (WHERE) rather than by an assignment.
+        let mut typed_by_where = vec![false; count];
         for (n, col, compared) in &slots {
             let mut oid = type_oid(&col.type_name)?;
             // varchar has no `=` of its own: `k = $1` is text = text, and $1 is text.
             if *compared && oid == VARCHAR {
                 oid = TEXT;
             }
-            let slot = param_types.get_mut((*n as usize).checked_sub(1)?)?;
-            // Typed text by a WHERE, a `$n` assigned to a varchar column after it stays text
-            // (assignment casts it); any other pair of types: PostgreSQL decides.
-            let keeps = *slot == oid || (*slot == TEXT && oid == VARCHAR && !compared);
+            let i = (*n as usize).checked_sub(1)?;
+            let slot = param_types.get_mut(i)?;
+            // Typed text by the WHERE (analysed first), a `$n` assigned to a varchar column
+            // stays text: an assignment cast converts it. Two assignments of different types
+            // are 42P08 (SET s = $1, v = $1 on text and varchar), as is anything else:
+            // PostgreSQL decides.
+            let keeps =
+                *slot == oid || (*slot == TEXT && oid == VARCHAR && !compared && typed_by_where[i]);
             if *slot != 0 && !keeps {
                 return None; // the same $n for columns of different types
             }
             if *slot == 0 {
                 *slot = oid;
+                typed_by_where[i] = *compared;
             }
         }
         for (i, t) in param_types.iter_mut().enumerate() {
@@ -304,6 +311,23 @@ mod tests {
             Some(vec![VARCHAR, TEXT])
         );
         assert_eq!(types("UPDATE pv SET v = $1 WHERE k = $1"), Some(vec![TEXT]));
+        // 42P08 in PostgreSQL: one $n assigned to text, then to varchar.
+        let pt = Table::keyed(
+            "public",
+            "pt",
+            &["k"],
+            vec![
+                col("k", "integer"),
+                col("s", "text"),
+                col("v", "character varying"),
+            ],
+        );
+        let on_pt = |sql: &str| {
+            let toks = lexer::lex(sql, true).ok()?;
+            Template::prepare(recognize::recognize(&toks)?, &pt, &[])
+        };
+        assert!(on_pt("UPDATE pt SET s = $1, v = $1 WHERE k = $2").is_none());
+        assert!(on_pt("INSERT INTO pt (k, s, v) VALUES ($2, $1, $1)").is_none());
         assert_eq!(
             types("INSERT INTO pv (k, v) VALUES ($1, $2)"),
             Some(vec![VARCHAR, VARCHAR])

@@ -32,10 +32,23 @@ impl Intercept {
         }
         let catalog = self.rt.catalog.borrow().clone();
         let mut scope = Scope::default();
+        // Set again by a statement below that begins such a transaction.
+        let snapshot_pending = std::mem::take(&mut self.snapshot_pending);
+        let mut runs_statement = false;
         // Statements parsed by these messages, by name, in order.
         let mut parsed: HashMap<&str, Scope> = HashMap::new();
         for raw in msgs {
-            let part = match frontend::decode(raw) {
+            let decoded = frontend::decode(raw);
+            // Describe, Close, Sync, Flush, COPY data: nothing is read.
+            let reads_nothing = matches!(
+                decoded,
+                Ok(Frontend::Describe { .. }
+                    | Frontend::Close { .. }
+                    | Frontend::Sync
+                    | Frontend::Other(b'H' | b'd' | b'c' | b'f'))
+            );
+            runs_statement |= !reads_nothing;
+            let part = match decoded {
                 Ok(Frontend::Query(sql)) => match &lexed {
                     Lexed::Ok(stmts) => self.analyse(&catalog, stmts),
                     Lexed::Failed => Scope::All,
@@ -68,17 +81,19 @@ impl Intercept {
                     self.portals.remove(name);
                     Scope::default()
                 }
-                // Describe, Close, Sync, Flush, COPY data: nothing is read.
-                Ok(
-                    Frontend::Describe { .. }
-                    | Frontend::Close { .. }
-                    | Frontend::Sync
-                    | Frontend::Other(b'H' | b'd' | b'c' | b'f'),
-                ) => Scope::default(),
+                _ if reads_nothing => Scope::default(),
                 // FunctionCall, anything else: anything.
                 _ => Scope::All,
             };
             scope.add(&part);
+        }
+        if snapshot_pending {
+            if runs_statement {
+                // This statement takes the transaction's snapshot: whatever other sessions
+                // had acknowledged before it must be in it.
+                return Scope::All;
+            }
+            self.snapshot_pending = true;
         }
         scope
     }
@@ -142,6 +157,7 @@ impl Intercept {
 
     /// The scope of lexed statements; notes a possible schema change.
     pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token<'_>]]) -> Scope {
+        self.snapshot_pending |= scope::keeps_snapshot(stmts);
         if scope::may_change_schema(stmts) {
             self.schema_stale = true;
             self.privileges_stale |= scope::may_change_privileges(stmts);

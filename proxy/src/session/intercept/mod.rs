@@ -125,6 +125,9 @@ pub struct Intercept {
     schema_stale: bool,
     /// Among them, one that may have changed privileges: they are forgotten at that reload.
     privileges_stale: bool,
+    /// A REPEATABLE READ or SERIALIZABLE transaction began (or was set) and its snapshot is
+    /// not taken yet: the next statement takes it, and waits for every table first.
+    snapshot_pending: bool,
     /// The last messages that passed through did not end with a Sync or Query: what they did
     /// is not committed yet.
     mid_group: bool,
@@ -164,6 +167,7 @@ impl Intercept {
             skip_to_sync: false,
             portals: HashMap::new(),
             schema_stale: false,
+            snapshot_pending: false,
             mid_group: false,
             resolver: resolve::Resolver::default(),
             serials: 0,

@@ -590,3 +590,69 @@ async fn applied_rows_reach_the_statistics_autovacuum_reads() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// A DELETE that fails takes nothing with it: the key's changes before and after it in the
+/// same round still apply, and the DELETE alone is the dead letter. Before 2026-12-03 folding
+/// dropped them (an earlier UPDATE, an INSERT, a later increment) with no trace.
+#[tokio::test]
+async fn a_failed_delete_keeps_the_keys_other_changes() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE par (id int PRIMARY KEY, note text, n int NOT NULL DEFAULT 0);
+             INSERT INTO par VALUES (1, 'old', 0);
+             CREATE TABLE kid (par_id int REFERENCES par (id));
+             INSERT INTO kid VALUES (1);
+             CREATE FUNCTION no_delete_of_3() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF OLD.id = 3 THEN RAISE EXCEPTION 'keep 3'; END IF; RETURN OLD; END $$;
+             CREATE TRIGGER keep_3 BEFORE DELETE ON par FOR EACH ROW EXECUTE FUNCTION no_delete_of_3();
+             SELECT writebehind.enable('par');",
+        )
+        .await?;
+    let rel = relid(&client, "par").await?;
+    let change = |op: char, id: i64, data: Option<&str>| Change {
+        op,
+        key: vec![id.to_string()],
+        data: data.map(str::to_string),
+    };
+    // Key 1: kid references it (23503 on delete); key 3: its trigger refuses (P0001).
+    let rows = [
+        change('U', 1, Some(r#"{"note": {"set": "renamed"}}"#)),
+        change('D', 1, None),
+        change('U', 1, Some(r#"{"n": {"add": "7"}}"#)),
+        change('I', 3, Some(r#"{"note": "three", "n": "10"}"#)),
+        change('D', 3, None),
+        change('U', 3, Some(r#"{"n": {"add": "5"}}"#)),
+    ];
+    assert!(ship(&mut client, "del", 1, rel, &rows).await?);
+    flush(&client).await?;
+    let got: Vec<(i32, String, i32)> = client
+        .query("SELECT id, note, n FROM par ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, "renamed".to_string(), 7), (3, "three".to_string(), 15)],
+        "what PostgreSQL gives one statement at a time"
+    );
+    let dead: Vec<(String, String, String)> = client
+        .query(
+            "SELECT op::text, key, sqlstate FROM writebehind.dead_letters ORDER BY key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        dead,
+        vec![
+            ("D".to_string(), "[\"1\"]".to_string(), "23503".to_string()),
+            ("D".to_string(), "[\"3\"]".to_string(), "P0001".to_string()),
+        ]
+    );
+    Ok(())
+}

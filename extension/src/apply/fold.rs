@@ -1,8 +1,9 @@
 //! Folding a table's inbox rows per key into the fewest ordered steps (DESIGN §2 merge rules).
 //!
 //! Per key, in inbox order: a later value of a column wins; increments add up exactly; a set
-//! followed by an increment becomes `v + k`; a DELETE cancels everything before it; an INSERT
-//! after a DELETE is a second step; an UPDATE after a DELETE changes nothing. Where folding is
+//! followed by an increment becomes `v + k`; a DELETE, and whatever follows it, is a step of
+//! its own (the DELETE may fail, and then what came before and after it must still apply:
+//! nothing is folded across it). Where folding is
 //! not exact (an increment on a column an INSERT did not list, an INSERT whose conflict policy
 //! is not upsert, …), the change becomes the key's next step, applied after the one before.
 
@@ -164,8 +165,11 @@ pub fn fold(rows: &[InboxRow], shape: &TableShape<'_>) -> Plan {
 fn push(steps: &mut Vec<Change>, next: Change) {
     let Change { step, origin } = next;
     match step {
+        // A DELETE is the key's next step: the changes before it stay. Dropping them is exact
+        // only if the DELETE succeeds; when it fails (a foreign key from a table that is not
+        // write-behind, a trigger that raises) they must still apply, as they would have one
+        // statement at a time, and the DELETE alone is the dead letter.
         Step::Delete => {
-            steps.clear();
             steps.push(Change {
                 step: Step::Delete,
                 origin,
@@ -180,8 +184,12 @@ fn push(steps: &mut Vec<Change>, next: Change) {
                 return;
             };
             match &mut last.step {
-                // The row is gone: an UPDATE of a missing key changes nothing.
-                Step::Delete => {}
+                // After a DELETE that succeeds it changes nothing (the key is missing); after
+                // one that fails it applies, as PostgreSQL would have applied it.
+                Step::Delete => steps.push(Change {
+                    step: Step::Update { ops },
+                    origin,
+                }),
                 Step::Update { ops: prev } => match merge_updates(prev, &ops) {
                     Some(merged) => {
                         *prev = merged;

@@ -270,3 +270,83 @@ async fn protocol_sequences_get_postgres_own_replies() -> anyhow::Result<()> {
     let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
     python_script("protocol_parity.py", &proxy, &cluster)
 }
+
+/// Parse/Bind/Execute of `sql` with text parameters `params`, then Sync if `sync`.
+fn extended(sql: &str, params: &[&str], sync: bool) -> Vec<u8> {
+    use writebehind_tests::raw;
+    let mut parse = raw::cstr(&["", sql]);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = raw::cstr(&["", ""]);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        bind.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        bind.extend_from_slice(p.as_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = raw::cstr(&[""]);
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut m = raw::message(b'P', &parse);
+    m.extend(raw::message(b'B', &bind));
+    m.extend(raw::message(b'E', &execute));
+    if sync {
+        m.extend(raw::message(b'S', &[]));
+    }
+    m
+}
+
+/// An extended-protocol COPY FROM STDIN whose Sync came before its data (PostgreSQL ignores
+/// it) and whose CopyFail is followed by a write group: PostgreSQL answers the COPY's error
+/// and skips the write up to its Sync. Before 2026-12-03 the proxy took the session for idle
+/// after the CopyFail, acknowledged the write ahead of the error and applied it.
+#[tokio::test]
+async fn a_write_after_an_extended_copy_waits_for_its_sync() -> anyhow::Result<()> {
+    use std::io::Write;
+    use writebehind_tests::raw;
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE cc (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+             SELECT writebehind.enable('cc');",
+        )
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
+    let insert = "INSERT INTO cc (id, n) VALUES ($1, $2)";
+    // A first write, acknowledged: the session has resolved `cc`.
+    s.write_all(&extended(insert, &["9", "9"], true))?;
+    let first: Vec<u8> = raw::read_to_ready(&mut s)?.iter().map(|m| m.0).collect();
+    assert_eq!(first, b"12CZ");
+    s.write_all(&extended("COPY cc (id, n) FROM STDIN", &[], true))?;
+    let mut got = Vec::new();
+    while got.last() != Some(&b'G') {
+        got.push(raw::read_message(&mut s)?.0);
+    }
+    assert_eq!(got, b"12G", "ParseComplete, BindComplete, CopyInResponse");
+    let mut m = raw::message(b'd', b"1\t1\n");
+    m.extend(raw::message(b'f', &raw::cstr(&["nope"])));
+    m.extend(extended(insert, &["2", "5"], true));
+    s.write_all(&m)?;
+    let replies = raw::read_to_ready(&mut s)?;
+    let types: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(
+        types, b"EZ",
+        "the COPY's error, then the write group's ReadyForQuery"
+    );
+    assert!(
+        String::from_utf8_lossy(&replies[0].1).contains("57014"),
+        "COPY from stdin failed"
+    );
+    direct
+        .execute("SELECT writebehind.flush(NULL, '30 s')", &[])
+        .await?;
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM cc ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![9], "neither the COPY's row nor the skipped write");
+    Ok(())
+}

@@ -226,9 +226,18 @@ fn completes(ty: u8) -> bool {
 pub struct ReplyCounter {
     syncs_since_execute: usize,
     in_copy: bool,
+    /// The last COPY FROM STDIN began after a Sync PostgreSQL ignored (an extended-protocol
+    /// COPY): when it ends, its implicit transaction stays open until the client's next Sync.
+    sync_ignored: bool,
 }
 
 impl ReplyCounter {
+    /// Whether the last COPY FROM STDIN began after a Sync that PostgreSQL ignored: after its
+    /// CopyDone or CopyFail, PostgreSQL still owes the COPY's outcome and waits for a Sync.
+    pub fn copy_ignored_sync(&self) -> bool {
+        self.sync_ignored
+    }
+
     /// Notes one client message of type `ty` going upstream.
     pub fn note(&mut self, ty: u8, owed: &AtomicUsize, ledger: &mut Ledger) {
         match ty {
@@ -240,6 +249,7 @@ impl ReplyCounter {
                 if !self.in_copy {
                     // The Syncs sent since the Execute that started the COPY were ignored.
                     let ignored = std::mem::take(&mut self.syncs_since_execute);
+                    self.sync_ignored = ignored > 0;
                     let _ = owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         Some(n.saturating_sub(ignored))
                     });

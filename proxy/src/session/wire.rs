@@ -191,6 +191,9 @@ pub trait Wire {
     fn drained(&mut self) -> impl std::future::Future<Output = u8>;
     /// Whether PostgreSQL waits for COPY FROM STDIN data (see [`Shared::copy_in`]).
     fn copy_in(&self) -> bool;
+    /// Whether the last COPY FROM STDIN began after a Sync PostgreSQL ignored (see
+    /// [`ReplyCounter::copy_ignored_sync`]).
+    fn copy_ignored_sync(&self) -> bool;
     /// Whether PostgreSQL has reported a setting the write-behind path cannot follow (read
     /// after [`drained`](Self::drained): the report comes before the ReadyForQuery).
     fn settings_unsafe(&self) -> bool;
@@ -373,6 +376,10 @@ impl<UW: AsyncWrite + Unpin, W: AsyncWrite + Unpin> Wire for RelayWire<'_, UW, W
 
     fn copy_in(&self) -> bool {
         self.shared.copy_in.load(Ordering::Acquire)
+    }
+
+    fn copy_ignored_sync(&self) -> bool {
+        self.counter.copy_ignored_sync()
     }
 
     fn interrupt(&self) -> std::sync::Arc<super::cancel::Interrupt> {

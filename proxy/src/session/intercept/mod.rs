@@ -200,7 +200,15 @@ impl Intercept {
             // must never wait for that (nor for a barrier): straight upstream.
             b'd' | b'c' | b'f' if self.group.is_empty() => {
                 self.copying = ty == b'd';
-                wire.forward(BytesMut::from(&msg[..]), &[]).await
+                wire.forward(BytesMut::from(&msg[..]), &[]).await?;
+                // An extended-protocol COPY's Sync came before the data and was ignored: its
+                // implicit transaction (and its outcome) stays open until the next Sync, so
+                // what follows passes through as the rest of a group does.
+                if ty != b'd' && wire.copy_ignored_sync() {
+                    self.streaming = true;
+                    self.mid_group = true;
+                }
+                Ok(())
             }
             // PostgreSQL ignores Flush and Sync in the middle of COPY FROM STDIN.
             b'H' | b'S' if (self.copying || wire.copy_in()) && self.group.is_empty() => {

@@ -350,3 +350,44 @@ async fn a_write_after_an_extended_copy_waits_for_its_sync() -> anyhow::Result<(
     assert_eq!(ids, vec![9], "neither the COPY's row nor the skipped write");
     Ok(())
 }
+
+/// Parse and Bind of a write, then a Flush, then Execute and Sync: PostgreSQL runs the write.
+/// Before 2026-12-03 the proxy answered the Parse and Bind at the Flush and kept no portal, so
+/// the Execute reached PostgreSQL, which had never seen the Bind: 34000, nothing written.
+#[tokio::test]
+async fn a_portal_bound_before_a_flush_is_executed_after_it() -> anyhow::Result<()> {
+    use std::io::Write;
+    use writebehind_tests::raw;
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE cp (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+             SELECT writebehind.enable('cp');",
+        )
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
+    // Parse, Bind (no Execute), Flush.
+    let group = extended("INSERT INTO cp (id, n) VALUES ($1, $2)", &["1", "7"], false);
+    let execute_at = group.len() - 10; // Execute: 'E', length 9, "" and a row limit
+    let mut m = group[..execute_at].to_vec();
+    m.extend(raw::message(b'H', &[]));
+    s.write_all(&m)?;
+    let got = [raw::read_message(&mut s)?.0, raw::read_message(&mut s)?.0];
+    assert_eq!(&got, b"12");
+    let mut m = group[execute_at..].to_vec();
+    m.extend(raw::message(b'S', &[]));
+    s.write_all(&m)?;
+    let types: Vec<u8> = raw::read_to_ready(&mut s)?.iter().map(|m| m.0).collect();
+    assert_eq!(types, b"CZ", "INSERT 0 1, then ReadyForQuery");
+    direct
+        .execute("SELECT writebehind.flush(NULL, '30 s')", &[])
+        .await?;
+    let n: i32 = direct
+        .query_one("SELECT n FROM cp WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 7);
+    Ok(())
+}

@@ -40,9 +40,18 @@ pub(super) struct Plan {
     /// A Bind leaves a default that depends on the session's formats (see
     /// `leaves_format_default`): the catalog they must match once every earlier reply is in.
     formats: Option<Arc<Catalog>>,
+    /// The group ends with the unnamed portal bound and not executed: answered at a Flush,
+    /// the portal would exist nowhere for the Execute that follows (PostgreSQL never saw the
+    /// Bind), so such a group goes to PostgreSQL.
+    portal_open: bool,
 }
 
 impl Plan {
+    /// Whether the group leaves a bound portal for a later Execute (see `portal_open`).
+    pub(super) fn leaves_portal(&self) -> bool {
+        self.portal_open
+    }
+
     /// Whether the session's formats still match what the plan's defaults need (call after
     /// `wire.drained()`: a SET passed through just before has reported its value by then).
     pub(super) fn formats_hold<W: Wire>(&self, wire: &W) -> bool {
@@ -193,6 +202,7 @@ impl Intercept {
             refreshed: Vec::new(),
             used: Vec::new(),
             formats: None,
+            portal_open: false,
         };
         // Bound portals of the group (only the unnamed one): changes and tag.
         let mut portal: Option<(Vec<Change>, Cow<'static, str>)> = None;
@@ -305,6 +315,7 @@ impl Intercept {
             }
             plan.pieces.push((plan.replies.len(), is_execute));
         }
+        plan.portal_open = portal.is_some();
         Some(plan)
     }
 

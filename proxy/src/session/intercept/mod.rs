@@ -256,7 +256,8 @@ impl Intercept {
                     && self.acking()
                     && (group.is_empty() || self.catalog_current(wire).await)
                 {
-                    if let Some(plan) = self.plan(&group, wire).await.filter(|p| p.all_local()) {
+                    let plan = self.plan(&group, wire).await;
+                    if let Some(plan) = plan.filter(|p| p.all_local() && !p.leaves_portal()) {
                         if self.open.is_some()
                             || (wire.drained().await == b'I'
                                 && !self.settings_changed(wire)

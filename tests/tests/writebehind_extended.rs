@@ -271,6 +271,24 @@ async fn protocol_sequences_get_postgres_own_replies() -> anyhow::Result<()> {
     python_script("protocol_parity.py", &proxy, &cluster)
 }
 
+/// A cluster with the write-behind table `table (id int PRIMARY KEY, n int)`, a direct client,
+/// a proxy (`memory`), and a raw protocol session through it.
+async fn raw_session_on(
+    table: &str,
+) -> anyhow::Result<(Cluster, tokio_postgres::Client, Proxy, std::net::TcpStream)> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+             SELECT writebehind.enable('{table}');"
+        ))
+        .await?;
+    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
+    let s = writebehind_tests::raw::session(proxy.port, "postgres", "postgres")?;
+    Ok((cluster, direct, proxy, s))
+}
+
 /// Parse/Bind/Execute of `sql` with text parameters `params`, then Sync if `sync`.
 fn extended(sql: &str, params: &[&str], sync: bool) -> Vec<u8> {
     use writebehind_tests::raw;
@@ -303,16 +321,7 @@ fn extended(sql: &str, params: &[&str], sync: bool) -> Vec<u8> {
 async fn a_write_after_an_extended_copy_waits_for_its_sync() -> anyhow::Result<()> {
     use std::io::Write;
     use writebehind_tests::raw;
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE cc (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
-             SELECT writebehind.enable('cc');",
-        )
-        .await?;
-    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
-    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
+    let (_cluster, direct, _proxy, mut s) = raw_session_on("cc").await?;
     let insert = "INSERT INTO cc (id, n) VALUES ($1, $2)";
     // A first write, acknowledged: the session has resolved `cc`.
     s.write_all(&extended(insert, &["9", "9"], true))?;
@@ -358,16 +367,7 @@ async fn a_write_after_an_extended_copy_waits_for_its_sync() -> anyhow::Result<(
 async fn a_portal_bound_before_a_flush_is_executed_after_it() -> anyhow::Result<()> {
     use std::io::Write;
     use writebehind_tests::raw;
-    let cluster = Cluster::start()?;
-    let direct = cluster.connect("postgres").await?;
-    direct
-        .batch_execute(
-            "CREATE TABLE cp (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
-             SELECT writebehind.enable('cp');",
-        )
-        .await?;
-    let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
-    let mut s = raw::session(proxy.port, "postgres", "postgres")?;
+    let (_cluster, direct, _proxy, mut s) = raw_session_on("cp").await?;
     // Parse, Bind (no Execute), Flush.
     let group = extended("INSERT INTO cp (id, n) VALUES ($1, $2)", &["1", "7"], false);
     let execute_at = group.len() - 10; // Execute: 'E', length 9, "" and a row limit

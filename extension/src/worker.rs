@@ -63,8 +63,14 @@ pub extern "C-unwind" fn writebehind_worker_main(_arg: pg_sys::Datum) {
 /// serialization failures, and the lock wait is bounded by `writebehind.lock_timeout`. What
 /// still fails for such reasons is retried, never dead-lettered (`apply::isolate`).
 fn own_settings() {
+    // Kept for the table owners' code before the worker's own path replaces it.
+    apply::remember_owners_search_path();
     let lock_timeout = format!("{}ms", gucs::LOCK_TIMEOUT_MS.get());
     let settings = [
+        // The worker's own statements run as a superuser: no schema a database owner puts
+        // first (`ALTER DATABASE … SET search_path`) may hold a relation, function or operator
+        // they would take for the catalog's.
+        ("search_path", "pg_catalog, pg_temp"),
         ("statement_timeout", "0"),
         ("lock_timeout", lock_timeout.as_str()),
         ("default_transaction_read_only", "off"),

@@ -380,6 +380,69 @@ async fn an_owners_trigger_leaves_nothing_behind_in_the_worker() -> anyhow::Resu
     Ok(())
 }
 
+/// A database's `search_path` setting (which its owner may set) reaches the worker's session:
+/// its own statements, run as a superuser, use `pg_catalog, pg_temp`, and only the table
+/// owners' code runs with the database's path. Before, a schema listed first could hold a view
+/// the worker's catalog query read in place of `pg_catalog.pg_extension`.
+#[tokio::test]
+async fn a_database_search_path_reaches_only_the_owners_code() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE ROLE alice LOGIN;
+             CREATE SCHEMA alice AUTHORIZATION alice;
+             SET ROLE alice;
+             CREATE TABLE alice.t (id int PRIMARY KEY, v text);
+             CREATE TABLE alice.seen (path text);
+             CREATE FUNCTION alice.pwn() RETURNS name LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_user <> 'alice' THEN EXECUTE 'ALTER ROLE alice SUPERUSER'; END IF;
+               RETURN 'pg_writebehind';
+             END $$;
+             CREATE VIEW alice.pg_extension AS SELECT alice.pwn() AS extname, 0::oid AS oid;
+             -- Unqualified: found through the database's search_path only.
+             CREATE FUNCTION alice.note() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO seen VALUES (current_setting('search_path')); RETURN NEW; END $$;
+             CREATE TRIGGER t_note BEFORE INSERT ON alice.t FOR EACH ROW EXECUTE FUNCTION alice.note();
+             SELECT writebehind.enable('alice.t');
+             RESET ROLE;
+             ALTER DATABASE postgres SET search_path = alice, pg_catalog, public;
+             SELECT pg_terminate_backend(pid) FROM writebehind.workers;",
+        )
+        .await?;
+    let t = relid(&client, "alice.t").await?;
+    for seq in 1..=3i64 {
+        let row = Change {
+            op: 'I',
+            key: vec![seq.to_string()],
+            data: Some(r#"{"v": "x"}"#.to_string()),
+        };
+        assert!(ship(&mut client, "dbpath", seq, t, &[row]).await?);
+        flush(&client).await?;
+    }
+    let superuser: bool = client
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'", &[])
+        .await?
+        .get(0);
+    assert!(
+        !superuser,
+        "the worker never read the owner's view as a superuser"
+    );
+    let seen: Vec<String> = client
+        .query("SELECT DISTINCT path FROM alice.seen", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        seen,
+        vec!["alice, pg_catalog, public".to_string()],
+        "the owner's trigger ran with the database's path"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_terminated_worker_comes_back_and_nothing_is_lost_or_doubled() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;

@@ -351,8 +351,38 @@ pub(crate) const CUT_BEFORE_PACKED: &str =
 /// security-restricted operation (no temporary objects, no SET ROLE, no LISTEN), and with every
 /// setting `f` changes — session-level ones included (`set_config(…, false)` in a trigger) —
 /// undone when it returns. The owner's triggers can leave nothing behind in the worker's
-/// session, whose own statements run as a superuser.
+/// session, whose own statements run as a superuser. The owner's code sees the search_path
+/// the database's settings gave the session (see [`remember_owners_search_path`]), not the
+/// worker's own `pg_catalog, pg_temp`.
 pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    as_owner_with_path(owner, OWNERS_SEARCH_PATH.get(), f)
+}
+
+/// The search_path the database and role settings gave the worker's session when it started
+/// (`"$user", public` unless set): what table owners' code (triggers, defaults, constraints)
+/// runs with, as before the worker pinned its own path to `pg_catalog, pg_temp`.
+static OWNERS_SEARCH_PATH: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// Notes the session's search_path for [`as_owner`], once (before the worker sets its own).
+pub(crate) fn remember_owners_search_path() {
+    if OWNERS_SEARCH_PATH.get().is_some() {
+        return;
+    }
+    // SAFETY: reads a built-in setting's current value; the string is copied at once.
+    let path = unsafe {
+        let value = pg_sys::GetConfigOption(c"search_path".as_ptr(), true, false);
+        (!value.is_null()).then(|| std::ffi::CStr::from_ptr(value).to_owned())
+    };
+    if let Some(path) = path {
+        let _ = OWNERS_SEARCH_PATH.set(path);
+    }
+}
+
+fn as_owner_with_path<R>(
+    owner: pg_sys::Oid,
+    path: Option<&std::ffi::CString>,
+    f: impl FnOnce() -> R,
+) -> R {
     let mut saved_uid = pg_sys::InvalidOid;
     let mut saved_ctx = 0;
     // SAFETY: plain calls into the user-id and GUC machinery. An ERROR inside `f` aborts the
@@ -366,7 +396,21 @@ pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-        pg_sys::NewGUCNestLevel()
+        let nest = pg_sys::NewGUCNestLevel();
+        if let Some(path) = path {
+            // Saved at this level, as a function's SET clause is: undone below.
+            pg_sys::set_config_option(
+                c"search_path".as_ptr(),
+                path.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        nest
     };
     let r = f();
     // SAFETY: as above; `nest` is the level opened above, and nothing in `f` outlives it.

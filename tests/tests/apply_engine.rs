@@ -303,6 +303,28 @@ async fn fk_parents_first_and_triggers_fire_as_the_owner() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Role `alice` with schema `alice`, table `alice.t`, and a view `alice.pg_extension` that
+/// makes alice a superuser when a superuser reads it in place of `pg_catalog.pg_extension`.
+const ALICE_BAIT: &str = "
+    CREATE ROLE alice LOGIN;
+    CREATE SCHEMA alice AUTHORIZATION alice;
+    SET ROLE alice;
+    CREATE TABLE alice.t (id int PRIMARY KEY, v text);
+    CREATE FUNCTION alice.pwn() RETURNS name LANGUAGE plpgsql AS $$
+    BEGIN
+      IF current_user <> 'alice' THEN EXECUTE 'ALTER ROLE alice SUPERUSER'; END IF;
+      RETURN 'pg_writebehind';
+    END $$;
+    CREATE VIEW alice.pg_extension AS SELECT alice.pwn() AS extname, 0::oid AS oid;
+    RESET ROLE;";
+
+async fn is_superuser(client: &tokio_postgres::Client, role: &str) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
+        .await?
+        .get(0))
+}
+
 /// A table owner's trigger runs inside a security-restricted operation whose settings are
 /// undone: it can leave nothing in the worker's session, whose own statements run as a
 /// superuser. Before, a trigger's `set_config('search_path', …, false)` made the worker's next
@@ -312,21 +334,13 @@ async fn fk_parents_first_and_triggers_fire_as_the_owner() -> anyhow::Result<()>
 async fn an_owners_trigger_leaves_nothing_behind_in_the_worker() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let mut client = cluster.connect("postgres").await?;
+    client.batch_execute(ALICE_BAIT).await?;
     client
         .batch_execute(
-            "CREATE ROLE alice LOGIN;
-             CREATE SCHEMA alice AUTHORIZATION alice;
-             CREATE TABLE other (id int PRIMARY KEY, v text);
+            "CREATE TABLE other (id int PRIMARY KEY, v text);
              SELECT writebehind.enable('other');
              SET ROLE alice;
-             CREATE TABLE alice.t (id int PRIMARY KEY, v text);
              CREATE TABLE alice.t2 (id int PRIMARY KEY, v text);
-             CREATE FUNCTION alice.pwn() RETURNS name LANGUAGE plpgsql AS $$
-             BEGIN
-               IF current_user <> 'alice' THEN EXECUTE 'ALTER ROLE alice SUPERUSER'; END IF;
-               RETURN 'pg_writebehind';
-             END $$;
-             CREATE VIEW alice.pg_extension AS SELECT alice.pwn() AS extname, 0::oid AS oid;
              CREATE FUNCTION alice.path() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN PERFORM set_config('search_path', 'alice, pg_catalog', false); RETURN NEW; END $$;
              CREATE TRIGGER t_path BEFORE INSERT ON alice.t FOR EACH ROW EXECUTE FUNCTION alice.path();
@@ -354,12 +368,8 @@ async fn an_owners_trigger_leaves_nothing_behind_in_the_worker() -> anyhow::Resu
         assert!(ship(&mut client, "owner", seq, other, &[insert(seq)]).await?);
         flush(&client).await?;
     }
-    let superuser: bool = client
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'", &[])
-        .await?
-        .get(0);
     assert!(
-        !superuser,
+        !is_superuser(&client, "alice").await?,
         "the owner's code never ran as the worker's superuser"
     );
     assert!(ship(&mut client, "owner", 5, t2, &[insert(1)]).await?);
@@ -388,19 +398,11 @@ async fn an_owners_trigger_leaves_nothing_behind_in_the_worker() -> anyhow::Resu
 async fn a_database_search_path_reaches_only_the_owners_code() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let mut client = cluster.connect("postgres").await?;
+    client.batch_execute(ALICE_BAIT).await?;
     client
         .batch_execute(
-            "CREATE ROLE alice LOGIN;
-             CREATE SCHEMA alice AUTHORIZATION alice;
-             SET ROLE alice;
-             CREATE TABLE alice.t (id int PRIMARY KEY, v text);
+            "SET ROLE alice;
              CREATE TABLE alice.seen (path text);
-             CREATE FUNCTION alice.pwn() RETURNS name LANGUAGE plpgsql AS $$
-             BEGIN
-               IF current_user <> 'alice' THEN EXECUTE 'ALTER ROLE alice SUPERUSER'; END IF;
-               RETURN 'pg_writebehind';
-             END $$;
-             CREATE VIEW alice.pg_extension AS SELECT alice.pwn() AS extname, 0::oid AS oid;
              -- Unqualified: found through the database's search_path only.
              CREATE FUNCTION alice.note() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN INSERT INTO seen VALUES (current_setting('search_path')); RETURN NEW; END $$;
@@ -421,12 +423,8 @@ async fn a_database_search_path_reaches_only_the_owners_code() -> anyhow::Result
         assert!(ship(&mut client, "dbpath", seq, t, &[row]).await?);
         flush(&client).await?;
     }
-    let superuser: bool = client
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'", &[])
-        .await?
-        .get(0);
     assert!(
-        !superuser,
+        !is_superuser(&client, "alice").await?,
         "the worker never read the owner's view as a superuser"
     );
     let seen: Vec<String> = client

@@ -9,7 +9,7 @@
 //! every answer and raises the session's resolution epoch, so statements prepared earlier are
 //! resolved again before their next write is acknowledged, as PostgreSQL re-plans them.
 
-use crate::session::wire::{answer_text, NotAsked, Wire};
+use crate::session::wire::{answer_text, error_reply, NotAsked, Wire};
 use crate::writebehind::recognize::TableName;
 use bytes::Bytes;
 use foldhash::HashMap;
@@ -112,7 +112,7 @@ impl Resolver {
             return false;
         };
         self.asked.store(true, Ordering::Release);
-        if replies.iter().any(|m| m.first() == Some(&b'E')) {
+        if error_reply(&replies).is_some() {
             return false;
         }
         let first = answer_text(&replies) == Some("1");

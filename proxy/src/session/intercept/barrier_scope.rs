@@ -7,7 +7,8 @@ use crate::protocol::frontend::{self, Frontend};
 use crate::session::wire::Wire;
 use crate::writebehind::catalog::Catalog;
 use crate::writebehind::lexer;
-use crate::writebehind::scope::{self, Scope};
+use crate::writebehind::scope::Scope;
+use crate::writebehind::statement_kind;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,12 +99,12 @@ impl Intercept {
         scope
     }
 
-    /// Whether the group `msgs` may write (see [`scope::reads_only`]): then it waits for
+    /// Whether the group `msgs` may write (see [`statement_kind::reads_only`]): then it waits for
     /// tables enabled with `read_barrier => false` too. Unknown statements and portals bound
     /// earlier may write.
     pub(super) fn group_may_write(&self, msgs: &[Bytes]) -> bool {
         let writes = |sql: &str| match lexer::lex(sql, true) {
-            Ok(tokens) => !scope::reads_only(&lexer::statements(&tokens)),
+            Ok(tokens) => !statement_kind::reads_only(&lexer::statements(&tokens)),
             Err(_) => true,
         };
         let mut bound = Vec::new();
@@ -157,10 +158,10 @@ impl Intercept {
 
     /// The scope of lexed statements; notes a possible schema change.
     pub(super) fn analyse(&mut self, catalog: &Catalog, stmts: &[&[lexer::Token<'_>]]) -> Scope {
-        self.snapshot_pending |= scope::keeps_snapshot(stmts);
-        if scope::may_change_schema(stmts) {
+        self.snapshot_pending |= statement_kind::keeps_snapshot(stmts);
+        if statement_kind::may_change_schema(stmts) {
             self.schema_stale = true;
-            self.privileges_stale |= scope::may_change_privileges(stmts);
+            self.privileges_stale |= statement_kind::may_change_privileges(stmts);
             // It may create, rename or drop a relation that a table name of this session
             // denotes: asked again (once it committed), not waiting for the catalog reload.
             self.resolver.forget();

@@ -427,3 +427,72 @@ async fn a_cancel_request_or_statement_timeout_ends_a_wait_for_room_in_the_queue
     );
     Ok(())
 }
+
+/// Writes acknowledged while `writebehind.disable` commits (another session's disable, or
+/// this session's own before the proxy reloaded its catalog) are applied before the later
+/// writes of the same keys, which pass through once the table is no longer write-behind.
+/// Until 2026-12-03 no barrier waited for a table the catalog no longer had: its pending
+/// writes shipped at the proxy's flush interval and overwrote the later ones, and the
+/// session did not read its own write.
+#[tokio::test]
+async fn writes_acknowledged_across_a_disable_keep_their_order() -> anyhow::Result<()> {
+    let (cluster, direct) = cluster_with_t().await?;
+    direct
+        .batch_execute("INSERT INTO t VALUES (1, 0), (2, 0)")
+        .await?;
+    let proxy = wb_proxy(&cluster, &["--admin-users", "postgres"])?;
+    let a = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let b = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    // a's first write: its table name and privileges are known from then on.
+    a.batch_execute("UPDATE t SET v = 0 WHERE id = 2").await?;
+    b.batch_execute("BEGIN; SELECT writebehind.disable('t')")
+        .await?;
+    // Still write-behind until b commits: acknowledged from memory.
+    a.batch_execute("UPDATE t SET v = 1 WHERE id = 1").await?;
+    b.batch_execute("COMMIT").await?;
+    // The registry's notification reaches the proxy: then a's writes pass through.
+    let admin = writebehind_tests::connect(&proxy.conninfo("postgres", "writebehind")).await?;
+    let mut listed = true;
+    for _ in 0..100 {
+        let tables = admin.simple_query("SHOW TABLES").await?;
+        listed = tables.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(1) == Some("public.t"))
+        });
+        if !listed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!listed, "the proxy saw the disable");
+    a.batch_execute("UPDATE t SET v = 2 WHERE id = 1").await?;
+    assert_eq!(
+        query_i64(&a, "SELECT v::int8 FROM t WHERE id = 1").await?,
+        2
+    );
+    // This session's own disable, and a write right after it in the same string.
+    a.batch_execute("SELECT writebehind.enable('t')").await?;
+    a.batch_execute("UPDATE t SET v = 3 WHERE id = 2").await?;
+    a.batch_execute("SELECT writebehind.disable('t')").await?;
+    a.batch_execute("INSERT INTO t VALUES (3, 3)").await?;
+    assert_eq!(
+        query_i64(&a, "SELECT count(*) FROM t WHERE id = 3").await?,
+        1
+    );
+    a.batch_execute("UPDATE t SET v = 4 WHERE id = 2").await?;
+    a.execute("SELECT writebehind.flush()", &[]).await?;
+    // A graceful stop (once the sessions ended) ships whatever is still pending: nothing
+    // may be.
+    drop((a, b, admin));
+    let mut proxy = proxy;
+    proxy.signal("TERM")?;
+    assert_eq!(proxy.wait_exit(Duration::from_secs(30)).await?, Some(0));
+    direct.execute("SELECT writebehind.flush()", &[]).await?;
+    let rows: Vec<String> = direct
+        .query("SELECT id || '=' || v FROM t ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, ["1=2", "2=4", "3=3"]);
+    Ok(())
+}

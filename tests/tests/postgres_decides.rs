@@ -356,18 +356,24 @@ async fn row_security_and_the_select_privilege_are_checked_by_postgres() -> anyh
     Ok(())
 }
 
-/// Defaults that depend on the writer's session (`current_user`, a custom setting) are computed
-/// by PostgreSQL in that session: such an INSERT passes through. The worker, writing as the
-/// owner in its own session, stored the owner's name and NULL.
+/// Defaults that depend on the writer's session (`current_user`, a custom setting, either
+/// behind a user-defined function, a setting the proxy does not follow) are computed by
+/// PostgreSQL in that session: such an INSERT passes through. The worker, writing as the
+/// owner in its own session, stored the owner's name and NULL (the function's and
+/// `extra_float_digits`' cases until 2026-12-03: only a list of built-in names was looked for).
 #[tokio::test]
 async fn session_dependent_defaults_are_the_writers() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let direct = cluster.connect("postgres").await?;
     direct
         .batch_execute(
-            "CREATE TABLE sd (id int PRIMARY KEY, v text,
+            "CREATE FUNCTION app_tenant() RETURNS text LANGUAGE sql STABLE
+                 AS $$SELECT current_setting('app.tenant', true)$$;
+             CREATE TABLE sd (id int PRIMARY KEY, v text,
                               who text DEFAULT current_user,
-                              tenant text DEFAULT current_setting('app.tenant', true));
+                              tenant text DEFAULT current_setting('app.tenant', true),
+                              via text DEFAULT app_tenant(),
+                              third text DEFAULT (0.1::float8 * 3)::text);
              SELECT writebehind.enable('sd');
              CREATE ROLE app LOGIN;
              GRANT ALL ON sd TO app;",
@@ -375,25 +381,37 @@ async fn session_dependent_defaults_are_the_writers() -> anyhow::Result<()> {
         .await?;
     let proxy = Proxy::spawn(&cluster.url("postgres"), &["--durability", "memory"])?;
     let c = writebehind_tests::connect(&proxy.conninfo("app", "postgres")).await?;
-    c.batch_execute("SET app.tenant = 'acme'").await?;
+    c.batch_execute("SET app.tenant = 'acme'; SET extra_float_digits = 0")
+        .await?;
     c.batch_execute("INSERT INTO sd (id, v) VALUES (1, 'x')")
         .await?;
-    c.batch_execute("INSERT INTO sd VALUES (2, 'y', DEFAULT, DEFAULT)")
+    c.batch_execute("INSERT INTO sd VALUES (2, 'y', DEFAULT, DEFAULT, DEFAULT, DEFAULT)")
+        .await?;
+    // Only the function's column left to its default.
+    c.batch_execute("INSERT INTO sd (id, v, who, tenant, third) VALUES (4, 'w', 'me', 't', '0.3')")
         .await?;
     // Every column given: acknowledged from memory as usual.
-    c.batch_execute("INSERT INTO sd VALUES (3, 'z', 'me', 't')")
+    c.batch_execute("INSERT INTO sd VALUES (3, 'z', 'me', 't', 'f', '0.3')")
         .await?;
     c.execute("SELECT writebehind.flush()", &[]).await?;
     let got: Vec<String> = direct
         .query(
-            "SELECT id || ':' || who || ':' || tenant FROM sd ORDER BY id",
+            "SELECT concat_ws(':', id, who, tenant, via, third) FROM sd ORDER BY id",
             &[],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(got, ["1:app:acme", "2:app:acme", "3:me:t"]);
+    assert_eq!(
+        got,
+        [
+            "1:app:acme:acme:0.3",
+            "2:app:acme:acme:0.3",
+            "3:me:t:f:0.3",
+            "4:me:t:acme:0.3"
+        ]
+    );
     let acked: i64 = direct
         .query_one(
             "SELECT acked FROM writebehind.status WHERE \"table\" = 'sd'::regclass",
@@ -402,5 +420,155 @@ async fn session_dependent_defaults_are_the_writers() -> anyhow::Result<()> {
         .await?
         .get(0);
     assert_eq!(acked, 1, "only the INSERT with every column given");
+    Ok(())
+}
+
+/// A constant default the column refuses (`'abc'` into `varchar(2)`, 40000 into `smallint`,
+/// too many digits for `numeric(3,1)`) and a default that raises (`1/0`) fail the INSERT in
+/// PostgreSQL: such an INSERT passes through and gets PostgreSQL's error. Until 2026-12-03
+/// the proxy acknowledged it and the worker sent it to the dead letters; in a two-statement
+/// string, the first statement's row was applied.
+#[tokio::test]
+async fn defaults_that_fail_fail_the_insert() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE fd (id int PRIMARY KEY, x int,
+                              s varchar(2) DEFAULT 'abc',
+                              i smallint DEFAULT 40000,
+                              n numeric(3,1) DEFAULT 123.45,
+                              z int DEFAULT 1/0,
+                              ok varchar(3) DEFAULT 'abc');
+             SELECT writebehind.enable('fd');",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let cases = [
+        ("s", SqlState::STRING_DATA_RIGHT_TRUNCATION),
+        ("i", SqlState::NUMERIC_VALUE_OUT_OF_RANGE),
+        ("n", SqlState::NUMERIC_VALUE_OUT_OF_RANGE),
+        ("z", SqlState::DIVISION_BY_ZERO),
+    ];
+    for (i, (left, code)) in cases.iter().enumerate() {
+        let given: Vec<&str> = ["s", "i", "n", "z"]
+            .into_iter()
+            .filter(|c| c != left)
+            .collect();
+        let values = given
+            .iter()
+            .map(|c| if *c == "s" { "'ab'" } else { "1" })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO fd (id, x, {}) VALUES ({}, 0, {values})",
+            given.join(", "),
+            100 + i
+        );
+        assert_eq!(fails_with(&c, &sql).await, Some(code.clone()), "{sql}");
+        // One implicit transaction: the first row goes with the second's error.
+        let two = format!(
+            "INSERT INTO fd VALUES ({}, 1, 'ab', 1, 1, 1); {sql}",
+            200 + i
+        );
+        assert_eq!(fails_with(&c, &two).await, Some(code.clone()), "{two}");
+    }
+    // The one default that fits is acknowledged.
+    c.batch_execute("INSERT INTO fd (id, x, s, i, n, z) VALUES (1, 1, 'ab', 1, 1, 1)")
+        .await?;
+    c.execute("SELECT writebehind.flush()", &[]).await?;
+    assert_eq!(
+        text(
+            &direct,
+            "SELECT string_agg(id || ok, ',' ORDER BY id) FROM fd"
+        )
+        .await?
+        .as_deref(),
+        Some("1abc")
+    );
+    let row = direct
+        .query_one(
+            "SELECT acked, dead_letters FROM writebehind.status WHERE \"table\" = 'fd'::regclass",
+            &[],
+        )
+        .await?;
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 0));
+    Ok(())
+}
+
+/// What PostgreSQL checks besides the table's privileges: USAGE on the sequence a default
+/// draws from, and the role a role default makes the session run as (`ALTER ROLE … SET
+/// role`). Such writes pass through and get 42501. Until 2026-12-03 the proxy asked about
+/// the table and the login role only, acknowledged them, and the worker applied them.
+#[tokio::test]
+async fn sequences_and_role_defaults_are_checked_by_postgres() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct
+        .batch_execute(
+            "CREATE SEQUENCE wseq;
+             CREATE TABLE sq (id int PRIMARY KEY, v text, n bigint DEFAULT nextval('wseq'));
+             SELECT writebehind.enable('sq');
+             CREATE ROLE app LOGIN;
+             GRANT ALL ON sq TO app;
+             CREATE ROLE nopriv;
+             CREATE ROLE app2 LOGIN IN ROLE nopriv;
+             GRANT ALL ON sq TO app2;
+             GRANT USAGE ON SEQUENCE wseq TO app2;
+             ALTER ROLE app2 SET role = 'nopriv';",
+        )
+        .await?;
+    let proxy = wb_proxy(&cluster)?;
+    let app = writebehind_tests::connect(&proxy.conninfo("app", "postgres")).await?;
+    assert_eq!(
+        fails_with(&app, "INSERT INTO sq (id, v) VALUES (1, 'a')").await,
+        Some(SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let app2 = writebehind_tests::connect(&proxy.conninfo("app2", "postgres")).await?;
+    assert_eq!(
+        fails_with(&app2, "INSERT INTO sq VALUES (2, 'b', 2)").await,
+        Some(SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    // Granted, the sequence no longer stops the write: acknowledged from memory.
+    direct
+        .batch_execute("GRANT USAGE ON SEQUENCE wseq TO app")
+        .await?;
+    // (The grant's notification reaches the proxy asynchronously: until then writes pass through.)
+    let mut acked = false;
+    let mut written = 0;
+    for k in 0..50 {
+        app.batch_execute(&format!("INSERT INTO sq (id, v) VALUES ({}, 'c')", 10 + k))
+            .await?;
+        written += 1;
+        app.execute("SELECT writebehind.flush()", &[]).await?;
+        if query_i64(
+            &direct,
+            "SELECT acked FROM writebehind.status WHERE \"table\" = 'sq'::regclass",
+        )
+        .await?
+            > 0
+        {
+            acked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        acked,
+        "a write by a role holding every privilege is acknowledged"
+    );
+    assert_eq!(
+        query_i64(
+            &direct,
+            "SELECT count(*) FROM sq WHERE id >= 10 AND n IS NOT NULL"
+        )
+        .await?,
+        written
+    );
+    assert_eq!(
+        query_i64(&direct, "SELECT count(*) FROM sq WHERE id < 10").await?,
+        0
+    );
     Ok(())
 }

@@ -217,6 +217,11 @@ impl UpstreamUrl {
             .dbname(dbname)
             .connect_timeout(connect_timeout);
         c.application_name("writebehind-proxy");
+        // The own connections read the catalog and ask privileges, often as a superuser: a
+        // database's search_path (its owner's to set) must not put a schema before
+        // pg_catalog, whose objects would stand in for PostgreSQL's own. It also makes
+        // `pg_get_expr` print every name outside pg_catalog qualified (`writebehind/defaults.rs`).
+        c.options("-c search_path=pg_catalog,pg_temp");
         if let Some(p) = &self.password {
             c.password(p);
         }

@@ -2,6 +2,7 @@
 //! connection from the extension's registry and pg_catalog, with the classification of the
 //! database's names that scopes the read barrier.
 
+use super::defaults::{self, DefaultKind};
 use super::scope::{Names, Relation, Scope};
 use crate::ship::FlushSchedule;
 use foldhash::HashMap;
@@ -29,9 +30,10 @@ pub struct Column {
     /// Its collation is nondeterministic (e.g. case-insensitive ICU): values with different
     /// text may be equal, so the text cannot identify a key.
     pub nondeterministic: bool,
-    /// Its default depends on the session (`current_user`, `current_setting(…)`, …): the
-    /// worker, a different session, would compute another value. A column without a default
-    /// of its own whose domain has one counts too (the domain's default is not classified).
+    /// PostgreSQL must compute its default in the writer's session ([`DefaultKind::Session`]:
+    /// it may depend on the session, call user code, or fail): an INSERT that leaves it to
+    /// its default passes through. A column without a default of its own whose domain has
+    /// one counts too (the domain's default is not classified).
     pub session_default: bool,
     /// Its default may depend on TimeZone, DateStyle or IntervalStyle (`current_date`,
     /// `now()` into a `timestamp` column, a value printed as text, …): the worker computes it
@@ -170,9 +172,7 @@ pub const LOAD_SQL: &str = "
            COALESCE((SELECT NOT co.collisdeterministic FROM pg_collation co
                       WHERE co.oid = a.attcollation), false),
            c.relrowsecurity,
-           COALESCE((SELECT pg_get_expr(d.adbin, d.adrelid) ~* '\\m(current_user|session_user|current_role|user|current_setting|current_schemas?|current_query|inet_(client|server)_(addr|port)|pg_backend_pid|txid_current|pg_current_xact_id|pg_my_temp_schema|pg_trigger_depth)\\M'
-                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false)
-           OR (NOT a.atthasdef AND dom.has_default),
+           NOT a.atthasdef AND dom.has_default,
            c.relhasrules, c.relhassubclass,
            ARRAY(SELECT DISTINCT ra.attname::text
                    FROM pg_constraint co
@@ -180,12 +180,10 @@ pub const LOAD_SQL: &str = "
                    CROSS JOIN unnest(co.confkey) AS k(attnum)
                    JOIN pg_attribute ra ON ra.attrelid = c.oid AND ra.attnum = k.attnum
                   WHERE co.contype = 'f' AND co.confrelid = c.oid),
-           COALESCE((SELECT a.attgenerated = ''
-                            AND pg_get_expr(d.adbin, d.adrelid) !~ '^(\\(?''([^'']|'''')*''::[a-z0-9_ .\"\\[\\](),]+\\)?|\\(?-?[0-9.]+\\)?|true|false|NULL|nextval\\(''([^'']|'''')*''::regclass\\)|gen_random_uuid\\(\\)|random\\(\\))$'
-                            AND NOT (a.atttypid = 'timestamptz'::regtype
-                                     AND pg_get_expr(d.adbin, d.adrelid) ~ '^(now\\(\\)|CURRENT_TIMESTAMP|transaction_timestamp\\(\\)|statement_timestamp\\(\\)|clock_timestamp\\(\\))$')
-                       FROM pg_attrdef d WHERE d.adrelid = c.oid AND d.adnum = a.attnum), false),
-           t.on_conflict = 'upsert'
+           (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+             WHERE d.adrelid = c.oid AND d.adnum = a.attnum AND a.attgenerated = ''),
+           t.on_conflict = 'upsert',
+           (SELECT ty.typtype = 'd' FROM pg_type ty WHERE ty.oid = a.atttypid)
       FROM writebehind.tables t
       JOIN pg_class c ON c.oid = t.relid
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -323,7 +321,7 @@ impl Catalog {
                 .then(|| (typmod - 4) as usize);
             if let Some(t) = tables.last_mut() {
                 // A generated or identity column is treated as having a default.
-                t.columns.push(Column {
+                let mut column = Column {
                     name: r.try_get(5)?,
                     type_name,
                     max_chars,
@@ -332,9 +330,19 @@ impl Catalog {
                     typmod,
                     default_only: r.try_get(10)?,
                     nondeterministic: r.try_get(14)?,
+                    // A domain's default (the column has none of its own) is not classified.
                     session_default: r.try_get(16)?,
-                    format_default: r.try_get(20)?,
-                });
+                    format_default: false,
+                };
+                let domain = r.try_get::<_, Option<bool>>(22)?.unwrap_or(false);
+                if let Some(expr) = r.try_get::<_, Option<String>>(20)? {
+                    match defaults::classify(&expr, &column, domain) {
+                        DefaultKind::Worker => {}
+                        DefaultKind::Formats => column.format_default = true,
+                        DefaultKind::Session => column.session_default = true,
+                    }
+                }
+                t.columns.push(column);
             }
         }
         let mut relations = Vec::new();

@@ -354,6 +354,7 @@ impl WriteBehind {
         let rt = Arc::new(DbRuntime {
             catalog: cat_rx,
             catalog_tx: cat_tx,
+            retired: Default::default(),
             loads: std::sync::atomic::AtomicU64::new(1),
             queue,
             barrier,

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod coalesce;
 pub mod databases;
+pub mod defaults;
 pub mod encode;
 pub mod journal;
 pub mod lexer;

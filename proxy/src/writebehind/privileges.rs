@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// A fingerprint (SQL expression) of everything `has_table_privilege` depends on: every role
 /// (name, superuser, inherit, …), every membership (whole rows, so the columns later versions
-/// add count too), and the owner and ACL of every registered table (`REASSIGN OWNED` and
+/// add count too), every role and database default setting (see [`ASK`]), and the owner and ACL of every registered table (`REASSIGN OWNED` and
 /// `DROP OWNED` fire no event trigger, and a REVOKE made while the own connection was down
 /// sends its notification to no one).
 macro_rules! fingerprint {
@@ -34,6 +34,9 @@ macro_rules! fingerprint {
             || '/' ||
             coalesce((SELECT string_agg(m::text, ',' ORDER BY m::text)
                         FROM pg_catalog.pg_auth_members m), '')
+            || '/' ||
+            coalesce((SELECT string_agg(s::text, ',' ORDER BY s::text)
+                        FROM pg_catalog.pg_db_role_setting s), '')
             || '/' ||
             coalesce((SELECT string_agg(c.oid::text || ':' || c.relowner::text || ':'
                                         || coalesce(c.relacl::text, ''), ',' ORDER BY c.oid)
@@ -45,9 +48,37 @@ macro_rules! fingerprint {
 /// The fingerprint alone (the watcher's look).
 const FINGERPRINT: &str = concat!("SELECT ", fingerprint!());
 
-/// One answer, and the fingerprint of what it depended on when PostgreSQL gave it.
+/// One answer, and the fingerprint of what it depended on when PostgreSQL gave it. Besides the
+/// table privilege, an INSERT needs USAGE (or UPDATE) on every sequence a column default
+/// draws from with `nextval` (asked whether or not the write leaves that column to its
+/// default). And no answer is yes for a user whose role or database defaults set `role`
+/// (the session then runs as another role than the one asked about),
+/// `session_authorization` or `session_replication_role` (which decides whether foreign keys
+/// and triggers fire): PostgreSQL decides those sessions' writes.
 const ASK: &str = concat!(
-    "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3), ",
+    "SELECT has_table_privilege($1::text::name, $2::int8::oid, $3)
+            AND ($3 <> 'INSERT' OR NOT EXISTS (
+                  SELECT 1 FROM pg_catalog.pg_attrdef ad
+                    JOIN pg_catalog.pg_depend d
+                      ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                     AND d.objid = ad.oid
+                     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                    JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+                   WHERE ad.adrelid = $2::int8::oid
+                     -- has_sequence_privilege raises for anything but a sequence, and the
+                     -- planner may ask it before it checks relkind.
+                     AND CASE WHEN s.relkind = 'S'
+                              THEN NOT has_sequence_privilege($1::text::name, s.oid,
+                                                              'USAGE, UPDATE')
+                         END))
+            AND NOT EXISTS (
+                  SELECT 1 FROM pg_catalog.pg_db_role_setting rs,
+                                unnest(rs.setconfig) AS c(setting)
+                   WHERE rs.setrole IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r
+                                             WHERE r.rolname = $1::text))
+                     AND rs.setdatabase IN (0, (SELECT db.oid FROM pg_catalog.pg_database db
+                                                 WHERE db.datname = current_database()))
+                     AND c.setting ~* '^(role|session_authorization|session_replication_role)='), ",
     fingerprint!()
 );
 

@@ -80,6 +80,19 @@ pub struct DbRuntime {
     pub(super) notes: tokio::sync::mpsc::UnboundedSender<Reload>,
     /// The worker's per-table counters, as the last report returned them.
     pub(super) applied: Mutex<HashMap<u32, Applied>>,
+    /// Tables a catalog reload dropped (disabled, dropped) while changes acknowledged for them
+    /// may still be pending: see [`retire`](Self::retire).
+    pub(super) retired: Retired,
+}
+
+/// Tables no longer registered whose acknowledged changes every barrier still waits for,
+/// each with the catalog it was registered in (a session may still be acknowledging a write
+/// against it).
+#[derive(Default)]
+pub(super) struct Retired {
+    /// Whether `tables` is non-empty: read by every statement that passes through.
+    any: std::sync::atomic::AtomicBool,
+    tables: Mutex<Vec<(u32, std::sync::Weak<Catalog>)>>,
 }
 
 /// The pending bound and what happens at it.
@@ -297,11 +310,76 @@ impl DbRuntime {
         self.catalog_tx.send_if_modified(|current| {
             let newer = loaded.ticket > current.ticket;
             if newer {
+                self.retire(current, &loaded);
                 *current = loaded;
             }
             newer
         });
         Ok(())
+    }
+
+    /// Keeps the tables of `old` that `new` no longer has. A write acknowledged against `old`
+    /// (the session's check raced the reload, or the change was still queued) is shipped
+    /// and applied all the same; until it is, statements passing through must wait for it
+    /// like for any pending write, though nothing names the table as write-behind any more:
+    /// a session's next write of the key would pass through and be overwritten by it.
+    fn retire(&self, old: &Arc<Catalog>, new: &Catalog) {
+        let mut retired = self
+            .retired
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for t in &old.tables {
+            if new.table(t.relid).is_none() && !retired.iter().any(|(r, _)| *r == t.relid) {
+                tracing::debug!(
+                    relid = t.relid,
+                    "table no longer registered: barriers wait for its pending writes"
+                );
+                retired.push((t.relid, Arc::downgrade(old)));
+            }
+        }
+        self.retired
+            .any
+            .store(!retired.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether some table no longer registered may have changes pending: every statement
+    /// that passes through waits for them.
+    pub fn has_retired(&self) -> bool {
+        self.retired.any.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The retired tables (see [`retire`](Self::retire)).
+    fn retired_relids(&self) -> Vec<u32> {
+        if !self.has_retired() {
+            return Vec::new();
+        }
+        let retired = self
+            .retired
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        retired.iter().map(|(r, _)| *r).collect()
+    }
+
+    /// After a barrier that waited for the retired tables: forgets those with nothing left
+    /// pending, once no session can still acknowledge against the catalog they were in.
+    fn prune_retired(&self) {
+        if !self.has_retired() {
+            return;
+        }
+        let counts = self.queue.table_counts();
+        let mut retired = self
+            .retired
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        retired.retain(|(relid, catalog)| {
+            catalog.strong_count() > 0 || counts.get(relid).is_some_and(|c| c.pending > 0)
+        });
+        self.retired
+            .any
+            .store(!retired.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     /// The barrier over the write-behind tables `relids` (tables no longer registered are
@@ -313,7 +391,7 @@ impl DbRuntime {
         writes: bool,
         timeout: std::time::Duration,
     ) -> Result<(), BarrierError> {
-        let relids: Vec<u32> = self
+        let mut relids: Vec<u32> = self
             .catalog
             .borrow()
             .tables
@@ -321,10 +399,30 @@ impl DbRuntime {
             .filter(|t| (writes || t.read_barrier) && relids.contains(&t.relid))
             .map(|t| t.relid)
             .collect();
+        self.wait_with_retired(&mut relids, timeout).await
+    }
+
+    /// Waits for `relids` and the retired tables (nothing to wait for costs nothing).
+    async fn wait_with_retired(
+        &self,
+        relids: &mut Vec<u32>,
+        timeout: std::time::Duration,
+    ) -> Result<(), BarrierError> {
+        let retired = self.retired_relids();
+        relids.extend(
+            retired
+                .iter()
+                .filter(|r| !relids.contains(r))
+                .collect::<Vec<_>>(),
+        );
         if relids.is_empty() {
             return Ok(());
         }
-        self.barrier.wait(&relids, timeout).await
+        self.barrier.wait(relids, timeout).await?;
+        if !retired.is_empty() {
+            self.prune_retired();
+        }
+        Ok(())
     }
 
     /// Whether some write-behind table of the database was enabled with `read_barrier =>
@@ -340,7 +438,7 @@ impl DbRuntime {
         writes: bool,
         timeout: std::time::Duration,
     ) -> Result<(), BarrierError> {
-        let relids: Vec<u32> = self
+        let mut relids: Vec<u32> = self
             .catalog
             .borrow()
             .tables
@@ -348,9 +446,6 @@ impl DbRuntime {
             .filter(|t| writes || t.read_barrier)
             .map(|t| t.relid)
             .collect();
-        if relids.is_empty() {
-            return Ok(());
-        }
-        self.barrier.wait(&relids, timeout).await
+        self.wait_with_retired(&mut relids, timeout).await
     }
 }

@@ -55,15 +55,34 @@ pub fn keeps_snapshot(stmts: &[&[Token<'_>]]) -> bool {
 /// Whether one of `stmts` may change the schema (any kind the analysis does not scope: DDL,
 /// DO, CALL, …): the names the catalog classified may be out of date after it.
 pub fn may_change_schema(stmts: &[&[Token<'_>]]) -> bool {
-    stmts.iter().any(|t| match t.first() {
-        // EXPLAIN ANALYZE CREATE TABLE … AS, … SELECT … INTO: a table made with no event
-        // trigger (so no notification) that may shadow a write-behind table.
-        Some(Token::Word(w)) if w == "explain" => t
-            .iter()
-            .any(|x| matches!(x, Token::Word(y) if y == "create" || y == "into")),
-        Some(Token::Word(w)) => !SCOPED_KINDS.contains(&&**w),
-        Some(Token::Punct('(')) => false,
-        _ => true,
+    stmts.iter().any(|t| {
+        changes_registry(t)
+            || match t.first() {
+                // EXPLAIN ANALYZE CREATE TABLE … AS, … SELECT … INTO: a table made with no event
+                // trigger (so no notification) that may shadow a write-behind table.
+                Some(Token::Word(w)) if w == "explain" => t
+                    .iter()
+                    .any(|x| matches!(x, Token::Word(y) if y == "create" || y == "into")),
+                Some(Token::Word(w)) => !SCOPED_KINDS.contains(&&**w),
+                Some(Token::Punct('(')) => false,
+                _ => true,
+            }
+    })
+}
+
+/// Whether `t` calls `writebehind.enable`, `alter` or `disable`: the catalog changes with
+/// the registry, and the session's next write must be checked against the new one.
+fn changes_registry(t: &[Token<'_>]) -> bool {
+    let named = |tok: &Token<'_>, name: &str| match tok {
+        Token::Word(w) | Token::QuotedIdent(w) => w == name,
+        _ => false,
+    };
+    t.windows(3).any(|w| {
+        named(&w[0], "writebehind")
+            && w[1] == Token::Punct('.')
+            && ["enable", "alter", "disable"]
+                .iter()
+                .any(|f| named(&w[2], f))
     })
 }
 
@@ -123,6 +142,12 @@ mod tests {
         ));
         assert!(changes("EXPLAIN ANALYZE SELECT 1 INTO s1.wb"));
         assert!(!changes("EXPLAIN SELECT * FROM wb"));
+        // The registry: the catalog changes with it.
+        assert!(changes("SELECT writebehind.disable('w')"));
+        assert!(changes(
+            "SELECT \"writebehind\".alter('w', flush_interval => '1 s')"
+        ));
+        assert!(!changes("SELECT writebehind.flush()"));
     }
 
     #[test]

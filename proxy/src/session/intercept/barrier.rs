@@ -36,12 +36,15 @@ impl Intercept {
         parsed_here: &[String],
         injected: &[String],
     ) -> Result<AfterBarrier, ProxyError> {
-        if self.rt.catalog.borrow().is_empty() {
+        // Tables no longer registered may still have acknowledged writes pending: then
+        // everything waits for them (`DbRuntime::retire`).
+        let retired = self.rt.has_retired();
+        if self.rt.catalog.borrow().is_empty() && !retired {
             return Ok(AfterBarrier::Pass);
         }
         let scope = self.scope(msgs, lexed, wire).await;
         tracing::trace!(?scope, "barrier scope");
-        if scope.is_empty() {
+        if scope.is_empty() && !retired {
             return Ok(AfterBarrier::Pass);
         }
         // With whole groups in hand, the statement can fail as if PostgreSQL had refused

@@ -391,3 +391,52 @@ async fn a_portal_bound_before_a_flush_is_executed_after_it() -> anyhow::Result<
     assert_eq!(n, 7);
     Ok(())
 }
+
+/// A Close of a prepared write, then a Bind of it in the same group: PostgreSQL no longer has
+/// the statement (26000) and skips the rest up to Sync. Before 2026-12-03 the proxy bound the
+/// statement it still remembered, acknowledged the write and applied it.
+#[tokio::test]
+async fn a_statement_closed_earlier_in_the_group_is_not_bound() -> anyhow::Result<()> {
+    use std::io::Write;
+    use writebehind_tests::raw;
+    let (_cluster, direct, _proxy, mut s) = raw_session_on("cb").await?;
+    let mut parse = raw::cstr(&["s1", "INSERT INTO cb (id, n) VALUES ($1, 1)"]);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut m = raw::message(b'P', &parse);
+    m.extend(raw::message(b'S', &[]));
+    s.write_all(&m)?;
+    let types: Vec<u8> = raw::read_to_ready(&mut s)?.iter().map(|m| m.0).collect();
+    assert_eq!(types, b"1Z");
+    let mut bind = raw::cstr(&["", "s1"]);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&1i32.to_be_bytes());
+    bind.extend_from_slice(b"1");
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = raw::cstr(&[""]);
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut close = vec![b'S'];
+    close.extend(raw::cstr(&["s1"]));
+    let mut m = raw::message(b'C', &close);
+    m.extend(raw::message(b'B', &bind));
+    m.extend(raw::message(b'E', &execute));
+    m.extend(raw::message(b'S', &[]));
+    s.write_all(&m)?;
+    let replies = raw::read_to_ready(&mut s)?;
+    let types: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(types, b"3EZ", "CloseComplete, then the Bind's error");
+    assert!(
+        String::from_utf8_lossy(&replies[1].1).contains("26000"),
+        "{:?}",
+        String::from_utf8_lossy(&replies[1].1)
+    );
+    direct
+        .execute("SELECT writebehind.flush(NULL, '30 s')", &[])
+        .await?;
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM cb", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 0);
+    Ok(())
+}

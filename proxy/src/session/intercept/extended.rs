@@ -175,15 +175,19 @@ impl Intercept {
     }
 
     /// The statement `name` as the group sees it: parsed earlier in the group, or before (then
-    /// noted in `used`).
+    /// noted in `used`); none once the group `closed` it (PostgreSQL answers 26000).
     pub(super) fn lookup<'a>(
         &'a self,
         parsed: &'a [(usize, String, Stmt)],
+        closed: &[(usize, String, Option<Bytes>)],
         used: &mut Vec<String>,
         name: &str,
     ) -> Option<&'a Stmt> {
         if let Some((_, _, s)) = parsed.iter().rev().find(|(_, n, _)| n == name) {
             return Some(s);
+        }
+        if closed.iter().any(|(_, n, _)| n == name) {
+            return None;
         }
         let stmt = self.stmts.get(name)?;
         used.push(name.to_string());
@@ -215,7 +219,12 @@ impl Intercept {
                     sql,
                     param_types,
                 } => {
-                    if !name.is_empty() && self.lookup(&plan.parsed, &mut plan.used, name).is_some()
+                    // (A name the group closed before passes through too: conservative.)
+                    let closed = &[];
+                    if !name.is_empty()
+                        && self
+                            .lookup(&plan.parsed, closed, &mut plan.used, name)
+                            .is_some()
                     {
                         return None; // PostgreSQL answers 42P05
                     }
@@ -248,7 +257,7 @@ impl Intercept {
                         return None;
                     }
                     let stored = self
-                        .lookup(&plan.parsed, &mut plan.used, statement)?
+                        .lookup(&plan.parsed, &plan.closed, &mut plan.used, statement)?
                         .prepared
                         .clone()?;
                     let prepared = self.current(stored.clone(), wire).await?;
@@ -268,7 +277,7 @@ impl Intercept {
                     messages::bind_complete(out);
                 }
                 Frontend::Describe { kind: b'S', name } => {
-                    let stmt = self.lookup(&plan.parsed, &mut plan.used, name)?;
+                    let stmt = self.lookup(&plan.parsed, &plan.closed, &mut plan.used, name)?;
                     let prepared = stmt.prepared.as_ref()?;
                     messages::parameter_description(out, prepared.template.param_types());
                     messages::no_data(out);

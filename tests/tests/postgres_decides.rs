@@ -89,8 +89,9 @@ async fn increments_add_up_as_postgres_adds_them() -> anyhow::Result<()> {
     direct
         .batch_execute(
             "CREATE TABLE c (id int PRIMARY KEY, n int, s smallint, m numeric(5,2),
-                             r numeric(5,-2));
-             INSERT INTO c VALUES (1, -2000000000, -10000, 1.00, 100);
+                             r numeric(5,-2), b bigint, b2 bigint);
+             INSERT INTO c VALUES (1, -2000000000, -10000, 1.00, 100, -1,
+                                   -9223372036854775808);
              SELECT writebehind.enable('c');",
         )
         .await?;
@@ -112,11 +113,20 @@ async fn increments_add_up_as_postgres_adds_them() -> anyhow::Result<()> {
         c.batch_execute("UPDATE c SET r = r + 50 WHERE id = 1")
             .await?;
     }
+    // bigint: subtracting its minimum (whose negation is no bigint), and two increments
+    // that PostgreSQL adds one at a time but whose sum leaves bigint (shipped in one batch,
+    // the worker must not fold them). Until 2026-12-03 all three ended in the dead letters.
+    c.batch_execute("UPDATE c SET b = b - -9223372036854775808 WHERE id = 1")
+        .await?;
+    for _ in 0..2 {
+        c.batch_execute("UPDATE c SET b2 = b2 + 9223372036854775807 WHERE id = 1")
+            .await?;
+    }
     assert_eq!(
-        text(&c, "SELECT n || ' ' || s || ' ' || m || ' ' || r FROM c")
+        text(&c, "SELECT concat_ws(' ', n, s, m, r, b, b2) FROM c")
             .await?
             .as_deref(),
-        Some("1000000000 30000 1.00 300")
+        Some("1000000000 30000 1.00 300 9223372036854775807 9223372036854775806")
     );
     let dead = query_i64(&direct, "SELECT count(*) FROM writebehind.dead_letters").await?;
     assert_eq!(dead, 0, "nothing was dead-lettered");

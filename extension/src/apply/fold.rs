@@ -259,15 +259,26 @@ fn merge_updates(
             (_, ColOp::Set(v)) => ColOp::Set(v.clone()),
             (None, op) => op.clone(),
             (Some(ColOp::Set(v)), ColOp::Add(k)) => ColOp::SetAdd(v.clone(), k.clone()),
-            (Some(ColOp::Add(a)), ColOp::Add(k)) => ColOp::Add(decimal::add(a, k)?),
+            (Some(ColOp::Add(a)), ColOp::Add(k)) => ColOp::Add(add_increments(a, k)?),
             (Some(ColOp::SetAdd(v, a)), ColOp::Add(k)) => {
-                ColOp::SetAdd(v.clone(), decimal::add(a, k)?)
+                ColOp::SetAdd(v.clone(), add_increments(a, k)?)
             }
             (Some(_), ColOp::SetAdd(..)) => return None,
         };
         out.insert(col.clone(), merged);
     }
     Some(out)
+}
+
+/// The sum of two increments, or `None` (not folded: applied one after the other) for two
+/// integers whose sum leaves bigint. A bigint column takes each of them, as PostgreSQL adds
+/// them one statement at a time (`n = n + 9223372036854775807` twice from the minimum), but
+/// not their sum.
+fn add_increments(a: &str, k: &str) -> Option<String> {
+    match (a.parse::<i64>(), k.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.checked_add(y).map(|sum| sum.to_string()),
+        _ => decimal::add(a, k),
+    }
 }
 
 /// Folds an UPDATE into a preceding upsert INSERT, where the result is exact.

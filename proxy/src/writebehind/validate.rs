@@ -179,7 +179,9 @@ pub fn bound_changes(
                         ColumnChange::Set(v)
                     }
                     SetExpr::Add(v) => ColumnChange::Add(delta(val(v, params), col)?),
-                    SetExpr::Sub(v) => ColumnChange::Add(negate(&delta(val(v, params), col)?)),
+                    SetExpr::Sub(v) => {
+                        ColumnChange::Add(negated(&delta(val(v, params), col)?, col)?)
+                    }
                 };
                 columns.push((name.clone(), change));
             }
@@ -342,6 +344,14 @@ fn frees_referenced(write: &Write, table: &Table) -> bool {
 /// literal (or a bound parameter) is of the column's own type for PostgreSQL, so it must fit
 /// that type (`n + '3000000000'` on an `integer` is 22003); a bare number is typed by its size
 /// and only the sum is assigned to the column.
+/// `n - d` as the increment `-d`, when the worker can hold it: the negation of bigint's
+/// minimum is not a bigint (PostgreSQL subtracts it in one step and may well succeed).
+fn negated(d: &str, col: &Column) -> Option<String> {
+    let n = negate(d);
+    let integral = matches!(col.type_name.as_str(), "smallint" | "integer" | "bigint");
+    (!integral || n.parse::<i64>().is_ok()).then_some(n)
+}
+
 fn delta(v: Val<'_>, col: &Column) -> Option<String> {
     let Val::Const {
         text,

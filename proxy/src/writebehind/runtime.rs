@@ -86,14 +86,18 @@ pub struct DbRuntime {
 }
 
 /// Tables no longer registered whose acknowledged changes every barrier still waits for,
-/// each with the catalog it was registered in (a session may still be acknowledging a write
-/// against it).
+/// each with the time the catalog dropped it.
 #[derive(Default)]
 pub(super) struct Retired {
     /// Whether `tables` is non-empty: read by every statement that passes through.
     any: std::sync::atomic::AtomicBool,
-    tables: Mutex<Vec<(u32, std::sync::Weak<Catalog>)>>,
+    tables: Mutex<Vec<(u32, std::time::Instant)>>,
 }
+
+/// How long after its retirement a table may still get a change checked against the catalog
+/// before (besides a wait for room in the queue): the session's check and its queueing are a
+/// few awaits apart.
+const RETIRED_GRACE: Duration = Duration::from_secs(5);
 
 /// The pending bound and what happens at it.
 #[derive(Debug, Clone, Copy)]
@@ -323,19 +327,21 @@ impl DbRuntime {
     /// and applied all the same; until it is, statements passing through must wait for it
     /// like for any pending write, though nothing names the table as write-behind any more:
     /// a session's next write of the key would pass through and be overwritten by it.
-    fn retire(&self, old: &Arc<Catalog>, new: &Catalog) {
+    fn retire(&self, old: &Catalog, new: &Catalog) {
         let mut retired = self
             .retired
             .tables
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
         for t in &old.tables {
-            if new.table(t.relid).is_none() && !retired.iter().any(|(r, _)| *r == t.relid) {
+            if new.table(t.relid).is_none() {
                 tracing::debug!(
                     relid = t.relid,
                     "table no longer registered: barriers wait for its pending writes"
                 );
-                retired.push((t.relid, Arc::downgrade(old)));
+                retired.retain(|(r, _)| *r != t.relid);
+                retired.push((t.relid, now));
             }
         }
         self.retired
@@ -362,20 +368,25 @@ impl DbRuntime {
         retired.iter().map(|(r, _)| *r).collect()
     }
 
-    /// After a barrier that waited for the retired tables: forgets those with nothing left
-    /// pending, once no session can still acknowledge against the catalog they were in.
+    /// After a barrier that waited for the retired tables (everything acknowledged before it
+    /// is applied): forgets those with nothing left pending, once no session can still be
+    /// between checking a write against the catalog they were in and queueing it.
     fn prune_retired(&self) {
         if !self.has_retired() {
             return;
         }
-        let counts = self.queue.table_counts();
+        let grace = RETIRED_GRACE + self.limits().overflow_timeout;
         let mut retired = self
             .retired
             .tables
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        retired.retain(|(relid, catalog)| {
-            catalog.strong_count() > 0 || counts.get(relid).is_some_and(|c| c.pending > 0)
+        if retired.iter().all(|(_, at)| at.elapsed() < grace) {
+            return;
+        }
+        let counts = self.queue.table_counts();
+        retired.retain(|(relid, at)| {
+            at.elapsed() < grace || counts.get(relid).is_some_and(|c| c.pending > 0)
         });
         self.retired
             .any

@@ -440,3 +440,71 @@ async fn a_statement_closed_earlier_in_the_group_is_not_bound() -> anyhow::Resul
     assert_eq!(rows, 0);
     Ok(())
 }
+
+/// A statement prepared (and described) locally reaches PostgreSQL only when something that
+/// passes through uses it. If another session changed its column's type meanwhile
+/// (`integer` → `bigint`), PostgreSQL must still take the parameter types the client was told:
+/// binary parameters of four bytes. Before 2026-12-03 the client's own Parse (no types) went
+/// up, PostgreSQL inferred `bigint` and the Bind failed with 08P01 (asyncpg after such a
+/// migration), where directly the statement keeps its types.
+#[tokio::test]
+async fn a_statement_materialized_late_keeps_the_types_it_was_described_with() -> anyhow::Result<()>
+{
+    use std::io::Write;
+    use writebehind_tests::raw;
+    let (_cluster, direct, _proxy, mut s) = raw_session_on("mg").await?;
+    let mut parse = raw::cstr(&["s1", "INSERT INTO mg (id, n) VALUES ($1, $2)"]);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut describe = vec![b'S'];
+    describe.extend(raw::cstr(&["s1"]));
+    let mut m = raw::message(b'P', &parse);
+    m.extend(raw::message(b'D', &describe));
+    m.extend(raw::message(b'S', &[]));
+    s.write_all(&m)?;
+    let replies = raw::read_to_ready(&mut s)?;
+    let types: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(types, b"1tnZ");
+    // ParameterDescription: two parameters, both int4 (oid 23).
+    assert_eq!(replies[1].1, [0, 2, 0, 0, 0, 23, 0, 0, 0, 23]);
+    direct
+        .batch_execute("ALTER TABLE mg ALTER COLUMN n TYPE bigint")
+        .await?;
+    // Once the proxy has reloaded its catalog, the write passes through (its statement
+    // materialized first); binary int4 parameters, as the client was told.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut bind = raw::cstr(&["", "s1"]);
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&2i16.to_be_bytes());
+    for v in [1i32, 7] {
+        bind.extend_from_slice(&4i32.to_be_bytes());
+        bind.extend_from_slice(&v.to_be_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = raw::cstr(&[""]);
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut m = raw::message(b'B', &bind);
+    m.extend(raw::message(b'E', &execute));
+    m.extend(raw::message(b'S', &[]));
+    s.write_all(&m)?;
+    let replies = raw::read_to_ready(&mut s)?;
+    let types: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(
+        types,
+        b"2CZ",
+        "{:?}",
+        replies
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.1).into_owned())
+            .collect::<Vec<_>>()
+    );
+    direct
+        .execute("SELECT writebehind.flush(NULL, '30 s')", &[])
+        .await?;
+    let n: i64 = direct
+        .query_one("SELECT n FROM mg WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 7);
+    Ok(())
+}

@@ -64,6 +64,16 @@ pub fn show(buf: &mut BytesMut, name: &str, setting: &str) {
     close(buf, b'S', name);
 }
 
+/// Appends a Parse of `sql` as the statement `name` with the parameter types `types` (a
+/// frontend message of the proxy's own).
+pub fn parse(buf: &mut BytesMut, name: &str, sql: &str, types: &[u32]) {
+    use pgwire::messages::extendedquery::Parse;
+    put(
+        buf,
+        &Parse::new(Some(name.to_string()), sql.to_string(), types.to_vec()),
+    );
+}
+
 /// Appends a Close of the statement (`kind` `S`) or portal (`P`) `name` (a frontend message of
 /// the proxy's own).
 pub fn close(buf: &mut BytesMut, kind: u8, name: &str) {

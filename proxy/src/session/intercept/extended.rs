@@ -229,11 +229,23 @@ impl Intercept {
                         return None; // PostgreSQL answers 42P05
                     }
                     let prepared = Box::pin(self.prepare(sql, &param_types, wire)).await?;
+                    // PostgreSQL gets this Parse only when something that passes through
+                    // uses the statement, maybe after a column's type changed: with the
+                    // parameter types the client was told (Describe), as PostgreSQL would
+                    // have kept them had it parsed the statement now.
+                    let inferred = prepared.template.param_types();
+                    let parse = if param_types.as_slice() == inferred {
+                        raw.clone()
+                    } else {
+                        let mut typed = BytesMut::with_capacity(raw.len() + 4 * inferred.len());
+                        frontend::parse(&mut typed, name, sql, inferred);
+                        typed.freeze()
+                    };
                     plan.parsed.push((
                         plan.pieces.len(),
                         name.to_string(),
                         Stmt {
-                            parse: raw.clone(),
+                            parse,
                             prepared: Some(prepared),
                             on_server: false,
                             scope: None,

@@ -496,3 +496,40 @@ async fn writes_acknowledged_across_a_disable_keep_their_order() -> anyhow::Resu
     assert_eq!(rows, ["1=2", "2=4", "3=3"]);
     Ok(())
 }
+
+/// A transaction that wrote a row, then reads while another session's acknowledged write of
+/// that row is pending: the barrier ships it, and the worker waits for the transaction's row
+/// lock, so the barrier cannot end before the transaction does. The read goes on without it,
+/// as in PostgreSQL, where the other write would be the one waiting; it applies after the
+/// COMMIT. Before 2026-12-03 the read waited out the barrier timeout and failed (57P03),
+/// aborting the transaction.
+#[tokio::test]
+async fn a_transaction_is_not_kept_waiting_for_its_own_row_lock() -> anyhow::Result<()> {
+    let (cluster, direct) = cluster_with_t().await?;
+    direct
+        .batch_execute("INSERT INTO t VALUES (1, 0), (2, 0)")
+        .await?;
+    let proxy = wb_proxy(&cluster, &[])?;
+    let a = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let b = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    a.batch_execute("BEGIN; UPDATE t SET v = 10 WHERE id = 2")
+        .await?;
+    b.batch_execute("UPDATE t SET v = 20 WHERE id = 2").await?;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        query_i64(&a, "SELECT v::int8 FROM t WHERE id = 2").await?,
+        10
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the read waited {:?}",
+        started.elapsed()
+    );
+    a.batch_execute("COMMIT").await?;
+    b.execute("SELECT writebehind.flush()", &[]).await?;
+    assert_eq!(
+        query_i64(&direct, "SELECT v::int8 FROM t WHERE id = 2").await?,
+        20
+    );
+    Ok(())
+}

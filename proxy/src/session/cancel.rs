@@ -19,9 +19,25 @@ pub struct Interrupt {
     /// before the cancel read it, and the cancel went on to PostgreSQL and hit the session's
     /// next statement.
     waiting: std::sync::Mutex<bool>,
+    /// The session's backend's pid (0 until PostgreSQL sent its BackendKeyData).
+    backend_pid: std::sync::atomic::AtomicI32,
 }
 
 impl Interrupt {
+    /// Keeps the pid of the session's backend.
+    pub fn set_backend_pid(&self, pid: i32) {
+        self.backend_pid
+            .store(pid, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The pid of the session's backend, once PostgreSQL sent it.
+    pub fn backend_pid(&self) -> Option<i32> {
+        match self.backend_pid.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
     /// Runs the wait `f` makes, given the future that completes at the next cancel request
     /// (registered before the wait starts); meanwhile a cancel request is the proxy's alone.
     pub async fn waiting<'a, F: std::future::Future>(

@@ -243,6 +243,7 @@ where
                         b'K' if len == 12 => {
                             let pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
                             let secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
+                            state.interrupt.set_backend_pid(pid);
                             let key = shared.cancel.register(UpstreamKey {
                                 addr: Some(addr.to_string()),
                                 pid,

@@ -436,6 +436,23 @@ impl DbRuntime {
         Ok(())
     }
 
+    /// Whether the database's apply worker waits for a lock the backend `pid` holds (directly:
+    /// `pg_blocking_pids`). False when it cannot be asked.
+    pub async fn worker_blocked_by(&self, pid: i32) -> bool {
+        const BLOCKED: &str = "SELECT EXISTS (
+                SELECT 1 FROM pg_catalog.pg_stat_activity a
+                 WHERE a.backend_type = 'pg_writebehind apply worker'
+                   AND a.datname = pg_catalog.current_database()
+                   AND $1::int4 = ANY (pg_catalog.pg_blocking_pids(a.pid)))";
+        match self.own().query_one(BLOCKED, &[&pid]).await {
+            Ok(row) => row.try_get(0).unwrap_or(false),
+            Err(error) => {
+                tracing::debug!(%error, "could not ask whether the worker waits for a session");
+                false
+            }
+        }
+    }
+
     /// Whether some write-behind table of the database was enabled with `read_barrier =>
     /// false`.
     pub fn some_without_read_barrier(&self) -> bool {

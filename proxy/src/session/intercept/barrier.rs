@@ -8,10 +8,12 @@ use crate::error::ProxyError;
 use crate::protocol::frontend;
 use crate::protocol::messages;
 use crate::session::wire::Wire;
+use crate::writebehind::runtime::DbRuntime;
 use crate::writebehind::scope::Scope;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use tokio::time::Instant;
 
@@ -79,7 +81,15 @@ impl Intercept {
                 match first {
                     Poll::Ready(r) => r.err().map(|e| Failed::Error(statement_barrier(e))),
                     Poll::Pending => {
-                        Box::pin(wait_bounded(barrier.as_mut(), wire, status, started)).await
+                        let blocked = blocked_by_own_transaction(&self.rt, wire, status);
+                        Box::pin(wait_bounded(
+                            barrier.as_mut(),
+                            blocked,
+                            wire,
+                            status,
+                            started,
+                        ))
+                        .await
                     }
                 }
             } else {
@@ -145,11 +155,41 @@ fn statement_barrier(e: impl std::fmt::Display) -> ProxyError {
     ProxyError::StatementBarrier(e.to_string())
 }
 
-/// Waits for `barrier` until it is done, the client cancels, or the session's
-/// `statement_timeout` (counted from `started`) passes; a cancel meanwhile is the proxy's
-/// alone, and the session's backend is kept from timing out idle. Returns the failure.
+/// Completes when the apply worker waits for a lock the session's own transaction holds
+/// (looked at every 250 ms; never outside a transaction block, where the session holds no
+/// lock). The barrier cannot end before the transaction does: in PostgreSQL the other
+/// sessions' writes it waits for would be the ones waiting, unseen by this transaction.
+fn blocked_by_own_transaction<W: Wire>(
+    rt: &Arc<DbRuntime>,
+    wire: &W,
+    status: u8,
+) -> impl Future<Output = ()> + use<W> {
+    let rt = rt.clone();
+    let pid = wire.interrupt().backend_pid().filter(|_| status == b'T');
+    async move {
+        let Some(pid) = pid else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if rt.worker_blocked_by(pid).await {
+                tracing::debug!(
+                    pid,
+                    "the worker waits for this session's transaction: passing without the barrier"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for `barrier` until it is done, the client cancels, the session's
+/// `statement_timeout` (counted from `started`) passes, or `blocked` completes (then the
+/// statement passes without it); a cancel meanwhile is the proxy's alone, and the session's
+/// backend is kept from timing out idle. Returns the failure.
 async fn wait_bounded<W: Wire, E: std::fmt::Display>(
     mut barrier: Pin<&mut impl Future<Output = Result<(), E>>>,
+    blocked: impl Future<Output = ()>,
     wire: &mut W,
     status: u8,
     started: Instant,
@@ -185,6 +225,7 @@ async fn wait_bounded<W: Wire, E: std::fmt::Display>(
                     r = &mut barrier => r.err().map(statement_barrier),
                     _ = &mut cancelled => Some(ProxyError::BarrierCancelled),
                     _ = expired => Some(ProxyError::StatementTimeout),
+                    () = blocked => None,
                 }
             })
             .await;

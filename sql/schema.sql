@@ -371,11 +371,19 @@ BEGIN
     -- rule or foreign key): proxies refresh what they know of the schema ('schema').
     -- Notifications of one transaction are merged by payload.
     IF tg_event = 'sql_drop' THEN
-        FOR r IN SELECT DISTINCT d.objid FROM pg_event_trigger_dropped_objects() d
-                 JOIN writebehind.tables t ON t.relid = d.objid
-                 WHERE d.classid = 'pg_class'::regclass
+        FOR r IN SELECT d.objid, bool_or(d.objsubid = 0) AS whole
+                   FROM pg_event_trigger_dropped_objects() d
+                   JOIN writebehind.tables t ON t.relid = d.objid
+                  WHERE d.classid = 'pg_class'::regclass
+                  GROUP BY d.objid
         LOOP
             PERFORM pg_notify('writebehind_registry', 'drop ' || r.objid);
+            -- A dropped table's registration goes with it (a dropped column's does not): a
+            -- later table given the same oid must not find itself write-behind. (Rows still
+            -- queued for it become dead letters, 42P01, when the worker reaches them.)
+            IF r.whole THEN
+                DELETE FROM writebehind.tables t WHERE t.relid = r.objid;
+            END IF;
         END LOOP;
         IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary) THEN
             PERFORM pg_notify('writebehind_registry', 'schema');

@@ -552,6 +552,16 @@ async fn registry_changes_are_notified() -> anyhow::Result<()> {
             format!("drop {oid2}"),
         ]
     );
+    // A dropped table's registration went with it (until 2026-12-03 it stayed, and a table
+    // given the same oid later would have been write-behind).
+    let registered: i64 = client
+        .query_one(
+            "SELECT count(*) FROM writebehind.tables WHERE relid = $1::int8::oid",
+            &[&i64::from(oid2)],
+        )
+        .await?
+        .get(0);
+    assert_eq!(registered, 0);
     Ok(())
 }
 

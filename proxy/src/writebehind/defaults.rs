@@ -26,33 +26,108 @@ pub enum DefaultKind {
 }
 
 /// Classifies the default printed as `expr` for `col`; `domain` when the column's type is a
-/// domain (whose constraints a constant default may fail).
+/// domain (whose constraints any default may fail: PostgreSQL checks them in the session).
+///
+/// The value must also be stored without a conversion that may fail or that depends on a
+/// setting: `pg_get_expr` does not print the assignment to the column's type, so only values
+/// already of that type (or numbers into a numeric column, checked) are the worker's.
 pub fn classify(expr: &str, col: &Column, domain: bool) -> DefaultKind {
+    use DefaultKind::{Formats, Session, Worker};
+    if domain {
+        return Session;
+    }
     let Ok(tokens) = lexer::lex(expr, true) else {
-        return DefaultKind::Session;
+        return Session;
     };
     let t = unwrap_parens(&tokens);
-    if let Some((value, _cast)) = constant(t) {
-        return if constant_fits(value, col, domain) {
-            DefaultKind::Worker
+    let ty = col.type_name.as_str();
+    if let Some((value, cast)) = constant(t) {
+        return if constant_fits(value, cast, col) {
+            Worker
         } else {
-            DefaultKind::Session
+            Session
         };
     }
-    if is_call(t, "gen_random_uuid") || is_call(t, "random") || is_nextval(t) {
-        return DefaultKind::Worker;
+    let unconstrained = col.typmod < 0;
+    if is_call(t, "gen_random_uuid") {
+        return if ty == "uuid" { Worker } else { Session };
+    }
+    if is_call(t, "random") {
+        return if ty == "double precision" && unconstrained {
+            Worker
+        } else {
+            Session
+        };
+    }
+    if is_nextval(t) {
+        // A sequence beyond a narrower column's range fails there as PostgreSQL's own INSERT
+        // would, only later (docs/semantics.md).
+        return if matches!(ty, "bigint" | "integer" | "smallint") {
+            Worker
+        } else {
+            Session
+        };
     }
     let (base, cast) = split_cast(t);
     if let Some(instant) = clock(unwrap_parens(base)) {
+        // Into a date/time type as the clock's own type or cast to the column's, or cast to
+        // text into text.
+        const TIMES: &[&str] = &[
+            "timestamp with time zone",
+            "timestamp without time zone",
+            "date",
+            "time without time zone",
+            "time with time zone",
+        ];
+        let cast_ok = cast.is_none_or(|c| type_text(c) == ty);
+        if !cast_ok || !(TIMES.contains(&ty) || (ty == "text" && cast.is_some())) {
+            return Session;
+        }
         // An instant needs no time zone until it is printed or converted.
-        let timestamptz = cast.is_none() && col.type_name == "timestamp with time zone";
-        return if instant && timestamptz {
-            DefaultKind::Worker
+        return if instant && cast.is_none() && ty == "timestamp with time zone" {
+            Worker
         } else {
-            DefaultKind::Formats
+            Formats
         };
     }
-    DefaultKind::Session
+    Session
+}
+
+/// A cast's type as `format_type` prints it (`character varying`, `integer[]`,
+/// `public.mood`, `"Mixed"`).
+fn type_text(t: &[Token<'_>]) -> String {
+    let mut out = String::new();
+    let mut after_name = false;
+    for tok in t {
+        match tok {
+            Token::Word(w) => {
+                if after_name {
+                    out.push(' ');
+                }
+                out.push_str(w);
+                after_name = true;
+            }
+            Token::QuotedIdent(w) => {
+                if after_name {
+                    out.push(' ');
+                }
+                out.push('"');
+                out.push_str(&w.replace('"', "\"\""));
+                out.push('"');
+                after_name = true;
+            }
+            Token::Number(n) => {
+                out.push_str(n);
+                after_name = false;
+            }
+            Token::Punct(c) => {
+                out.push(*c);
+                after_name = false;
+            }
+            _ => return String::new(),
+        }
+    }
+    out
 }
 
 /// `t` without parentheses around all of it (`(5)`, `(now())`).
@@ -118,14 +193,16 @@ fn constant<'t, 'a>(t: &'t [Token<'a>]) -> Option<(&'t str, Option<&'t [Token<'a
     }
 }
 
-/// Whether the constant `text` is stored into `col` without an error: checked as the proxy
-/// checks a value written for the column when it knows the type; otherwise only a type with
-/// no length or precision to coerce to (and no domain constraint to fail) takes it as it is.
-/// (PostgreSQL printed the constant as its output text, cast or not: assigned to a string
-/// column, that text is what is stored.)
-fn constant_fits(text: &str, col: &Column, domain: bool) -> bool {
+/// Whether the constant `text` (cast to `cast`, as printed) is stored into `col` as it is,
+/// without an error or a conversion that depends on a setting. Cast: only to the column's
+/// own type, then checked as the proxy checks a value written for the column when it knows
+/// the type, or taken as it is when the column has no length or precision to coerce to. No
+/// cast (a number, `true`, `false`): into a column of a type the proxy checks, or a small
+/// enough number into a floating-point column.
+fn constant_fits(text: &str, cast: Option<&[Token<'_>]>, col: &Column) -> bool {
+    let ty = col.type_name.as_str();
     let known = matches!(
-        col.type_name.as_str(),
+        ty,
         "smallint"
             | "integer"
             | "bigint"
@@ -135,10 +212,24 @@ fn constant_fits(text: &str, col: &Column, domain: bool) -> bool {
             | "character varying"
             | "uuid"
     );
-    if known && !domain {
-        return valid_text(text, col);
+    match cast {
+        Some(c) if type_text(c) != ty => false,
+        Some(_) if known => valid_text(text, col),
+        Some(_) => col.typmod < 0,
+        None if known => valid_text(text, col),
+        None => {
+            // Neither overflowing nor underflowing the type (both are errors).
+            let (least, most) = match ty {
+                "real" => (1e-37, 1e38),
+                "double precision" => (1e-307, 1e308),
+                _ => return false,
+            };
+            col.typmod < 0
+                && text
+                    .parse::<f64>()
+                    .is_ok_and(|v| v == 0.0 || (least..most).contains(&v.abs()))
+        }
     }
-    col.typmod < 0 && !domain
 }
 
 /// `name()`, PostgreSQL's own (printed unqualified).
@@ -209,7 +300,12 @@ mod tests {
         use DefaultKind::Worker;
         assert_eq!(kind("'-5'::integer", "integer", -1), Worker);
         assert_eq!(kind("5", "text", -1), Worker);
+        assert_eq!(kind("5", "bigint", -1), Worker);
         assert_eq!(kind("(5)", "integer", -1), Worker);
+        assert_eq!(
+            kind("'abc'::character varying", "character varying", 7),
+            Worker
+        );
         assert_eq!(kind("true", "boolean", -1), Worker);
         assert_eq!(
             kind("'ab'::character varying", "character varying", 6),
@@ -217,8 +313,11 @@ mod tests {
         );
         assert_eq!(kind("'{}'::jsonb", "jsonb", -1), Worker);
         assert_eq!(kind("'{1}'::integer[]", "integer[]", -1), Worker);
-        assert_eq!(kind("'x'::public.mood", "mood", -1), Worker);
-        assert_eq!(kind("'1000'::numeric", "double precision", -1), Worker);
+        assert_eq!(kind("'x'::public.mood", "public.mood", -1), Worker);
+        assert_eq!(kind("'2020-01-01'::date", "date", -1), Worker);
+        assert_eq!(kind("0", "double precision", -1), Worker);
+        assert_eq!(kind("1e-50", "double precision", -1), Worker);
+        assert_eq!(kind("1.5", "real", -1), Worker);
         assert_eq!(kind("12.5", "numeric", NUMERIC_3_1), Worker);
     }
 
@@ -236,12 +335,34 @@ mod tests {
         assert_eq!(kind("'abc'::bpchar", "character", 6), Session);
         let c = col("integer", -1);
         assert_eq!(classify("5", &c, true), Session);
+        // A cast to another type than the column's: converted (and maybe refused, or
+        // printed by the session's settings) when the row is inserted.
+        assert_eq!(kind("'1000'::numeric", "double precision", -1), Session);
+        assert_eq!(kind("'1e+300'::double precision", "real", -1), Session);
+        assert_eq!(kind("'{5000000000}'::bigint[]", "integer[]", -1), Session);
+        assert_eq!(kind("(70000)::smallint", "text", -1), Session);
+        assert_eq!(
+            kind(
+                "'2020-01-01 00:00:00'::timestamp without time zone",
+                "timestamp with time zone",
+                -1
+            ),
+            Session
+        );
+        assert_eq!(kind("'x'::character varying(1)", "text", -1), Session);
+        assert_eq!(kind("'3000000000'::bigint", "integer", -1), Session);
+        assert_eq!(kind("1e400", "double precision", -1), Session);
+        assert_eq!(kind("1e-50", "real", -1), Session);
     }
 
     #[test]
     fn volatile_but_session_independent_built_ins_are_the_workers() {
-        use DefaultKind::Worker;
+        use DefaultKind::{Session, Worker};
         assert_eq!(kind("nextval('public.s1'::regclass)", "bigint", -1), Worker);
+        assert_eq!(
+            kind("nextval('public.s1'::regclass)", "integer", -1),
+            Worker
+        );
         assert_eq!(kind("gen_random_uuid()", "uuid", -1), Worker);
         assert_eq!(kind("random()", "double precision", -1), Worker);
         assert_eq!(kind("now()", "timestamp with time zone", -1), Worker);
@@ -249,11 +370,21 @@ mod tests {
             kind("CURRENT_TIMESTAMP(3)", "timestamp with time zone", -1),
             Worker
         );
+        // Into other types the assignment may fail or depend on settings.
+        assert_eq!(kind("random()", "numeric", (2 << 16 | 2) + 4), Session);
+        assert_eq!(kind("gen_random_uuid()", "text", -1), Session);
+        assert_eq!(kind("nextval('public.s1'::regclass)", "text", -1), Session);
+        // A domain's constraints may refuse any of them.
+        let c = col("bigint", -1);
+        assert_eq!(
+            classify("nextval('public.s1'::regclass)", &c, true),
+            Session
+        );
     }
 
     #[test]
     fn the_time_in_another_type_depends_on_the_formats() {
-        use DefaultKind::Formats;
+        use DefaultKind::{Formats, Session};
         assert_eq!(kind("now()", "timestamp without time zone", -1), Formats);
         assert_eq!(kind("CURRENT_DATE", "date", -1), Formats);
         assert_eq!(
@@ -267,6 +398,13 @@ mod tests {
         assert_eq!(
             kind("LOCALTIMESTAMP", "timestamp with time zone", -1),
             Formats
+        );
+        // Text of a length the column may refuse, or converted by assignment.
+        assert_eq!(kind("(now())::text", "character varying", 23), Session);
+        assert_eq!(kind("now()", "text", -1), Session);
+        assert_eq!(
+            kind("(now())::date", "timestamp with time zone", -1),
+            Session
         );
     }
 

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod recognize;
 pub mod report;
 pub mod reserved;
+pub mod retired;
 pub mod runtime;
 pub mod scope;
 pub mod statement_kind;

@@ -81,23 +81,9 @@ pub struct DbRuntime {
     /// The worker's per-table counters, as the last report returned them.
     pub(super) applied: Mutex<HashMap<u32, Applied>>,
     /// Tables a catalog reload dropped (disabled, dropped) while changes acknowledged for them
-    /// may still be pending: see [`retire`](Self::retire).
-    pub(super) retired: Retired,
+    /// may still be pending: see [`super::retired`].
+    pub(super) retired: super::retired::Retired,
 }
-
-/// Tables no longer registered whose acknowledged changes every barrier still waits for,
-/// each with the time the catalog dropped it.
-#[derive(Default)]
-pub(super) struct Retired {
-    /// Whether `tables` is non-empty: read by every statement that passes through.
-    any: std::sync::atomic::AtomicBool,
-    tables: Mutex<Vec<(u32, std::time::Instant)>>,
-}
-
-/// How long after its retirement a table may still get a change checked against the catalog
-/// before (besides a wait for room in the queue): the session's check and its queueing are a
-/// few awaits apart.
-const RETIRED_GRACE: Duration = Duration::from_secs(5);
 
 /// The pending bound and what happens at it.
 #[derive(Debug, Clone, Copy)]
@@ -191,11 +177,8 @@ impl DbRuntime {
         if l.fsync || l.full(self.queue.pending()) {
             return Err(changes);
         }
-        Ok(self
-            .queue
-            .push(changes)
-            .map(|_| Enqueued::Acked)
-            .map_err(EnqueueError::from))
+        let pushed = self.push(changes);
+        Ok(pushed.map(|_| Enqueued::Acked).map_err(EnqueueError::from))
     }
 
     /// As [`enqueue`](Self::enqueue), refused with the error `interrupted` gives if it
@@ -260,7 +243,7 @@ impl DbRuntime {
                 }
             }
         }
-        let lsn = self.queue.push(changes)?;
+        let lsn = self.push(changes)?;
         if l.fsync {
             if let Some(wal) = self.queue.wal() {
                 wal.wait_synced(lsn).await?;
@@ -314,7 +297,7 @@ impl DbRuntime {
         self.catalog_tx.send_if_modified(|current| {
             let newer = loaded.ticket > current.ticket;
             if newer {
-                self.retire(current, &loaded);
+                self.retired.reloaded(current, &loaded);
                 *current = loaded;
             }
             newer
@@ -322,75 +305,19 @@ impl DbRuntime {
         Ok(())
     }
 
-    /// Keeps the tables of `old` that `new` no longer has. A write acknowledged against `old`
-    /// (the session's check raced the reload, or the change was still queued) is shipped
-    /// and applied all the same; until it is, statements passing through must wait for it
-    /// like for any pending write, though nothing names the table as write-behind any more:
-    /// a session's next write of the key would pass through and be overwritten by it.
-    fn retire(&self, old: &Catalog, new: &Catalog) {
-        let mut retired = self
-            .retired
-            .tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        for t in &old.tables {
-            if new.table(t.relid).is_none() {
-                tracing::debug!(
-                    relid = t.relid,
-                    "table no longer registered: barriers wait for its pending writes"
-                );
-                retired.retain(|(r, _)| *r != t.relid);
-                retired.push((t.relid, now));
-            }
-        }
-        self.retired
-            .any
-            .store(!retired.is_empty(), std::sync::atomic::Ordering::Release);
+    /// Queues `changes`; a table among them the current catalog no longer has is kept
+    /// retired (see [`super::retired`]) before the write is acknowledged.
+    fn push(&self, changes: Vec<Change>) -> Result<u64, super::queue::QueueError> {
+        let relids = super::retired::tables_of(&changes);
+        let pushed = self.queue.push(changes);
+        self.retired.queued(&self.catalog.borrow(), &relids);
+        pushed
     }
 
     /// Whether some table no longer registered may have changes pending: every statement
     /// that passes through waits for them.
     pub fn has_retired(&self) -> bool {
-        self.retired.any.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The retired tables (see [`retire`](Self::retire)).
-    fn retired_relids(&self) -> Vec<u32> {
-        if !self.has_retired() {
-            return Vec::new();
-        }
-        let retired = self
-            .retired
-            .tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        retired.iter().map(|(r, _)| *r).collect()
-    }
-
-    /// After a barrier that waited for the retired tables (everything acknowledged before it
-    /// is applied): forgets those with nothing left pending, once no session can still be
-    /// between checking a write against the catalog they were in and queueing it.
-    fn prune_retired(&self) {
-        if !self.has_retired() {
-            return;
-        }
-        let grace = RETIRED_GRACE + self.limits().overflow_timeout;
-        let mut retired = self
-            .retired
-            .tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if retired.iter().all(|(_, at)| at.elapsed() < grace) {
-            return;
-        }
-        let counts = self.queue.table_counts();
-        retired.retain(|(relid, at)| {
-            at.elapsed() < grace || counts.get(relid).is_some_and(|c| c.pending > 0)
-        });
-        self.retired
-            .any
-            .store(!retired.is_empty(), std::sync::atomic::Ordering::Release);
+        self.retired.any()
     }
 
     /// The barrier over the write-behind tables `relids` (tables no longer registered are
@@ -419,19 +346,20 @@ impl DbRuntime {
         relids: &mut Vec<u32>,
         timeout: std::time::Duration,
     ) -> Result<(), BarrierError> {
-        let retired = self.retired_relids();
-        relids.extend(
-            retired
-                .iter()
-                .filter(|r| !relids.contains(r))
-                .collect::<Vec<_>>(),
-        );
+        let retired = self.retired.snapshot();
+        if let Some(s) = &retired {
+            for r in &s.relids {
+                if !relids.contains(r) {
+                    relids.push(*r);
+                }
+            }
+        }
         if relids.is_empty() {
             return Ok(());
         }
         self.barrier.wait(relids, timeout).await?;
-        if !retired.is_empty() {
-            self.prune_retired();
+        if let Some(s) = &retired {
+            self.retired.waited(s);
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ impl Intercept {
         injected: &[String],
     ) -> Result<AfterBarrier, ProxyError> {
         // Tables no longer registered may still have acknowledged writes pending: then
-        // everything waits for them (`DbRuntime::retire`).
+        // everything waits for them (`writebehind::retired`).
         let retired = self.rt.has_retired();
         if self.rt.catalog.borrow().is_empty() && !retired {
             return Ok(AfterBarrier::Pass);

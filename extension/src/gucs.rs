@@ -18,6 +18,13 @@ pub static MAX_APPLY_ROWS: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 /// ever. Bounds how long one locked table holds up every other table of the database.
 pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// How long a table's rounds may keep failing with an error the worker retries (a deadlock,
+/// a serialization failure, an I/O error: `apply::isolate::is_transient`) before the next round
+/// narrows the failure down as it does any other error, in milliseconds; 0 retries for ever.
+/// A change that fails alone (or while others of its round apply) then becomes a dead letter
+/// with its SQLSTATE instead of holding up its table for good. Lock timeouts never do.
+pub static TRANSIENT_ERROR_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+
 /// Whether rounds of one shape are applied by one statement (`apply/uniform.rs`).
 pub static UNIFORM_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -61,6 +68,16 @@ pub fn init() {
         c"How long an apply worker waits for a lock before it retries the table in a later round.",
         c"The worker's own lock_timeout; its changes stay queued (they never become dead letters for it). 0 waits for ever.",
         &LOCK_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"writebehind.transient_error_timeout",
+        c"How long a table may keep failing with a retried error before its failing changes become dead letters.",
+        c"Deadlocks, serialization failures, cancels, resource and I/O errors are retried; a table failing with one this long (and 3 rounds in a row) has it narrowed down in its next round like any other error. Lock timeouts are always retried. 0 retries for ever.",
+        &TRANSIENT_ERROR_TIMEOUT_MS,
         0,
         i32::MAX,
         GucContext::Sighup,

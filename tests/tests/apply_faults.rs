@@ -1,6 +1,7 @@
 //! Faults around the apply worker: repeated terminations while two proxies keep shipping,
 //! replays of already-shipped batches after each restart; counters must come out exact. Locks
-//! held by users and database defaults meant for user sessions delay changes, never lose them.
+//! held by users and database defaults meant for user sessions delay changes, never lose them;
+//! a change that always fails with a retried error becomes a dead letter in time.
 
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -224,5 +225,99 @@ async fn database_defaults_for_user_sessions_do_not_stop_the_worker() -> anyhow:
         .execute("SELECT writebehind.flush('dd', '20 s')", &[])
         .await?;
     assert_eq!(sum_and_dead(&client, "dd").await?, (30, 0));
+    Ok(())
+}
+
+/// A change that always fails with an error the worker retries (a trigger raising
+/// `serialization_failure` for one key) held up its table for good until 2026-12-03: every
+/// round failed with 40001, nothing of the table applied, and its barriers timed out. After
+/// `writebehind.transient_error_timeout` the table's round is narrowed down like any other
+/// error: that change becomes a dead letter with 40001 and the rest applies. When every change
+/// of a round fails so (the condition is the server's, not the changes'), none becomes a dead
+/// letter: the round is retried as before.
+#[tokio::test]
+async fn a_change_that_always_fails_with_a_retried_error_becomes_a_dead_letter(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(&["writebehind.transient_error_timeout = '1s'"])?;
+    let mut client = cluster.connect("postgres").await?;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF TG_TABLE_NAME = 'every' OR NEW.id = 3 THEN
+                     RAISE EXCEPTION 'refused' USING ERRCODE = 'serialization_failure';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TABLE one (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             CREATE TABLE every (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+             INSERT INTO one SELECT g, 0 FROM generate_series(1, 10) g;
+             INSERT INTO every SELECT g, 0 FROM generate_series(1, 10) g;
+             CREATE TRIGGER refuse BEFORE UPDATE ON one FOR EACH ROW EXECUTE FUNCTION refuse();
+             CREATE TRIGGER refuse BEFORE UPDATE ON every FOR EACH ROW EXECUTE FUNCTION refuse();
+             SELECT writebehind.enable('one'); SELECT writebehind.enable('every');",
+        )
+        .await?;
+    let (one, every) = (relid(&client, "one").await?, relid(&client, "every").await?);
+    assert!(ship(&mut client, "poison", 1, one, &one_add_per_key()).await?);
+    assert!(ship(&mut client, "poison", 2, every, &one_add_per_key()).await?);
+    client
+        .execute("SELECT writebehind.flush('one', '30 s')", &[])
+        .await?;
+    let dead: Vec<(String, String)> = client
+        .query(
+            "SELECT key, sqlstate FROM writebehind.dead_letters ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(dead, vec![(r#"["3"]"#.to_string(), "40001".to_string())]);
+    let sum: i64 = client
+        .query_one("SELECT sum(n)::bigint FROM one", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 9, "every other key applied");
+    // `every` has been failing for as long, every change of it each round: its rounds are
+    // narrowed down too, and refused whole (the refusal is its last error).
+    let mut refused = None;
+    for _ in 0..150 {
+        let error: Option<String> = client
+            .query_one(
+                "SELECT last_error FROM writebehind.table_stats WHERE relid = 'every'::regclass",
+                &[],
+            )
+            .await?
+            .get(0);
+        if error.as_deref().is_some_and(|e| e.contains("none applied")) {
+            refused = error;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused.as_deref().is_some_and(|e| e.starts_with("40001")),
+        "a narrowed round of `every` was refused with 40001: {refused:?}"
+    );
+    let (sum, dead) = sum_and_dead(&client, "every").await?;
+    assert_eq!(
+        (sum, dead),
+        (0, 1),
+        "nothing of `every` applied or dead-lettered"
+    );
+    let queued: i64 = client
+        .query_one(
+            "SELECT count(*) FROM writebehind.inbox WHERE relid = $1::int8::oid",
+            &[&i64::from(every)],
+        )
+        .await?
+        .get(0);
+    assert!(queued > 0, "its changes stay in the inbox");
+    client.batch_execute("DROP TRIGGER refuse ON every").await?;
+    client
+        .execute("SELECT writebehind.flush('every', '30 s')", &[])
+        .await?;
+    assert_eq!(sum_and_dead(&client, "every").await?, (10, 1));
     Ok(())
 }

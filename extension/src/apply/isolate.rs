@@ -1,12 +1,41 @@
 //! Running a statement over a group of changes in a subtransaction; on failure, retrying by
 //! halves down to single changes, so one bad row never costs the rest of the round. Errors that
 //! say nothing about the changes (a lock wait timed out, a deadlock, a cancel, a full disk)
-//! abort the whole round instead, to be retried: they never make a dead letter.
+//! abort the whole round instead, to be retried, unless the table has failed with them for
+//! `writebehind.transient_error_timeout` ([`narrowing`]).
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
+
+thread_local! {
+    /// The transient SQLSTATE a table's round narrows down (see [`narrowing`]).
+    static NARROWING: Cell<Option<[u8; 5]>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the transient error `sqlstate` (a table's rounds have failed with it for
+/// `writebehind.transient_error_timeout`) narrowed down to the changes that raise it, like
+/// any other error: a change that always fails with it (a trigger raising
+/// `serialization_failure`) becomes a dead letter instead of failing its table's every round.
+/// Other transient errors, and lock timeouts always, still abort the round.
+pub fn narrowing<R>(sqlstate: Option<[u8; 5]>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<[u8; 5]>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NARROWING.with(|n| n.set(self.0));
+        }
+    }
+    let _reset = Reset(NARROWING.with(|n| n.replace(sqlstate)));
+    f()
+}
+
+/// Whether a round failing with `sqlstate` may be narrowed down once it has failed so for
+/// long enough: a transient error other than a lock timeout (a lock wait always waits).
+pub fn may_narrow(sqlstate: &str) -> bool {
+    is_transient(sqlstate) && sqlstate != "55P03"
+}
 
 /// Why one change could not apply.
 #[derive(Debug, Clone)]
@@ -43,7 +72,10 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)
         Ok(r) => Ok(r),
         Err(e) => {
             let (sqlstate, message) = describe(&e);
-            if is_transient(&sqlstate) {
+            let narrowed = NARROWING
+                .with(|n| n.get())
+                .is_some_and(|n| n == sqlstate.as_bytes());
+            if is_transient(&sqlstate) && !(narrowed && may_narrow(&sqlstate)) {
                 (*e).rethrow();
             }
             Err((sqlstate, message))
@@ -52,7 +84,8 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)
 }
 
 /// Whether an error with this SQLSTATE is about the moment, not about the changes: applying
-/// them again later may well succeed, so they must not become dead letters. Transaction
+/// them again later may well succeed, so they do not become dead letters (unless
+/// [`narrowing`]). Transaction
 /// rollback (40: serialization failure, deadlock), insufficient resources (53: disk full, out
 /// of memory), lock not available (55P03: `lock_timeout`), operator intervention (57: cancel,
 /// shutdown), system errors (58: I/O), and a read-only transaction (25006: the server went
@@ -79,6 +112,16 @@ pub fn sqlstate(code: i32) -> String {
     (0..5)
         .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
         .collect()
+}
+
+/// PostgreSQL's MAKE_SQLSTATE encoding of the five-character `code` (the inverse of
+/// [`sqlstate`]).
+pub fn sqlstate_code(code: &str) -> i32 {
+    code.bytes()
+        .take(5)
+        .enumerate()
+        .map(|(i, c)| (i32::from(c.wrapping_sub(b'0')) & 0x3F) << (6 * i))
+        .sum()
 }
 
 /// Applies `run` to `items` (indexes into the caller's changes); whatever fails is narrowed

@@ -31,6 +31,10 @@ pub struct Outcome {
     pub applied_by_kind: [usize; 3],
     /// Changes (or malformed rows) moved to the dead letters.
     pub dead: usize,
+    /// The keys (or append rows) of those that failed with a transient error (narrowed down,
+    /// see [`isolate::narrowing`]), and the first one's SQLSTATE (MAKE_SQLSTATE encoded).
+    pub transient_keys: usize,
+    pub transient_code: Option<i32>,
 }
 
 /// Tables that have inbox rows, parents first (by foreign keys among them).
@@ -129,6 +133,8 @@ impl Outcome {
         self.rows += o.rows;
         self.applied += o.applied;
         self.dead += o.dead;
+        self.transient_keys += o.transient_keys;
+        self.transient_code = self.transient_code.or(o.transient_code);
         for (a, b) in self.applied_by_kind.iter_mut().zip(o.applied_by_kind) {
             *a += b;
         }
@@ -201,11 +207,27 @@ fn apply_general(
         }
     }
     write_dead_letters(client, relid, &table_name, &rows, &dead)?;
+    let transient: Vec<&DeadLetter> = dead
+        .iter()
+        .filter(|d| isolate::is_transient(&d.sqlstate))
+        .collect();
+    // One key's several steps fail together: count it once (append rows have no key).
+    let keys: HashSet<(Option<&str>, usize)> = transient
+        .iter()
+        .map(|d| match d.key.as_deref() {
+            Some(k) => (Some(k), 0),
+            None => (None, d.origin),
+        })
+        .collect();
     let out = Outcome {
         rows: rows.len(),
         applied: applied_by_kind.iter().sum(),
         applied_by_kind,
         dead: dead.len(),
+        transient_keys: keys.len(),
+        transient_code: transient
+            .first()
+            .map(|d| isolate::sqlstate_code(&d.sqlstate)),
     };
     record_round(client, relid, &out, batches, false, started)?;
     Ok(out)

@@ -126,7 +126,7 @@ pub fn try_apply(
                     rows: rows as usize,
                     applied,
                     applied_by_kind,
-                    dead: 0,
+                    ..Outcome::default()
                 },
                 batches,
             }))

@@ -147,7 +147,7 @@ pub fn try_apply(
                     rows,
                     applied,
                     applied_by_kind,
-                    dead: 0,
+                    ..Outcome::default()
                 },
                 batches,
             }))

@@ -180,16 +180,15 @@ pub fn parameter_status(msg: &[u8]) -> Option<(&str, &str)> {
 
 fn statement_effect(t: &[Token<'_>]) -> Effect {
     let word = |i: usize, w: &str| matches!(t.get(i), Some(Word(x)) if x == w);
-    let named = |tok: &Token<'_>, name: &str| matches!(tok, Word(w) | QuotedIdent(w) if w == name);
     // Anywhere: set_config(…) changes the setting it names, also written "set_config"(…).
     let set_config = t
         .iter()
         .enumerate()
-        .filter(|(i, tok)| named(tok, "set_config") && t.get(i + 1) == Some(&Punct('(')))
+        .filter(|(i, tok)| tok.is_name("set_config") && t.get(i + 1) == Some(&Punct('(')))
         .any(|(i, _)| set_config_effect(t.get(i + 2..).unwrap_or_default()) == Effect::Disable);
     // UPDATE pg_settings SET setting = … runs set_config() through the view's rule.
     let pg_settings_update =
-        t.iter().any(|tok| named(tok, "update")) && t.iter().any(|tok| named(tok, "pg_settings"));
+        t.iter().any(|tok| tok.is_name("update")) && t.iter().any(|tok| tok.is_name("pg_settings"));
     if set_config || pg_settings_update {
         return Effect::Disable;
     }

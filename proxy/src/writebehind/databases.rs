@@ -253,7 +253,7 @@ impl WriteBehind {
             .await
             .map_err(|e| StartError::Unusable(format!("extension missing? {e}")))?;
         // What privileges depend on, before any is asked: what the watcher compares with.
-        let baseline = privileges::fingerprint(&own).await.ok();
+        let baseline = privileges::fingerprint(&own).await.ok().flatten();
         // Without an apply worker nothing shipped here would ever apply: acknowledge nothing.
         // Start-up replay ships what the WAL holds all the same (it is applied once a worker
         // serves the database).

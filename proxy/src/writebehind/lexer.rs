@@ -26,6 +26,14 @@ pub enum Token<'a> {
     Punct(char),
 }
 
+impl Token<'_> {
+    /// Whether the token names `name` (given in lower case): an identifier folded to it or
+    /// quoted exactly as it.
+    pub fn is_name(&self, name: &str) -> bool {
+        matches!(self, Token::Word(w) | Token::QuotedIdent(w) if w == name)
+    }
+}
+
 /// Why the text could not be lexed with certainty.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LexError {

@@ -215,9 +215,13 @@ impl SessionPrivileges {
     }
 }
 
-/// The fingerprint now (see `fingerprint!`).
-pub async fn fingerprint(own: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
-    own.query_one(FINGERPRINT, &[]).await?.try_get(0)
+/// The fingerprint now (see `fingerprint!`; the query always returns one row).
+pub async fn fingerprint(
+    own: &tokio_postgres::Client,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    // One round trip, no named statement: asked once a second.
+    let rows = own.query_typed(FINGERPRINT, &[]).await?;
+    rows.first().map(|r| r.try_get(0)).transpose()
 }
 
 /// Looks at the fingerprint of `rt`'s database once a second and forgets every answer when it
@@ -231,7 +235,8 @@ pub fn watch(rt: Weak<DbRuntime>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             let Some(rt) = rt.upgrade() else { return };
             match fingerprint(&rt.own()).await {
-                Ok(seen) => {
+                Ok(None) => {}
+                Ok(Some(seen)) => {
                     if rt.privileges.observe(seen) {
                         tracing::info!(
                             "roles or table privileges changed: cached answers forgotten"

@@ -78,11 +78,15 @@ async fn send(rt: &DbRuntime, me: &Reporter) -> Result<(), tokio_postgres::Error
     });
     let rows = rt
         .own()
-        .query(
+        // One round trip, no named statement: sent once a second.
+        .query_typed(
             "SELECT relid::int8, applied, coalesced, dead_letters,
                     applied_inserts, applied_updates, applied_deletes
              FROM writebehind.report($1, $2::text::jsonb)",
-            &[&me.proxy_id, &report.to_string()],
+            &[
+                (&me.proxy_id, tokio_postgres::types::Type::TEXT),
+                (&report.to_string(), tokio_postgres::types::Type::TEXT),
+            ],
         )
         .await?;
     let mut applied = HashMap::new();

@@ -73,16 +73,12 @@ pub fn may_change_schema(stmts: &[&[Token<'_>]]) -> bool {
 /// Whether `t` calls `writebehind.enable`, `alter` or `disable`: the catalog changes with
 /// the registry, and the session's next write must be checked against the new one.
 fn changes_registry(t: &[Token<'_>]) -> bool {
-    let named = |tok: &Token<'_>, name: &str| match tok {
-        Token::Word(w) | Token::QuotedIdent(w) => w == name,
-        _ => false,
-    };
     t.windows(3).any(|w| {
-        named(&w[0], "writebehind")
+        w[0].is_name("writebehind")
             && w[1] == Token::Punct('.')
             && ["enable", "alter", "disable"]
                 .iter()
-                .any(|f| named(&w[2], f))
+                .any(|f| w[2].is_name(f))
     })
 }
 

@@ -150,3 +150,16 @@ pub async fn flush(client: &Client) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// Every dead letter's key and SQLSTATE, oldest first.
+pub async fn dead_letters(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(client
+        .query(
+            "SELECT key, sqlstate FROM writebehind.dead_letters ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}

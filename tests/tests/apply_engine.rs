@@ -210,15 +210,8 @@ async fn replayed_batches_apply_once_and_poisoned_rows_become_dead_letters() -> 
         .await?
         .get(0);
     assert_eq!(good, 50, "every good row of the poisoned batch applied");
-    let dead: Vec<(String, String)> = client
-        .query(
-            "SELECT key, sqlstate FROM writebehind.dead_letters ORDER BY key",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let mut dead = writebehind_tests::inbox::dead_letters(&client).await?;
+    dead.sort();
     assert_eq!(
         dead,
         vec![

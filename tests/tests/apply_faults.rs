@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 use tokio_postgres::Client;
-use writebehind_tests::inbox::{relid, ship, ship_rows, Change};
+use writebehind_tests::inbox::{dead_letters, relid, ship, ship_rows, Change};
 use writebehind_tests::Cluster;
 
 /// Ships one batch of increments of `n` by 1 on keys 1..=50, `rows` rows.
@@ -129,6 +129,17 @@ async fn sum_and_dead(client: &Client, table: &str) -> anyhow::Result<(i64, i64)
     Ok((row.get(0), row.get(1)))
 }
 
+/// `writebehind.table_stats.last_error` of `table`.
+async fn last_error(client: &Client, table: &str) -> anyhow::Result<Option<String>> {
+    Ok(client
+        .query_one(
+            "SELECT last_error FROM writebehind.table_stats WHERE relid = $1::text::regclass",
+            &[&table],
+        )
+        .await?
+        .get(0))
+}
+
 /// A user's transaction holds a row lock longer than the worker's `writebehind.lock_timeout`:
 /// the locked table's round fails with 55P03 and is retried (its changes never become dead
 /// letters, as they did before), and the other table of the database is applied meanwhile
@@ -164,13 +175,7 @@ async fn a_locked_row_delays_its_table_only_and_makes_no_dead_letter() -> anyhow
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (sum_a, dead) = sum_and_dead(&client, "la").await?;
     assert_eq!((sum_a, dead), (0, 0), "la waits for the lock, whole");
-    let error: Option<String> = client
-        .query_one(
-            "SELECT last_error FROM writebehind.table_stats WHERE relid = 'la'::regclass",
-            &[],
-        )
-        .await?
-        .get(0);
+    let error = last_error(&client, "la").await?;
     assert!(
         error.as_deref().is_some_and(|e| e.starts_with("55P03")),
         "the lock timeout is the table's last error: {error:?}"
@@ -264,16 +269,10 @@ async fn a_change_that_always_fails_with_a_retried_error_becomes_a_dead_letter(
     client
         .execute("SELECT writebehind.flush('one', '30 s')", &[])
         .await?;
-    let dead: Vec<(String, String)> = client
-        .query(
-            "SELECT key, sqlstate FROM writebehind.dead_letters ORDER BY id",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(dead, vec![(r#"["3"]"#.to_string(), "40001".to_string())]);
+    assert_eq!(
+        dead_letters(&client).await?,
+        vec![(r#"["3"]"#.to_string(), "40001".to_string())]
+    );
     let sum: i64 = client
         .query_one("SELECT sum(n)::bigint FROM one", &[])
         .await?
@@ -283,13 +282,7 @@ async fn a_change_that_always_fails_with_a_retried_error_becomes_a_dead_letter(
     // narrowed down too, and refused whole (the refusal is its last error).
     let mut refused = None;
     for _ in 0..150 {
-        let error: Option<String> = client
-            .query_one(
-                "SELECT last_error FROM writebehind.table_stats WHERE relid = 'every'::regclass",
-                &[],
-            )
-            .await?
-            .get(0);
+        let error = last_error(&client, "every").await?;
         if error.as_deref().is_some_and(|e| e.contains("none applied")) {
             refused = error;
             break;

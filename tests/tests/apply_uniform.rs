@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
-use writebehind_tests::inbox::{flush, relid, ship, Change};
+use writebehind_tests::inbox::{dead_letters, flush, relid, ship, Change};
 use writebehind_tests::{copy_escape, query_i64, ship_batch, Cluster};
 
 fn insert(id: i64, data: &str) -> Change {
@@ -54,18 +54,6 @@ async fn uniform_rounds(client: &Client, table: &str) -> anyhow::Result<i64> {
         ),
     )
     .await
-}
-
-async fn dead_letters(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
-    Ok(client
-        .query(
-            "SELECT key, sqlstate FROM writebehind.dead_letters ORDER BY id",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
 }
 
 #[tokio::test]

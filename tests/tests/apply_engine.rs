@@ -547,13 +547,11 @@ async fn registry_changes_are_notified() -> anyhow::Result<()> {
     );
     // A dropped table's registration went with it (until 2026-12-03 it stayed, and a table
     // given the same oid later would have been write-behind).
-    let registered: i64 = client
-        .query_one(
-            "SELECT count(*) FROM writebehind.tables WHERE relid = $1::int8::oid",
-            &[&i64::from(oid2)],
-        )
-        .await?
-        .get(0);
+    let registered = writebehind_tests::query_i64(
+        &client,
+        &format!("SELECT count(*) FROM writebehind.tables WHERE relid = {oid2}"),
+    )
+    .await?;
     assert_eq!(registered, 0);
     Ok(())
 }

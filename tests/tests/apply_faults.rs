@@ -299,13 +299,11 @@ async fn a_change_that_always_fails_with_a_retried_error_becomes_a_dead_letter(
         (0, 1),
         "nothing of `every` applied or dead-lettered"
     );
-    let queued: i64 = client
-        .query_one(
-            "SELECT count(*) FROM writebehind.inbox WHERE relid = $1::int8::oid",
-            &[&i64::from(every)],
-        )
-        .await?
-        .get(0);
+    let queued = writebehind_tests::query_i64(
+        &client,
+        &format!("SELECT count(*) FROM writebehind.inbox WHERE relid = {every}"),
+    )
+    .await?;
     assert!(queued > 0, "its changes stay in the inbox");
     client.batch_execute("DROP TRIGGER refuse ON every").await?;
     client

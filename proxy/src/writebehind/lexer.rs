@@ -5,6 +5,7 @@
 //! statement text; only a folded word, a quoted name with `""` or a string with escapes owns
 //! its text.
 
+use super::reserved;
 use std::borrow::Cow;
 
 /// One token of the text `'a`.
@@ -54,7 +55,8 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 /// in plain '' strings are escapes (as in E'').
 pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token<'_>>, LexError> {
     let b = sql.as_bytes();
-    let mut out = Vec::new();
+    // About one token per four bytes of SQL: one allocation for most statements.
+    let mut out = Vec::with_capacity(b.len() / 4 + 8);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -143,7 +145,12 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token<'_>
                 // one of ~ ! @ # % ^ & | ` ? (PostgreSQL's rule); otherwise they split off.
                 while op.len() > 1
                     && (op.ends_with('+') || op.ends_with('-'))
-                    && !op.bytes().any(|c| b"~!@#%^&|`?".contains(&c))
+                    && !op.bytes().any(|c| {
+                        matches!(
+                            c,
+                            b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'
+                        )
+                    })
                 {
                     op = &op[..op.len() - 1];
                 }
@@ -161,7 +168,10 @@ pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token<'_>
                     return Err(LexError::Unsupported(i));
                 }
                 let word = if word.bytes().any(|c| c.is_ascii_uppercase()) {
-                    Cow::Owned(word.to_ascii_lowercase())
+                    match reserved::folded_keyword(word) {
+                        Some(keyword) => Cow::Borrowed(keyword),
+                        None => Cow::Owned(word.to_ascii_lowercase()),
+                    }
                 } else {
                     Cow::Borrowed(word)
                 };
@@ -182,16 +192,43 @@ pub fn statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
         .collect()
 }
 
+const IDENT_START: u8 = 1;
+const IDENT_CHAR: u8 = 2;
+const OP_CHAR: u8 = 4;
+
+/// Each byte's classes, looked up once per byte instead of tested range by range.
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            t[c] |= IDENT_START | IDENT_CHAR;
+        }
+        if b.is_ascii_digit() || b == b'$' {
+            t[c] |= IDENT_CHAR;
+        }
+        c += 1;
+    }
+    let ops = b"+-*/<>=~!@#%^&|`?";
+    let mut i = 0;
+    while i < ops.len() {
+        t[ops[i] as usize] |= OP_CHAR;
+        i += 1;
+    }
+    t
+};
+
 fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    CLASSES[c as usize] & IDENT_START != 0
 }
 
 fn is_ident_char(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+    CLASSES[c as usize] & IDENT_CHAR != 0
 }
 
 fn is_op_char(c: u8) -> bool {
-    b"+-*/<>=~!@#%^&|`?".contains(&c)
+    CLASSES[c as usize] & OP_CHAR != 0
 }
 
 fn next_char(s: &str, at: usize) -> char {
@@ -494,8 +531,13 @@ mod tests {
         };
         let toks = lex(r#"update "T" set v = 'x', w = $q$y$q$ where k = 1"#, true).expect("lex");
         assert!(toks.iter().all(borrowed), "{toks:?}");
-        // Folding, a doubled quote, an escape or a continuation owns the changed text.
-        for sql in ["Update", r#""a""b""#, "'it''s'", r"E'a\tb'", "'a'\n'b'"] {
+        // A folded keyword borrows the keyword table's spelling.
+        let toks = lex("UPDATE t SET v = 1 WHERE k = 2", true).expect("lex");
+        assert!(toks.iter().all(borrowed), "{toks:?}");
+        assert_eq!(toks[0], w("update"));
+        // Folding another word, a doubled quote, an escape or a continuation owns the changed
+        // text.
+        for sql in ["Counters", r#""a""b""#, "'it''s'", r"E'a\tb'", "'a'\n'b'"] {
             let toks = lex(sql, true).expect("lex");
             assert!(!borrowed(&toks[0]), "{sql}: {toks:?}");
         }

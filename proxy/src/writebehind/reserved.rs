@@ -1,9 +1,86 @@
-//! The words PostgreSQL 15's grammar never takes as a name where the recognized forms expect one.
+//! Keyword tables: the words PostgreSQL 15's grammar never takes as a name where the recognized
+//! forms expect one, and the lower-case spellings the lexer borrows when it folds a keyword.
+
+use foldhash::{HashSet, HashSetExt};
+use std::sync::LazyLock;
 
 /// Whether `word` (lower case, unquoted) is one of [`RESERVED`].
 pub fn is_reserved(word: &str) -> bool {
-    RESERVED.binary_search(&word).is_ok()
+    static SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(&[RESERVED]));
+    SET.contains(word)
 }
+
+/// `word` (ASCII) folded to lower case, when that is one of [`RESERVED`] or [`COMMON`]: a
+/// statement written with upper-case keywords is then lexed without allocating their folding.
+pub fn folded_keyword(word: &str) -> Option<&'static str> {
+    static SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(&[RESERVED, COMMON]));
+    let mut buf = [0u8; LONGEST];
+    let folded = buf.get_mut(..word.len())?;
+    folded.copy_from_slice(word.as_bytes());
+    folded.make_ascii_lowercase();
+    let folded = std::str::from_utf8(folded).ok()?;
+    SET.get(folded).copied()
+}
+
+fn set_of(lists: &[&[&'static str]]) -> HashSet<&'static str> {
+    let mut set = HashSet::new();
+    for list in lists {
+        set.extend(list.iter().copied());
+    }
+    set
+}
+
+/// No word of the tables is longer.
+const LONGEST: usize = 24;
+
+/// Words not in [`RESERVED`] that statements often spell in upper case (what applications and
+/// drivers send, pass-through included), sorted.
+const COMMON: &[&str] = &[
+    "abort",
+    "begin",
+    "bigint",
+    "boolean",
+    "by",
+    "commit",
+    "committed",
+    "copy",
+    "deallocate",
+    "delete",
+    "discard",
+    "execute",
+    "exists",
+    "explain",
+    "first",
+    "if",
+    "insert",
+    "integer",
+    "interval",
+    "isolation",
+    "last",
+    "level",
+    "listen",
+    "local",
+    "notify",
+    "nulls",
+    "prepare",
+    "read",
+    "release",
+    "repeatable",
+    "reset",
+    "rollback",
+    "savepoint",
+    "serializable",
+    "session",
+    "show",
+    "start",
+    "text",
+    "timestamp",
+    "transaction",
+    "unlisten",
+    "vacuum",
+    "varchar",
+    "write",
+];
 
 /// Words never taken as names where the grammar expects one, sorted (binary search): every
 /// keyword PostgreSQL 15 reserves (`pg_get_keywords()`, category R) or allows only as a type or
@@ -126,6 +203,12 @@ mod tests {
     #[test]
     fn reserved_words_are_sorted() {
         assert!(RESERVED.windows(2).all(|w| w[0] < w[1]));
+        assert!(COMMON.windows(2).all(|w| w[0] < w[1]));
+        assert!(COMMON.iter().all(|w| !is_reserved(w)));
+        assert!(RESERVED
+            .iter()
+            .chain(COMMON)
+            .all(|w| w.len() <= LONGEST && w.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')));
         for word in [
             "user",
             "order",
@@ -141,5 +224,19 @@ mod tests {
         for word in ["name", "key", "value", "type", "position", "time", "int"] {
             assert!(!is_reserved(word), "{word}");
         }
+    }
+
+    #[test]
+    fn keywords_fold_to_their_table_spelling() {
+        assert_eq!(folded_keyword("INSERT"), Some("insert"));
+        assert_eq!(folded_keyword("Excluded"), Some("excluded"));
+        assert_eq!(
+            folded_keyword("CURRENT_TIMESTAMP"),
+            Some("current_timestamp")
+        );
+        // Not a keyword of the tables, or longer than any: the lexer allocates the folding.
+        assert_eq!(folded_keyword("Counters"), None);
+        assert_eq!(folded_keyword(&"X".repeat(LONGEST + 1)), None);
+        assert_eq!(folded_keyword(""), None);
     }
 }

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
 
@@ -55,8 +56,8 @@ struct Writer {
 /// An open write-ahead log. Cheap to share behind an `Arc`.
 pub struct Wal {
     writer: Mutex<Writer>,
-    /// Highest lsn written (visible to the fsync task).
-    written: watch::Sender<u64>,
+    /// Highest lsn written (read by the fsync task; nothing waits for it to change).
+    written: AtomicU64,
     /// Highest lsn known to be on stable storage.
     synced: watch::Sender<u64>,
     sync_wanted: Notify,
@@ -64,7 +65,7 @@ pub struct Wal {
     /// nothing written since can be called durable (PostgreSQL PANICs in the same situation).
     sync_failed: Mutex<Option<String>>,
     /// fsyncs of the log's segment files.
-    fsyncs: std::sync::atomic::AtomicU64,
+    fsyncs: AtomicU64,
 }
 
 impl Wal {
@@ -113,11 +114,11 @@ impl Wal {
                 bytes: 0,
                 unsynced_old: Vec::new(),
             }),
-            written: watch::channel(done).0,
+            written: AtomicU64::new(done),
             synced: watch::channel(done).0,
             sync_wanted: Notify::new(),
             sync_failed: Mutex::new(None),
-            fsyncs: std::sync::atomic::AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
@@ -147,7 +148,7 @@ impl Wal {
         w.bytes += n;
         w.next_lsn += 1;
         drop(w);
-        self.written.send_replace(lsn);
+        self.written.store(lsn, Ordering::Release);
         Ok(lsn)
     }
 
@@ -188,13 +189,11 @@ impl Wal {
         };
         for f in old {
             f.sync_data().map_err(|e| WalError::io(&path, e))?;
-            self.fsyncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         if upto > *self.synced.borrow() {
             file.sync_data().map_err(|e| WalError::io(&path, e))?;
-            self.fsyncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.synced.send_replace(upto);
         }
         Ok(upto)
@@ -207,7 +206,7 @@ impl Wal {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.sync_wanted.notified() => {}
             }
-            if *self.written.borrow() <= *self.synced.borrow() {
+            if self.written.load(Ordering::Acquire) <= *self.synced.borrow() {
                 continue;
             }
             let me = self.clone();
@@ -245,7 +244,7 @@ impl Wal {
             segments: w.segments.len(),
             next_lsn: w.next_lsn,
             synced_lsn: *self.synced.borrow(),
-            fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,33 +1,48 @@
 //! Keyword tables: the words PostgreSQL 15's grammar never takes as a name where the recognized
 //! forms expect one, and the lower-case spellings the lexer borrows when it folds a keyword.
 
-use foldhash::{HashSet, HashSetExt};
 use std::sync::LazyLock;
 
 /// Whether `word` (lower case, unquoted) is one of [`RESERVED`].
 pub fn is_reserved(word: &str) -> bool {
-    static SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(&[RESERVED]));
-    SET.contains(word)
+    candidates(word).any(|(w, reserved)| reserved && w == word)
 }
 
 /// `word` (ASCII) folded to lower case, when that is one of [`RESERVED`] or [`COMMON`]: a
 /// statement written with upper-case keywords is then lexed without allocating their folding.
 pub fn folded_keyword(word: &str) -> Option<&'static str> {
-    static SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(&[RESERVED, COMMON]));
-    let mut buf = [0u8; LONGEST];
-    let folded = buf.get_mut(..word.len())?;
-    folded.copy_from_slice(word.as_bytes());
-    folded.make_ascii_lowercase();
-    let folded = std::str::from_utf8(folded).ok()?;
-    SET.get(folded).copied()
+    candidates(word)
+        .map(|(w, _)| w)
+        .find(|w| w.eq_ignore_ascii_case(word))
 }
 
-fn set_of(lists: &[&[&'static str]]) -> HashSet<&'static str> {
-    let mut set = HashSet::new();
-    for list in lists {
-        set.extend(list.iter().copied());
-    }
-    set
+/// The table words of `word`'s length and first letter (either case), each with whether it
+/// is reserved: a lookup compares `word` with one to three words.
+fn candidates(word: &str) -> impl Iterator<Item = (&'static str, bool)> {
+    static BUCKETS: LazyLock<Vec<Vec<(&'static str, bool)>>> = LazyLock::new(|| {
+        let mut buckets = vec![Vec::new(); (LONGEST + 1) * 26];
+        for (list, reserved) in [(RESERVED, true), (COMMON, false)] {
+            for w in list {
+                if let Some(i) = bucket(w) {
+                    buckets[i].push((*w, reserved));
+                }
+            }
+        }
+        buckets
+    });
+    bucket(word)
+        .and_then(|i| BUCKETS.get(i))
+        .into_iter()
+        .flatten()
+        .copied()
+}
+
+/// The bucket of words of `word`'s length and first letter; `None` if no table word can have
+/// them.
+fn bucket(word: &str) -> Option<usize> {
+    let first = word.as_bytes().first()?.to_ascii_lowercase();
+    (word.len() <= LONGEST && first.is_ascii_lowercase())
+        .then(|| word.len() * 26 + usize::from(first - b'a'))
 }
 
 /// No word of the tables is longer.
@@ -205,6 +220,11 @@ mod tests {
         assert!(RESERVED.windows(2).all(|w| w[0] < w[1]));
         assert!(COMMON.windows(2).all(|w| w[0] < w[1]));
         assert!(COMMON.iter().all(|w| !is_reserved(w)));
+        assert!(RESERVED.iter().all(|w| is_reserved(w)));
+        assert!(RESERVED
+            .iter()
+            .chain(COMMON)
+            .all(|w| folded_keyword(&w.to_ascii_uppercase()) == Some(*w)));
         assert!(RESERVED
             .iter()
             .chain(COMMON)

@@ -148,7 +148,9 @@ impl Wal {
         w.bytes += n;
         w.next_lsn += 1;
         drop(w);
-        self.written.store(lsn, Ordering::Release);
+        // Two appends may publish out of order once the lock is released: the mark only rises
+        // (a lower store after a higher one would hide a record from the fsync task).
+        self.written.fetch_max(lsn, Ordering::Release);
         Ok(lsn)
     }
 

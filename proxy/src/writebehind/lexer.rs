@@ -55,8 +55,9 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 /// in plain '' strings are escapes (as in E'').
 pub fn lex(sql: &str, standard_conforming_strings: bool) -> Result<Vec<Token<'_>>, LexError> {
     let b = sql.as_bytes();
-    // About one token per four bytes of SQL: one allocation for most statements.
-    let mut out = Vec::with_capacity(b.len() / 4 + 8);
+    // About one token per four bytes of SQL: one allocation for most statements (capped: a
+    // long text may be one string constant).
+    let mut out = Vec::with_capacity((b.len() / 4 + 8).min(256));
     let mut i = 0;
     while i < b.len() {
         let c = b[i];

@@ -97,7 +97,7 @@ const COMMON: &[&str] = &[
     "write",
 ];
 
-/// Words never taken as names where the grammar expects one, sorted (binary search): every
+/// Words never taken as names where the grammar expects one, sorted: every
 /// keyword PostgreSQL 15 reserves (`pg_get_keywords()`, category R) or allows only as a type or
 /// function name (T) — `user` is `CURRENT_USER`, `order` a syntax error — and the words that
 /// end or change the forms recognized here.

@@ -66,6 +66,9 @@ pub enum ProxyError {
     /// The WAL record of a write could not be written or fsynced.
     #[error("{0}")]
     WalIo(String),
+    /// A write's WAL record would be larger than the WAL holds.
+    #[error("{0}")]
+    WalRecordTooLarge(String),
     /// The proxy is shutting down and `shutdown_timeout` has passed: the session ends.
     #[error("terminating connection due to administrator command")]
     ShuttingDown,
@@ -90,6 +93,9 @@ impl From<crate::writebehind::runtime::EnqueueError> for ProxyError {
             EnqueueError::Overflow { .. } => ProxyError::QueueFull(e.to_string()),
             EnqueueError::Cancelled => ProxyError::BarrierCancelled,
             EnqueueError::StatementTimeout => ProxyError::StatementTimeout,
+            EnqueueError::Wal(w) if w.is_too_large() => {
+                ProxyError::WalRecordTooLarge(format!("could not acknowledge the write: {w}"))
+            }
             EnqueueError::Wal(w) if w.is_disk_full() => {
                 ProxyError::WalDiskFull(format!("could not write the write-behind WAL: {w}"))
             }
@@ -126,6 +132,9 @@ impl ProxyError {
             ProxyError::QueueFull(_) => (&SqlState::CONFIGURATION_LIMIT_EXCEEDED, Severity::Error),
             ProxyError::WalDiskFull(_) => (&SqlState::DISK_FULL, Severity::Error),
             ProxyError::WalIo(_) => (&SqlState::IO_ERROR, Severity::Error),
+            ProxyError::WalRecordTooLarge(_) => {
+                (&SqlState::PROGRAM_LIMIT_EXCEEDED, Severity::Error)
+            }
             ProxyError::Barrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Fatal),
             ProxyError::StatementBarrier(_) => (&SqlState::CANNOT_CONNECT_NOW, Severity::Error),
             ProxyError::BarrierCancelled | ProxyError::StatementTimeout => {

@@ -129,8 +129,12 @@ impl Wal {
     }
 
     /// Appends one record to the current segment (a copy into its mapping) and returns its
-    /// lsn. On failure (no room on disk) nothing is appended.
+    /// lsn. On failure (no room on disk, a record too large) nothing is appended.
     pub fn append(&self, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
+        // Recovery refuses longer records as corrupt: such a write is not acknowledged.
+        if payload.len() > record::MAX_PAYLOAD {
+            return Err(WalError::TooLarge(payload.len()));
+        }
         let mut w = self.lock();
         let lsn = w.next_lsn;
         let mut scratch = std::mem::take(&mut w.scratch);
@@ -155,16 +159,17 @@ impl Wal {
     }
 
     /// Waits until `lsn` is on stable storage (a group fsync covers it), or fails if an fsync
-    /// failed.
+    /// failed, before or while waiting: after a failed fsync the kernel may have dropped pages
+    /// it then reports clean, so no record is called durable again.
     pub async fn wait_synced(&self, lsn: u64) -> Result<(), WalError> {
         let mut rx = self.synced.subscribe();
-        if *rx.borrow() < lsn {
+        if *rx.borrow() < lsn && self.failure().is_none() {
             self.sync_wanted.notify_one();
             let _ = rx.wait_for(|s| *s >= lsn || self.failure().is_some()).await;
         }
         match self.failure() {
-            Some(reason) if *rx.borrow() < lsn => Err(WalError::SyncFailed(reason)),
-            _ => Ok(()),
+            Some(reason) => Err(WalError::SyncFailed(reason)),
+            None => Ok(()),
         }
     }
 
@@ -176,8 +181,13 @@ impl Wal {
             .clone()
     }
 
-    /// fsyncs everything written so far; returns the lsn now durable.
+    /// fsyncs everything written so far; returns the lsn now durable. Fails without syncing
+    /// once an fsync has failed (a later fsync that succeeds says nothing of the pages the
+    /// failed one lost).
     pub fn sync(&self) -> Result<u64, WalError> {
+        if let Some(reason) = self.failure() {
+            return Err(WalError::SyncFailed(reason));
+        }
         let (file, old, upto, path) = {
             let mut w = self.lock();
             let upto = w.next_lsn.saturating_sub(1);
@@ -218,10 +228,24 @@ impl Wal {
                 Err(error) => error.to_string(),
             };
             tracing::error!(error = %failed, "WAL fsync failed: acknowledgements that wait for fsync fail from now on");
-            *self.sync_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(failed);
-            // Wake the waiters so they see the failure.
-            self.synced.send_modify(|_| {});
+            self.fail(failed);
+            return;
         }
+    }
+
+    /// Records that an fsync failed, for good, and wakes the waiters so they see it.
+    fn fail(&self, reason: String) {
+        self.sync_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.synced.send_modify(|_| {});
+    }
+
+    /// Makes the WAL behave as after a failed fsync (tests cannot make the disk fail one).
+    #[cfg(test)]
+    pub(super) fn fail_for_test(&self, reason: &str) {
+        self.fail(reason.to_string());
     }
 
     /// Removes every segment whose records are all below `lsn` (they are committed upstream).

@@ -30,6 +30,9 @@ pub enum WalError {
     /// An fsync of the WAL failed earlier; durability can no longer be promised.
     #[error("WAL fsync failed: {0}")]
     SyncFailed(String),
+    /// A record larger than recovery reads back ([`record::MAX_PAYLOAD`]).
+    #[error("a write's WAL record would be {0} bytes, more than the {max} the WAL holds", max = record::MAX_PAYLOAD)]
+    TooLarge(usize),
     /// Another proxy holds the directory's lock.
     #[error("WAL directory {0} is locked by another writebehind-proxy")]
     Locked(PathBuf),
@@ -59,6 +62,11 @@ impl WalError {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// Whether the error is a write too large for a WAL record (clients get SQLSTATE 54000).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, WalError::TooLarge(_))
     }
 
     /// Whether the error means the disk is full (clients get SQLSTATE 53100).

@@ -186,3 +186,41 @@ fn records_of_a_writer_that_never_closed_are_recovered() {
     assert_eq!(rec.records.len(), 100);
     assert_eq!(rec.records[99].payload, b"r99".to_vec());
 }
+
+/// After a failed fsync the kernel may report the lost pages clean, so a later fsync that
+/// succeeds proves nothing: no record is called durable again, old or new.
+#[tokio::test]
+async fn after_a_failed_fsync_nothing_is_called_durable_again() {
+    let dir = tempdir("failed");
+    let wal = Arc::new(Wal::open(&dir, 1, 1 << 20).expect("open"));
+    let first = wal.append(1, b"a").expect("append");
+    assert_eq!(wal.sync().expect("sync"), first);
+    wal.wait_synced(first)
+        .await
+        .expect("durable before the failure");
+    wal.fail_for_test("EIO");
+    let second = wal.append(1, b"b").expect("append");
+    assert!(
+        matches!(wal.sync(), Err(WalError::SyncFailed(_))),
+        "a later fsync is refused"
+    );
+    assert!(wal.wait_synced(second).await.is_err());
+    assert!(
+        wal.wait_synced(first).await.is_err(),
+        "every later acknowledgement fails"
+    );
+}
+
+/// Recovery refuses a record longer than MAX_PAYLOAD as corrupt, so the WAL never writes one:
+/// the write fails before anything is appended.
+#[test]
+fn a_record_too_large_to_read_back_is_refused() {
+    let dir = tempdir("large");
+    let wal = Wal::open(&dir, 1, 1 << 20).expect("open");
+    let big = vec![b'x'; record::MAX_PAYLOAD + 1];
+    assert!(matches!(wal.append(1, &big), Err(WalError::TooLarge(_))));
+    assert_eq!(wal.append(1, b"small").expect("append"), 1);
+    drop(wal);
+    let rec = recover(&dir).expect("recover");
+    assert_eq!(rec.records.len(), 1);
+}

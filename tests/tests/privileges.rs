@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use writebehind_tests::{Cluster, Proxy};
+use writebehind_tests::{query_i64, Cluster, Proxy};
 
 const SCHEMA: &str =
     "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note varchar(5));
@@ -163,11 +163,10 @@ async fn privileges_follow_grant_revoke_and_role_membership() -> anyhow::Result<
         .map(|r| r.get(0))
         .collect();
     assert_eq!(there, written, "outcomes: {done:?}");
-    let dead: i64 = direct
-        .query_one("SELECT count(*) FROM writebehind.dead_letters", &[])
-        .await?
-        .get(0);
-    assert_eq!(dead, 0);
+    assert_eq!(
+        query_i64(&direct, "SELECT count(*) FROM writebehind.dead_letters").await?,
+        0
+    );
     Ok(())
 }
 

@@ -262,6 +262,86 @@ async fn torn_last_record_is_cut_and_everything_before_it_applies() -> anyhow::R
     Ok(())
 }
 
+/// The highest batch PostgreSQL has committed for any proxy id.
+async fn committed_batch(d: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(d.query_one(
+        "SELECT coalesce(max(batch_seq), 0)::int8 FROM writebehind.progress",
+        &[],
+    )
+    .await?
+    .get(0))
+}
+
+/// A machine crash loses the WAL's unsynced tail, which may hold records whose batches had
+/// already shipped and committed: the WAL comes back shorter than `writebehind.progress`. The
+/// proxy starts, replays nothing twice, and numbers new records above the committed batch, so
+/// they are acknowledged and applied (not taken for replays, and not passed through).
+#[tokio::test]
+async fn a_wal_that_ends_below_the_committed_batch_goes_on_above_it() -> anyhow::Result<()> {
+    const N: usize = 20;
+    let cluster = Cluster::start()?;
+    let direct = cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let scratch = Scratch::new("short");
+    let wal = scratch.path("wal");
+    let wal_s = wal.to_string_lossy().to_string();
+    let args = |interval: &'static str| {
+        vec![
+            "--durability".to_string(),
+            "wal".into(),
+            "--wal-dir".into(),
+            wal_s.clone(),
+            "--flush-interval".into(),
+            interval.into(),
+        ]
+    };
+    let first = args("50ms");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let mut proxy = Proxy::spawn(&cluster.url("postgres"), &first)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for _ in 0..N {
+        c.simple_query("UPDATE kv SET n = n + 1 WHERE id = 1")
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while direct_n(&direct, 1).await? < N as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "the writes never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.signal("KILL")?;
+    proxy.wait_exit(Duration::from_secs(10)).await?;
+    assert_eq!(committed_batch(&direct).await?, N as i64);
+    // The crash: the second half of the records never reached the disk.
+    let (seg, mut data, spans) = the_segment(&wal, N)?;
+    let lost_from = spans[N / 2].0;
+    data[lost_from..].fill(0);
+    std::fs::write(&seg, &data)?;
+
+    let second = args("1h");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let log = scratch.path("restart.log");
+    let proxy = Proxy::spawn_logged(&cluster.url("postgres"), &second, &log)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    for _ in 0..5 {
+        c.simple_query("UPDATE kv SET n = n + 1 WHERE id = 1")
+            .await?;
+    }
+    assert_eq!(
+        direct_n(&direct, 1).await?,
+        N as i64,
+        "the new writes were acknowledged, not passed through:\n{}",
+        read_log(&log)
+    );
+    // Read through the proxy: the barrier ships them, and they apply.
+    assert_eq!(read_n(&c, 1).await?, N as i64 + 5);
+    assert!(committed_batch(&direct).await? > N as i64);
+    assert!(
+        read_log(&log).contains("numbering continues above it"),
+        "the jump is logged"
+    );
+    Ok(())
+}
+
 /// (b) A damaged record in the middle of the WAL: start-up fails with the segment and offset
 /// (exit code non-zero, message on stderr) and applies nothing; with the byte repaired, every
 /// acknowledged write applies — nothing was skipped.

@@ -135,7 +135,34 @@ impl Wal {
         if payload.len() > record::MAX_PAYLOAD {
             return Err(WalError::TooLarge(payload.len()));
         }
-        let mut w = self.lock();
+        let w = self.lock();
+        let next = w.next_lsn + 1;
+        self.put(w, kind, payload, next)
+    }
+
+    /// Moves the numbering on so that the next record gets `lsn` at least, with a skip record
+    /// recovery follows. For a WAL that ends below a batch PostgreSQL has committed (a machine
+    /// crash lost its unsynced tail after that batch shipped): new records must be numbered
+    /// above it, or their batches would be taken for replays and skipped. Returns whether the
+    /// numbering moved.
+    pub fn advance_to(&self, lsn: u64) -> Result<bool, WalError> {
+        let w = self.lock();
+        if lsn <= w.next_lsn {
+            return Ok(false);
+        }
+        self.put(w, record::KIND_SKIP, &lsn.to_le_bytes(), lsn)?;
+        Ok(true)
+    }
+
+    /// Writes one record at the writer's next lsn (a copy into the segment's mapping), then
+    /// numbers the following record `next`. On failure nothing is written.
+    fn put(
+        &self,
+        mut w: MutexGuard<'_, Writer>,
+        kind: u8,
+        payload: &[u8],
+        next: u64,
+    ) -> Result<u64, WalError> {
         let lsn = w.next_lsn;
         let mut scratch = std::mem::take(&mut w.scratch);
         scratch.clear();
@@ -150,7 +177,7 @@ impl Wal {
         room?;
         w.seg_len += n;
         w.bytes += n;
-        w.next_lsn += 1;
+        w.next_lsn = next;
         drop(w);
         // Two appends may publish out of order once the lock is released: the mark only rises
         // (a lower store after a higher one would hide a record from the fsync task).

@@ -9,13 +9,17 @@ pub const PREFIX: usize = 8;
 pub const HEADER: usize = 9;
 /// The largest payload a record may carry; a longer length field is corruption.
 pub const MAX_PAYLOAD: usize = 64 << 20;
+/// The kind of the WAL's own skip record, never returned by recovery: its payload (`u64` LE)
+/// is the lsn the next record gets ([`super::Wal::advance_to`]).
+pub const KIND_SKIP: u8 = 0xFF;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// What the payload is (the caller's own code).
     pub kind: u8,
-    /// The record's log sequence number: 1, 2, 3, … without gaps.
+    /// The record's log sequence number: 1, 2, 3, … without gaps but where a skip record
+    /// moved the numbering on.
     pub lsn: u64,
     /// The caller's bytes.
     pub payload: Vec<u8>,

@@ -1,7 +1,7 @@
 //! Reading the WAL back at start-up: every valid record in order, a torn tail cut, the
 //! writer's unwritten reserve (zeros) trimmed, corruption refused.
 
-use super::record::{decode, Decoded, Record};
+use super::record::{decode, Decoded, Record, KIND_SKIP};
 use super::{segment_paths, WalError};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -50,9 +50,25 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                             reason: format!("lsn {} where {} was expected", r.lsn, out.next_lsn),
                         });
                     }
+                    off += n;
+                    if r.kind == KIND_SKIP {
+                        // The writer moved its numbering on (Wal::advance_to).
+                        let to = <[u8; 8]>::try_from(r.payload.as_slice())
+                            .map(u64::from_le_bytes)
+                            .ok()
+                            .filter(|to| *to > r.lsn);
+                        let Some(to) = to else {
+                            return Err(WalError::Corrupt {
+                                segment: path.clone(),
+                                offset: (off - n) as u64,
+                                reason: format!("skip record {} without a later lsn", r.lsn),
+                            });
+                        };
+                        out.next_lsn = to;
+                        continue;
+                    }
                     out.next_lsn += 1;
                     out.records.push(r);
-                    off += n;
                     continue;
                 }
                 Decoded::Incomplete => "incomplete record",

@@ -224,3 +224,34 @@ fn a_record_too_large_to_read_back_is_refused() {
     let rec = recover(&dir).expect("recover");
     assert_eq!(rec.records.len(), 1);
 }
+
+/// A skip record moves the numbering on: recovery returns the records around it, not the skip
+/// itself, and the next lsn continues above it, across segments and reopenings.
+#[test]
+fn advance_to_moves_the_numbering_on_across_reopening() {
+    let dir = tempdir("skip");
+    let wal = Wal::open(&dir, 1, 1024).expect("open");
+    for i in 1..=3 {
+        assert_eq!(wal.append(1, b"before").expect("append"), i);
+    }
+    assert!(wal.advance_to(100).expect("advance"));
+    assert!(
+        !wal.advance_to(50).expect("no step back"),
+        "never backwards"
+    );
+    let after: Vec<u64> = (0..40)
+        .map(|_| wal.append(1, b"after, enough to rotate").expect("append"))
+        .collect();
+    assert_eq!(after.first(), Some(&100));
+    drop(wal);
+    assert!(
+        segment_paths(&dir).expect("list").len() > 1,
+        "rotation happened"
+    );
+    let rec = recover(&dir).expect("recover");
+    let lsns: Vec<u64> = rec.records.iter().map(|r| r.lsn).collect();
+    assert_eq!(lsns, [vec![1, 2, 3], after.clone()].concat());
+    assert_eq!(rec.next_lsn, 140);
+    let wal = Wal::open(&dir, rec.next_lsn, 1024).expect("reopen");
+    assert_eq!(wal.append(1, b"again").expect("append"), 140);
+}

@@ -284,14 +284,18 @@ impl WriteBehind {
             Some(wal) => {
                 let next = wal.stats().next_lsn;
                 if committed_lsn >= next {
-                    // The inbox has batches numbered beyond anything this WAL wrote: the
-                    // directory is not the one this proxy id shipped from (it was wiped or
-                    // replaced). New batches would be taken for replays and skipped.
-                    return Err(StartError::Unusable(format!(
-                        "writebehind.progress has batch {committed} for proxy id {:?}, but its WAL directory only reaches lsn {}; start this proxy with a new proxy_id (or its original wal_dir)",
-                        self.proxy_id,
-                        next.saturating_sub(1)
-                    )));
+                    // The WAL ends below a batch PostgreSQL has committed: a machine crash lost
+                    // its unsynced tail after that batch shipped (or the directory was replaced).
+                    // What it lost is lost either way; new records are numbered above the
+                    // committed batch, or their batches would be taken for replays and skipped.
+                    warn!(
+                        database,
+                        committed,
+                        wal_end = next.saturating_sub(1),
+                        "the WAL ends below a batch PostgreSQL has committed (a machine crash lost its unsynced tail, or the WAL directory was replaced): numbering continues above it"
+                    );
+                    wal.advance_to(committed_lsn + 1)
+                        .map_err(|e| StartError::Unusable(e.to_string()))?;
                 }
                 Some(Journal {
                     wal: wal.clone(),

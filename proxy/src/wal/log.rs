@@ -135,22 +135,26 @@ impl Wal {
         if payload.len() > record::MAX_PAYLOAD {
             return Err(WalError::TooLarge(payload.len()));
         }
+        debug_assert_ne!(kind, record::KIND_SKIP, "the skip kind is the WAL's own");
         let w = self.lock();
         let next = w.next_lsn + 1;
         self.put(w, kind, payload, next)
     }
 
     /// Moves the numbering on so that the next record gets `lsn` at least, with a skip record
-    /// recovery follows. For a WAL that ends below a batch PostgreSQL has committed (a machine
-    /// crash lost its unsynced tail after that batch shipped): new records must be numbered
-    /// above it, or their batches would be taken for replays and skipped. Returns whether the
-    /// numbering moved.
+    /// recovery follows, fsynced before it returns (blocking). For a WAL that ends below a
+    /// batch PostgreSQL has committed (a machine crash lost its unsynced tail after that batch
+    /// shipped): new records must be numbered above it, or their batches would be taken for
+    /// replays and skipped; and the skip must be on disk before any of them, or a crash that
+    /// kept a later record but lost the skip would leave a gap recovery refuses. Returns
+    /// whether the numbering moved.
     pub fn advance_to(&self, lsn: u64) -> Result<bool, WalError> {
         let w = self.lock();
         if lsn <= w.next_lsn {
             return Ok(false);
         }
         self.put(w, record::KIND_SKIP, &lsn.to_le_bytes(), lsn)?;
+        self.sync()?;
         Ok(true)
     }
 
@@ -233,7 +237,15 @@ impl Wal {
         if upto > *self.synced.borrow() {
             file.sync_data().map_err(|e| WalError::io(&path, e))?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.synced.send_replace(upto);
+            // Only ever raised: a concurrent sync (the fsync task's, a skip's) may have
+            // published a later lsn meanwhile.
+            self.synced.send_if_modified(|s| {
+                let raise = upto > *s;
+                if raise {
+                    *s = upto;
+                }
+                raise
+            });
         }
         Ok(upto)
     }

@@ -288,14 +288,21 @@ impl WriteBehind {
                     // its unsynced tail after that batch shipped (or the directory was replaced).
                     // What it lost is lost either way; new records are numbered above the
                     // committed batch, or their batches would be taken for replays and skipped.
-                    warn!(
-                        database,
-                        committed,
-                        wal_end = next.saturating_sub(1),
-                        "the WAL ends below a batch PostgreSQL has committed (a machine crash lost its unsynced tail, or the WAL directory was replaced): numbering continues above it"
-                    );
-                    wal.advance_to(committed_lsn + 1)
-                        .map_err(|e| StartError::Unusable(e.to_string()))?;
+                    // The skip record is fsynced (a blocking call, once per such start).
+                    let w = wal.clone();
+                    let moved =
+                        tokio::task::spawn_blocking(move || w.advance_to(committed_lsn + 1))
+                            .await
+                            .map_err(|e| StartError::Unusable(e.to_string()))?
+                            .map_err(|e| StartError::Unusable(e.to_string()))?;
+                    if moved {
+                        warn!(
+                            database,
+                            committed,
+                            wal_end = next.saturating_sub(1),
+                            "the WAL ends below a batch PostgreSQL has committed (a machine crash lost its unsynced tail, or the WAL directory was replaced): numbering continues above it"
+                        );
+                    }
                 }
                 Some(Journal {
                     wal: wal.clone(),

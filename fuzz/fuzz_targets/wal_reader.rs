@@ -5,7 +5,9 @@
 //! into two segments at byte 1. Structured mode (bit 0 set): the rest is a list of records
 //! (`kind`, `len`, `len` payload bytes) that are encoded with valid checksums and consecutive
 //! lsns, then damaged as bytes 1..5 say (cut the tail, flip one byte): this reaches the
-//! recovery logic behind the checksums, which random bytes never get past.
+//! recovery logic behind the checksums, which random bytes never get past. A record of the
+//! WAL's own skip kind becomes a valid skip (its target `len + 1` above its lsn), which the
+//! next record's lsn follows and recovery must follow without returning it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -78,8 +80,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dir = fresh_dir();
-    // What was written when nothing is damaged: (records, must recover exactly).
-    let mut written: Option<Vec<Record>> = None;
+    // What was written when nothing is damaged: the records recovery must return exactly
+    // (skips are followed, not returned) and the next lsn.
+    let mut written: Option<(Vec<Record>, u64)> = None;
     if mode & 1 == 0 {
         let Some((&split, seg)) = rest.split_first() else {
             return;
@@ -110,7 +113,12 @@ fuzz_target!(|data: &[u8]| {
         while let [kind, len, tail @ ..] = specs {
             let len = usize::from(*len).min(tail.len());
             let mut payload = tail[..len].to_vec();
-            if kind & 0x80 != 0 {
+            let mut next = lsn + 1;
+            if *kind == record::KIND_SKIP {
+                // A skip as Wal::advance_to writes it: the next record is numbered `next`.
+                next = lsn + 1 + len as u64;
+                payload = next.to_le_bytes().to_vec();
+            } else if kind & 0x80 != 0 {
                 // A real journal payload, so that replay decoding is reached too.
                 let db = String::from_utf8_lossy(&payload).into_owned();
                 payload = journal::encode(&db, &[]);
@@ -120,7 +128,7 @@ fuzz_target!(|data: &[u8]| {
                 lsn,
                 payload,
             });
-            lsn += 1;
+            lsn = next;
             specs = &tail[len..];
         }
         // Segment boundary: after record `split` (if two segments).
@@ -152,25 +160,32 @@ fuzz_target!(|data: &[u8]| {
             segment(dir, *first, bytes);
         }
         if cut == 0 && flip == 0 {
-            written = Some(records);
+            records.retain(|r| r.kind != record::KIND_SKIP);
+            written = Some((records, lsn));
         }
     }
 
     match recover(dir) {
         Ok(rec) => {
+            // Consecutive but where a skip moved the numbering on (skips are not returned).
             for w in rec.records.windows(2) {
-                assert_eq!(w[0].lsn + 1, w[1].lsn, "recovered lsns not consecutive");
+                assert!(w[0].lsn < w[1].lsn, "recovered lsns not increasing");
             }
             if let Some(last) = rec.records.last() {
-                assert_eq!(rec.next_lsn, last.lsn + 1);
+                assert!(
+                    rec.next_lsn > last.lsn,
+                    "next lsn not above the last record"
+                );
             }
+            assert!(rec.records.iter().all(|r| r.kind != record::KIND_SKIP));
             for r in &rec.records {
                 if r.kind == journal::KIND_CHANGES {
                     check_journal(&r.payload);
                 }
             }
-            if let Some(w) = &written {
+            if let Some((w, next)) = &written {
                 assert_eq!(&rec.records, w, "an undamaged WAL did not recover exactly");
+                assert_eq!(rec.next_lsn, *next, "an undamaged WAL numbers on elsewhere");
                 assert!(rec.cut_tail.is_none(), "an undamaged WAL had its tail cut");
             }
             // Recovery is idempotent: after cutting a torn tail, the WAL reads back clean.

@@ -61,6 +61,9 @@ pub struct Wal {
     /// Highest lsn known to be on stable storage.
     synced: watch::Sender<u64>,
     sync_wanted: Notify,
+    /// Held through a whole `sync`: one that took the rotated-away files must finish fsyncing
+    /// them before another publishes an lsn they hold as durable.
+    syncing: Mutex<()>,
     /// Set for good once an fsync failed: after that the kernel may have dropped the pages, so
     /// nothing written since can be called durable (PostgreSQL PANICs in the same situation).
     sync_failed: Mutex<Option<String>>,
@@ -117,6 +120,7 @@ impl Wal {
             written: AtomicU64::new(done),
             synced: watch::channel(done).0,
             sync_wanted: Notify::new(),
+            syncing: Mutex::new(()),
             sync_failed: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
         })
@@ -216,6 +220,7 @@ impl Wal {
     /// once an fsync has failed (a later fsync that succeeds says nothing of the pages the
     /// failed one lost).
     pub fn sync(&self) -> Result<u64, WalError> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = self.failure() {
             return Err(WalError::SyncFailed(reason));
         }
@@ -237,8 +242,7 @@ impl Wal {
         if upto > *self.synced.borrow() {
             file.sync_data().map_err(|e| WalError::io(&path, e))?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            // Only ever raised: a concurrent sync (the fsync task's, a skip's) may have
-            // published a later lsn meanwhile.
+            // Only ever raised (the syncs are serialized, but a stale `upto` must not win).
             self.synced.send_if_modified(|s| {
                 let raise = upto > *s;
                 if raise {
@@ -287,18 +291,41 @@ impl Wal {
         self.fail(reason.to_string());
     }
 
-    /// Removes every segment whose records are all below `lsn` (they are committed upstream).
-    /// Returns how many segments were removed.
+    /// Removes every segment whose records are all below `lsn` (they are committed upstream),
+    /// durably (the directory is fsynced). Returns how many segments were removed. Blocking;
+    /// the files are removed outside the writer's lock, so appends go on meanwhile. Callers
+    /// must not run two at once (one task does).
     pub fn remove_below(&self, lsn: u64) -> Result<usize, WalError> {
-        let mut w = self.lock();
+        let (dir, old): (PathBuf, Vec<PathBuf>) = {
+            let w = self.lock();
+            let n = w
+                .segments
+                .iter()
+                .skip(1)
+                .take_while(|next| next.first_lsn <= lsn)
+                .count();
+            let old = w.segments.iter().take(n).map(|s| s.path.clone()).collect();
+            (w.dir.clone(), old)
+        };
         let mut removed = 0;
-        while w.segments.len() > 1 && w.segments.get(1).is_some_and(|next| next.first_lsn <= lsn) {
-            if let Some(seg) = w.segments.pop_front() {
-                std::fs::remove_file(&seg.path).map_err(|e| WalError::io(&seg.path, e))?;
-                removed += 1;
+        let mut result = Ok(());
+        for path in &old {
+            match std::fs::remove_file(path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed += 1,
+                Err(e) => {
+                    // Kept, and tried again next time (recovery reads it either way).
+                    result = Err(WalError::io(path, e));
+                    break;
+                }
             }
         }
-        Ok(removed)
+        if removed > 0 {
+            // Only rotation changes the list meanwhile, and it appends at the back.
+            self.lock().segments.drain(..removed);
+            sync_dir(&dir)?;
+        }
+        result.map(|()| removed)
     }
 
     /// Bytes appended since open, and bytes currently on disk in segments.
@@ -438,9 +465,14 @@ fn create_segment(path: &Path) -> Result<File, WalError> {
         .open(path)
         .map_err(|e| WalError::io(path, e))?;
     if let Some(parent) = path.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| WalError::io(parent, e))?;
+        sync_dir(parent)?;
     }
     Ok(f)
+}
+
+/// fsyncs a directory, so that files created or removed in it stay so after a crash.
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io(dir, e))
 }

@@ -67,7 +67,15 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                         out.next_lsn = to;
                         continue;
                     }
-                    out.next_lsn += 1;
+                    // A skip to the very end of the numbering leaves no lsn for a record.
+                    let Some(next) = out.next_lsn.checked_add(1) else {
+                        return Err(WalError::Corrupt {
+                            segment: path.clone(),
+                            offset: (off - n) as u64,
+                            reason: format!("record {} past the last lsn", r.lsn),
+                        });
+                    };
+                    out.next_lsn = next;
                     out.records.push(r);
                     continue;
                 }

@@ -78,6 +78,39 @@ fn remove_below_keeps_everything_not_yet_committed() {
     assert_eq!(rec.records.last().map(|r| r.lsn), Some(300));
 }
 
+/// A segment that cannot be removed stays listed (and is tried again), with the ones after it.
+#[test]
+fn a_segment_that_cannot_be_removed_is_kept_and_tried_again() {
+    let dir = tempdir("remove-fails");
+    write_n(&dir, 300, 1024);
+    let wal = Wal::open(&dir, recover(&dir).expect("recover").next_lsn, 1024).expect("open");
+    let before = wal.stats().segments;
+    let second = segment_paths(&dir).expect("list")[1].1.clone();
+    // remove_file refuses a directory (root ignores permissions, not that).
+    std::fs::rename(&second, dir.join("aside")).expect("move aside");
+    std::fs::create_dir(&second).expect("a directory in its place");
+    assert!(
+        wal.remove_below(300).is_err(),
+        "the directory cannot be removed"
+    );
+    assert_eq!(
+        wal.stats().segments,
+        before - 1,
+        "only the segment before it was removed"
+    );
+    std::fs::remove_dir(&second).expect("rmdir");
+    std::fs::rename(dir.join("aside"), &second).expect("move back");
+    let removed = wal.remove_below(300).expect("now it goes");
+    assert!(removed > 0);
+    assert!(
+        !second.exists(),
+        "the kept segment was removed on the retry"
+    );
+    assert_eq!(wal.stats().segments, before - 1 - removed);
+    let rec = recover(&dir).expect("recover after removal");
+    assert_eq!(rec.records.last().map(|r| r.lsn), Some(300));
+}
+
 #[test]
 fn torn_tail_is_cut_and_appending_resumes() {
     let dir = tempdir("torn");

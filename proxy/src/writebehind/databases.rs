@@ -493,9 +493,11 @@ impl WriteBehind {
                 .iter()
                 .filter_map(|rt| rt.queue.oldest_needed())
                 .fold(next, u64::min);
-            match wal.remove_below(keep) {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(removed = n, below = keep, "removed WAL segments"),
+            let wal = wal.clone();
+            match tokio::task::spawn_blocking(move || wal.remove_below(keep)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(removed = n, below = keep, "removed WAL segments"),
+                Ok(Err(error)) => warn!(%error, "removing WAL segments failed"),
                 Err(error) => warn!(%error, "removing WAL segments failed"),
             }
         }

@@ -7,7 +7,9 @@
 //! lsns, then damaged as bytes 1..5 say (cut the tail, flip one byte): this reaches the
 //! recovery logic behind the checksums, which random bytes never get past. A record of the
 //! WAL's own skip kind becomes a valid skip (its target `len + 1` above its lsn), which the
-//! next record's lsn follows and recovery must follow without returning it.
+//! next record's lsn follows and recovery must follow without returning it. Bit 6 of the mode
+//! byte makes recovery treat the WAL as after a reboot (`crash_possible`), where damage shaped
+//! like lost pages ends the log instead of being refused.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -80,9 +82,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dir = fresh_dir();
+    let crash_possible = mode & 0x40 != 0;
     // What was written when nothing is damaged: the records recovery must return exactly
     // (skips are followed, not returned) and the next lsn.
     let mut written: Option<(Vec<Record>, u64)> = None;
+    // Structured mode with damage: what was written (recovery returns a prefix of it), and
+    // after a lost sector alone how many records before it must come back.
+    let mut damaged_from: Option<Vec<Record>> = None;
+    let mut lost_sector: Option<usize> = None;
+    let mut cut = 0usize;
     if mode & 1 == 0 {
         let Some((&split, seg)) = rest.split_first() else {
             return;
@@ -135,18 +143,46 @@ fuzz_target!(|data: &[u8]| {
         let split = usize::from(ctl[1]) % (records.len() + 1);
         let two = ctl[0] & 8 != 0 && split > 0 && split < records.len();
         let mut segs: Vec<(u64, Vec<u8>)> = vec![(first, Vec::new())];
+        // Where each record lies: (segment, end offset).
+        let mut placed = Vec::new();
         for (i, r) in records.iter().enumerate() {
             if two && i == split {
                 segs.push((r.lsn, Vec::new()));
             }
-            let buf = &mut segs.last_mut().expect("a segment").1;
+            let at = segs.len() - 1;
+            let buf = &mut segs[at].1;
             record::encode(buf, r.kind, r.lsn, &r.payload);
+            placed.push((at, buf.len()));
         }
-        // Damage: cut the last segment's tail by ctl[2] bytes; flip a byte by ctl[4] at ctl[3].
-        let cut = usize::from(ctl[2] & 0x3f);
-        let flip = ctl[4];
+        // Damage: cut the last segment's tail by ctl[2] bytes; then either zero one whole
+        // 512-byte sector (a page lost in a machine crash; ctl[2] bit 6, where from ctl[3]) or
+        // flip a byte by ctl[4] at ctl[3].
+        cut = usize::from(ctl[2] & 0x3f);
+        let lose = ctl[2] & 0x40 != 0;
+        let flip = if lose { 0 } else { ctl[4] };
         if let Some((_, last)) = segs.last_mut() {
             last.truncate(last.len().saturating_sub(cut));
+        }
+        if lose {
+            let seg = usize::from(ctl[3] >> 7) % segs.len();
+            let buf = &mut segs[seg].1;
+            let sectors = buf.len() / 512;
+            if sectors > 0 {
+                let b = usize::from(ctl[3] & 0x7f) % sectors * 512;
+                if buf[b..b + 512].iter().any(|&x| x != 0) {
+                    buf[b..b + 512].fill(0);
+                    // Every record before the sector must come back, and recovery must not
+                    // refuse: this is exactly what a crash can do.
+                    let keep = records
+                        .iter()
+                        .zip(&placed)
+                        .filter(|(r, &(s, end))| {
+                            r.kind != record::KIND_SKIP && (s < seg || (s == seg && end <= b))
+                        })
+                        .count();
+                    lost_sector = Some(keep);
+                }
+            }
         }
         if flip != 0 {
             let seg = usize::from(ctl[3] >> 7) % segs.len();
@@ -159,13 +195,15 @@ fuzz_target!(|data: &[u8]| {
         for (first, bytes) in &segs {
             segment(dir, *first, bytes);
         }
-        if cut == 0 && flip == 0 {
-            records.retain(|r| r.kind != record::KIND_SKIP);
+        records.retain(|r| r.kind != record::KIND_SKIP);
+        if cut == 0 && flip == 0 && lost_sector.is_none() {
             written = Some((records, lsn));
+        } else {
+            damaged_from = Some(records);
         }
     }
 
-    match recover(dir) {
+    match recover(dir, crash_possible) {
         Ok(rec) => {
             // Consecutive but where a skip moved the numbering on (skips are not returned).
             for w in rec.records.windows(2) {
@@ -183,19 +221,41 @@ fuzz_target!(|data: &[u8]| {
                     check_journal(&r.payload);
                 }
             }
+            if let Some(w) = &damaged_from {
+                assert!(
+                    w.starts_with(&rec.records),
+                    "recovery returned what was not written, or out of order"
+                );
+                if let (Some(keep), true, 0) = (lost_sector, crash_possible, cut) {
+                    assert!(
+                        rec.records.len() >= keep,
+                        "a lost sector lost the records before it"
+                    );
+                }
+            }
             if let Some((w, next)) = &written {
                 assert_eq!(&rec.records, w, "an undamaged WAL did not recover exactly");
                 assert_eq!(rec.next_lsn, *next, "an undamaged WAL numbers on elsewhere");
                 assert!(rec.cut_tail.is_none(), "an undamaged WAL had its tail cut");
+                assert!(rec.lost.is_none(), "an undamaged WAL was taken for a crash");
             }
             // Recovery is idempotent: after cutting a torn tail, the WAL reads back clean.
-            let again = recover(dir).expect("a recovered WAL failed to recover again");
+            let again =
+                recover(dir, crash_possible).expect("a recovered WAL failed to recover again");
             assert_eq!(again.records, rec.records);
             assert_eq!(again.next_lsn, rec.next_lsn);
             assert!(again.cut_tail.is_none(), "second recovery cut again");
+            assert!(
+                again.lost.is_none(),
+                "second recovery found crash damage again"
+            );
         }
         Err(WalError::Corrupt { .. }) => {
             assert!(written.is_none(), "an undamaged WAL was refused as corrupt");
+            assert!(
+                !(crash_possible && cut == 0 && lost_sector.is_some()),
+                "a sector lost in a crash was refused after a reboot"
+            );
         }
         Err(e) => panic!("unexpected recovery error: {e}"),
     }

@@ -19,9 +19,11 @@ pub async fn start(config: &Config) -> io::Result<Arc<WriteBehind>> {
         return Ok(WriteBehind::new(config.clone(), None));
     }
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-    let dir = WalDir::open(&config.wal_dir, config.proxy_id.as_deref())
+    let mut dir = WalDir::open(&config.wal_dir, config.proxy_id.as_deref())
         .map_err(|e| invalid(e.to_string()))?;
-    let recovered = wal::recover(dir.path()).map_err(|e| invalid(e.to_string()))?;
+    let recovered =
+        wal::recover(dir.path(), dir.crash_possible()).map_err(|e| invalid(e.to_string()))?;
+    dir.record_boot().map_err(|e| invalid(e.to_string()))?;
     let next_lsn = recovered.next_lsn;
     let mut per_db: Vec<(String, Replay)> = Vec::new();
     for record in recovered.records {

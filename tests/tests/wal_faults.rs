@@ -2,7 +2,8 @@
 //! a torn last record is cut at start-up and everything before it applies; a damaged record in
 //! the middle stops start-up with the segment and offset, skipping nothing; a full WAL disk
 //! refuses writes with SQLSTATE 53100 while reads go on; SIGTERM ships everything and leaves
-//! nothing to replay.
+//! nothing to replay; a WAL shorter than what PostgreSQL committed numbers on above it; a page
+//! lost in a machine crash ends the WAL only after a reboot.
 //!
 //! `cargo test --release -p writebehind-tests --test wal_faults -- --nocapture`
 
@@ -413,6 +414,73 @@ async fn damaged_record_in_the_middle_stops_start_up_and_skips_nothing() -> anyh
         n, N as i64,
         "every acknowledged write applies, none skipped"
     );
+    Ok(())
+}
+
+/// (c) A machine crash can lose any page written after the last group fsync, not only the
+/// last one: zeros in the middle of the WAL with valid records after them. Without a reboot
+/// (the boot id stored in the WAL directory is the kernel's) that cannot happen, and start-up
+/// refuses it as corruption; after one, the WAL ends at the hole: every write before it
+/// applies, none after it (in durability `wal` a machine crash may lose up to
+/// `wal_fsync_interval` of writes; here nothing was fsynced after the first ones).
+#[tokio::test]
+async fn a_page_lost_in_a_machine_crash_ends_the_wal_after_a_reboot() -> anyhow::Result<()> {
+    const N: usize = 400;
+    let cluster = Cluster::start()?;
+    let scratch = Scratch::new("lostpage");
+    let wal = scratch.path("wal");
+    let wal_s = wal.to_string_lossy().to_string();
+    let args = [
+        "--durability",
+        "wal",
+        "--wal-dir",
+        &wal_s,
+        "--flush-interval",
+        "1h",
+    ];
+    let direct = acked_then_killed(&cluster, &args, N).await?;
+    let boot = std::fs::read_to_string(wal.join("boot_id"))?;
+    assert_eq!(
+        boot.trim(),
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim(),
+        "the proxy stored the kernel's boot id"
+    );
+
+    let (seg, mut data, spans) = the_segment(&wal, N)?;
+    anyhow::ensure!(data.len() > 4 * 4096, "several pages: {}", data.len());
+    data[2 * 4096..3 * 4096].fill(0);
+    std::fs::write(&seg, &data)?;
+    let kept = spans
+        .iter()
+        .filter(|(off, len)| off + len <= 2 * 4096)
+        .count();
+
+    let (code, stderr) = run_to_exit(&cluster.url("postgres"), &args, Duration::from_secs(30))?;
+    assert!(
+        code.is_some_and(|c| c != 0) && stderr.contains("corrupt"),
+        "same boot: a hole is corruption (exit {code:?}): {stderr}"
+    );
+    assert_eq!(direct_n(&direct, 1).await?, 0, "nothing applied");
+
+    std::fs::write(
+        wal.join("boot_id"),
+        "00000000-0000-0000-0000-000000000000\n",
+    )?;
+    let log = scratch.path("reboot.log");
+    let proxy = Proxy::spawn_logged(&cluster.url("postgres"), &args, &log)?;
+    let c = writebehind_tests::connect(&proxy.conninfo("postgres", "postgres")).await?;
+    let n = read_n(&c, 1).await?;
+    eprintln!("{N} acknowledged, hole at byte 8192, {kept} records before it, {n} applied");
+    assert_eq!(n, kept as i64, "every write before the hole, none after");
+    assert!(
+        read_log(&log).contains("pages written after its last fsync were lost"),
+        "the cut is logged:\n{}",
+        read_log(&log)
+    );
+    // The log goes on after the hole: new writes are acknowledged and apply.
+    c.simple_query("UPDATE kv SET n = n + 1 WHERE id = 1")
+        .await?;
+    assert_eq!(read_n(&c, 1).await?, kept as i64 + 1);
     Ok(())
 }
 

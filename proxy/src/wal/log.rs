@@ -235,12 +235,19 @@ impl Wal {
                 path,
             )
         };
+        // A failed fsync is recorded for good, whoever called (the fsync task, a skip): a later
+        // one that succeeds says nothing of the pages it lost.
+        let failed = |e: std::io::Error| {
+            let error = WalError::io(&path, e);
+            self.fail(error.to_string());
+            error
+        };
         for f in old {
-            f.sync_data().map_err(|e| WalError::io(&path, e))?;
+            f.sync_data().map_err(failed)?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         if upto > *self.synced.borrow() {
-            file.sync_data().map_err(|e| WalError::io(&path, e))?;
+            file.sync_data().map_err(failed)?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             // Only ever raised (the syncs are serialized, but a stale `upto` must not win).
             self.synced.send_if_modified(|s| {
@@ -404,7 +411,7 @@ impl Writer {
         let old_map = std::mem::replace(&mut self.map, map);
         drop(old_map);
         let old = std::mem::replace(&mut self.file, Arc::new(file));
-        self.trim(&old);
+        Self::trim(&old, self.seg_len.next_multiple_of(512));
         self.unsynced_old.push(old);
         self.segments.push_back(Segment {
             first_lsn: self.next_lsn,
@@ -415,10 +422,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Cuts `file` (the current segment's, or the one just rotated away) to its records. A
-    /// failure leaves zeros after them, which recovery reads as the end of the segment.
-    fn trim(&self, file: &File) {
-        if let Err(e) = file.set_len(self.seg_len) {
+    /// Cuts `file` (the current segment's, or the one just rotated away) to `len`: its records,
+    /// and for a rotated segment the zeros up to the next 512-byte sector (recovery trims
+    /// those; a crash that loses the last page of a rotated segment then always leaves a whole
+    /// zero sector, the shape recovery knows it by after a reboot). A failure leaves more
+    /// zeros, which recovery reads as the end of the segment too.
+    fn trim(file: &File, len: u64) {
+        if let Err(e) = file.set_len(len) {
             tracing::warn!(error = %e, "could not trim a WAL segment to its records");
         }
     }
@@ -427,7 +437,7 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         // The mapping goes after this; nothing touches the cut-off pages meanwhile.
-        self.trim(&self.file);
+        Self::trim(&self.file, self.seg_len);
     }
 }
 

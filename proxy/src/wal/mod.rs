@@ -1,6 +1,6 @@
 //! The proxy's local write-ahead log: acknowledged-but-unshipped writes survive a proxy crash.
 //!
-//! Layout: [`dir`] (lock file, persisted proxy id), [`record`] (framing and checksums),
+//! Layout: [`dir`] (lock file, persisted proxy id, boot id), [`record`] (framing and checksums),
 //! [`log`] (appending, rotation, group fsync, removal), [`recovery`] (reading back at start-up).
 
 pub mod dir;
@@ -11,7 +11,7 @@ pub mod recovery;
 pub use dir::WalDir;
 pub use log::{SyncMode, Wal, WalStats};
 pub use record::Record;
-pub use recovery::{recover, Recovered};
+pub use recovery::{recover, Lost, Recovered};
 
 use std::path::{Path, PathBuf};
 

@@ -159,6 +159,19 @@ fn run_to_exit(
     Ok((status.and_then(|s| s.code()), err))
 }
 
+/// The proxy's arguments in these tests: durability `wal` in `wal_dir`, and a 1 h flush
+/// interval, so nothing ships on its own.
+fn unshipped_wal_args(wal_dir: &str) -> [&str; 6] {
+    [
+        "--durability",
+        "wal",
+        "--wal-dir",
+        wal_dir,
+        "--flush-interval",
+        "1h",
+    ]
+}
+
 /// Writes `n` single-statement increments of key 1 through a proxy with a 1 h flush interval
 /// (nothing ships), checks nothing reached PostgreSQL, and kills the proxy with SIGKILL.
 async fn acked_then_killed(
@@ -194,14 +207,7 @@ async fn torn_last_record_is_cut_and_everything_before_it_applies() -> anyhow::R
     let scratch = Scratch::new("torn");
     let wal = scratch.path("wal");
     let wal_s = wal.to_string_lossy().to_string();
-    let args = [
-        "--durability",
-        "wal",
-        "--wal-dir",
-        &wal_s,
-        "--flush-interval",
-        "1h",
-    ];
+    let args = unshipped_wal_args(&wal_s);
     let direct = acked_then_killed(&cluster, &args, N).await?;
 
     let (seg, data, spans) = the_segment(&wal, N)?;
@@ -354,14 +360,7 @@ async fn damaged_record_in_the_middle_stops_start_up_and_skips_nothing() -> anyh
     let scratch = Scratch::new("flip");
     let wal = scratch.path("wal");
     let wal_s = wal.to_string_lossy().to_string();
-    let args = [
-        "--durability",
-        "wal",
-        "--wal-dir",
-        &wal_s,
-        "--flush-interval",
-        "1h",
-    ];
+    let args = unshipped_wal_args(&wal_s);
     let direct = acked_then_killed(&cluster, &args, N).await?;
 
     let (seg, mut data, spans) = the_segment(&wal, N)?;
@@ -430,14 +429,7 @@ async fn a_page_lost_in_a_machine_crash_ends_the_wal_after_a_reboot() -> anyhow:
     let scratch = Scratch::new("lostpage");
     let wal = scratch.path("wal");
     let wal_s = wal.to_string_lossy().to_string();
-    let args = [
-        "--durability",
-        "wal",
-        "--wal-dir",
-        &wal_s,
-        "--flush-interval",
-        "1h",
-    ];
+    let args = unshipped_wal_args(&wal_s);
     let direct = acked_then_killed(&cluster, &args, N).await?;
     let boot = std::fs::read_to_string(wal.join("boot_id"))?;
     assert_eq!(
@@ -681,14 +673,7 @@ async fn sigterm_ships_everything_and_leaves_nothing_to_replay() -> anyhow::Resu
     let wal = scratch.path("wal");
     let wal_s = wal.to_string_lossy().to_string();
     std::fs::create_dir_all(&scratch.0)?;
-    let args = [
-        "--durability",
-        "wal",
-        "--wal-dir",
-        &wal_s,
-        "--flush-interval",
-        "1h",
-    ];
+    let args = unshipped_wal_args(&wal_s);
     let log = scratch.path("first.log");
     let mut proxy = Proxy::spawn_logged(&cluster.url("postgres"), &args, &log)?;
     const INCS: usize = 500;

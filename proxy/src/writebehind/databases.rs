@@ -528,8 +528,12 @@ impl WriteBehind {
             t.abort();
         }
         if let Some(wal) = &self.wal {
-            if let Err(error) = wal.sync() {
-                error!(%error, "final WAL fsync failed");
+            // Blocking (and it may wait for an fsync already under way): off the event loop.
+            let wal = wal.clone();
+            match tokio::task::spawn_blocking(move || wal.sync()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => error!(%error, "final WAL fsync failed"),
+                Err(error) => error!(%error, "final WAL fsync failed"),
             }
         }
     }
